@@ -1,0 +1,161 @@
+"""What the five root scripts share: the common flags, logging, and turning errors into exit codes.
+
+A root script builds its parser with :func:`stage_parser`, adds its own flags, and hands a
+``run(args) -> int`` function to :func:`main`, which loads nothing heavy until after parsing
+(so ``--help`` is instant) and maps a :class:`ConfigError` to a clean message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .config import Config, config_to_dict, load_config
+from .errors import ConfigError
+
+__all__ = ["stage_parser", "common_parent", "main", "config_from_args", "require_binaries",
+           "default_workers", "StageOptions", "options_from_args"]
+
+log = logging.getLogger(__name__)
+
+_EPILOG_COMMON = (
+    "Every setting lives in config.yaml (see the comments there); --set changes one for this "
+    "run, e.g. --set extract.sample_rate=16000. A rerun skips finished items; Ctrl-C stops "
+    "cleanly and the same command continues. Exit codes: 0 done, 1 every item failed, "
+    "2 bad settings or input, 130 interrupted.")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageOptions:
+    """The run-time flags every stage takes (besides the config)."""
+
+    force: bool = False
+    limit: int | None = None
+    workers: int | None = None   # None: the stage's config value
+    progress: bool = True
+
+
+def common_parent(*, input_help: str | None, output_help: str | None) -> argparse.ArgumentParser:
+    """A parent parser with the flags every script shares (used by sub-commands too)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--config", type=Path, default=None, metavar="PATH",
+                   help="settings file (default: config.yaml next to this script)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set train.epochs=5 (repeatable; "
+                        "the value is read as YAML and checked like the file)")
+    if input_help:
+        g.add_argument("--input", type=Path, default=None, metavar="PATH", help=input_help)
+    if output_help:
+        g.add_argument("--output", type=Path, default=None, metavar="DIR", help=output_help)
+    g.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="process at most N items that still need work (a rerun continues)")
+    g.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="parallel workers (default: from config)")
+    g.add_argument("--force", action="store_true",
+                   help="redo items that are already done, skipped or failed for good")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more detail (per-item lines, the settings in effect)")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="only warnings, errors and the summary; no progress bar")
+    return p
+
+
+def stage_parser(prog: str, description: str, *, input_help: str | None,
+                 output_help: str | None, epilog: str = "") -> argparse.ArgumentParser:
+    """The parser of a one-stage script, with the common flags in place."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description,
+        epilog=(epilog + "\n\n" if epilog else "") + _EPILOG_COMMON,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_parent(input_help=input_help, output_help=output_help)])
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Configure the root logger for a script run (the package itself never does this)."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s" if verbose
+                        else "%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("matplotlib", "PIL", "numba", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+         argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, set up logging, call ``run(args)`` and map errors to exit codes."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    try:
+        return run(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; finished items are kept, rerun the same command "
+              "to continue", file=sys.stderr)
+        return 130
+
+
+def config_from_args(args: argparse.Namespace, *, input_key: str | None = None,
+                     output_key: str | None = None) -> Config:
+    """Load the config named by ``--config``/``--set`` and apply ``--input``/``--output``.
+
+    ``input_key``/``output_key`` name the ``paths.*`` fields the flags replace; paths given
+    on the command line are relative to the current directory, not to the config file.
+    """
+    config = load_config(args.config, args.set)
+    replaced = {}
+    for flag, key in (("input", input_key), ("output", output_key)):
+        value = getattr(args, flag, None)
+        if value is not None and key:
+            replaced[key.removeprefix("paths.")] = Path(value).expanduser().resolve()
+    if replaced:
+        config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, **replaced))
+    if getattr(args, "verbose", 0):
+        import yaml
+        log.debug("settings in effect (%s):\n%s", config.source,
+                  yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return config
+
+
+def options_from_args(args: argparse.Namespace) -> StageOptions:
+    """The :class:`StageOptions` given by the common flags."""
+    return StageOptions(force=args.force, limit=args.limit, workers=args.workers,
+                        progress=not args.quiet)
+
+
+def require_binaries(*names: str) -> None:
+    """Stop with a clear message when an external program (e.g. ffmpeg) is not installed."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} not found on PATH: install ffmpeg (Debian/Ubuntu: "
+            "sudo apt-get install ffmpeg; macOS: brew install ffmpeg; conda: conda install "
+            "-c conda-forge ffmpeg)")
+
+
+def default_workers(configured: int) -> int:
+    """``configured`` when positive, else the number of CPU cores this process may use."""
+    if configured > 0:
+        return configured
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,542 @@
+"""Typed, validated settings: ``config.yaml`` loaded once into frozen dataclasses.
+
+Every stage receives a :class:`Config`, never the raw dict. Loading reports *all* problems at
+once (unknown keys with a "did you mean", wrong types, impossible values), each by its dotted
+key, by raising :class:`~animalvae.errors.ConfigError`. Relative paths in the file are resolved
+against the file's folder, so a config works from any working directory.
+
+Each section's defaults here equal the values in the repository's ``config.yaml`` (a test
+checks it); ``config.yaml`` is where every key is documented for users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+from .vggsound import ALL_ANIMALS, ANIMAL_LABELS
+
+__all__ = [
+    "Config", "PathsConfig", "DownloadConfig", "ExtractConfig", "DetectConfig",
+    "FeaturesConfig", "ModelConfig", "TrainConfig", "GenerateConfig",
+    "load_config", "apply_overrides", "config_to_dict", "DEFAULT_CONFIG",
+]
+
+#: The repository's documented config, used when a script gets no ``--config``.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+def _positive(problems: list[str], key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        rule = "must be >= 0" if allow_zero else "must be > 0"
+        problems.append(f"{key}={value} {rule}")
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Each has ``_check() -> list[str]`` giving problems with keys relative to it.
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where each stage reads and writes (relative paths: relative to the config file)."""
+
+    vggsound_csv: Path = Path("data/vggsound.csv")  # stage 1 input
+    clips: Path = Path("data/clips")                # stage 1 output: <group>/<id>.mp4
+    audio: Path = Path("data/audio")                # stage 2 output: <group>/<id>.wav
+    detections: Path = Path("data/detections")      # stage 3 output: segments/, frames/
+    spectrograms: Path = Path("data/spectrograms")  # stage 4 output: <group>/<id>.npy
+    runs: Path = Path("runs")                       # stage 5: runs/<train.name>/
+
+    def _check(self) -> list[str]:
+        return []
+
+
+DEFAULT_CLASSES: dict[str, list[str]] = {
+    "dogs": ["dog barking", "dog bow-wow", "dog growling", "dog howling", "dog whimpering",
+             "dog baying"],
+    "cats": ["cat meowing", "cat purring", "cat growling", "cat hissing", "cat caterwauling"],
+    "birds": ["bird chirping, tweeting", "bird squawking", "pigeon, dove cooing", "crow cawing",
+              "mynah bird singing", "owl hooting", "canary calling", "wood thrush calling",
+              "francolin calling", "black capped chickadee calling", "magpie calling",
+              "barn swallow calling", "warbler chirping", "eagle screaming",
+              "cuckoo bird calling", "baltimore oriole calling", "pheasant crowing",
+              "parrot talking"],
+}
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Stage 1: which VGGSound rows to fetch and how politely."""
+
+    classes: dict[str, list[str]] = field(default_factory=lambda: {
+        k: list(v) for k, v in DEFAULT_CLASSES.items()})
+    splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["train", "test"])
+    max_per_class: int = 0          # rows per VGGSound label; 0 = all
+    seed: int = 0                   # shuffles the download order
+    url_template: str = "https://www.youtube.com/watch?v={ytid}"
+    clip_seconds: float = 10.0      # VGGSound clips are [start, start + 10 s]
+    max_height: int = 360           # video height cap, pixels
+    workers: int = 4                # download threads
+    retries: int = 3                # extra tries for transient errors (429, 5xx, timeouts)
+    backoff_s: float = 2.0          # first retry delay; doubles each try, with jitter
+    pause_s: float = 0.0            # pause between requests per thread
+    socket_timeout_s: float = 30.0
+    cookies_file: Path | None = None
+    max_consecutive_rate_limits: int = 10  # stop early after this many 429s in a row
+
+    def _check(self) -> list[str]:
+        problems: list[str] = []
+        if not self.classes:
+            problems.append("download.classes is empty: name at least one group of labels")
+        known = set(ANIMAL_LABELS) | {ALL_ANIMALS}
+        for group, labels in self.classes.items():
+            if not group or "/" in group or group.startswith("."):
+                problems.append(f"download.classes.{group!r} is not a usable folder name")
+            if not labels:
+                problems.append(f"download.classes.{group}: empty list of labels")
+            for label in labels:
+                if label not in known:
+                    close = difflib.get_close_matches(label, ANIMAL_LABELS, n=3, cutoff=0.5)
+                    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+                    problems.append(
+                        f"download.classes.{group}: unknown VGGSound animal label {label!r}{hint}")
+        if not self.splits:
+            problems.append("download.splits is empty: use [train], [test] or [train, test]")
+        if "{ytid}" not in self.url_template:
+            problems.append(f"download.url_template={self.url_template!r} must contain {{ytid}}")
+        _positive(problems, "download.max_per_class", self.max_per_class, allow_zero=True)
+        _positive(problems, "download.clip_seconds", self.clip_seconds)
+        _positive(problems, "download.max_height", self.max_height)
+        _positive(problems, "download.workers", self.workers)
+        _positive(problems, "download.retries", self.retries, allow_zero=True)
+        _positive(problems, "download.backoff_s", self.backoff_s, allow_zero=True)
+        _positive(problems, "download.pause_s", self.pause_s, allow_zero=True)
+        _positive(problems, "download.socket_timeout_s", self.socket_timeout_s)
+        _positive(problems, "download.max_consecutive_rate_limits",
+                  self.max_consecutive_rate_limits)
+        return problems
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Stage 2: how clips become mono WAV files."""
+
+    sample_rate: int = 32000        # Hz; PANNs' rate, so nothing resamples later
+    min_seconds: float = 1.0        # shorter audio fails as "too short"
+    silence_dbfs: float = -60.0     # RMS below this (dBFS) is skipped as silent
+    extra_audio_dirs: list[Path] = field(default_factory=list)  # <dir>/<group>/*.wav|mp3|...
+    workers: int = 0                # processes; 0 = one per CPU core
+
+    def _check(self) -> list[str]:
+        problems: list[str] = []
+        _positive(problems, "extract.sample_rate", self.sample_rate)
+        _positive(problems, "extract.min_seconds", self.min_seconds, allow_zero=True)
+        if self.silence_dbfs >= 0:
+            problems.append(f"extract.silence_dbfs={self.silence_dbfs} must be < 0 (dBFS)")
+        _positive(problems, "extract.workers", self.workers, allow_zero=True)
+        for i, folder in enumerate(self.extra_audio_dirs):
+            if not folder.is_dir():
+                problems.append(f"extract.extra_audio_dirs[{i}]={folder} is not a folder")
+        return problems
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Stage 3: which 3 s window is the animal, and which frame shows it."""
+
+    backend: Literal["panns", "energy"] = "panns"   # energy: model-free, not animal-aware
+    checkpoint: Path = Path("~/panns_data/Cnn14_DecisionLevelMax_mAP=0.385.pth")
+    device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
+    batch_size: int = 8             # clips per model forward
+    segment_seconds: float = 3.0    # window length
+    pad: Literal["zeros", "repeat"] = "zeros"  # clips shorter than the window
+    min_score: float = 0.1          # best window mean score below this: skipped
+    # AudioSet classes (name or index) whose max is a frame's animal score, per group;
+    # "*" applies to groups not listed.
+    audioset_classes: dict[str, list[str | int]] = field(default_factory=lambda: {
+        "dogs": ["Dog", "Bark", "Yip", "Howl", "Bow-wow", "Growling", "Whimper (dog)",
+                 "Canidae, dogs, wolves"],
+        "cats": ["Cat", "Purr", "Meow", "Hiss", "Caterwaul"],
+        "birds": ["Bird", "Bird vocalization, bird call, bird song", "Chirp, tweet", "Squawk",
+                  "Pigeon, dove", "Coo", "Crow", "Caw", "Owl", "Hoot"],
+        "*": list(range(72, 137)),
+    })
+    frame_min_mean: float = 12.0    # a frame darker than this (0-255 mean) counts as blank
+    frame_min_std: float = 4.0      # ... or flatter than this (std of pixel values)
+    jpeg_quality: int = 92
+
+    def _check(self) -> list[str]:
+        problems: list[str] = []
+        _positive(problems, "detect.batch_size", self.batch_size)
+        _positive(problems, "detect.segment_seconds", self.segment_seconds)
+        if not 0 <= self.min_score <= 1 and self.backend == "panns":
+            problems.append(f"detect.min_score={self.min_score} must be in [0, 1] for panns")
+        if not 1 <= self.jpeg_quality <= 100:
+            problems.append(f"detect.jpeg_quality={self.jpeg_quality} must be in [1, 100]")
+        return problems
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Stage 4: the invertible spectrogram representation (sample rate comes from extract)."""
+
+    kind: Literal["stft", "mel"] = "stft"  # stft: log-magnitude STFT; mel: log-mel
+    n_fft: int = 1024               # samples; the top bin is dropped -> n_fft // 2 bins
+    hop_length: int = 375           # samples; 3 s at 32 kHz -> 256 frames
+    n_mels: int = 128               # mel bins (kind: mel)
+    n_frames: int = 256             # time frames per spectrogram (power of two)
+    top_db: float = 80.0            # dB range kept below the clip peak, scaled to [0, 1]
+    dtype: Literal["float16", "float32"] = "float16"  # .npy storage type
+    griffin_lim_iters: int = 32     # for --check
+    momentum: float = 0.99          # fast Griffin-Lim momentum
+    batch_size: int = 32            # segments per batched transform
+    workers: int = 0                # reader processes; 0 = one per CPU core
+
+    def _check(self) -> list[str]:
+        problems: list[str] = []
+        if not _power_of_two(self.n_fft):
+            problems.append(f"features.n_fft={self.n_fft} must be a power of two")
+        _positive(problems, "features.hop_length", self.hop_length)
+        if self.hop_length > self.n_fft:
+            problems.append(f"features.hop_length={self.hop_length} must be <= n_fft")
+        if not _power_of_two(self.n_frames):
+            problems.append(f"features.n_frames={self.n_frames} must be a power of two")
+        if self.kind == "mel" and not _power_of_two(self.n_mels):
+            problems.append(f"features.n_mels={self.n_mels} must be a power of two")
+        _positive(problems, "features.top_db", self.top_db)
+        _positive(problems, "features.griffin_lim_iters", self.griffin_lim_iters)
+        if not 0 <= self.momentum < 1:
+            problems.append(f"features.momentum={self.momentum} must be in [0, 1)")
+        _positive(problems, "features.batch_size", self.batch_size)
+        _positive(problems, "features.workers", self.workers, allow_zero=True)
+        return problems
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Stage 5: the convolutional VAE."""
+
+    latent_dim: int = 64            # size of z
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # per stride-2 conv
+    conditional: bool = True        # label embedding into encoder and decoder
+    embed_dim: int = 16             # size of the group embedding
+
+    def _check(self) -> list[str]:
+        problems: list[str] = []
+        _positive(problems, "model.latent_dim", self.latent_dim)
+        if not self.channels or any(c <= 0 for c in self.channels):
+            problems.append(f"model.channels={self.channels} must be a non-empty list of ints > 0")
+        _positive(problems, "model.embed_dim", self.embed_dim)
+        return problems
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stage 5: the training run (written to ``paths.runs/<name>``)."""
+
+    name: str = "default"           # run folder name
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3                # AdamW peak learning rate
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100         # linear LR warm-up, then cosine decay
+    grad_clip: float = 1.0          # max gradient norm; 0 = off
+    recon_loss: Literal["l1", "mse"] = "l1"
+    beta: float = 1.0               # weight of the KL term after warm-up
+    kl_warmup_epochs: int = 5       # beta rises linearly from 0 over these epochs
+    free_bits: float = 0.0          # nats per latent dimension not penalised; 0 = off
+    val_fraction: float = 0.1       # held out per group, fixed by seed
+    seed: int = 0
+    device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
+    max_steps: int = 0              # stop after this many optimiser steps; 0 = no limit
+
+    def _check(self) -> list[str]:
+        problems: list[str] = []
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            problems.append(f"train.name={self.name!r} must be a plain folder name")
+        _positive(problems, "train.epochs", self.epochs)
+        _positive(problems, "train.batch_size", self.batch_size)
+        _positive(problems, "train.lr", self.lr)
+        _positive(problems, "train.weight_decay", self.weight_decay, allow_zero=True)
+        _positive(problems, "train.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive(problems, "train.grad_clip", self.grad_clip, allow_zero=True)
+        _positive(problems, "train.beta", self.beta, allow_zero=True)
+        _positive(problems, "train.kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
+        _positive(problems, "train.free_bits", self.free_bits, allow_zero=True)
+        if not 0 < self.val_fraction < 1:
+            problems.append(f"train.val_fraction={self.val_fraction} must be in (0, 1)")
+        _positive(problems, "train.max_steps", self.max_steps, allow_zero=True)
+        return problems
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Stage 5: sampling new sounds from a trained run."""
+
+    count: int = 4                  # samples per group
+    temperature: float = 1.0        # z ~ N(0, I) * temperature
+    griffin_lim_iters: int = 64
+    momentum: float = 0.99
+    seed: int = 0
+
+    def _check(self) -> list[str]:
+        problems: list[str] = []
+        _positive(problems, "generate.count", self.count)
+        _positive(problems, "generate.temperature", self.temperature)
+        _positive(problems, "generate.griffin_lim_iters", self.griffin_lim_iters)
+        if not 0 <= self.momentum < 1:
+            problems.append(f"generate.momentum={self.momentum} must be in [0, 1)")
+        return problems
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings, one section per stage; ``source`` is the file they came from."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    source: Path | None = field(default=None, compare=False)
+
+    def _check(self, skip: frozenset[str] = frozenset()) -> list[str]:
+        """Value checks of every section not in ``skip`` (sections whose types were wrong)."""
+        problems: list[str] = []
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section) and f.name not in skip:
+                problems += section._check()
+        if skip & {"detect", "download"}:
+            return problems
+        if self.detect.segment_seconds > self.download.clip_seconds:
+            problems.append(
+                f"detect.segment_seconds={self.detect.segment_seconds} must be <= "
+                f"download.clip_seconds={self.download.clip_seconds}")
+        return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: raw YAML dict -> typed dataclasses, collecting every problem.
+# --------------------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"mapping of {_type_name(typing.get_args(tp)[1])}"
+    if tp is type(None):
+        return "null"
+    if tp is Path:
+        return "path"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, base: Path, problems: list[str]) -> Any:
+    """Check ``value`` against annotation ``tp`` and convert it (paths resolved against base)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, base, problems)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            out = _convert(value, arg, key, base, trial)
+            if not trial:
+                return out
+        problems.append(f"{key}={value!r} must be {_type_name(tp)}")
+        return None
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            problems.append(f"{key}={value!r} must be one of {_type_name(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{key}={value!r} must be a {_type_name(tp)}")
+            return []
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]", base, problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key}={value!r} must be a {_type_name(tp)}")
+            return {}
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _convert(v, val_tp, f"{key}.{k}", base, problems)
+                for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{key}={value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{key}={value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{key}={value!r} must be a number")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{key}={value!r} must be a string")
+        return value
+    if tp is Path:
+        if not isinstance(value, (str, Path)) or not str(value):
+            problems.append(f"{key}={value!r} must be a path")
+            return value
+        return _resolve_path(value, base)
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module
+
+
+def _resolve_path(value: str | Path, base: Path) -> Path:
+    path = Path(os.path.expanduser(str(value)))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _build(cls: type, raw: Any, prefix: str, base: Path, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw``; unknown keys and bad values go to problems."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix or 'config'} must be a mapping of keys, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+            problems.append(f"{dotted}: unknown key{hint}")
+            continue
+        kwargs[key] = _convert(value, hints[key], dotted, base, problems)
+    defaults = cls()
+    for name in names:
+        if name not in kwargs:
+            default = getattr(defaults, name)
+            # Default relative paths are relative to the config file too.
+            if isinstance(default, Path):
+                default = _resolve_path(default, base)
+            kwargs[name] = default
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a value so wrong the dataclass cannot hold it
+        problems.append(f"{prefix}: {exc}")
+        return defaults
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``key.sub=value`` overrides to a raw config dict (values parsed as YAML).
+
+    >>> apply_overrides({"train": {"epochs": 3}}, ["train.epochs=5"])
+    {'train': {'epochs': 5}}
+    """
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected key.sub=value")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            problems.append(f"--set {item!r}: value is not valid YAML ({exc.problem})")
+            continue
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+    return raw
+
+
+def load_config(path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load and validate a config file, with ``key.sub=value`` overrides applied on top.
+
+    Parameters
+    ----------
+    path : path-like or None
+        The YAML file; ``None`` loads the repository's ``config.yaml``.
+    overrides : list of str
+        ``key.sub=value`` strings, as given to ``--set``; values are parsed as YAML and
+        checked like values in the file.
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        With every problem found, one line each, naming the key.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (pass --config PATH)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides)
+    problems: list[str] = []
+    config = _build(Config, raw, "", path.resolve().parent, problems)
+    # A section with a wrongly typed value is not value-checked (its checks would misfire);
+    # unknown keys do not stop the checks, so a typo and a bad number are reported together.
+    mistyped = frozenset(p.split(".", 1)[0].split("=", 1)[0] for p in problems
+                         if "unknown key" not in p)
+    problems += config._check(mistyped)
+    if problems:
+        raise ConfigError([f"{path}: {p}" for p in problems])
+    return dataclasses.replace(config, source=path.resolve())
+
+
+def config_to_dict(config: Any) -> dict:
+    """The settings as plain YAML/JSON-able data (paths as strings), for snapshots."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if f.name != "source"}
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+    return plain(config)

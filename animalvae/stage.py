@@ -1,0 +1,429 @@
+"""The stage contract, written once: items in, files + ``manifest.csv`` out, resumable.
+
+A stage subclasses :class:`Stage` and implements :meth:`Stage.process` for one item (or
+:meth:`Stage.process_stream` for batched work such as a model); :func:`run_stage` does the
+rest: skipping finished items, ``--force``/``--limit``/``--workers``, a process or thread
+pool, a progress bar, per-item failures recorded with a one-line reason, the manifest written
+atomically (also when Ctrl-C stops the run), and the closing summary line.
+
+Every output is written through :func:`atomic_path` (a temp file in the same folder, then
+``os.replace``), so an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import csv
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, ItemFailed, ItemSkipped
+
+__all__ = [
+    "Item", "Outcome", "Stage", "Summary", "run_stage", "list_items", "atomic_path",
+    "atomic_write_text", "read_manifest", "write_manifest", "write_settings", "MANIFEST",
+    "BASE_COLUMNS",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+SETTINGS = "settings.yaml"
+BASE_COLUMNS = ("id", "label", "group", "source", "output", "status", "reason")
+Status = Literal["ok", "skipped", "failed"]
+
+_TEMP_RE = re.compile(r"^\..+\.tmp\d+(\.[^./]+)?$")
+# Exceptions that mean "this item's data is bad", not "this code is wrong": recorded, not raised.
+_ITEM_ERRORS = (ItemFailed, OSError, ValueError, RuntimeError, EOFError)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: a source file (or, for stage 1, a CSV row) with a stable id.
+
+    ``id`` is VGGSound's ``<ytid>_<start:06d>`` for clips, or the file name's stem for a
+    user's own files; ``upstream`` is the previous stage's manifest row, if there was one.
+    """
+
+    id: str
+    group: str
+    source: Path | str
+    label: str = ""
+    upstream: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What happened to one item: a status, a one-line reason, and stage-specific columns."""
+
+    status: Status
+    reason: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class of a pipeline stage. Subclasses set the class attributes and ``process``.
+
+    Attributes
+    ----------
+    name : str
+        Shown on the progress bar and in the summary line.
+    suffix : str
+        Extension of the output file, e.g. ``".wav"``; output is ``<group>/<id><suffix>``.
+    columns : tuple of str
+        Stage-specific manifest columns, after :data:`BASE_COLUMNS`.
+    executor : {"process", "thread", "stream"}
+        ``process``/``thread``: :meth:`process` runs in a pool of ``workers``; ``stream``:
+        :meth:`process_stream` gets all items at once in this process (batched models).
+    """
+
+    name: ClassVar[str] = "stage"
+    unit: ClassVar[str] = "file"
+    suffix: ClassVar[str] = ""
+    columns: ClassVar[tuple[str, ...]] = ()
+    executor: ClassVar[Literal["process", "thread", "stream"]] = "process"
+
+    def output_path(self, item: Item) -> Path:
+        """Output path relative to the output folder."""
+        return Path(item.group) / f"{item.id}{self.suffix}"
+
+    def is_done(self, output: Path, row: Mapping[str, str] | None) -> bool:
+        """Whether ``output`` is a valid finished result (so the item can be skipped)."""
+        return output.is_file() and output.stat().st_size > 0
+
+    def should_retry(self, row: Mapping[str, str]) -> bool:
+        """Whether an item that failed in an earlier run is tried again (default: yes)."""
+        return True
+
+    def process(self, item: Item, output: Path) -> dict[str, Any]:
+        """Make ``output`` (absolute path) from ``item``; return the stage-specific columns.
+
+        Raise :class:`ItemFailed` or :class:`ItemSkipped` with a one-line reason for bad
+        items. Write ``output`` only through :func:`atomic_path`.
+        """
+        raise NotImplementedError
+
+    def process_stream(self, work: list[tuple[Item, Path]]) -> Iterator[tuple[Item, Outcome]]:
+        """Process all of ``work`` and yield each item's outcome as it finishes.
+
+        The default runs :meth:`process` one item at a time; batched stages override it.
+        """
+        for item, output in work:
+            yield item, run_one(self, item, output)
+
+
+def run_one(stage: Stage, item: Item, output: Path) -> Outcome:
+    """Run ``stage.process`` on one item, turning an item-level error into an Outcome."""
+    try:
+        return Outcome("ok", "", stage.process(item, output) or {})
+    except ItemSkipped as exc:
+        return Outcome("skipped", _one_line(exc))
+    except _ITEM_ERRORS as exc:
+        log.debug("item %s failed", item.id, exc_info=True)
+        reason = _one_line(exc) if isinstance(exc, ItemFailed) else \
+            f"{type(exc).__name__}: {_one_line(exc)}"
+        return Outcome("failed", reason)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success move it into place atomically.
+
+    The temp name keeps the extension (ffmpeg and soundfile pick the format from it). On any
+    exception, Ctrl-C included, the temp file is removed and ``final`` is left untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _remove_stale_temps(folder: Path) -> int:
+    """Delete temp files a killed run left behind (Ctrl-C cleans up; SIGKILL cannot)."""
+    count = 0
+    for path in folder.rglob(".*.tmp*"):
+        if path.is_file() and _TEMP_RE.match(path.name):
+            path.unlink(missing_ok=True)
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# Manifests
+# --------------------------------------------------------------------------------------------
+
+def read_manifest(folder: Path) -> dict[str, dict[str, str]]:
+    """The rows of ``folder/manifest.csv`` keyed by id (empty when there is none)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "id" not in reader.fieldnames:
+            raise ConfigError(f"{path}: not a manifest (no 'id' column); move it away or rerun"
+                              " the stage that wrote it with --force")
+        return {row["id"]: row for row in reader if row.get("id")}
+
+
+def write_manifest(folder: Path, rows: Iterable[Mapping[str, Any]],
+                   columns: tuple[str, ...] = ()) -> Path:
+    """Write ``rows`` (sorted by group, id) to ``folder/manifest.csv`` atomically."""
+    path = Path(folder) / MANIFEST
+    header = list(BASE_COLUMNS) + [c for c in columns if c not in BASE_COLUMNS]
+    ordered = sorted(rows, key=lambda r: (str(r.get("group", "")), str(r.get("id", ""))))
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        for row in ordered:
+            writer.writerow({k: _cell(row.get(k, "")) for k in header})
+    return path
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def write_settings(folder: Path, settings: Mapping[str, Any]) -> None:
+    """Record the settings in effect beside a stage's outputs (``settings.yaml``)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(folder) / SETTINGS,
+                      yaml.safe_dump(dict(settings), sort_keys=False, allow_unicode=True))
+
+
+def list_items(folder: Path, extensions: Iterable[str], *, what: str = "input") -> list[Item]:
+    """List the work items in a previous stage's output folder, or in a plain folder of files.
+
+    With a ``manifest.csv``, its ``ok`` rows whose output exists are items (the row rides
+    along as ``Item.upstream``). Files under ``<folder>/<group>/`` that the manifest does not
+    mention are items too, so users can bring their own data to any stage: the sub-folder
+    names the group and the file name (without extension) is the id.
+
+    Raises
+    ------
+    ConfigError
+        When the folder is missing or holds no usable file.
+    """
+    folder = Path(folder)
+    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    if not folder.is_dir():
+        raise ConfigError(f"{what} folder {folder} does not exist (run the previous stage "
+                          "first, or pass --input DIR)")
+    rows = read_manifest(folder)
+    items: dict[str, Item] = {}
+    for row in rows.values():
+        if row.get("status") != "ok" or not row.get("output"):
+            continue
+        path = folder / row["output"]
+        if path.is_file() and path.suffix.lower() in exts:
+            items[row["id"]] = Item(row["id"], row.get("group") or path.parent.name, path,
+                                    row.get("label") or row.get("group", ""), row)
+    for path in sorted(folder.glob("*/*")):
+        if (path.is_file() and path.suffix.lower() in exts and not path.name.startswith(".")
+                and path.stem not in rows and path.stem not in items):
+            items[path.stem] = Item(path.stem, path.parent.name, path, path.parent.name)
+    if not items:
+        raise ConfigError(f"{what} folder {folder} has no {'/'.join(sorted(exts))} files "
+                          "(expected <group>/<id>.<ext>, or a manifest.csv with ok rows)")
+    return sorted(items.values(), key=lambda it: (it.group, it.id))
+
+
+# --------------------------------------------------------------------------------------------
+# Running a stage
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    """Counts of one stage run: new results, earlier results kept, and the common failures."""
+
+    name: str
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    already_done: int = 0
+    reasons: collections.Counter = field(default_factory=collections.Counter)
+    seconds: float = 0.0
+    manifest: Path | None = None
+
+    def add(self, outcome: Outcome) -> None:
+        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
+        if outcome.status != "ok" and outcome.reason:
+            self.reasons[_reason_kind(outcome.reason)] += 1
+
+    def line(self) -> str:
+        """``ok N · skipped N · failed N`` and the most common reasons."""
+        skipped = f"skipped {self.skipped + self.already_done}"
+        if self.already_done:
+            skipped += f" ({self.already_done} done before)"
+        text = f"{self.name}: ok {self.ok} · {skipped} · failed {self.failed}"
+        if self.reasons:
+            top = ", ".join(f"{r} ×{n}" for r, n in self.reasons.most_common(3))
+            text += f" (top reasons: {top})"
+        return text + f" in {self.seconds:.1f} s"
+
+    @property
+    def exit_code(self) -> int:
+        """1 when every item of this run failed, else 0."""
+        return 1 if self.failed and not (self.ok or self.already_done or self.skipped) else 0
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons that differ only in numbers or quoted names (``too short (0.4 s)``)."""
+    kind = re.sub(r"\(.*?\)|'.*?'|\d+(\.\d+)?", "…", reason)
+    return kind.strip()[:80]
+
+
+def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: bool = False,
+              limit: int | None = None, workers: int = 1, progress: bool = True) -> Summary:
+    """Run ``stage`` over ``items``, writing into ``output_dir`` and its ``manifest.csv``.
+
+    Parameters
+    ----------
+    stage : Stage
+    items : iterable of Item
+    output_dir : Path
+        Outputs go to ``output_dir / stage.output_path(item)``.
+    force : bool
+        Redo items that are already done (or were skipped, or failed for good).
+    limit : int or None
+        Process at most this many items that still need work (successive runs continue).
+    workers : int
+        Pool size for ``process``/``thread`` stages (1 = in this process).
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    Summary
+        Also logged as the closing line. Ctrl-C writes the manifest of finished items
+        and re-raises ``KeyboardInterrupt``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if (stale := _remove_stale_temps(output_dir)):
+        log.info("removed %d temporary file(s) left by an interrupted run", stale)
+    rows = read_manifest(output_dir)
+    summary = Summary(stage.name)
+    start = time.monotonic()
+
+    todo: list[tuple[Item, Path]] = []
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            log.warning("%s: duplicate id %s (%s) ignored", stage.name, item.id, item.source)
+            continue
+        seen.add(item.id)
+        rel = stage.output_path(item)
+        output = output_dir / rel
+        prev = rows.get(item.id)
+        if not force and _keep_previous(stage, prev, output):
+            if prev is None:  # output exists but the manifest lost its row (e.g. SIGKILL)
+                rows[item.id] = _row(item, rel, Outcome("ok"))
+            summary.already_done += 1
+            continue
+        todo.append((item, output))
+    if limit is not None:
+        todo = todo[:limit]
+    if summary.already_done:
+        log.info("%s: %d item(s) already done, kept (use --force to redo them)",
+                 stage.name, summary.already_done)
+
+    bar = tqdm(total=len(todo), desc=stage.name, unit=stage.unit, disable=not progress,
+               dynamic_ncols=True)
+    last_flush = time.monotonic()
+    try:
+        for item, outcome in _execute(stage, todo, workers):
+            rows[item.id] = _row(item, stage.output_path(item), outcome)
+            summary.add(outcome)
+            if outcome.status == "failed":
+                log.warning("%s: %s failed: %s", stage.name, item.id, outcome.reason)
+            else:
+                log.debug("%s: %s %s %s", stage.name, item.id, outcome.status, outcome.reason)
+            bar.update(1)
+            bar.set_postfix(ok=summary.ok, skipped=summary.skipped, failed=summary.failed,
+                            refresh=False)
+            if time.monotonic() - last_flush > 10:  # a crash loses at most 10 s of rows
+                write_manifest(output_dir, rows.values(), stage.columns)
+                last_flush = time.monotonic()
+    finally:
+        bar.close()
+        summary.seconds = time.monotonic() - start
+        summary.manifest = write_manifest(output_dir, rows.values(), stage.columns)
+    log.info("%s", summary.line())
+    return summary
+
+
+def _keep_previous(stage: Stage, prev: Mapping[str, str] | None, output: Path) -> bool:
+    """Whether an earlier result stands: a valid output, a skip decision, or a final failure."""
+    if prev is None:
+        return stage.is_done(output, None)
+    status = prev.get("status")
+    if status == "ok":
+        return stage.is_done(output, prev)
+    if status == "skipped":
+        return True
+    return status == "failed" and not stage.should_retry(prev)
+
+
+def _row(item: Item, rel: Path, outcome: Outcome) -> dict[str, Any]:
+    return {"id": item.id, "label": item.label, "group": item.group, "source": str(item.source),
+            "output": rel.as_posix() if outcome.status == "ok" else "",
+            "status": outcome.status, "reason": outcome.reason, **outcome.fields}
+
+
+def _ignore_sigint() -> None:
+    # Pool workers finish their current item on Ctrl-C; the parent stops handing out new ones.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _execute(stage: Stage, todo: list[tuple[Item, Path]],
+             workers: int) -> Iterator[tuple[Item, Outcome]]:
+    if not todo:
+        return
+    if stage.executor == "stream" or workers <= 1 or len(todo) == 1:
+        yield from stage.process_stream(todo)
+        return
+    if stage.executor == "process":
+        pool: cf.Executor = cf.ProcessPoolExecutor(workers, initializer=_ignore_sigint)
+    else:
+        pool = cf.ThreadPoolExecutor(workers)
+    try:
+        futures = {pool.submit(run_one, stage, item, out): item for item, out in todo}
+        for future in cf.as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        # On Ctrl-C or an error: drop queued items, let running ones finish atomically.
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Stage 1: VGGSound CSV -> the 10 s clip of every selected animal video, as .mp4 (yt-dlp).
+
+Reads   paths.vggsound_csv (ytid,start_seconds,label,split; no header) and download.classes
+        (groups of exact VGGSound labels).
+Writes  paths.clips/<group>/<ytid>_<start:06d>.mp4 and paths.clips/manifest.csv.
+"""
+
+import sys
+from pathlib import Path
+
+from animalvae import cli
+
+
+def build_parser():
+    p = cli.stage_parser(
+        "download_video.py", __doc__,
+        input_help="the VGGSound CSV file (default: paths.vggsound_csv)",
+        output_help="folder for the clips (default: paths.clips)")
+    g = p.add_argument_group("download options")
+    g.add_argument("--dry-run", action="store_true",
+                   help="parse and select rows, print per-group counts and malformed rows; "
+                        "no network")
+    g.add_argument("--from-dir", type=Path, default=None, metavar="DIR",
+                   help="take clips you already have (<ytid>_<start:06d>.mp4, any sub-folder) "
+                        "from DIR by hard link or copy instead of downloading")
+    g.add_argument("--retry-failed", action="store_true",
+                   help="also retry videos that failed for good before (unavailable, private, "
+                        "bot check)")
+    return p
+
+
+def run(args) -> int:
+    config = cli.config_from_args(args, input_key="paths.vggsound_csv",
+                                  output_key="paths.clips")
+    from animalvae import download
+    return download.run(config, cli.options_from_args(args), dry_run=args.dry_run,
+                        from_dir=args.from_dir, retry_failed=args.retry_failed)
+
+
+def main(argv=None) -> int:
+    return cli.main(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Stage 4: 3 s segments -> normalised, invertible spectrograms (.npy) for the VAE.
+
+Reads   paths.detections/segments/<group>/<id>.wav (stage 3), or any folder of WAV files with
+        one sub-folder per group.
+Writes  paths.spectrograms/<group>/<id>.npy (values in [0, 1], shape in features.*),
+        normalizer.json (how to undo the scaling), manifest.csv and preview.png.
+"""
+
+import sys
+
+from animalvae import cli
+
+
+def build_parser():
+    p = cli.stage_parser(
+        "preprocess_audio_vae.py", __doc__,
+        input_help="folder of segments, <group>/<id>.wav (default: paths.detections/segments)",
+        output_help="folder for the spectrograms (default: paths.spectrograms)")
+    g = p.add_argument_group("preprocess options")
+    g.add_argument("--check", type=int, default=0, metavar="N",
+                   help="after the run, invert N spectrograms with Griffin-Lim and print the "
+                        "median spectral convergence (lower is better; 0 = skip)")
+    return p
+
+
+def run(args) -> int:
+    # --input names the segments folder itself, so it is passed on rather than mapped to a key.
+    config = cli.config_from_args(args, output_key="paths.spectrograms")
+    from animalvae import features
+    return features.run(config, cli.options_from_args(args), input_dir=args.input,
+                        check=args.check).exit_code
+
+
+def main(argv=None) -> int:
+    return cli.main(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

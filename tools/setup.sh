@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up for `make test`, `make demo` and friends; fast when already done.
+#  1. a virtual environment keyed by a hash of the requirements (reused across clones),
+#     linked as ./.venv;
+#  2. `pip install -r` every time, so a missing requirement is always caught;
+#  3. ffmpeg + ffprobe: installed with apt-get when running as root, else a one-line how-to.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV_ROOT=${VENV_ROOT:-$HOME/.cache/animalvae}
+hash=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
+venv="$VENV_ROOT/venv-$hash"
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv"
+  mkdir -p "$VENV_ROOT"
+  "$PYTHON" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  -r requirements.txt -r requirements-dev.txt 2> >(grep -v "is ignored: it is neither" >&2)
+ln -sfn "$venv" .venv
+
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ffmpeg with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+  else
+    echo "setup: ffmpeg/ffprobe not found; install ffmpeg (Debian/Ubuntu: sudo apt-get install ffmpeg, macOS: brew install ffmpeg) and rerun" >&2
+    exit 1
+  fi
+fi
+echo "setup: ok ($venv, $(ffmpeg -version | head -n1 | cut -d' ' -f1-3))"
