@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Stage 4: 3 s segments -> normalised, invertible spectrograms (.npy) for the VAE.
 
-Reads   paths.detections/segments/<group>/<id>.wav (stage 3), or any folder of WAV files with
-        one sub-folder per group.
+Reads   the segments listed in paths.detections/manifest.csv (stage 3), or any folder of WAV
+        files with one sub-folder per group (--input DIR).
 Writes  paths.spectrograms/<group>/<id>.npy (values in [0, 1], shape in features.*),
         normalizer.json (how to undo the scaling), manifest.csv and preview.png.
 """
@@ -15,7 +15,7 @@ from animalvae import cli
 def build_parser():
     p = cli.stage_parser(
         "preprocess_audio_vae.py", __doc__,
-        input_help="folder of segments, <group>/<id>.wav (default: paths.detections/segments)",
+        input_help="stage 3 folder, or any folder of <group>/<id>.wav (default: paths.detections)",
         output_help="folder for the spectrograms (default: paths.spectrograms)")
     g = p.add_argument_group("preprocess options")
     g.add_argument("--check", type=int, default=0, metavar="N",
@@ -25,11 +25,10 @@ def build_parser():
 
 
 def run(args) -> int:
-    # --input names the segments folder itself, so it is passed on rather than mapped to a key.
-    config = cli.config_from_args(args, output_key="paths.spectrograms")
+    config = cli.config_from_args(args, input_key="paths.detections",
+                                  output_key="paths.spectrograms")
     from animalvae import features
-    return features.run(config, cli.options_from_args(args), input_dir=args.input,
-                        check=args.check).exit_code
+    return features.run(config, cli.options_from_args(args), check=args.check).exit_code
 
 
 def main(argv=None) -> int:

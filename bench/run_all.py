@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Run every bench/bench_*.py and rewrite docs/benchmarks.md from their results.
+
+Each benchmark prints a Markdown section (its figures, the baseline, the ratio and the command
+that reproduces it) and writes the same text to bench/results/<name>.md; this script runs them
+one after another (never in parallel: they time things) and joins the sections with a header
+naming the machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def machine() -> str:
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def main(argv: list[str]) -> int:
+    names = argv or sorted(p.stem.removeprefix("bench_")
+                           for p in (ROOT / "bench").glob("bench_*.py"))
+    failed = []
+    for name in names:
+        print(f"== bench_{name}", flush=True)
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"bench_{name}.py")],
+                              cwd=ROOT)
+        if proc.returncode:
+            failed.append(name)
+    sections = [p.read_text().strip() for p in sorted(RESULTS.glob("*.md"))]
+    header = ("# Benchmarks\n\nEvery figure here is printed by a script in `bench/`; "
+              "`make bench` reruns them all and rewrites this page.\n\n"
+              f"Last run {datetime.date.today()} on: {machine()}.\n")
+    (ROOT / "docs" / "benchmarks.md").write_text(header + "\n\n".join([""] + sections) + "\n")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

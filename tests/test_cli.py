@@ -1,0 +1,68 @@
+"""The shared command line: --input/--output/--set mapping, exit codes, missing binaries."""
+
+import argparse
+
+import pytest
+
+from animalvae import cli
+from animalvae.errors import ConfigError
+
+
+def parse(argv, **kw):
+    parser = cli.stage_parser("x.py", "test", input_help="in", output_help="out", **kw)
+    return parser, parser.parse_args(argv)
+
+
+def test_input_and_output_are_relative_to_the_working_directory(write_config, tmp_path,
+                                                                 monkeypatch):
+    config_path = write_config("paths:\n  clips: c\n")
+    monkeypatch.chdir(tmp_path / "..")
+    _, args = parse(["--config", str(config_path), "--input", "mine", "--output", "/abs/out",
+                     "--set", "extract.sample_rate=16000"])
+    config = cli.config_from_args(args, input_key="paths.clips", output_key="paths.audio")
+    assert config.paths.clips == tmp_path.parent / "mine"
+    assert config.paths.audio.as_posix() == "/abs/out"
+    assert config.extract.sample_rate == 16000
+    assert config.paths.spectrograms == tmp_path / "data" / "spectrograms"
+
+
+def test_options_from_args():
+    _, args = parse(["--limit", "3", "--workers", "2", "--force", "--quiet"])
+    assert cli.options_from_args(args) == cli.StageOptions(force=True, limit=3, workers=2,
+                                                           progress=False)
+
+
+@pytest.mark.parametrize("flag", ["--limit", "--workers"])
+def test_counts_must_be_positive(flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse([flag, "0"])
+    assert info.value.code == 2
+    assert "0 must be >= 1" in capsys.readouterr().err
+
+
+def test_main_maps_errors_to_exit_codes(capsys):
+    parser = argparse.ArgumentParser(prog="x.py")
+
+    def bad_settings(args):
+        raise ConfigError(["a.b=1 must be > 1", "c.d: unknown key"])
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert cli.main(parser, bad_settings, []) == 2
+    err = capsys.readouterr().err
+    assert "x.py: error: a.b=1 must be > 1\nx.py: error: c.d: unknown key" in err
+    assert cli.main(parser, interrupted, []) == 130
+    assert "rerun the same command to continue" in capsys.readouterr().err
+    assert cli.main(parser, lambda args: 0, []) == 0
+
+
+def test_missing_binary_says_how_to_install(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match=r"ffmpeg and ffprobe not found on PATH: install ffmpeg"):
+        cli.require_binaries("ffmpeg", "ffprobe")
+
+
+def test_default_workers():
+    assert cli.default_workers(3) == 3
+    assert cli.default_workers(0) >= 1
