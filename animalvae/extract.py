@@ -1,0 +1,351 @@
+"""Stage 2: clips (and the user's own recordings) -> mono 16-bit WAV at ``extract.sample_rate``.
+
+Each source is probed with ffprobe first (no audio stream, corrupt, too short: failed), then
+converted by one ffmpeg run that decodes the first audio stream, resamples it once to
+``extract.sample_rate``, mixes it down to mono and writes PCM 16-bit WAV. Nothing resamples the
+audio again later: PANNs (stage 3) and the spectrograms (stage 4) read these files as they are.
+
+The RMS level is measured on the converted file; near-silent audio (VGGSound has muted clips) is
+skipped and its WAV not kept. Manifest columns besides the base ones: ``video`` (absolute path
+of the source when it has a video stream, for stage 3's frames; else empty), ``duration``
+(seconds), ``sample_rate`` (Hz) and ``rms_dbfs`` (dB relative to a full-scale square wave).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import subprocess
+from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+import numpy as np
+import soundfile as sf
+
+from . import cli
+from .config import Config, ExtractConfig, config_to_dict
+from .errors import ConfigError, ItemFailed, ItemSkipped
+from .stage import (
+    MANIFEST,
+    Item,
+    Stage,
+    Summary,
+    atomic_path,
+    list_items,
+    run_stage,
+    write_settings,
+)
+
+__all__ = ["ExtractStage", "run", "list_sources", "rms_dbfs", "ffmpeg_reason",
+           "CLIP_EXTENSIONS", "AUDIO_EXTENSIONS"]
+
+log = logging.getLogger(__name__)
+
+CLIP_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov")
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".m4a")
+
+# ffmpeg's closing lines that only repeat that something went wrong; the line before says what.
+_GENERIC_LINES = (
+    "invalid data found when processing input", "conversion failed!",
+    "error opening input files", "error opening input file", "error opening output files",
+    "error while decoding stream", "nothing was encoded",
+)
+_LOG_PREFIX_RE = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*")
+# How run_stage records an exception that is not ItemFailed: "OSError: [Errno 28] ...".
+_EXCEPTION_REASON_RE = re.compile(r"^[A-Z]\w*(Error|Exception): ")
+# A decode that comes out shorter than the declared duration by more than this is a partial
+# file (when ffmpeg also reported errors); small differences are codec padding.
+_PARTIAL_TOLERANCE_S = 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------
+
+def rms_dbfs(y: np.ndarray) -> float:
+    """RMS level of a signal in dBFS (0 dBFS = RMS of a full-scale square wave).
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n,) or (n, channels), float in [-1, 1]]
+
+    Returns
+    -------
+    float
+        ``20 * log10(rms)``; ``-inf`` for digital silence or an empty signal.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    return _dbfs(float(np.sum(y * y)), y.size)
+
+
+def _dbfs(sum_squares: float, n: int) -> float:
+    if n == 0 or sum_squares <= 0:
+        return -math.inf
+    return 10.0 * math.log10(sum_squares / n)
+
+
+def ffmpeg_reason(stderr: bytes | str, path: Path | str | None = None) -> str:
+    """The one line of ffmpeg/ffprobe error output that says what is wrong with a file.
+
+    Lines are stripped of the ``[demuxer @ 0x…]`` and ``<path>:`` prefixes; the last line that
+    is not a generic "it failed" line wins (``moov atom not found`` rather than ``Invalid data
+    found when processing input``), else the last line.
+
+    Parameters
+    ----------
+    stderr : bytes or str
+        ffmpeg's error output (run with ``-loglevel error``).
+    path : Path or str, optional
+        The input file, whose name ffmpeg prefixes to some lines.
+
+    Returns
+    -------
+    str
+        One line; ``"ffmpeg failed"`` when the output is empty.
+    """
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    lines = []
+    for raw in text.splitlines():
+        line = _LOG_PREFIX_RE.sub("", raw.strip())
+        if path is not None and line.startswith(f"{path}: "):
+            line = line[len(f"{path}: "):]
+        if line:
+            lines.append(line)
+    specific = [ln for ln in lines if not ln.lower().startswith(_GENERIC_LINES)]
+    chosen = specific or lines
+    return chosen[-1] if chosen else "ffmpeg failed"
+
+
+def _seconds(duration_s: float) -> str:
+    # Rounded down, so a clip just under the limit never reads as long enough ("1.0 s").
+    return f"{math.floor(duration_s * 10) / 10:.1f} s"
+
+
+def _audio_facts(info: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, float | None, bool]:
+    """From ffprobe's JSON: the first audio stream, its duration in seconds, and has-video.
+
+    The duration is exact (``duration_ts * time_base``) when ffprobe gives it, else the stream
+    or container duration (an upper bound), else None. Cover art in audio files is a
+    one-picture "video" stream (``attached_pic``) and does not count as video.
+    """
+    streams = info.get("streams", [])
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    has_video = any(s.get("codec_type") == "video"
+                    and not s.get("disposition", {}).get("attached_pic") for s in streams)
+    if audio is None:
+        return None, None, has_video
+    duration_s: float | None = None
+    try:
+        if audio.get("duration_ts") is not None and audio.get("time_base"):
+            duration_s = float(Fraction(int(audio["duration_ts"])) * Fraction(audio["time_base"]))
+        elif audio.get("duration") not in (None, "N/A"):
+            duration_s = float(audio["duration"])
+        elif info.get("format", {}).get("duration") not in (None, "N/A"):
+            duration_s = float(info["format"]["duration"])
+    except (ValueError, ZeroDivisionError):
+        duration_s = None
+    return audio, duration_s, has_video
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+class ExtractStage(Stage):
+    """Probe, convert (ffmpeg: first audio stream -> mono PCM16 at ``sr``), measure, keep or skip.
+
+    Parameters
+    ----------
+    sr : int
+        Output sample rate in Hz.
+    min_seconds : float
+        Audio shorter than this fails as ``too short``.
+    silence_dbfs : float
+        Audio whose RMS (dBFS) is below this is skipped as ``silent``.
+    last_run : float or None
+        When the previous run wrote its manifest (``st_mtime``): failures of sources not
+        modified since are kept (see :meth:`should_retry`).
+    """
+
+    name = "extract"
+    unit = "clip"
+    suffix = ".wav"
+    columns = ("video", "duration", "sample_rate", "rms_dbfs")
+    executor = "process"
+
+    def __init__(self, *, sr: int, min_seconds: float, silence_dbfs: float,
+                 last_run: float | None = None):
+        self.sr = sr
+        self.min_seconds = min_seconds
+        self.silence_dbfs = silence_dbfs
+        self.last_run = last_run
+
+    @classmethod
+    def from_config(cls, config: ExtractConfig, *, last_run: float | None = None) -> ExtractStage:
+        """The stage for the ``extract`` section of the config."""
+        return cls(sr=config.sample_rate, min_seconds=config.min_seconds,
+                   silence_dbfs=config.silence_dbfs, last_run=last_run)
+
+    def should_retry(self, row: Mapping[str, str]) -> bool:
+        """Retry a failure only if its source changed since the last run, or it was not the file.
+
+        Probing and decoding a local file is deterministic, so "no audio stream" or "moov atom
+        not found" stands until the file is replaced (or ``--force``); an unexpected error
+        (recorded as ``SomeError: ...``, e.g. a full disk) is tried again.
+        """
+        if self.last_run is None or _EXCEPTION_REASON_RE.match(row.get("reason", "")):
+            return True
+        try:
+            return Path(row["source"]).stat().st_mtime > self.last_run
+        except (KeyError, OSError):
+            return True
+
+    def is_done(self, output: Path, row: Mapping[str, str] | None) -> bool:
+        """A readable mono PCM16 WAV at this stage's sample rate (a new rate redoes the item)."""
+        try:
+            info = sf.info(str(output))
+        except (RuntimeError, OSError):  # missing or unreadable (LibsndfileError is a RuntimeError)
+            return False
+        if row is not None and row.get("sample_rate") not in (None, "", str(self.sr)):
+            return False
+        return (info.samplerate == self.sr and info.channels == 1 and info.frames > 0
+                and info.subtype == "PCM_16")
+
+    def process(self, item: Item, output: Path) -> dict[str, Any]:
+        """Convert one source to ``output``; the returned dict fills the manifest columns."""
+        source = Path(item.source).absolute()  # absolute: an id may start with "-"
+        try:
+            return self._process(source, output)
+        except (ItemFailed, ItemSkipped):
+            # A --force rerun that now fails or skips must not leave the old WAV behind.
+            output.unlink(missing_ok=True)
+            raise
+
+    def _process(self, source: Path, output: Path) -> dict[str, Any]:
+        try:
+            info = ffmpeg.probe(str(source), v="error")
+        except ffmpeg.Error as exc:
+            raise ItemFailed(ffmpeg_reason(exc.stderr, source)) from None
+        audio, declared_s, has_video = _audio_facts(info)
+        if audio is None:
+            raise ItemFailed("no audio stream")
+        if declared_s is not None and declared_s < self.min_seconds:
+            raise ItemFailed(f"too short ({_seconds(declared_s)})")
+
+        with atomic_path(output) as tmp:
+            errors = self._convert(source, tmp, declared_s)
+            frames = sf.info(str(tmp)).frames
+            duration_s = frames / self.sr
+            if errors and declared_s is not None \
+                    and duration_s < declared_s - _PARTIAL_TOLERANCE_S:
+                raise ItemFailed(f"corrupt: decoded {duration_s:.1f} of {declared_s:.1f} s "
+                                 f"({ffmpeg_reason(errors, source)})")
+            if duration_s < self.min_seconds:
+                raise ItemFailed(f"too short ({_seconds(duration_s)})")
+            level = _wav_rms_dbfs(tmp)
+            if level < self.silence_dbfs:
+                raise ItemSkipped(f"silent ({level:.1f} dBFS)")
+            if errors:
+                log.debug("%s: ffmpeg reported (output kept): %s", source,
+                          ffmpeg_reason(errors, source))
+        return {"video": str(source) if has_video else "", "duration": round(duration_s, 6),
+                "sample_rate": self.sr, "rms_dbfs": round(level, 2)}
+
+    def _convert(self, source: Path, target: Path, declared_s: float | None) -> bytes:
+        """Run ffmpeg: first audio stream -> mono PCM16 WAV at ``self.sr``; return its stderr.
+
+        AAC in mp4 decodes to whole 1024-sample frames, i.e. up to 1023 samples of encoder
+        padding past the declared end; ``atrim`` cuts at the declared duration (counted from
+        the first sample, so a stream starting late is not cut short).
+        """
+        stream = ffmpeg.input(str(source))["a:0"].filter("aresample", self.sr)
+        if declared_s is not None:
+            stream = stream.filter("atrim", end_sample=round(declared_s * self.sr))
+        args = stream.output(str(target), f="wav", acodec="pcm_s16le", ac=1, ar=self.sr,
+                             map_metadata=-1).compile(
+            cmd=["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"],
+            overwrite_output=True)
+        proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        if proc.returncode != 0 or not target.is_file():
+            raise ItemFailed(ffmpeg_reason(proc.stderr, source))
+        return proc.stderr
+
+
+def _wav_rms_dbfs(path: Path, *, block_frames: int = 1 << 16) -> float:
+    """RMS level (dBFS) of a WAV file, read in blocks so long recordings fit in memory."""
+    total, n = 0.0, 0
+    for block in sf.blocks(str(path), blocksize=block_frames, dtype="float64"):
+        total += float(np.sum(block * block))
+        n += block.size
+    return _dbfs(total, n)
+
+
+# --------------------------------------------------------------------------------------------
+# Running the stage
+# --------------------------------------------------------------------------------------------
+
+def list_sources(config: Config) -> list[Item]:
+    """The clips in ``paths.clips`` plus the recordings in each ``extract.extra_audio_dirs``.
+
+    Clips: stage 1's manifest and ``<group>/<id>.{mp4,mkv,webm,mov}``; recordings:
+    ``<dir>/<group>/<id>.{wav,mp3,flac,ogg,m4a}`` (the group is the sub-folder, the id the file
+    name without extension). A missing or empty clips folder is fine when recordings exist.
+
+    Raises
+    ------
+    ConfigError
+        When there is nothing to convert at all (one line per folder, saying why).
+    """
+    items: list[Item] = []
+    problems: list[str] = []
+    try:
+        items += list_items(config.paths.clips, CLIP_EXTENSIONS, what="clips")
+    except ConfigError as exc:
+        problems += exc.problems
+    for folder in config.extract.extra_audio_dirs:
+        try:
+            items += list_items(folder, AUDIO_EXTENSIONS, what="extra audio")
+        except ConfigError as exc:
+            problems += exc.problems
+    if not items:
+        raise ConfigError(problems)
+    for problem in problems:  # e.g. no clips folder, but recordings to convert: fine
+        log.info("%s", problem)
+    return items
+
+
+def run(config: Config, options: cli.StageOptions) -> Summary:
+    """Convert every clip and extra recording to ``paths.audio/<group>/<id>.wav``.
+
+    Parameters
+    ----------
+    config : Config
+        Uses ``paths.clips``, ``paths.audio`` and the ``extract`` section.
+    options : cli.StageOptions
+        ``force``, ``limit``, ``workers`` (default ``extract.workers``; 0 = one per core),
+        ``progress``.
+
+    Returns
+    -------
+    Summary
+
+    Raises
+    ------
+    ConfigError
+        ffmpeg/ffprobe not installed, or no input at all; raised before any work starts.
+    """
+    cli.require_binaries("ffmpeg", "ffprobe")
+    items = list_sources(config)
+    output_dir = config.paths.audio
+    workers = options.workers or cli.default_workers(config.extract.workers)
+    manifest = output_dir / MANIFEST
+    last_run = manifest.stat().st_mtime if manifest.is_file() else None
+    write_settings(output_dir, config_to_dict(config.extract))
+    stage = ExtractStage.from_config(config.extract, last_run=last_run)
+    return run_stage(stage, items, output_dir,
+                     force=options.force, limit=options.limit, workers=workers,
+                     progress=options.progress)
