@@ -113,6 +113,17 @@ class DownloadConfig:
                     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
                     problems.append(
                         f"download.classes.{group}: unknown VGGSound animal label {label!r}{hint}")
+        # A clip has one folder and one class for the VAE, so a label names one group.
+        owner: dict[str, str] = {}
+        shared: dict[tuple[str, str], list[str]] = {}
+        for group, labels in self.classes.items():
+            for label in dict.fromkeys(ANIMAL_LABELS if ALL_ANIMALS in labels else labels):
+                first = owner.setdefault(label, group)
+                if first != group:
+                    shared.setdefault((first, group), []).append(label)
+        for (first, group), labels in shared.items():
+            problems.append(f"download.classes: groups {first} and {group} share {len(labels)} "
+                            f"label(s) (e.g. {labels[0]!r}); give each label one group")
         if not self.splits:
             problems.append("download.splits is empty: use [train], [test] or [train, test]")
         if "{ytid}" not in self.url_template:
