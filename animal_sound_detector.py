@@ -19,7 +19,11 @@ def build_parser():
     p = cli.stage_parser(
         "animal_sound_detector.py", __doc__,
         input_help="folder of WAV files, <group>/<id>.wav (default: paths.audio)",
-        output_help="folder for segments/ and frames/ (default: paths.detections)")
+        output_help="folder for segments/ and frames/ (default: paths.detections)",
+        epilog="The model runs in batches of detect.batch_size on detect.device; --workers sets "
+               "the threads that read and write files meanwhile (default 2). Without the "
+               "checkpoint, --set detect.backend=energy picks the loudest window instead "
+               "(not animal-aware).")
     g = p.add_argument_group("detector options")
     g.add_argument("--download-models", action="store_true",
                    help="download the PANNs checkpoint (~300 MB) to detect.checkpoint and the "

@@ -193,10 +193,20 @@ class DetectConfig:
         problems: list[str] = []
         _positive(problems, "detect.batch_size", self.batch_size)
         _positive(problems, "detect.segment_seconds", self.segment_seconds)
-        if not 0 <= self.min_score <= 1 and self.backend == "panns":
-            problems.append(f"detect.min_score={self.min_score} must be in [0, 1] for panns")
+        if not 0 <= self.min_score <= 1:  # both backends score in [0, 1]
+            problems.append(f"detect.min_score={self.min_score} must be in [0, 1]")
         if not 1 <= self.jpeg_quality <= 100:
             problems.append(f"detect.jpeg_quality={self.jpeg_quality} must be in [1, 100]")
+        _positive(problems, "detect.frame_min_mean", self.frame_min_mean, allow_zero=True)
+        _positive(problems, "detect.frame_min_std", self.frame_min_std, allow_zero=True)
+        from .panns import resolve_classes  # lazy: the label list is only read when checked
+
+        for group, classes in self.audioset_classes.items():
+            if not classes:
+                problems.append(f"detect.audioset_classes.{group}: empty list; name at least "
+                                "one AudioSet class (e.g. Animal, or index 72)")
+            problems += [f"detect.audioset_classes.{group}: {p}"
+                         for p in resolve_classes(classes)[1]]
         return problems
 
 
@@ -214,12 +224,16 @@ class FeaturesConfig:
     griffin_lim_iters: int = 32     # for --check
     momentum: float = 0.99          # fast Griffin-Lim momentum
     batch_size: int = 32            # segments per batched transform
-    workers: int = 0                # reader processes; 0 = one per CPU core
+    workers: int = 0                # I/O threads (read, resample, write); 0 = one per core
+    device: str = "auto"            # transforms and --check: auto | cpu | cuda | cuda:N | mps
 
     def _check(self) -> list[str]:
         problems: list[str] = []
         if not _power_of_two(self.n_fft):
             problems.append(f"features.n_fft={self.n_fft} must be a power of two")
+        if self.kind == "mel" and self.n_mels > self.n_fft // 2:
+            problems.append(f"features.n_mels={self.n_mels} must be <= n_fft // 2 = "
+                            f"{self.n_fft // 2} (more mel bands than STFT bins leave some empty)")
         _positive(problems, "features.hop_length", self.hop_length)
         if self.hop_length > self.n_fft:
             problems.append(f"features.hop_length={self.hop_length} must be <= n_fft")
@@ -241,7 +255,7 @@ class ModelConfig:
     """Stage 5: the convolutional VAE."""
 
     latent_dim: int = 64            # size of z
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # per stride-2 conv
+    channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])  # stride-2 convs
     conditional: bool = True        # label embedding into encoder and decoder
     embed_dim: int = 16             # size of the group embedding
 

@@ -71,3 +71,49 @@ def ffprobe_audio(path: Path) -> dict:
     info = dict(line.split("=", 1) for line in out.split())
     return {"sample_rate": int(info["sample_rate"]), "channels": int(info["channels"]),
             "duration": float(info["duration"])}
+
+
+def animal_call(seconds: float = 3.0, sample_rate: int = 32000, *, seed: int = 0,
+                f0: float | None = None, noise: float = 0.01,
+                peak: float = 0.5) -> np.ndarray:
+    """A float32 animal-like call: 8 harmonics with vibrato, gated on and off, plus noise.
+
+    ``f0`` (Hz) defaults to a seeded random pitch in [200, 1500); ``peak`` is the max |y|.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    t = np.arange(n) / sample_rate
+    f0 = rng.uniform(200, 1500) if f0 is None else f0
+    vibrato_hz, depth = rng.uniform(3, 8), rng.uniform(0.01, 0.05)
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + depth * np.sin(2 * np.pi * vibrato_hz * t))) \
+        / sample_rate
+    y = sum(0.6 ** k * np.sin((k + 1) * phase) for k in range(8))
+    gate = 0.5 + 0.5 * (np.sin(2 * np.pi * rng.uniform(1, 4) * t) > 0)   # calls and pauses
+    y = y * gate * np.clip(1.5 * np.sin(np.pi * t / seconds), 0, 1)
+    y = y + noise * rng.standard_normal(n)
+    return (peak * y / np.abs(y).max()).astype(np.float32)
+
+
+def make_colour_video(path: Path, colours: list[tuple[int, int, int]], *, fps: int = 10,
+                      size: tuple[int, int] = (64, 48)) -> Path:
+    """Write an H.264 mp4 (no audio) showing ``colours[i]`` (BGR) during second ``i``.
+
+    Each frame is the colour plus a +-24 checkerboard, so coloured frames are not flat
+    (std ~24) while a ``(0, 0, 0)`` second stays pure black (a blank frame); the mean of a
+    frame is its colour as long as every channel is in [24, 231] or 0.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    checker = (np.indices((height, width)).sum(axis=0) // 4 % 2 * 48 - 24)[..., None]
+    frames = []
+    for colour in colours:
+        base = np.broadcast_to(np.array(colour, dtype=np.int16), (height, width, 3))
+        frame = base if not any(colour) else base + checker
+        frames += [np.clip(frame, 0, 255).astype(np.uint8)] * fps
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
+                    "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast",
+                    "-g", str(2 * fps), str(path)],
+                   input=np.stack(frames).tobytes(), check=True)
+    return path

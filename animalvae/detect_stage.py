@@ -1,0 +1,425 @@
+"""Stage 3: the ``detect.segment_seconds`` window most likely to be an animal, and its frame.
+
+For each stage-2 WAV (``paths.audio/<group>/<id>.wav``) this writes
+
+- ``paths.detections/segments/<group>/<id>.wav``: exactly ``segment_seconds`` long, cut
+  sample-exact from the input (same rate; PCM16 input is copied bit for bit), padded per
+  ``detect.pad`` when the clip is shorter;
+- ``paths.detections/frames/<group>/<id>.jpg``: the video frame at the score's peak inside the
+  window (nearest non-blank one), when the stage-2 manifest names a video;
+- one ``manifest.csv`` with ``frame, window_start, window_end, score, peak_time, frame_time,
+  top_labels`` (times in seconds from the clip start).
+
+Clips run through PANNs in batches of ``detect.batch_size`` while a small thread pool reads
+(and, for other rates than 32 kHz, resamples) the next batches and writes the finished
+segments and frames, so the model rarely waits on I/O.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import soundfile as sf
+
+from . import detect, frames, panns
+from .cli import StageOptions
+from .config import Config, DetectConfig, config_to_dict
+from .device import pick_device
+from .errors import ConfigError, ItemFailed, ItemSkipped
+from .stage import (
+    Item,
+    Outcome,
+    Stage,
+    Summary,
+    atomic_path,
+    list_items,
+    run_stage,
+    write_settings,
+)
+
+__all__ = ["DetectStage", "PannsScorer", "EnergyScorer", "run", "AUDIO_EXTENSIONS"]
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac")
+# Errors that mean "this item's data is bad" (the stage machinery records the same ones).
+_ITEM_ERRORS = (ItemFailed, OSError, ValueError, RuntimeError, EOFError)
+_PREFETCH_BATCHES = 2  # batches read ahead of the model
+
+
+@dataclass
+class Clip:
+    """One input clip, read and ready for scoring.
+
+    ``audio`` is the mono signal at its own rate ``sr`` (int16 when the file is PCM16, so it
+    is written back unchanged; else float32), padded to at least one window;
+    ``model_input`` is float32 at the scorer's rate (the same array when no resampling is due).
+    """
+
+    item: Item
+    output: Path
+    audio: np.ndarray
+    sr: int
+    model_input: np.ndarray
+
+
+class Scorer(Protocol):
+    """Scores clips frame by frame, 100 frames/s: a ``(n_frames, n_columns)`` array per clip."""
+
+    sample_rate: int | None  # what model_input must be at; None: any (audio's own rate)
+    labels: tuple[str, ...] | None  # column names, for top_labels; None: no labels
+
+    def __call__(self, clips: list[Clip]) -> list[np.ndarray]: ...
+
+
+class PannsScorer:
+    """Batched PANNs sound event detection: AudioSet class probabilities per 10 ms frame.
+
+    Clips of a batch are zero-padded to the longest one and the frames past each clip's end
+    are cut off. The last ~1.5 s of a shorter clip can still differ slightly from a run on
+    its own (the CNN's receptive field, ~3 s, sees the padding), which is why
+    :meth:`DetectStage.process_stream` batches clips of equal length together when it can.
+    """
+
+    sample_rate = panns.SAMPLE_RATE
+
+    def __init__(self, model: Any, device: Any):
+        self.model = model
+        self.device = device
+        self.labels = panns.audioset_labels()
+
+    def __call__(self, clips: list[Clip]) -> list[np.ndarray]:
+        """Each clip's ``framewise_output`` [shape=(1 + samples // 320, 527)], padding cut off."""
+        import torch
+
+        if not clips:
+            return []
+        lengths = [c.model_input.shape[0] for c in clips]
+        batch = np.zeros((len(clips), max(lengths)), dtype=np.float32)
+        for row, clip in zip(batch, clips):
+            row[:clip.model_input.shape[0]] = clip.model_input  # zeros after shorter clips
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            probs = self.model(x)["framewise_output"]  # (batch, 1 + max_len // 320, 527)
+            probs = probs.float().cpu().numpy()
+        return [probs[i, :detect.n_frames(n, hop_length=panns.HOP_LENGTH)]
+                for i, n in enumerate(lengths)]
+
+
+class EnergyScorer:
+    """Model-free fallback: frame RMS level in [0, 1] (-80 dBFS -> 0, 0 dBFS -> 1).
+
+    Not animal-aware: the loudest window wins, whatever made the sound.
+    """
+
+    sample_rate = None
+    labels = None
+
+    def __call__(self, clips: list[Clip]) -> list[np.ndarray]:
+        return [detect.energy_scores(c.audio, c.sr)[:, None] for c in clips]
+
+
+class DetectStage(Stage):
+    """Stage 3 over stage-2 WAV files; see the module docstring for what it writes."""
+
+    name = "detect"
+    unit = "clip"
+    suffix = ".wav"
+    columns = ("frame", "window_start", "window_end", "score", "peak_time", "frame_time",
+               "top_labels")
+    executor = "stream"
+
+    def __init__(self, settings: DetectConfig, *, scorer: Scorer,
+                 classes: dict[str, list[int]] | None = None, io_workers: int = 2):
+        """
+        Parameters
+        ----------
+        settings : DetectConfig
+        scorer : Scorer
+            :class:`PannsScorer` or :class:`EnergyScorer`.
+        classes : dict of group -> list of int
+            Score columns whose max is a frame's score, per group (PANNs); ignored by
+            single-column scorers.
+        io_workers : int
+            Threads for reading and for writing (each).
+        """
+        self.settings = settings
+        self.scorer = scorer
+        self.classes = classes or {}
+        self.io_workers = max(1, io_workers)
+        self.window_frames = int(round(settings.segment_seconds * detect.FRAMES_PER_S))
+
+    # ---- layout -----------------------------------------------------------------------------
+
+    def output_path(self, item: Item) -> Path:
+        return Path("segments") / item.group / f"{item.id}.wav"
+
+    @staticmethod
+    def frame_path(output: Path) -> Path:
+        """``<root>/frames/<group>/<id>.jpg`` for segment ``<root>/segments/<group>/<id>.wav``."""
+        return output.parents[2] / "frames" / output.parent.name / f"{output.stem}.jpg"
+
+    def is_done(self, output: Path, row: dict[str, str] | None) -> bool:
+        """A readable PCM16 segment of ``segment_seconds`` (a new length redoes the item),
+        and its frame when the manifest row names one."""
+        try:
+            info = sf.info(str(output))
+        except (RuntimeError, OSError):  # missing or unreadable (LibsndfileError: RuntimeError)
+            return False
+        if (info.subtype != "PCM_16" or info.channels != 1 or info.frames
+                != int(round(self.settings.segment_seconds * info.samplerate))):
+            return False
+        frame = (row or {}).get("frame")
+        return not frame or (output.parents[2] / frame).is_file()
+
+    def discard(self, output: Path) -> None:
+        """Remove an item's segment and frame: a --force rerun that now fails or skips it
+        must not leave the old ones behind."""
+        output.unlink(missing_ok=True)
+        self.frame_path(output).unlink(missing_ok=True)
+
+    # ---- the pipeline -----------------------------------------------------------------------
+
+    def process_stream(self, work: list[tuple[Item, Path]]) -> Iterator[tuple[Item, Outcome]]:
+        """Read ahead, score in batches, write behind; yield each item's outcome.
+
+        Clips are taken shortest first, so a batch holds clips of equal (or similar) length:
+        no padding, hence scores that do not depend on which clips share a batch, and no
+        compute spent on padding. An unreadable file fails alone: the rest of its batch
+        goes on.
+        """
+        work = sorted(work, key=lambda pair: _duration_us(pair[0]))
+        size = self.settings.batch_size
+        batches = collections.deque(work[i:i + size] for i in range(0, len(work), size))
+        readers = cf.ThreadPoolExecutor(self.io_workers, thread_name_prefix="detect-read")
+        writers = cf.ThreadPoolExecutor(self.io_workers, thread_name_prefix="detect-write")
+        reading: collections.deque[list[tuple[Item, Path, cf.Future]]] = collections.deque()
+        writing: dict[cf.Future, Clip] = {}
+        try:
+            while batches or reading:
+                while batches and len(reading) < _PREFETCH_BATCHES:
+                    reading.append([(item, output, readers.submit(self.load, item, output))
+                                    for item, output in batches.popleft()])
+                clips = []
+                for item, output, future in reading.popleft():
+                    clip = _result(future)
+                    if isinstance(clip, Outcome):
+                        self.discard(output)
+                        yield item, clip
+                    else:
+                        clips.append(clip)
+                for clip, scores in zip(clips, self.scorer(clips)):
+                    writing[writers.submit(self.finish, clip, scores)] = clip
+                for future in [f for f in writing if f.done()]:
+                    yield self._written(writing.pop(future), future)
+            for future in cf.as_completed(list(writing)):
+                yield self._written(writing.pop(future), future)
+        finally:
+            # Ctrl-C or an error: drop queued work, let running writes finish atomically.
+            readers.shutdown(wait=True, cancel_futures=True)
+            writers.shutdown(wait=True, cancel_futures=True)
+
+    def _written(self, clip: Clip, future: cf.Future) -> tuple[Item, Outcome]:
+        outcome = _outcome(future)
+        if outcome.status != "ok":
+            self.discard(clip.output)
+        return clip.item, outcome
+
+    def load(self, item: Item, output: Path) -> Clip:
+        """Read one clip as mono, pad it to a window, resample a copy for the model if needed."""
+        with sf.SoundFile(str(Path(item.source).resolve())) as fh:
+            sr = fh.samplerate
+            y = fh.read(dtype="int16" if fh.subtype == "PCM_16" else "float32", always_2d=True)
+        if y.shape[0] == 0:
+            raise ItemFailed("empty audio file")
+        if y.shape[1] > 1:  # stage 2 writes mono; a user's own files may not be
+            y = _as_float(y).mean(axis=1, dtype=np.float32)
+        else:
+            y = y[:, 0]
+        if y.dtype != np.int16 and not np.isfinite(y).all():
+            raise ItemFailed("audio has NaN or infinite samples")
+        segment_samples = int(round(self.settings.segment_seconds * sr))
+        y = detect.pad_audio(y, segment_samples, mode=self.settings.pad)
+        x = _as_float(y)
+        rate = self.scorer.sample_rate
+        if rate is not None and sr != rate:
+            import torch
+            import torchaudio.functional as AF
+
+            x = AF.resample(torch.from_numpy(x), sr, rate).numpy()
+        return Clip(item, output, y, sr, x)
+
+    def finish(self, clip: Clip, probs: np.ndarray) -> dict[str, Any]:
+        """Choose the window, write the segment and the frame; the manifest columns.
+
+        Raises
+        ------
+        ItemSkipped
+            When the best window's mean score is below ``detect.min_score``.
+        """
+        item, settings = clip.item, self.settings
+        columns = self.classes.get(item.group) if probs.shape[1] > 1 else [0]
+        if not columns:
+            raise ItemFailed(f"no AudioSet classes configured for group {item.group!r}")
+        scores = detect.frame_scores(probs, columns)
+        start, score = detect.best_window(scores, window_frames=self.window_frames)
+        if score < settings.min_score:
+            what = "animal" if self.scorer.labels is not None else "loud"
+            raise ItemSkipped(f"no {what} sound (score {score:.2f})")
+        peak = detect.peak_frame(scores, start, self.window_frames)
+        labels = (detect.top_labels(probs[start:start + self.window_frames], self.scorer.labels)
+                  if self.scorer.labels is not None else [])
+
+        segment_samples = int(round(settings.segment_seconds * clip.sr))
+        first = detect.window_samples(start, segment_samples=segment_samples,
+                                      n_samples=clip.audio.shape[0], sr=clip.sr)
+        window_s = (first / clip.sr, (first + segment_samples) / clip.sr)
+        peak_s = min(max(peak / detect.FRAMES_PER_S, window_s[0]), window_s[1])
+
+        frame_rel, frame_time, note = self._write_frame(clip, peak_s, window_s)
+        with atomic_path(clip.output) as tmp:  # last: the segment marks the item done
+            sf.write(str(tmp), clip.audio[first:first + segment_samples], clip.sr,
+                     subtype="PCM_16", format="WAV")
+        fields = {"frame": frame_rel, "window_start": window_s[0], "window_end": window_s[1],
+                  "score": score, "peak_time": peak_s, "frame_time": frame_time,
+                  "top_labels": "; ".join(labels)}
+        if note:
+            fields["_note"] = note
+        return fields
+
+    def _write_frame(self, clip: Clip, peak_s: float, window_s: tuple[float, float]
+                     ) -> tuple[str, float | None, str]:
+        """Grab and write the frame; ``(relative path or "", frame time, note)``.
+
+        A missing or unreadable video is not the item's failure: the audio segment is
+        still good, so the row stays ``ok`` with an empty frame and a note in ``reason``.
+        """
+        target = self.frame_path(clip.output)
+        video = str(clip.item.upstream.get("video") or "")
+        frame, note = None, ""
+        if video:
+            path = Path(video)
+            if not path.is_absolute():  # manifests write absolute paths; be lenient
+                path = Path(clip.item.source).resolve().parents[1] / path
+            try:
+                frame = frames.grab_frame(path, peak_s, window=window_s,
+                                          min_mean=self.settings.frame_min_mean,
+                                          min_std=self.settings.frame_min_std)
+                if frame is None:
+                    note = "no frame: none usable in the window (blank or past the video's end)"
+            except (OSError, ValueError) as exc:
+                note = f"no frame: {exc}"
+        if frame is None:
+            target.unlink(missing_ok=True)  # a frame from an earlier run no longer applies
+            return "", None, note
+        frames.write_jpeg(target, frame.image, quality=self.settings.jpeg_quality)
+        return target.relative_to(clip.output.parents[2]).as_posix(), frame.time_s, note
+
+
+def _duration_us(item: Item) -> int:
+    """Duration of an item's audio in microseconds, from the header (0 when unreadable)."""
+    try:
+        info = sf.info(str(Path(item.source).resolve()))
+    except (OSError, RuntimeError, ValueError):  # it fails properly when loaded
+        return 0
+    return int(info.frames * 1_000_000 // max(info.samplerate, 1))
+
+
+def _as_float(y: np.ndarray) -> np.ndarray:
+    """PCM int16 -> float32 in [-1, 1) (exact: /32768); float input as float32."""
+    if y.dtype == np.int16:
+        return y.astype(np.float32) / 32768.0
+    return y.astype(np.float32, copy=False)
+
+
+def _result(future: cf.Future) -> Any:
+    """The future's value, or the Outcome its item-level error stands for."""
+    try:
+        return future.result()
+    except ItemSkipped as exc:
+        return Outcome("skipped", _one_line(exc))
+    except _ITEM_ERRORS as exc:
+        log.debug("detect: item failed", exc_info=True)
+        reason = _one_line(exc)
+        return Outcome("failed", reason if isinstance(exc, ItemFailed)
+                       else f"{type(exc).__name__}: {reason}")
+
+
+def _outcome(future: cf.Future) -> Outcome:
+    result = _result(future)
+    if isinstance(result, Outcome):
+        return result
+    note = result.pop("_note", "")
+    return Outcome("ok", note, result)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# The stage run
+# --------------------------------------------------------------------------------------------
+
+def run(config: Config, options: StageOptions) -> Summary:
+    """Run stage 3 over ``paths.audio`` into ``paths.detections``.
+
+    Checks first, together: the input folder, an AudioSet class list for every group, the
+    device, and (``panns``) the checkpoint; then loads the model once.
+
+    Raises
+    ------
+    ConfigError
+        For any of those problems, before any item is processed.
+    """
+    settings = config.detect
+    problems: list[str] = []
+    items: list[Item] = []
+    try:
+        items = list_items(config.paths.audio, AUDIO_EXTENSIONS, what="audio")
+    except ConfigError as exc:
+        problems += exc.problems
+    classes: dict[str, list[int]] = {}
+    device = None
+    if settings.backend == "panns":
+        for group in sorted({item.group for item in items}):
+            spec = settings.audioset_classes.get(group, settings.audioset_classes.get("*"))
+            if spec is None:
+                problems.append(f"detect.audioset_classes has no entry for group {group!r} "
+                                "and no '*' entry: add one (AudioSet names or indices)")
+            else:
+                classes[group] = panns.resolve_classes(spec)[0]  # names checked by config
+        problems += panns.check_checkpoint(settings.checkpoint)
+        try:
+            device = pick_device(settings.device)
+        except ConfigError as exc:
+            problems += [f"detect.{p}" for p in exc.problems]
+    if problems:
+        raise ConfigError(problems)
+
+    if settings.backend == "panns":
+        if config.extract.sample_rate != panns.SAMPLE_RATE:
+            log.warning("extract.sample_rate=%d: each clip is resampled to %d Hz for PANNs "
+                        "(segments keep %d Hz); set it to %d to skip that",
+                        config.extract.sample_rate, panns.SAMPLE_RATE,
+                        config.extract.sample_rate, panns.SAMPLE_RATE)
+        scorer: Scorer = PannsScorer(panns.load_model(settings.checkpoint, device), device)
+    else:
+        log.info("detect.backend=energy: the loudest window is chosen (not animal-aware)")
+        scorer = EnergyScorer()
+    stage = DetectStage(settings, scorer=scorer, classes=classes,
+                        io_workers=options.workers or 2)
+    output_dir = config.paths.detections
+    summary = run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
+                        progress=options.progress)
+    write_settings(output_dir, {**config_to_dict(settings), "frames_per_s": detect.FRAMES_PER_S,
+                                "device_used": str(device or "cpu")})
+    return summary

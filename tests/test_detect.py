@@ -1,0 +1,422 @@
+"""Stage 3: PANNs with random weights through the real code path, window choice on known scores,
+frames from generated videos, the energy backend, and the missing/offline checkpoint paths.
+
+No test downloads anything: the checkpoint is a random-weight Cnn14_DecisionLevelMax saved in
+the real format (``{"model": state_dict}``, ~327 MB, written once per session).
+"""
+
+import csv
+import functools
+import http.server
+import socket
+import threading
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+from media import make_colour_video, make_wav, tone
+
+import animal_sound_detector
+from animalvae import detect, frames, panns
+from animalvae.cli import StageOptions
+from animalvae.config import load_config
+from animalvae.detect_stage import DetectStage, PannsScorer, run
+from animalvae.errors import ConfigError
+from animalvae.stage import Item, read_manifest, run_stage, write_manifest
+
+# The AudioSet "Animal" subtree, indices 72-136, as given in the issue.
+ANIMAL_NAMES = [
+    "Animal", "Domestic animals, pets", "Dog", "Bark", "Yip", "Howl", "Bow-wow", "Growling",
+    "Whimper (dog)", "Cat", "Purr", "Meow", "Hiss", "Caterwaul",
+    "Livestock, farm animals, working animals", "Horse", "Clip-clop", "Neigh, whinny",
+    "Cattle, bovinae", "Moo", "Cowbell", "Pig", "Oink", "Goat", "Bleat", "Sheep", "Fowl",
+    "Chicken, rooster", "Cluck", "Crowing, cock-a-doodle-doo", "Turkey", "Gobble", "Duck",
+    "Quack", "Goose", "Honk", "Wild animals", "Roaring cats (lions, tigers)", "Roar", "Bird",
+    "Bird vocalization, bird call, bird song", "Chirp, tweet", "Squawk", "Pigeon, dove", "Coo",
+    "Crow", "Caw", "Owl", "Hoot", "Bird flight, flapping wings", "Canidae, dogs, wolves",
+    "Rodents, rats, mice", "Mouse", "Patter", "Insect", "Cricket", "Mosquito", "Fly, housefly",
+    "Buzz", "Bee, wasp, etc.", "Frog", "Croak", "Snake", "Rattle", "Whale vocalization",
+]
+# BGR colour of each second of the generated videos (see media.make_colour_video).
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (40, 200, 200)]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A random-weight Cnn14_DecisionLevelMax checkpoint in the real (Zenodo) format."""
+    import torch
+
+    path = tmp_path_factory.mktemp("panns") / "Cnn14_DecisionLevelMax_random.pth"
+    torch.manual_seed(0)
+    torch.save({"model": panns.build_model().state_dict()}, path)
+    yield path
+    panns.clear_model_cache()  # ~1 GB of RAM and 327 MB of disk back for the other tests
+    path.unlink()
+
+
+def detect_config(write_config, tmp_path, **detect_keys):
+    lines = "".join(f"  {k}: {v}\n" for k, v in detect_keys.items())
+    return load_config(write_config(
+        f"paths:\n  audio: {tmp_path}/audio\n  detections: {tmp_path}/det\ndetect:\n{lines}"))
+
+
+def pcm16(y: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(y, -1, 32767 / 32768) * 32768).astype(np.int16)
+
+
+class FixedScorer:
+    """Stands in for the model: returns given frame scores (one column), 100 frames/s."""
+
+    sample_rate = None
+
+    def __init__(self, scores: np.ndarray, labels=("Dog",)):
+        self.scores = scores
+        self.labels = labels
+
+    def __call__(self, clips):
+        return [self.scores[:, None] for _ in clips]
+
+
+# --------------------------------------------------------------------------------------------
+# Labels and config
+# --------------------------------------------------------------------------------------------
+
+def test_shipped_labels_have_527_classes_and_the_animal_subtree():
+    with panns.LABELS_CSV.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["index"]) for r in rows] == list(range(527))
+    labels = panns.audioset_labels()
+    assert len(labels) == panns.NUM_CLASSES == len(set(labels))
+    assert len({r["mid"] for r in rows}) == 527
+    assert list(labels[72:137]) == ANIMAL_NAMES
+    assert labels[0] == "Speech" and labels[526] == "Field recording"
+
+
+def test_package_label_file_is_repaired_before_import(tmp_path):
+    broken = tmp_path / "panns_data" / "class_labels_indices.csv"
+    broken.parent.mkdir()
+    broken.write_text("")  # what an offline wget leaves behind
+    assert panns.install_package_labels(tmp_path) == broken
+    assert broken.read_bytes() == panns.LABELS_CSV.read_bytes()
+    mtime = broken.stat().st_mtime_ns
+    panns.install_package_labels(tmp_path)  # a good file is left alone
+    assert broken.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("classes, message", [
+    ("[Dog, Barking]", r"detect\.audioset_classes\.dogs: unknown AudioSet class 'Barking' "
+                       r"\(did you mean 'Bark'"),
+    ("[meow]", r"unknown AudioSet class 'meow' \(did you mean 'Meow'"),
+    ("[527]", r"527 is not an AudioSet class index \(0-526\)"),
+    ("[]", r"detect\.audioset_classes\.dogs: empty list"),
+])
+def test_config_rejects_unknown_audioset_classes(write_config, classes, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(f"detect:\n  audioset_classes:\n    dogs: {classes}\n"))
+
+
+def test_config_accepts_names_and_indices(write_config):
+    config = load_config(write_config("detect:\n  audioset_classes:\n    dogs: [Bark, 74]\n"))
+    assert panns.resolve_classes(config.detect.audioset_classes["dogs"]) == ([74, 75], [])
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions: window choice on injected scores (known answers)
+# --------------------------------------------------------------------------------------------
+
+def test_best_window_finds_the_plateau():
+    scores = np.zeros(1000)
+    scores[420:720] = 0.9
+    scores[100:150] = 1.0  # a higher but shorter burst loses on the window mean
+    start, mean = detect.best_window(scores, window_frames=300)
+    assert (start, mean) == (420, pytest.approx(0.9))
+    assert detect.peak_frame(scores, start, 300) == 420
+
+
+def test_best_window_matches_brute_force_and_prefers_the_earliest_tie(rng):
+    scores = rng.random(503)
+    start, mean = detect.best_window(scores, window_frames=37)
+    means = [scores[i:i + 37].mean() for i in range(503 - 37 + 1)]
+    assert start == int(np.argmax(means)) and mean == pytest.approx(max(means))
+    assert detect.best_window(np.ones(10), window_frames=3) == (0, 1.0)
+
+
+def test_short_clip_is_one_window():
+    assert detect.best_window(np.array([0.2, 0.4]), window_frames=300) == (0, pytest.approx(0.3))
+    with pytest.raises(ValueError, match="window_frames=0 must be > 0"):
+        detect.best_window(np.ones(5), window_frames=0)
+
+
+def test_frame_scores_take_the_max_over_the_chosen_classes():
+    probs = np.array([[0.9, 0.1, 0.2], [0.0, 0.5, 0.7]], dtype=np.float32)
+    np.testing.assert_allclose(detect.frame_scores(probs, [1, 2]), [0.2, 0.7])
+    assert detect.top_labels(probs, ["a", "b", "c"], k=2) == ["a", "c"]
+
+
+def test_pad_audio_zeros_and_repeat():
+    y = np.array([1, 2, 3], dtype=np.int16)
+    np.testing.assert_array_equal(detect.pad_audio(y, 7, mode="zeros"), [1, 2, 3, 0, 0, 0, 0])
+    np.testing.assert_array_equal(detect.pad_audio(y, 7, mode="repeat"), [1, 2, 3, 1, 2, 3, 1])
+    assert detect.pad_audio(y, 2) is y
+
+
+def test_energy_scores_map_dbfs_to_unit_range():
+    sr = 22050  # not a multiple of 100 or 320: frames still 10 ms apart
+    y = np.zeros(sr, dtype=np.float32)
+    y[sr // 2:] = tone(0.5, sr, amplitude=1.0)  # full-scale sine: -3 dBFS
+    scores = detect.energy_scores(y, sr)
+    assert scores.shape == (100,)
+    assert scores[:50].max() == 0.0
+    np.testing.assert_allclose(scores[51:], 1 - 3.01 / 80, atol=2e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# PANNs with random weights
+# --------------------------------------------------------------------------------------------
+
+def test_missing_checkpoint_stops_with_instructions(tmp_path, write_config, capsys):
+    make_wav(tmp_path / "audio" / "dogs" / "a.wav", tone(1.0))
+    small = tmp_path / "truncated.pth"
+    small.write_bytes(b"\0" * 100)
+    for path, problem in [(tmp_path / "nope.pth", "does not exist"),
+                          (small, "is 100 bytes, smaller than a real checkpoint")]:
+        cfg = write_config(f"paths:\n  audio: audio\n  detections: det\n"
+                           f"detect:\n  checkpoint: {path}\n")
+        assert animal_sound_detector.main(["--config", str(cfg), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert f"detect.checkpoint={path} {problem}" in err
+        assert "--download-models" in err and "zenodo.org/record/3987831" in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "det" / "manifest.csv").exists()  # stopped before any work
+
+
+def test_scorer_batches_clips_of_different_lengths(checkpoint):
+    scorer = PannsScorer(panns.load_model(checkpoint, "cpu"), "cpu")
+    lengths = [64000, 32000 + 123, 80000]  # 2 s, ~1 s, 2.5 s at 32 kHz
+    rng = np.random.default_rng(1)
+    clips = [Clip_(rng.uniform(-0.5, 0.5, n).astype(np.float32)) for n in lengths]
+    probs = scorer(clips)
+    assert [p.shape for p in probs] == [(1 + n // 320, 527) for n in lengths]  # 100 frames/s
+    assert all(((p >= 0) & (p <= 1)).all() for p in probs)
+    # The longest clip has no padding in the batch: its scores equal a run on its own.
+    np.testing.assert_allclose(scorer(clips[2:])[0], probs[2], atol=1e-5)
+
+
+class Clip_:
+    """The one field PannsScorer reads."""
+
+    def __init__(self, x):
+        self.model_input = x
+
+
+def test_stage_with_random_weights_batches_pads_resamples_and_resumes(
+        checkpoint, tmp_path, write_config):
+    audio = tmp_path / "audio" / "dogs"
+    rng = np.random.default_rng(2)
+    sources = {"-long": (4.0, 32000), "short": (2.0, 32000), "rate16k": (3.5, 16000)}
+    for name, (seconds, sr) in sources.items():
+        make_wav(audio / f"{name}.wav", rng.uniform(-0.3, 0.3, int(seconds * sr)), sr)
+    (audio / "corrupt.wav").write_bytes(b"RIFF\0\0\0\0WAVEjunk")
+    config = detect_config(write_config, tmp_path, checkpoint=checkpoint, batch_size=2,
+                           min_score=0.0)
+    summary = run(config, StageOptions(progress=False))
+    assert (summary.ok, summary.skipped, summary.failed) == (3, 0, 1)
+
+    rows = read_manifest(tmp_path / "det")
+    assert rows["corrupt"]["status"] == "failed" and rows["corrupt"]["reason"]
+    labels = set(panns.audioset_labels())
+    for name, (seconds, sr) in sources.items():
+        row = rows[name]
+        assert row["status"] == "ok" and row["output"] == f"segments/dogs/{name}.wav"
+        assert row["frame"] == "" and row["frame_time"] == ""  # no video upstream
+        segment, seg_sr = sf.read(tmp_path / "det" / row["output"], dtype="int16")
+        info = sf.info(tmp_path / "det" / row["output"])
+        assert (seg_sr, info.subtype, segment.shape) == (sr, "PCM_16", (3 * sr,))
+        source, _ = sf.read(audio / f"{name}.wav", dtype="int16")
+        first = int(round(float(row["window_start"]) * sr))
+        assert float(row["window_end"]) == pytest.approx(float(row["window_start"]) + 3.0)
+        assert 0 <= float(row["window_start"]) <= max(0.0, seconds - 3.0)
+        expected = np.zeros(3 * sr, dtype=np.int16)
+        chunk = source[first:first + 3 * sr]
+        expected[:len(chunk)] = chunk  # sample-exact; the short clip is padded with zeros
+        np.testing.assert_array_equal(segment, expected)
+        assert 0 < float(row["score"]) < 1
+        assert float(row["window_start"]) <= float(row["peak_time"]) <= float(row["window_end"])
+        assert len(row["top_labels"].split("; ")) == 3
+        assert set(row["top_labels"].split("; ")) <= labels
+    assert (tmp_path / "det" / "settings.yaml").is_file()
+
+    again = run(config, StageOptions(progress=False))
+    assert (again.already_done, again.ok, again.failed) == (3, 0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Frames and seconds: injected scores through the stage
+# --------------------------------------------------------------------------------------------
+
+def stage_items(tmp_path, y, sr, video=""):
+    path = make_wav(tmp_path / "audio" / "dogs" / "clip.wav", y, sr)
+    return [Item("clip", "dogs", path, "dog barking", {"video": str(video)})]
+
+
+def test_frame_index_over_100_is_seconds_down_to_the_sample(tmp_path, write_config, rng):
+    sr = 22050
+    y = pcm16(rng.uniform(-0.5, 0.5, 10 * sr))
+    scores = np.zeros(1 + 10 * 100)
+    scores[520:820] = 0.8  # 5.20-8.20 s
+    config = detect_config(write_config, tmp_path)
+    summary = run_stage(DetectStage(config.detect, scorer=FixedScorer(scores)),
+                        stage_items(tmp_path, y, sr), tmp_path / "det", progress=False)
+    assert summary.ok == 1
+    row = read_manifest(tmp_path / "det")["clip"]
+    assert (float(row["window_start"]), float(row["window_end"])) == (5.2, 8.2)
+    assert float(row["peak_time"]) == 5.2 and row["top_labels"] == "Dog"
+    segment, _ = sf.read(tmp_path / "det/segments/dogs/clip.wav", dtype="int16")
+    np.testing.assert_array_equal(segment, y[114660:114660 + 3 * sr])  # round(5.2 * 22050)
+
+
+def test_window_below_min_score_is_skipped_and_a_forced_rerun_removes_the_old_segment(
+        tmp_path, write_config):
+    items = stage_items(tmp_path, tone(4.0), 32000)
+    segment = tmp_path / "det/segments/dogs/clip.wav"
+    scorer = FixedScorer(np.full(401, 0.3))
+    config = detect_config(write_config, tmp_path, min_score=0.2)
+    assert run_stage(DetectStage(config.detect, scorer=scorer), items, tmp_path / "det",
+                     progress=False).ok == 1
+    assert segment.is_file()
+    config = detect_config(write_config, tmp_path, min_score=0.5)
+    summary = run_stage(DetectStage(config.detect, scorer=scorer), items, tmp_path / "det",
+                        force=True, progress=False)
+    assert summary.skipped == 1
+    row = read_manifest(tmp_path / "det")["clip"]
+    assert (row["status"], row["reason"]) == ("skipped", "no animal sound (score 0.30)")
+    assert not segment.exists()
+
+
+def test_a_new_segment_length_redoes_finished_items(tmp_path, write_config):
+    items = stage_items(tmp_path, tone(4.0), 32000)
+    scorer = FixedScorer(np.full(401, 0.3))
+    for seconds, ok, done in [(3.0, 1, 0), (3.0, 0, 1), (2.0, 1, 0)]:
+        config = detect_config(write_config, tmp_path, segment_seconds=seconds)
+        summary = run_stage(DetectStage(config.detect, scorer=scorer), items, tmp_path / "det",
+                            progress=False)
+        assert (summary.ok, summary.already_done) == (ok, done)
+    assert sf.info(tmp_path / "det/segments/dogs/clip.wav").duration == 2.0
+
+
+def mean_colour(image: np.ndarray) -> np.ndarray:
+    return image.reshape(-1, 3).mean(axis=0)
+
+
+@pytest.mark.parametrize("time_s, second", [(0.0, 0), (1.25, 1), (2.84, 2), (3.99, 3), (4.95, 4)])
+def test_grab_frame_returns_the_frame_of_that_second(tmp_path, time_s, second):
+    video = make_colour_video(tmp_path / "v.mp4", COLOURS)
+    frame = frames.grab_frame(video, time_s, window=(0.0, 5.0), min_mean=12, min_std=4)
+    assert frame is not None and 0 <= time_s - frame.time_s < 0.1  # the frame on screen
+    np.testing.assert_allclose(mean_colour(frame.image), COLOURS[second], atol=8)
+
+
+def test_blank_frame_falls_back_to_the_nearest_usable_one_in_the_window(tmp_path):
+    colours = [COLOURS[0], COLOURS[1], (0, 0, 0), COLOURS[3], COLOURS[4]]
+    video = make_colour_video(tmp_path / "v.mp4", colours)
+    frame = frames.grab_frame(video, 2.55, window=(1.0, 4.0), min_mean=12, min_std=4)
+    assert frame is not None and frame.time_s == pytest.approx(3.0)  # 0.45 s away; 1.9: 0.65
+    np.testing.assert_allclose(mean_colour(frame.image), COLOURS[3], atol=8)
+    frame = frames.grab_frame(video, 2.3, window=(1.0, 4.0), min_mean=12, min_std=4)
+    assert frame.time_s == pytest.approx(1.9)
+    assert frames.grab_frame(video, 2.5, window=(2.0, 2.95), min_mean=12, min_std=4) is None
+
+
+def test_energy_backend_finds_the_burst_and_saves_its_frame(tmp_path, write_config, rng):
+    sr = 16000
+    y = 0.001 * rng.standard_normal(5 * sr)
+    y[int(3.2 * sr):int(3.6 * sr)] = 0.5 * rng.standard_normal(int(0.4 * sr))  # the burst
+    audio = tmp_path / "audio"
+    video = make_colour_video(tmp_path / "clips" / "dogs" / "burst.mp4", COLOURS)
+    make_wav(audio / "dogs" / "burst.wav", np.clip(y, -1, 1), sr)
+    make_wav(audio / "dogs" / "novideo.wav", np.clip(y, -1, 1), sr)
+    write_manifest(audio, [
+        {"id": "burst", "label": "dog barking", "group": "dogs", "output": "dogs/burst.wav",
+         "status": "ok", "video": str(video)},
+        {"id": "novideo", "label": "dog barking", "group": "dogs",
+         "output": "dogs/novideo.wav", "status": "ok", "video": ""}], ("video",))
+    config = detect_config(write_config, tmp_path, backend="energy", segment_seconds=2.0,
+                           min_score=0.3)
+    summary = run(config, StageOptions(progress=False))
+    assert (summary.ok, summary.failed) == (2, 0)
+    rows = read_manifest(tmp_path / "det")
+    row = rows["burst"]
+    start, end = float(row["window_start"]), float(row["window_end"])
+    assert start <= 3.2 and 3.6 <= end and end - start == pytest.approx(2.0)
+    assert 3.2 <= float(row["peak_time"]) < 3.6 and row["top_labels"] == ""
+    assert row["frame"] == "frames/dogs/burst.jpg"
+    assert 3.2 - 0.1 <= float(row["frame_time"]) <= 3.6
+    saved = cv2.imread(str(tmp_path / "det" / row["frame"]))
+    np.testing.assert_allclose(mean_colour(saved), COLOURS[3], atol=8)
+    assert rows["novideo"]["status"] == "ok" and rows["novideo"]["frame"] == ""
+    assert not (tmp_path / "det/frames/dogs/novideo.jpg").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Downloads: never the internet
+# --------------------------------------------------------------------------------------------
+
+def refused_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens (the connection is refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/Cnn14_DecisionLevelMax_mAP%3D0.385.pth"
+
+
+def test_download_offline_fails_cleanly(tmp_path, write_config, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(panns, "CHECKPOINT_URL", refused_url())
+    monkeypatch.setattr(panns, "LABELS_URL", refused_url())
+    target = tmp_path / "models" / "ck.pth"
+    cfg = write_config(f"detect:\n  checkpoint: {target}\n")
+    assert animal_sound_detector.main(["--config", str(cfg), "--download-models", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot download {panns.CHECKPOINT_URL}" in err and "are you online?" in err
+    assert "3987831" in err and "Traceback" not in err
+    assert not target.exists() and not list(target.parent.glob(".*"))
+    # The shipped labels stand in for the ones that could not be fetched.
+    assert (tmp_path / "panns_data/class_labels_indices.csv").read_bytes() == \
+        panns.LABELS_CSV.read_bytes()
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """Serve tmp_path/www on 127.0.0.1; yields the base URL."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_checks_size_and_renames_into_place(tmp_path, http_folder, monkeypatch):
+    www = tmp_path / "www"
+    (www / "labels.csv").write_bytes(panns.LABELS_CSV.read_bytes())
+    (www / "model.pth").write_bytes(b"x" * 4096)
+    monkeypatch.setattr(panns, "MIN_CHECKPOINT_BYTES", 1000)
+    target = tmp_path / "models" / "ck.pth"
+    got = panns.download_models(target, progress=False, home=tmp_path,
+                                checkpoint_url=f"{http_folder}/model.pth",
+                                labels_url=f"{http_folder}/labels.csv")
+    assert got == target and target.read_bytes() == b"x" * 4096
+    assert (tmp_path / "panns_data/class_labels_indices.csv").is_file()
+
+    monkeypatch.setattr(panns, "MIN_CHECKPOINT_BYTES", 10_000)  # the served file is short
+    short = tmp_path / "models" / "short.pth"
+    with pytest.raises(ConfigError, match=r"model\.pth is incomplete \(4096 bytes"):
+        panns.download_models(short, progress=False, home=tmp_path,
+                              checkpoint_url=f"{http_folder}/model.pth",
+                              labels_url=f"{http_folder}/labels.csv")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ck.pth"]  # no partial file
