@@ -28,7 +28,11 @@ def run(args) -> int:
     config = cli.config_from_args(args, input_key="paths.detections",
                                   output_key="paths.spectrograms")
     from animalvae import features
-    return features.run(config, cli.options_from_args(args), check=args.check).exit_code
+    summary = features.run(config, cli.options_from_args(args), check=args.check)
+    if summary.median_convergence is not None:
+        print(f"round-trip check: median spectral convergence {summary.median_convergence:.3f} "
+              f"over {len(summary.convergence)} segment(s) (lower is better)")
+    return summary.exit_code
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,227 @@
+"""Stage 4: segments -> .npy spectrograms: outputs, bad input, resume, settings, check, preview."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from media import animal_call, make_wav
+
+import preprocess_audio_vae
+from animalvae import features
+from animalvae.cli import StageOptions
+from animalvae.config import load_config
+from animalvae.errors import ConfigError
+from animalvae.spectrogram import NORMALIZER, Spectrogram, SpectrogramSpec, load_spec
+from animalvae.stage import read_manifest, write_manifest
+
+OPTS = StageOptions(progress=False)
+
+
+@pytest.fixture
+def detections(tmp_path):
+    """A stage-3 folder: segments/<group>/<id>.wav listed in one manifest, some of them bad."""
+    root = tmp_path / "detections"
+    segments = {
+        ("dogs", "-dog_000010"): animal_call(seed=1),           # id starting with "-"
+        ("dogs", "dog_000020"): animal_call(seed=2),
+        ("cats", "cat_000030"): animal_call(seed=3),
+        ("cats", "short_000040"): animal_call(1.5, seed=4),
+        ("cats", "quiet_000050"): np.zeros(96000, np.float32),
+    }
+    rows = []
+    for (group, id_), y in segments.items():
+        make_wav(root / "segments" / group / f"{id_}.wav", y)
+        rows.append({"id": id_, "label": group, "group": group, "status": "ok",
+                     "source": f"/clips/{id_}.wav", "output": f"segments/{group}/{id_}.wav"})
+    y = animal_call(seed=5)
+    y[1000] = np.nan
+    (root / "segments/birds").mkdir(parents=True)
+    sf.write(root / "segments/birds/nan_000060.wav", y, 32000, subtype="FLOAT")
+    rows.append({"id": "nan_000060", "label": "birds", "group": "birds", "status": "ok",
+                 "source": "x", "output": "segments/birds/nan_000060.wav"})
+    # A stereo 44.1 kHz file of the same call as dog_000020, resampled on the way in.
+    make_wav(root / "segments/birds/stereo_000070.wav",
+             np.stack([animal_call(3.0, 44100, seed=2)] * 2, axis=1), 44100)
+    rows.append({"id": "stereo_000070", "label": "birds", "group": "birds", "status": "ok",
+                 "source": "x", "output": "segments/birds/stereo_000070.wav"})
+    write_manifest(root, rows, ("frame",))
+    return root
+
+
+@pytest.fixture
+def config(write_config, detections, tmp_path):
+    def make(extra: str = "", overrides: tuple[str, ...] = ()):
+        path = write_config(f"paths:\n  detections: {detections}\n  spectrograms: "
+                            f"{tmp_path / 'spec'}\nfeatures:\n  batch_size: 2\n  workers: 2\n"
+                            f"  device: cpu\n{extra}")
+        return load_config(path, list(overrides))
+    return make
+
+
+def test_writes_normalised_arrays_manifest_normalizer_and_preview(config):
+    cfg = config()
+    summary = features.run(cfg, OPTS)
+    out = cfg.paths.spectrograms
+    assert (summary.ok, summary.skipped, summary.failed) == (5, 1, 1)
+    rows = read_manifest(out)
+    for id_, group in [("-dog_000010", "dogs"), ("cat_000030", "cats"),
+                       ("stereo_000070", "birds")]:
+        x = np.load(out / group / f"{id_}.npy")
+        assert x.shape == (512, 256) and x.dtype == np.float16
+        assert np.isfinite(x).all() and x.min() == 0 and x.max() == 1
+        assert rows[id_]["output"] == f"{group}/{id_}.npy" and rows[id_]["shape"] == "512x256"
+        assert -20 < float(rows[id_]["peak_db"]) < 0 and float(rows[id_]["rms_dbfs"]) < 0
+    assert rows["quiet_000050"]["status"] == "skipped"
+    assert rows["quiet_000050"]["reason"].startswith("silent")
+    assert rows["nan_000060"]["status"] == "failed"
+    assert rows["nan_000060"]["reason"].startswith("non-finite samples")
+    assert not (out / "cats/quiet_000050.npy").exists()
+    assert not (out / "birds/nan_000060.npy").exists()
+    assert load_spec(out) == SpectrogramSpec()
+    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "settings.yaml").is_file()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_short_segment_is_padded_and_stereo_44k_is_resampled(config):
+    cfg = config()
+    features.run(cfg, OPTS)
+    out, rows = cfg.paths.spectrograms, read_manifest(cfg.paths.spectrograms)
+    assert float(rows["short_000040"]["padded_s"]) == 1.5
+    assert float(rows["cat_000030"]["padded_s"]) == 0
+    short = np.load(out / "cats/short_000040.npy").astype(np.float32)
+    assert short[:, 140:].max() == 0 and short[:, :120].mean() > 0.2  # 1.5 s = frame 128
+    assert rows["stereo_000070"]["source_rate"] == "44100"
+    # The same call written at 44.1 kHz in stereo gives the 32 kHz mono array, but for the
+    # noise (drawn anew for the other length).
+    resampled = np.load(out / "birds/stereo_000070.npy").astype(np.float32)
+    native = np.load(out / "dogs/dog_000020.npy").astype(np.float32)
+    harmonics = native > 0.6
+    assert harmonics.mean() > 0.02 and (resampled > 0.6)[harmonics].mean() > 0.95
+    assert np.abs(resampled - native)[harmonics].mean() < 0.02
+
+
+def test_rerun_keeps_finished_arrays_and_force_redoes_them(config):
+    cfg = config()
+    features.run(cfg, OPTS)
+    out = cfg.paths.spectrograms
+    npy = out / "dogs/dog_000020.npy"
+    before = npy.stat().st_mtime_ns
+    again = features.run(cfg, OPTS)
+    assert again.already_done == 6 and again.ok == 0 and npy.stat().st_mtime_ns == before
+    npy.write_bytes(b"not an array")                      # a damaged output is redone
+    again = features.run(cfg, OPTS)
+    assert again.ok == 1 and np.load(npy).shape == (512, 256)
+    forced = features.run(cfg, StageOptions(force=True, progress=False))
+    assert (forced.ok, forced.skipped, forced.failed) == (5, 1, 1)
+
+
+def test_limit_then_continue(config):
+    cfg = config()
+    first = features.run(cfg, StageOptions(limit=2, progress=False))
+    assert first.ok + first.skipped + first.failed == 2
+    second = features.run(cfg, OPTS)
+    assert second.already_done == first.ok + first.skipped    # failures are tried again
+    assert first.ok + second.ok == 5 and len(read_manifest(cfg.paths.spectrograms)) == 7
+
+
+def test_mel_option_and_float32(config):
+    cfg = config("  kind: mel\n  dtype: float32\n")
+    features.run(cfg, OPTS)
+    x = np.load(cfg.paths.spectrograms / "dogs/dog_000020.npy")
+    assert x.shape == (128, 256) and x.dtype == np.float32 and 0 <= x.min() and x.max() == 1
+    assert load_spec(cfg.paths.spectrograms).kind == "mel"
+    assert (cfg.paths.spectrograms / "preview.png").is_file()
+
+
+def test_changed_settings_need_force(config):
+    features.run(config(), OPTS)
+    with pytest.raises(ConfigError, match=rf"{NORMALIZER}: the arrays there were made with "
+                                          r"other settings \(top_db: 80.0 -> 60.0\); rerun with"):
+        features.run(config("  top_db: 60.0\n"), OPTS)
+    summary = features.run(config("  top_db: 60.0\n"), StageOptions(force=True, progress=False))
+    assert summary.ok == 5 and load_spec(config().paths.spectrograms).top_db == 60.0
+
+
+def test_bad_normalizer_json_names_the_file(config):
+    cfg = config()
+    cfg.paths.spectrograms.mkdir(parents=True)
+    (cfg.paths.spectrograms / NORMALIZER).write_text("{oops")
+    with pytest.raises(ConfigError, match=rf"{cfg.paths.spectrograms / NORMALIZER}: cannot read"):
+        features.run(cfg, OPTS)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("extract.sample_rate=16000",),
+     r"features\.hop_length=375 x features\.n_frames=256 = 96000 samples, but "
+     r"detect\.segment_seconds=3\.0 at extract\.sample_rate=16000 is 48000 samples; .*"
+     r"set features\.hop_length=188"),
+    (("detect.segment_seconds=6",), r"192000 samples; .* set features\.hop_length=750 \(or"),
+    (("detect.segment_seconds=9",), r"set features\.hop_length=1125 and features\.n_fft >= 2048"),
+])
+def test_hop_that_does_not_fit_the_segment_is_a_config_error(config, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        features.run(config(overrides=overrides), OPTS)
+
+
+def test_hop_within_one_hop_of_the_segment_is_accepted(config):
+    cfg = config(overrides=("detect.segment_seconds=3.01",))   # 96320 samples vs 96000
+    assert features.spec_from_config(cfg).n_samples == 96000
+
+
+def test_plain_folder_input(tmp_path, config):
+    make_wav(tmp_path / "mine/owls/hoot.wav", animal_call(seed=9))
+    cfg = config(overrides=(f"paths.detections={tmp_path / 'mine'}",))
+    summary = features.run(cfg, OPTS)
+    assert summary.ok == 1 and (cfg.paths.spectrograms / "owls/hoot.npy").is_file()
+
+
+def test_check_prints_the_median_spectral_convergence(config, capsys):
+    cfg = config()
+    code = preprocess_audio_vae.main(["--config", str(cfg.source), "--check", "2", "--quiet"])
+    assert code == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("round-trip check: median spectral convergence")
+    assert float(line.split()[5]) <= 0.10 and "over 2 segment(s)" in line
+
+
+def test_round_trip_check_is_repeatable_and_covers_each_group(config):
+    cfg = config()
+    features.run(cfg, OPTS)
+    rows = [r for r in read_manifest(cfg.paths.spectrograms).values() if r["status"] == "ok"]
+    spec = SpectrogramSpec()
+    picked = features._pick_rows(rows, 3)
+    assert sorted(r["group"] for r in picked) == ["birds", "cats", "dogs"]
+    a = features.round_trip_check(cfg.paths.spectrograms, rows, spec, n=3, n_iter=2)
+    b = features.round_trip_check(cfg.paths.spectrograms, rows, spec, n=3, n_iter=2)
+    assert a == b and len(a) == 3
+
+
+def test_load_segment_matches_the_transform_input(tmp_path):
+    spec = SpectrogramSpec()
+    y = animal_call(seed=3)
+    path = make_wav(tmp_path / "a.wav", y)
+    loaded, info = features.load_segment(path, spec)
+    assert loaded.shape == (96000,) and loaded.dtype == np.float32
+    assert np.abs(loaded - y).max() < 1e-4 and info["padded_s"] == 0
+    long, _ = features.load_segment(make_wav(tmp_path / "b.wav", animal_call(4.0)), spec)
+    assert long.shape == (96000,)
+    x = Spectrogram(spec)(torch.from_numpy(loaded))
+    assert x.shape == (512, 256)
+
+
+def test_more_mel_bands_than_stft_bins_is_a_config_error(write_config):
+    with pytest.raises(ConfigError, match=r"features\.n_mels=1024 must be <= n_fft // 2 = 512"):
+        load_config(write_config("features:\n  kind: mel\n  n_mels: 1024\n"))
+
+
+def test_samples_too_large_for_the_transform_are_never_written(config, tmp_path):
+    y = animal_call(seed=6)
+    y[500] = 3e38                                    # finite, but its power overflows
+    (tmp_path / "mine/dogs").mkdir(parents=True)
+    sf.write(tmp_path / "mine/dogs/huge_000080.wav", y, 32000, subtype="FLOAT")
+    cfg = config(overrides=(f"paths.detections={tmp_path / 'mine'}",))
+    features.run(cfg, OPTS)
+    row = read_manifest(cfg.paths.spectrograms)["huge_000080"]
+    assert row["status"] == "failed" and row["reason"].startswith("non-finite values")
+    assert not (cfg.paths.spectrograms / "dogs/huge_000080.npy").exists()
