@@ -29,7 +29,10 @@ def build_parser():
 
     t = sub.add_parser("train", parents=[common, run_flag], help="train the VAE",
                        description="Train the VAE; writes model.pth (best by validation), "
-                                   "last.pth, metrics.csv and loss.png into the run folder.")
+                                   "last.pth, metrics.csv, loss.png and split.csv into the run "
+                                   "folder. Here --limit N trains on at most N spectrograms "
+                                   "(a smoke test) and --force starts over in a run folder "
+                                   "that already holds a run.")
     t.add_argument("--resume", action="store_true",
                    help="continue from the run's last.pth exactly (model, optimiser, "
                         "scheduler, epoch, RNG)")
@@ -49,18 +52,29 @@ def build_parser():
     i.add_argument("a", type=Path, help="first spectrogram (.npy) or segment (.wav)")
     i.add_argument("b", type=Path, help="second spectrogram (.npy) or segment (.wav)")
     i.add_argument("--steps", type=int, default=8, help="points on the line (default: 8)")
-    sub.add_parser("evaluate", parents=[common, run_flag], help="metrics on the validation set")
+    sub.add_parser("evaluate", parents=[common, run_flag], help="metrics on the validation set",
+                   description="Validation ELBO, log-spectral distance, spectral convergence "
+                               "after Griffin-Lim, KL per latent dimension and active units on "
+                               "the run's held-out files -> metrics.json. Here --limit N uses "
+                               "at most N held-out files.")
     return p
 
 
 def run(args) -> int:
     config = cli.config_from_args(args, input_key="paths.spectrograms")
-    from animalvae import generate, train
     run_dir = args.run.resolve() if args.run else config.paths.runs / config.train.name
     options = cli.options_from_args(args)
     if args.command == "train":
-        train.train(config, run_dir, resume=args.resume, options=options)
-    elif args.command == "generate":
+        from animalvae import train
+        try:
+            train.train(config, run_dir, resume=args.resume, options=options)
+        except KeyboardInterrupt:
+            print(f"vae.py: last.pth in {run_dir} holds the last finished epoch; continue "
+                  "with: vae.py train --resume", file=sys.stderr)
+            raise
+        return 0
+    from animalvae import generate
+    if args.command == "generate":
         generate.generate(config, run_dir, groups=args.group, count=args.count, options=options)
     elif args.command == "reconstruct":
         generate.reconstruct(config, run_dir, count=args.count, options=options)

@@ -1,0 +1,158 @@
+"""The run folder's ``index.html``: every sample's player and spectrogram, grouped, offline.
+
+The page is rebuilt from what is on disk under ``<run>/samples/`` after every ``generate``,
+``reconstruct``, ``interpolate`` and ``evaluate``, so it never lists a file that is gone.
+Links are relative and URL-quoted, there is no script and no external resource: the folder
+can be zipped, moved, and opened from disk in any browser.
+
+Layout it reads (written by :mod:`animalvae.generate`)::
+
+    samples/<group>_<k>.wav|png                           generated
+    samples/reconstruct/<group>/<id>_original.wav|png     held-out file (through Griffin-Lim)
+    samples/reconstruct/<group>/<id>_reconstruction.wav|png
+    samples/interpolate/<a>__<b>/<k>.wav|png              latent line from a to b
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+from .stage import atomic_write_text
+
+__all__ = ["write_gallery", "GALLERY", "SAMPLES"]
+
+GALLERY = "index.html"
+SAMPLES = "samples"
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; background: #fafafa; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; } h3 { font-size: 1rem; }
+.row { display: flex; flex-wrap: wrap; gap: 0.8rem; }
+figure { margin: 0; padding: 0.5rem; background: #fff; border: 1px solid #ddd; border-radius: 6px; }
+figure img { display: block; width: 256px; height: 128px; }
+figure audio { display: block; width: 256px; margin-top: 0.3rem; }
+figcaption { font-size: 0.8rem; color: #555; margin-top: 0.2rem; }
+table { border-collapse: collapse; }
+td, th { padding: 0.2rem 0.6rem; border-bottom: 1px solid #ddd; }
+.note { color: #666; font-size: 0.85rem; }
+"""
+
+
+def _natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _link(path: Path, root: Path) -> str:
+    return html.escape(quote(path.relative_to(root).as_posix()))
+
+
+def _figure(wav: Path, root: Path, caption: str) -> str:
+    png = wav.with_suffix(".png")
+    img = (f'<img src="{_link(png, root)}" alt="spectrogram of {html.escape(caption)}">'
+           if png.is_file() else "")
+    return (f"<figure>{img}<audio controls preload=\"none\" src=\"{_link(wav, root)}\"></audio>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _generated(samples: Path, root: Path) -> list[str]:
+    by_group: dict[str, list[Path]] = {}
+    for wav in samples.glob("*.wav"):
+        group, sep, k = wav.stem.rpartition("_")
+        if sep and k.isdigit() and not wav.name.startswith("."):
+            by_group.setdefault(group, []).append(wav)
+    parts = []
+    for group in sorted(by_group):
+        figures = [_figure(w, root, w.stem) for w in sorted(by_group[group],
+                                                            key=lambda p: _natural_key(p.stem))]
+        parts.append(f"<h3>{html.escape(group)}</h3><div class=\"row\">{''.join(figures)}</div>")
+    return parts
+
+
+def _reconstructions(folder: Path, root: Path) -> list[str]:
+    parts = []
+    for group_dir in sorted(p for p in folder.glob("*") if p.is_dir()):
+        pairs = []
+        for original in sorted(group_dir.glob("*_original.wav"), key=lambda p: p.name):
+            item = original.name.removesuffix("_original.wav")
+            rebuilt = original.with_name(f"{item}_reconstruction.wav")
+            figures = _figure(original, root, f"{item}: original")
+            if rebuilt.is_file():
+                figures += _figure(rebuilt, root, f"{item}: reconstruction")
+            pairs.append(figures)
+        if pairs:
+            parts.append(f"<h3>{html.escape(group_dir.name)}</h3>"
+                         f"<div class=\"row\">{''.join(pairs)}</div>")
+    return parts
+
+
+def _interpolations(folder: Path, root: Path) -> list[str]:
+    parts = []
+    for line in sorted(p for p in folder.glob("*") if p.is_dir()):
+        wavs = sorted(line.glob("[0-9]*.wav"), key=lambda p: _natural_key(p.stem))
+        if wavs:
+            a, _, b = line.name.partition("__")
+            figures = [_figure(w, root, f"step {w.stem}") for w in wavs]
+            parts.append(f"<h3>{html.escape(a)} → {html.escape(b)}</h3>"
+                         f"<div class=\"row\">{''.join(figures)}</div>")
+    return parts
+
+
+def _metrics_table(path: Path) -> str:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                   for k, v in metrics.items() if isinstance(v, (int, float, str)))
+    return f"<h2>Evaluation (metrics.json)</h2><table>{rows}</table>" if rows else ""
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_gallery(run_dir: Path, *, title: str = "") -> Path:
+    """(Re)write ``run_dir/index.html`` from the files under ``run_dir/samples``.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder.
+    title : str
+        Page heading; default: the run folder's name.
+
+    Returns
+    -------
+    Path
+        The page.
+    """
+    run_dir = Path(run_dir)
+    samples = run_dir / SAMPLES
+    sections = []
+    if samples.is_dir():
+        for heading, parts in (
+                ("Generated", _generated(samples, run_dir)),
+                ("Reconstructions of held-out files", _reconstructions(samples / "reconstruct",
+                                                                       run_dir)),
+                ("Interpolations", _interpolations(samples / "interpolate", run_dir))):
+            if parts:
+                sections.append(f"<h2>{heading}</h2>{''.join(parts)}")
+    if not sections:
+        sections.append("<p>No samples yet: run <code>vae.py generate</code>.</p>")
+    if (run_dir / "loss.png").is_file():
+        sections.append('<h2>Training</h2><img src="loss.png" alt="loss curves" '
+                        'style="max-width: 100%">')
+    sections.append(_metrics_table(run_dir / "metrics.json"))
+    name = html.escape(title or run_dir.name)
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{name}</title><style>{_STYLE}</style></head><body>"
+            f"<h1>{name}</h1><p class=\"note\">Spectrograms: time left to right, frequency "
+            f"bottom to top. Audio: Griffin-Lim, peak-normalised.</p>"
+            f"{''.join(sections)}</body></html>\n")
+    path = run_dir / GALLERY
+    atomic_write_text(path, page)
+    return path

@@ -1,0 +1,523 @@
+"""Using a trained run: generate, reconstruct, interpolate, evaluate.
+
+Everything about the model and the representation comes from the run's ``model.pth`` (model
+config, spectrogram spec, group names); the config supplies only ``generate.*`` and
+``train.device``. Decoded spectrograms go back to sound with
+:class:`~animalvae.spectrogram.InverseSpectrogram` (fast Griffin-Lim, batched, on the model's
+device), are peak-normalised to -1 dBFS and written as 16-bit WAV at the spec's sample rate,
+each with a PNG of its spectrogram; ``index.html`` (:mod:`animalvae.gallery`) is rebuilt after
+every command. Held-out files are the ``val`` rows of the run's ``split.csv``, never training
+files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .cli import StageOptions
+from .config import Config
+from .device import pick_device
+from .errors import ConfigError
+from .gallery import SAMPLES, write_gallery
+from .model import TrainedModel, kl_divergence, load_model
+from .spectrogram import (
+    NORMALIZER,
+    InverseSpectrogram,
+    Spectrogram,
+    SpectrogramSpec,
+    load_spec,
+    spectral_convergence,
+)
+from .stage import Item, atomic_path, atomic_write_text
+from .train import MODEL, SpectrogramSet, iter_batches, read_array, read_split
+
+__all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
+           "log_spectral_distance", "PEAK_DBFS", "UNCONDITIONAL"]
+
+log = logging.getLogger(__name__)
+
+#: Generated audio is scaled so its peak sits here.
+PEAK_DBFS = -1.0
+#: The file-name prefix of samples from a model without groups (model.conditional: false).
+UNCONDITIONAL = "all"
+# Spectrograms per Griffin-Lim call. On a CPU small batches are as fast per item as large ones
+# (larger ones fall out of cache); on a GPU large batches fill the device.
+_GL_BATCH = {"cpu": 4, "cuda": 64, "mps": 16}
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------
+
+def _load_run(config: Config, run_dir: Path) -> TrainedModel:
+    device = pick_device(config.train.device)
+    trained = load_model(Path(run_dir) / MODEL, device=device)
+    log.info("%s: %s model, %s spectrograms, groups %s, epoch %s", Path(run_dir) / MODEL,
+             "conditional" if trained.model.config.conditional else "unconditional",
+             trained.spec.shape, ", ".join(trained.groups), trained.info.get("epoch", "?"))
+    return trained
+
+
+def _device(trained: TrainedModel) -> torch.device:
+    return next(trained.model.parameters()).device
+
+
+@torch.no_grad()
+def to_audio(x: Tensor, spec: SpectrogramSpec, *, n_iter: int, momentum: float,
+             seed: int = 0, peak_normalise: bool = True) -> Tensor:
+    """Spectrograms to peak-normalised waveforms with batched Griffin-Lim on ``x``'s device.
+
+    Parameters
+    ----------
+    x : Tensor [shape=(B, n_bins, n_frames), values in [0, 1]]
+    spec : SpectrogramSpec
+    n_iter : int
+        Griffin-Lim iterations.
+    momentum : float
+        Fast Griffin-Lim momentum in [0, 1).
+    seed : int
+        Seeds torch's RNG, which draws the initial phases: the same call gives the same audio.
+    peak_normalise : bool
+        Scale each row's peak to :data:`PEAK_DBFS` (an all-zero row stays zero); False keeps
+        the level the inverse gives (``x = 1`` is a full-scale sine's level).
+
+    Returns
+    -------
+    Tensor [shape=(B, n_samples), float32, on the CPU]
+    """
+    inverse = InverseSpectrogram(spec, n_iter=n_iter, momentum=momentum).to(x.device)
+    torch.manual_seed(seed)
+    out = []
+    for idx in iter_batches(len(x), _GL_BATCH.get(x.device.type, 4)):
+        y = inverse(x[idx.to(x.device)]).float()                      # (b, n_samples)
+        if peak_normalise:
+            peak = y.abs().amax(dim=-1, keepdim=True)                 # (b, 1)
+            y = y * torch.where(peak > 0, 10 ** (PEAK_DBFS / 20) / peak.clamp(min=1e-12), 0.0)
+        out.append(y.cpu())
+    return torch.cat(out) if out else torch.empty(0, spec.n_samples)
+
+
+def write_sample(path: Path, y: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
+                 sample_rate: int) -> None:
+    """Write ``path`` (.wav, PCM 16) and its spectrogram picture beside it (.png), atomically.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.wav`` path; the picture is ``path.with_suffix(".png")``.
+    y : array [shape=(n_samples,)]
+        Waveform in [-1, 1].
+    x : array [shape=(n_bins, n_frames), values in [0, 1]]
+        Its spectrogram, drawn with low frequencies at the bottom.
+    sample_rate : int
+        Hz.
+    """
+    import soundfile as sf
+    from matplotlib.image import imsave  # no pyplot: no GUI backend needed
+
+    y = np.asarray(torch.as_tensor(y).float().cpu(), dtype=np.float32)
+    x = np.asarray(torch.as_tensor(x).float().cpu(), dtype=np.float32)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, y, sample_rate, subtype="PCM_16")
+    with atomic_path(path.with_suffix(".png")) as tmp:
+        imsave(tmp, x, cmap="magma", vmin=0.0, vmax=1.0, origin="lower", format="png")
+
+
+def _clear(folder: Path, pattern: str) -> None:
+    """Remove earlier outputs matching ``pattern`` so the gallery shows only this run's."""
+    for path in folder.glob(pattern):
+        if path.is_file():
+            path.unlink()
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
+
+
+def _check_data_spec(items: Sequence[Item], spec: SpectrogramSpec) -> None:
+    """ConfigError when a folder the items come from was made with another spec than the model's."""
+    for folder in sorted({Path(it.source).parent.parent for it in items}):
+        if (folder / NORMALIZER).is_file():
+            data_spec = load_spec(folder)
+            if data_spec != spec:
+                raise ConfigError(
+                    f"{folder} holds spectrograms of {data_spec.kind} {data_spec.shape} "
+                    f"(n_fft={data_spec.n_fft}, hop_length={data_spec.hop_length}, "
+                    f"top_db={data_spec.top_db}), but the model was trained on {spec.kind} "
+                    f"{spec.shape} (n_fft={spec.n_fft}, hop_length={spec.hop_length}, "
+                    f"top_db={spec.top_db}); use matching features settings")
+
+
+def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = None,
+              limit: int | None = None) -> list[Item]:
+    """Validation items of the run (``per_group`` of each group, ``limit`` in all)."""
+    _, val = read_split(run_dir)
+    missing = [it for it in val if not Path(it.source).is_file()]
+    if missing:
+        raise ConfigError(f"{missing[0].source} (held out in {Path(run_dir) / 'split.csv'}) is "
+                          f"missing, and {len(missing) - 1} more: restore the spectrograms")
+    unknown = sorted({it.group for it in val} - set(trained.groups))
+    if unknown:
+        raise ConfigError(f"{Path(run_dir) / 'split.csv'} names group(s) {unknown} that "
+                          f"model.pth does not know: split.csv and model.pth are from "
+                          "different runs; retrain")
+    if per_group is not None:
+        by_group: dict[str, list[Item]] = {}
+        for item in val:
+            by_group.setdefault(item.group, []).append(item)
+        val = [it for members in by_group.values() for it in members[:per_group]]
+    if limit is not None:
+        val = val[:limit]
+    if not val:
+        raise ConfigError(f"{Path(run_dir) / 'split.csv'} holds no held-out files")
+    _check_data_spec(val, trained.spec)
+    return val
+
+
+def _count(value: int | None, default: int, flag: str) -> int:
+    count = default if value is None else value
+    if count < 1:
+        raise ConfigError(f"{flag}={count} must be >= 1")
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = None,
+             count: int | None = None, options: StageOptions | None = None) -> list[Path]:
+    """Sample ``count`` new sounds per group: z ~ N(0, I) * temperature, decode, Griffin-Lim.
+
+    Parameters
+    ----------
+    config : Config
+        Uses ``generate.*`` and ``train.device``.
+    run_dir : Path
+        Holds ``model.pth``; samples go to ``run_dir/samples/<group>_<k>.wav|png``.
+    groups : list of str or None
+        Groups to sample (default: all the model knows). An unconditional model takes none
+        and names its samples ``all_<k>``.
+    count : int or None
+        Samples per group (default ``generate.count``).
+    options : StageOptions
+        Unused beyond the common flags (kept for a uniform call).
+
+    Returns
+    -------
+    list of Path
+        The WAV files written.
+
+    Raises
+    ------
+    ConfigError
+        No usable ``model.pth``, an unknown group, or groups for an unconditional model.
+    """
+    gc = config.generate
+    count = _count(count, gc.count, "--count")
+    trained = _load_run(config, run_dir)
+    device = _device(trained)
+    if trained.model.config.conditional:
+        names = list(dict.fromkeys(groups)) if groups else list(trained.groups)
+        labels = [trained.group_index(g) for g in names]
+    elif groups:
+        raise ConfigError("--group: this model is unconditional (model.conditional: false), "
+                          "so it cannot be asked for a group; leave out --group")
+    else:
+        names, labels = [UNCONDITIONAL], [0]
+
+    gen = torch.Generator().manual_seed(gc.seed)  # on the CPU: the same z on every device
+    z = torch.randn(len(names) * count, trained.model.config.latent_dim, generator=gen)
+    z = (z * gc.temperature).to(device)                                     # (G*count, L)
+    y = torch.tensor(labels, device=device).repeat_interleave(count)        # (G*count,)
+    with torch.no_grad():
+        x = trained.model.decode(z, y)[:, 0]                                # (G*count, H, W)
+    audio = to_audio(x, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
+                     seed=gc.seed)                                          # (G*count, n)
+
+    samples = Path(run_dir) / SAMPLES
+    written = []
+    for g, name in enumerate(names):
+        _clear(samples, f"{name}_[0-9]*.*")
+        for k in range(count):
+            path = samples / f"{name}_{k}.wav"
+            write_sample(path, audio[g * count + k], x[g * count + k],
+                         sample_rate=trained.spec.sample_rate)
+            written.append(path)
+    page = write_gallery(run_dir)
+    log.info("generate: %d sample(s) of %s in %s; gallery: %s", len(written), ", ".join(names),
+             samples, page)
+    return written
+
+
+def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
+                options: StageOptions | None = None) -> list[Path]:
+    """Original vs reconstruction for ``count`` held-out files per group.
+
+    Both sides go through the same Griffin-Lim, so the pair compares the model only. The
+    reconstruction decodes the posterior mean (no sampling). Writes
+    ``samples/reconstruct/<group>/<id>_original.wav|png`` and ``<id>_reconstruction.wav|png``.
+
+    Returns
+    -------
+    list of Path
+        The WAV files written.
+
+    Raises
+    ------
+    ConfigError
+        No usable model, no ``split.csv``, missing held-out files, or spectrograms whose shape
+        or settings differ from the model's.
+    """
+    gc = config.generate
+    count = _count(count, gc.count, "--count")
+    trained = _load_run(config, run_dir)
+    device = _device(trained)
+    items = _held_out(run_dir, trained, per_group=count)
+    data = SpectrogramSet(items, trained.groups, trained.spec.shape)
+    x, y = data.batch(torch.arange(len(data)), device)                      # (N, 1, H, W), (N,)
+    with torch.no_grad():
+        mu, _ = trained.model.encode(x, y)
+        x_rec = trained.model.decode(mu, y)                                 # (N, 1, H, W)
+    both = torch.cat([x, x_rec])[:, 0]                                      # (2N, H, W)
+    audio = to_audio(both, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
+                     seed=gc.seed)
+
+    folder = Path(run_dir) / SAMPLES / "reconstruct"
+    _clear(folder, "*/*_original.*")
+    _clear(folder, "*/*_reconstruction.*")
+    written = []
+    for i, item in enumerate(items):
+        for j, kind in ((i, "original"), (i + len(items), "reconstruction")):
+            path = folder / _safe_name(item.group) / f"{_safe_name(item.id)}_{kind}.wav"
+            write_sample(path, audio[j], both[j], sample_rate=trained.spec.sample_rate)
+            written.append(path)
+    page = write_gallery(run_dir)
+    log.info("reconstruct: %d held-out file(s) in %s; gallery: %s", len(items), folder, page)
+    return written
+
+
+def _read_input(path: Path, trained: TrainedModel) -> Tensor:
+    """A .npy spectrogram or a .wav segment as (n_bins, n_frames) in [0, 1]."""
+    import soundfile as sf
+    import torchaudio
+
+    spec = trained.spec
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found")
+    if path.suffix.lower() == ".npy":
+        return torch.from_numpy(read_array(path, spec.shape).astype(np.float32))
+    try:
+        y, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise ConfigError(f"{path}: not a spectrogram (.npy) or readable audio file ({exc})") \
+            from None
+    wave = torch.from_numpy(y.mean(axis=1))                                 # (n,)
+    if sr != spec.sample_rate:
+        wave = torchaudio.functional.resample(wave, sr, spec.sample_rate)
+    if len(wave) < spec.n_samples:  # a short segment: padded with silence
+        wave = torch.nn.functional.pad(wave, (0, spec.n_samples - len(wave)))
+    return Spectrogram(spec)(wave[:spec.n_samples])                         # (H, W)
+
+
+def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int = 8,
+                options: StageOptions | None = None) -> list[Path]:
+    """Decode ``steps`` points on the latent line from file ``a`` to file ``b``.
+
+    Each file is encoded to its posterior mean; points ``(1 - t) * mu_a + t * mu_b`` are
+    decoded with the group embedding blended the same way (when conditional; a file's group
+    is its folder's name, as in stage 4's ``<group>/<id>.npy``).
+
+    Parameters
+    ----------
+    a, b : Path
+        Stage-4 spectrograms (.npy) or audio segments (.wav; mixed to mono, resampled to the
+        model's rate, cut or padded to its length).
+    steps : int
+        Points on the line including both ends, >= 2.
+
+    Returns
+    -------
+    list of Path
+        ``samples/interpolate/<a>__<b>/<k>.wav`` for k = 0 .. steps - 1.
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable files, a wrong-shaped array, an unknown group, or steps < 2.
+    """
+    gc = config.generate
+    if steps < 2:
+        raise ConfigError(f"--steps={steps} must be >= 2 (both ends are included)")
+    trained = _load_run(config, run_dir)
+    device = _device(trained)
+    x = torch.stack([_read_input(a, trained), _read_input(b, trained)])[:, None]  # (2,1,H,W)
+    x = x.to(device)
+    model = trained.model
+    if model.config.conditional:
+        for p in (a, b):
+            if Path(p).resolve().parent.name not in trained.groups:
+                raise ConfigError(
+                    f"{p}: cannot tell its group; this conditional model needs each file in a "
+                    f"folder named after its group ({', '.join(trained.groups)})")
+        y = torch.tensor([trained.group_index(Path(p).resolve().parent.name) for p in (a, b)],
+                         device=device)
+    else:
+        y = None
+    t = torch.linspace(0.0, 1.0, steps, device=device)[:, None]            # (S, 1)
+    with torch.no_grad():
+        mu, _ = model.encode(x, y)                                          # (2, L)
+        z = (1 - t) * mu[0] + t * mu[1]                                     # (S, L)
+        cond = model.decoder.condition(y)                                   # (2, E) or None
+        if cond is not None:
+            cond = (1 - t) * cond[0] + t * cond[1]                          # (S, E)
+        out = model.decoder(z, cond)[:, 0]                                  # (S, H, W)
+    audio = to_audio(out, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
+                     seed=gc.seed)
+    folder = (Path(run_dir) / SAMPLES / "interpolate"
+              / f"{_safe_name(Path(a).stem)}__{_safe_name(Path(b).stem)}")
+    _clear(folder, "*.*")
+    written = []
+    width = len(str(steps - 1))
+    for k in range(steps):
+        path = folder / f"{k:0{width}d}.wav"
+        write_sample(path, audio[k], out[k], sample_rate=trained.spec.sample_rate)
+        written.append(path)
+    page = write_gallery(run_dir)
+    log.info("interpolate: %d step(s) from %s to %s in %s; gallery: %s", steps, a, b, folder,
+             page)
+    return written
+
+
+def log_spectral_distance(x: Tensor, x_hat: Tensor, *, top_db: float) -> Tensor:
+    """Log-spectral distance in dB between normalised spectrograms.
+
+    ``sqrt(mean over bins of (dB - dB_hat)**2)``, averaged over frames; a value in [0, 1]
+    spans ``top_db`` dB.
+
+    Parameters
+    ----------
+    x, x_hat : Tensor [shape=(..., n_bins, n_frames), values in [0, 1]]
+    top_db : float
+
+    Returns
+    -------
+    Tensor [shape=(...,)]
+    """
+    diff_db = (x - x_hat) * top_db
+    return diff_db.pow(2).mean(dim=-2).sqrt().mean(dim=-1)
+
+
+def _linear(x: Tensor, spec: SpectrogramSpec) -> Tensor:
+    # Normalised [0, 1] -> linear magnitude in the representation's own bins; x = 1 is 0 dB.
+    return torch.pow(10.0, (x.clamp(0, 1) - 1.0) * (spec.top_db / 20.0))
+
+
+def evaluate(config: Config, run_dir: Path, *,
+             options: StageOptions | None = None) -> dict[str, Any]:
+    """Metrics of a run on its held-out files, written to ``run_dir/metrics.json``.
+
+    - ``val_loss``, ``val_recon`` (per pixel), ``val_kl_nats`` (per sample): the training
+      objective's terms (``train.beta`` of the run); ``val_elbo_nats``: the ELBO per sample
+      under the decoder likelihood the loss implies (Laplace, scale 1, for l1; Gaussian,
+      variance 1/2, for mse), one posterior sample per file;
+    - ``log_spectral_distance_db``: posterior-mean reconstruction vs original;
+    - ``spectral_convergence``: original vs the reconstruction after Griffin-Lim and the
+      forward transform again (linear magnitudes in the representation's bins, the original's
+      peak at 0 dB and Griffin-Lim's output at the level its input implies), and
+      ``spectral_convergence_griffin_lim_only``: the same for the original itself, the floor
+      that Griffin-Lim alone sets;
+    - ``kl_per_dim`` (mean nats per latent dimension) and ``active_units``: dimensions whose
+      posterior mean varies over the files, variance > 0.01 (Burda et al., 2016).
+
+    ``options.limit`` caps the number of held-out files.
+
+    Returns
+    -------
+    dict
+        What ``metrics.json`` holds.
+    """
+    gc = config.generate
+    trained = _load_run(config, run_dir)
+    device, model, spec = _device(trained), trained.model, trained.spec
+    run_cfg = trained.config.get("train", {})
+    recon_loss = run_cfg.get("recon_loss", config.train.recon_loss)
+    beta = float(run_cfg.get("beta", config.train.beta))
+    batch_size = int(run_cfg.get("batch_size", config.train.batch_size))
+    items = _held_out(run_dir, trained, limit=(options or StageOptions()).limit)
+    data = SpectrogramSet(items, trained.groups, spec.shape)
+    n_pixels = math.prod(spec.shape)
+    gen = torch.Generator().manual_seed(gc.seed)
+    forward = Spectrogram(spec).to(device)
+    totals: dict[str, list[Tensor]] = {k: [] for k in ("recon_sum", "kl", "lsd", "sc", "sc_gl",
+                                                      "mu", "kl_dims")}
+    for idx in iter_batches(len(data), batch_size):
+        x, y = data.batch(idx, device)                                      # (B, 1, H, W)
+        noise = torch.randn(len(idx), model.config.latent_dim, generator=gen)
+        with torch.no_grad():
+            x_hat, mu, logvar = model(x, y, noise=noise)
+            x_mean = model.decode(mu, y)                                    # (B, 1, H, W)
+        err = (x_hat - x).abs() if recon_loss == "l1" else (x_hat - x).pow(2)
+        kl_dims = kl_divergence(mu, logvar)                                 # (B, L)
+        totals["recon_sum"].append(err.flatten(1).sum(1).cpu())
+        totals["kl"].append(kl_dims.sum(1).cpu())
+        totals["kl_dims"].append(kl_dims.cpu())
+        totals["mu"].append(mu.cpu())
+        totals["lsd"].append(log_spectral_distance(x[:, 0], x_mean[:, 0],
+                                                   top_db=spec.top_db).cpu())
+        # Griffin-Lim keeps its input's level (not peak-normalised here), so a reconstruction
+        # that misses the original's loudness is charged for it.
+        waves = to_audio(torch.cat([x_mean, x])[:, 0], spec, n_iter=gc.griffin_lim_iters,
+                         momentum=gc.momentum, seed=gc.seed, peak_normalise=False).to(device)
+        with torch.no_grad():                                               # (2B, n_samples)
+            peak_db = forward.peak_db(waves)[:, None, None]                 # (2B, 1, 1)
+            again = _linear(forward(waves), spec) * 10 ** (peak_db / 20)    # (2B, H, W)
+        ref = _linear(x[:, 0], spec)                                        # (B, H, W)
+        totals["sc"].append(spectral_convergence(ref, again[:len(idx)]).cpu())
+        totals["sc_gl"].append(spectral_convergence(ref, again[len(idx):]).cpu())
+    cat = {k: torch.cat(v) for k, v in totals.items()}
+    # -log p(x|z) per pixel: |e| + log 2 (Laplace, b = 1) or e**2 + log(pi) / 2 (var 1/2)
+    const = math.log(2.0) if recon_loss == "l1" else 0.5 * math.log(math.pi)
+    nll = cat["recon_sum"] + n_pixels * const
+    recon = cat["recon_sum"].mean().item() / n_pixels
+    kl = cat["kl"].mean().item()
+    mu_var = cat["mu"].var(dim=0, unbiased=False) if len(data) > 1 else torch.zeros(
+        model.config.latent_dim)
+    metrics: dict[str, Any] = {
+        "files": len(data),
+        "epoch": trained.info.get("epoch"),
+        "val_loss": recon + beta * kl / n_pixels,
+        "val_recon": recon,
+        "val_kl_nats": kl,
+        "val_elbo_nats": -(nll + cat["kl"]).mean().item(),
+        "log_spectral_distance_db": cat["lsd"].mean().item(),
+        "spectral_convergence": cat["sc"].mean().item(),
+        "spectral_convergence_griffin_lim_only": cat["sc_gl"].mean().item(),
+        "active_units": int((mu_var > 0.01).sum().item()),
+        "latent_dim": model.config.latent_dim,
+        "griffin_lim_iters": gc.griffin_lim_iters,
+        "recon_loss": recon_loss,
+        "kl_per_dim": [round(v, 6) for v in cat["kl_dims"].mean(dim=0).tolist()],
+        "mu_variance_per_dim": [round(v, 6) for v in mu_var.tolist()],
+    }
+    path = Path(run_dir) / "metrics.json"
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+    write_gallery(run_dir)
+    log.info("evaluate on %d held-out file(s): ELBO %.1f nats, recon %.4f, KL %.2f nats, "
+             "LSD %.2f dB, spectral convergence %.3f (Griffin-Lim alone %.3f), %d/%d active "
+             "units -> %s", len(data), metrics["val_elbo_nats"], recon, kl,
+             metrics["log_spectral_distance_db"], metrics["spectral_convergence"],
+             metrics["spectral_convergence_griffin_lim_only"], metrics["active_units"],
+             model.config.latent_dim, path)
+    return metrics

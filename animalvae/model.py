@@ -1,0 +1,346 @@
+"""The conditional convolutional VAE over spectrograms, and its ``model.pth`` file.
+
+Shapes (B: batch, H x W = n_bins x n_frames, N = len(model.channels), L = latent_dim)::
+
+    x (B, 1, H, W) in [0, 1] --Encoder--> mu, logvar (B, L)
+    z = mu + exp(logvar / 2) * eps                        eps ~ N(0, I)
+    z (B, L) --Decoder--> x_hat (B, 1, H, W) in [0, 1]
+
+The encoder is N stride-2 3x3 convolutions (GroupNorm, LeakyReLU), flattened, then one linear
+layer to (mu, logvar); the decoder mirrors it with one linear layer and N stride-2 transposed
+convolutions, the last one to one channel and a sigmoid. With ``model.conditional`` each half
+has its own embedding of the group, concatenated to the flattened features (encoder) and to
+``z`` (decoder), so the decoder can be asked for a given group. Layer sizes are derived with a
+dummy forward pass; H and W must be divisible by ``2 ** N``.
+
+The encoder stands alone (:meth:`Encoder.features` needs no group): the sound -> image work
+can reuse it. GroupNorm rather than BatchNorm: it behaves the same in training and
+evaluation, whatever the batch size, so a short run already generates sensibly.
+
+``model.pth`` holds plain data only (loadable with ``torch.load(weights_only=True)``): the
+weights, the model config, the spectrogram spec, the group names, the shape and the versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .spectrogram import SpectrogramSpec
+
+__all__ = ["Encoder", "Decoder", "VAE", "TrainedModel", "FORMAT", "build_model",
+           "kl_divergence", "checkpoint_payload", "read_checkpoint", "load_model"]
+
+#: Tag of a ``model.pth``/``last.pth`` written by this module; bumped on incompatible change.
+FORMAT = "animalvae.vae/1"
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    # 8 channels per group (at most 32 groups), one group for very narrow layers.
+    return nn.GroupNorm(max(1, min(32, channels // 8)), channels)
+
+
+class _Down(nn.Sequential):
+    """Stride-2 3x3 conv, GroupNorm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), _norm(c_out),
+                         nn.LeakyReLU(0.2))
+
+
+class _Up(nn.Sequential):
+    """Stride-2 4x4 transposed conv, GroupNorm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), _norm(c_out),
+                         nn.LeakyReLU(0.2))
+
+
+class Encoder(nn.Module):
+    """Spectrogram (and group) -> the posterior's ``mu`` and ``logvar``.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    shape : tuple of int
+        ``(n_bins, n_frames)`` of the input, each divisible by ``2 ** len(config.channels)``.
+    n_groups : int
+        Number of groups (classes); used when ``config.conditional``.
+    """
+
+    def __init__(self, config: ModelConfig, shape: tuple[int, int], n_groups: int):
+        super().__init__()
+        widths = [1, *config.channels]
+        self.convs = nn.Sequential(*[_Down(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        with torch.no_grad():  # the flattened size, from a dummy input rather than by hand
+            self.feature_shape = tuple(self.convs(torch.zeros(1, 1, *shape)).shape[1:])
+        self.n_features = math.prod(self.feature_shape)
+        self.embed = nn.Embedding(n_groups, config.embed_dim) if config.conditional else None
+        cond = config.embed_dim if config.conditional else 0
+        self.to_stats = nn.Linear(self.n_features + cond, 2 * config.latent_dim)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Label-free features: (B, 1, H, W) -> (B, n_features)."""
+        return self.convs(x).flatten(1)  # (B, C, H/2^N, W/2^N) -> (B, n_features)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, 1, H, W) spectrograms, (B,) group indices -> mu, logvar, each (B, L)."""
+        h = self.features(x)                                  # (B, n_features)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("this encoder is conditional: pass the group indices y")
+            h = torch.cat([h, self.embed(y)], dim=1)          # (B, n_features + embed_dim)
+        mu, logvar = self.to_stats(h).chunk(2, dim=1)         # (B, L), (B, L)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """Latent vector (and group) -> spectrogram in [0, 1].
+
+    Parameters
+    ----------
+    config : ModelConfig
+    feature_shape : tuple of int
+        ``(C, h, w)``: the encoder's last feature map, which the decoder starts from.
+    n_groups : int
+    """
+
+    def __init__(self, config: ModelConfig, feature_shape: tuple[int, ...], n_groups: int):
+        super().__init__()
+        self.feature_shape = tuple(feature_shape)
+        self.embed = nn.Embedding(n_groups, config.embed_dim) if config.conditional else None
+        cond = config.embed_dim if config.conditional else 0
+        self.from_z = nn.Linear(config.latent_dim + cond, math.prod(self.feature_shape))
+        widths = list(reversed(config.channels))
+        self.ups = nn.Sequential(*[_Up(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.to_image = nn.ConvTranspose2d(widths[-1], 1, 4, stride=2, padding=1)
+
+    def condition(self, y: Tensor | None) -> Tensor | None:
+        """The decoder's group embedding: (B,) indices -> (B, embed_dim) (None: unconditional)."""
+        if self.embed is None:
+            return None
+        if y is None:
+            raise ValueError("this decoder is conditional: pass the group indices y")
+        return self.embed(y)
+
+    def forward(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        """(B, L) latent, (B, embed_dim) group embedding -> (B, 1, H, W) in [0, 1].
+
+        Takes the embedding, not the index, so that interpolation can blend two groups.
+        """
+        if cond is not None:
+            z = torch.cat([z, cond], dim=1)                   # (B, L + embed_dim)
+        h = self.from_z(z).view(-1, *self.feature_shape)      # (B, C, H/2^N, W/2^N)
+        h = self.ups(h)                                       # (B, channels[0], H/2, W/2)
+        return torch.sigmoid(self.to_image(h))                # (B, 1, H, W)
+
+
+class VAE(nn.Module):
+    """Encoder + reparameterisation + decoder.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    shape : tuple of int
+        ``(n_bins, n_frames)`` of one spectrogram.
+    n_groups : int
+        Number of groups (>= 1).
+
+    Raises
+    ------
+    ConfigError
+        When ``shape`` cannot go down and back up through ``len(config.channels)`` stride-2
+        layers unchanged.
+
+    Examples
+    --------
+    >>> from animalvae.config import ModelConfig
+    >>> vae = VAE(ModelConfig(latent_dim=8, channels=[4, 8]), (64, 32), n_groups=2)
+    >>> x_hat, mu, logvar = vae(torch.rand(3, 1, 64, 32), torch.tensor([0, 1, 0]))
+    >>> tuple(x_hat.shape), tuple(mu.shape)
+    ((3, 1, 64, 32), (3, 8))
+    """
+
+    def __init__(self, config: ModelConfig, shape: tuple[int, int], n_groups: int):
+        super().__init__()
+        self.config = config
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.n_groups = n_groups
+        self.encoder = Encoder(config, self.shape, n_groups)
+        self.decoder = Decoder(config, self.encoder.feature_shape, n_groups)
+        with torch.no_grad():
+            z = torch.zeros(1, config.latent_dim)
+            y = torch.zeros(1, dtype=torch.long)
+            out = tuple(self.decoder(z, self.decoder.condition(y)).shape[2:])
+        if out != self.shape:
+            n = len(config.channels)
+            raise ConfigError(
+                f"model.channels={config.channels} has {n} stride-2 layers, so both sides of "
+                f"the spectrogram shape {self.shape} must be divisible by 2**{n}={2 ** n} "
+                f"(it would come back as {out}); use fewer channels entries")
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, 1, H, W), (B,) -> mu, logvar (B, L)."""
+        return self.encoder(x, y)
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """(B, L), (B,) -> (B, 1, H, W) in [0, 1]."""
+        return self.decoder(z, self.decoder.condition(y))
+
+    def forward(self, x: Tensor, y: Tensor | None = None, *,
+                noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Reconstruct ``x`` through a sampled ``z``.
+
+        Parameters
+        ----------
+        x : Tensor [shape=(B, 1, H, W), values in [0, 1]]
+        y : Tensor [shape=(B,), int64] or None
+            Group indices (required when conditional).
+        noise : Tensor [shape=(B, L)] or None
+            The ``eps`` of the reparameterisation; None draws it from torch's RNG.
+
+        Returns
+        -------
+        x_hat : Tensor [shape=(B, 1, H, W)]
+        mu, logvar : Tensor [shape=(B, L)]
+        """
+        mu, logvar = self.encoder(x, y)                       # (B, L), (B, L)
+        eps = torch.randn_like(mu) if noise is None else noise.to(mu)
+        z = mu + torch.exp(0.5 * logvar) * eps                # (B, L)
+        return self.decode(z, y), mu, logvar
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per latent dimension: (B, L) -> (B, L), in nats.
+
+    ``-0.5 * (1 + logvar - mu**2 - exp(logvar))``; sum over the last axis for per-sample KL.
+    """
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
+
+
+def build_model(config: ModelConfig, spec: SpectrogramSpec, groups: list[str]) -> VAE:
+    """The VAE for spectrograms of ``spec`` and the given groups (ConfigError if they clash)."""
+    return VAE(config, spec.shape, max(1, len(groups)))
+
+
+# --------------------------------------------------------------------------------------------
+# model.pth: plain data only, so torch.load(weights_only=True) can read it.
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A VAE loaded from ``model.pth`` with what is needed to use it."""
+
+    model: VAE
+    spec: SpectrogramSpec
+    groups: list[str]
+    config: dict[str, Any]        # the whole config of the training run, as plain data
+    info: dict[str, Any]          # epoch, step, val_loss, versions
+
+    def group_index(self, name: str) -> int:
+        """The index of group ``name`` (ConfigError listing the known groups)."""
+        if name not in self.groups:
+            raise ConfigError(f"group {name!r} is not one this model was trained on "
+                              f"({', '.join(self.groups)})")
+        return self.groups.index(name)
+
+
+def _versions() -> dict[str, str]:
+    import torchaudio
+
+    from . import __version__
+    # str(): torch.__version__ is a str subclass that weights_only loading refuses
+    return {"torch": str(torch.__version__), "torchaudio": str(torchaudio.__version__),
+            "animalvae": str(__version__)}
+
+
+def checkpoint_payload(model: VAE, *, spec: SpectrogramSpec, groups: list[str],
+                       config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The dict ``model.pth`` holds: weights (on the CPU), configs, spec, groups, versions.
+
+    ``extra`` adds plain entries (epoch, step, val_loss, and for ``last.pth`` the optimiser,
+    scheduler and RNG states).
+    """
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"format": FORMAT, "model": weights,
+            "model_config": dataclasses.asdict(model.config), "spec": spec.to_dict(),
+            "groups": list(groups), "shape": list(model.shape), "config": config,
+            "versions": _versions(), **extra}
+
+
+def read_checkpoint(path: Path, *, what: str = "model.pth") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``, with any failure as a one-line ConfigError.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, not a torch file, holds something other than plain data,
+        or was not written by ``vae.py train`` (another format tag).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: train first (vae.py train), or pass --run DIR "
+                          f"with the run folder that holds {what}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile) as exc:
+        text = str(exc)
+        # torch's weights_only message is long; its last "...error: ..." line says what failed
+        lines = [ln.strip() for ln in text.splitlines() if "error:" in ln.lower()]
+        reason = " ".join((lines[-1] if lines else text).split())[:200]
+        raise ConfigError(f"{path} is not a {what} written by vae.py train "
+                          f"(cannot load it safely: {reason})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"{path} is not a {what} written by this version of vae.py train "
+                          f"(format {found!r}, expected {FORMAT!r}); retrain")
+    missing = [k for k in ("model", "model_config", "spec", "groups", "shape", "config")
+               if k not in data]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)}: not a complete {what}; retrain")
+    return data
+
+
+def load_model(path: Path, *, device: torch.device | str = "cpu") -> TrainedModel:
+    """Load ``model.pth`` (or ``last.pth``) into an evaluation-mode VAE on ``device``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is not a usable checkpoint, its model config is unknown to this version,
+        or its weights do not fit the model its config describes.
+    """
+    data = read_checkpoint(path, what=Path(path).name)
+    try:
+        config = ModelConfig(**data["model_config"])
+        spec = SpectrogramSpec.from_dict(data["spec"])
+        if problems := config._check():
+            raise ConfigError("; ".join(problems))
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"{path}: its model or spectrogram settings are not valid for this "
+                          f"version ({' '.join(str(exc).split())}); retrain") from None
+    groups = [str(g) for g in data["groups"]]
+    if list(data["shape"]) != list(spec.shape):
+        raise ConfigError(f"{path}: shape {data['shape']} does not match its spectrogram spec "
+                          f"{list(spec.shape)}; retrain")
+    model = build_model(config, spec, groups)
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[:2]
+        raise ConfigError(f"{path}: weights do not fit its model config ({' '.join(first)})") \
+            from None
+    model.to(device).eval()
+    info = {k: data[k] for k in ("epoch", "step", "val_loss", "versions") if k in data}
+    return TrainedModel(model, spec, groups, data["config"], info)

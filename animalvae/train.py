@@ -1,0 +1,670 @@
+"""Training the VAE: data, split, one readable loop, checkpoints that resume exactly.
+
+Reads a stage-4 folder (``paths.spectrograms``: ``<group>/<id>.npy`` + ``normalizer.json``)
+and writes into the run folder (``paths.runs/<train.name>``):
+
+- ``split.csv``: which file is in ``train`` and which in ``val`` (held out per group, fixed by
+  ``train.seed``); ``reconstruct`` and ``evaluate`` use the ``val`` rows only;
+- ``model.pth``: the weights with the best validation loss so far, plus everything needed to
+  use them (see :mod:`animalvae.model`); ``last.pth``: the latest state, for ``--resume``;
+- ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect.
+
+Loss (per pixel, so its size does not depend on the spectrogram shape)::
+
+    recon = mean over pixels and batch of |x_hat - x|   (or (x_hat - x)**2 with recon_loss: mse)
+    kl    = mean over batch of sum over latent dims of KL(q(z|x) || N(0, I))      [nats/sample]
+    loss  = recon + beta * kl / (n_bins * n_frames)
+
+i.e. the negative ELBO of a Laplace (l1, scale 1) or Gaussian (mse, variance 1/2) decoder
+divided by the number of pixels, up to a constant, with the KL weighted by ``beta``. ``beta``
+rises linearly from 0 to ``train.beta`` over the first ``train.kl_warmup_epochs`` epochs (per
+step). With ``train.free_bits`` > 0 each latent dimension's batch-mean KL is penalised only
+above that many nats. ``metrics.csv`` logs ``recon`` and the unclipped ``kl`` separately; the
+validation loss (which picks ``model.pth``) always uses the full ``train.beta``.
+
+Learning rate: linear warm-up over ``train.warmup_steps``, then a cosine decay to a tenth of
+``train.lr`` at the end of ``train.epochs`` (a pure function of the step, as in nanoGPT;
+``train.max_steps`` only stops early and does not change the schedule, so a stopped run
+resumes onto the same curve).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import random
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .cli import StageOptions
+from .config import Config, config_to_dict
+from .device import pick_device
+from .errors import ConfigError
+from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
+from .spectrogram import SpectrogramSpec, load_spec
+from .stage import Item, atomic_path, list_items, write_settings
+
+__all__ = ["train", "TrainingDiverged", "SpectrogramSet", "LossTerms", "vae_loss", "lr_at",
+           "beta_at", "split_items", "read_split", "read_array", "iter_batches",
+           "is_main_process", "MODEL", "LAST", "SPLIT", "METRICS", "LOSS_PLOT"]
+
+log = logging.getLogger(__name__)
+
+MODEL = "model.pth"
+LAST = "last.pth"
+SPLIT = "split.csv"
+METRICS = "metrics.csv"
+LOSS_PLOT = "loss.png"
+_METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_recon", "train_kl", "val_loss",
+                   "val_recon", "val_kl", "beta", "lr", "seconds")
+_MIN_LR_FACTOR = 0.1        # the cosine decays to lr / 10 (nanoGPT's min_lr)
+_PLOT_EVERY_S = 30.0        # redraw loss.png at most this often (and at the end)
+_MEMORY_SHARE = 0.5         # hold the data in memory when it needs less than this share
+
+
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or Inf; the message names the epoch and step (exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed hooks: single process today; torchrun sets RANK / WORLD_SIZE.
+# --------------------------------------------------------------------------------------------
+
+def _rank_and_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files and logs (rank 0; always true without torchrun)."""
+    return _rank_and_world()[0] == 0
+
+
+def _epoch_order(n: int, *, seed: int, epoch: int) -> Tensor:
+    """This process's shuffled indices for ``epoch``: a function of (seed, epoch) only.
+
+    Not a stateful sampler, so resuming needs no sampler state; under DDP each rank would take
+    every ``world_size``-th index of the same permutation.
+    """
+    rank, world = _rank_and_world()
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)[rank::world]
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+def split_items(items: Sequence[Item], *, val_fraction: float,
+                seed: int) -> tuple[list[Item], list[Item]]:
+    """Split ``items`` into (train, val), per group, reproducibly.
+
+    Each group is shuffled with its own seed (``train.seed`` and the group name, so adding a
+    group leaves the others' splits alone) and ``round(val_fraction * n)`` of it, at least 1
+    and at most ``n - 1``, is held out; a group with one file goes to training only.
+    """
+    by_group: dict[str, list[Item]] = {}
+    for item in sorted(items, key=lambda it: (it.group, it.id)):
+        by_group.setdefault(item.group, []).append(item)
+    train, val = [], []
+    for group, members in by_group.items():
+        rng = np.random.default_rng([seed, zlib.crc32(group.encode())])
+        order = rng.permutation(len(members))
+        n_val = min(max(round(val_fraction * len(members)), 1), len(members) - 1)
+        val += [members[i] for i in sorted(order[:n_val])]
+        train += [members[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def _limit_items(items: list[Item], limit: int) -> list[Item]:
+    """The first ``limit`` items, taken round-robin over groups so a smoke run keeps them all."""
+    by_group: dict[str, list[Item]] = {}
+    for item in items:
+        by_group.setdefault(item.group, []).append(item)
+    picked: list[Item] = []
+    queues = [iter(v) for v in by_group.values()]
+    while len(picked) < limit and queues:
+        for queue in list(queues):
+            item = next(queue, None)
+            if item is None:
+                queues.remove(queue)
+            elif len(picked) < limit:
+                picked.append(item)
+    return picked
+
+
+def _write_split(path: Path, train: list[Item], val: list[Item]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "group", "split", "path"])
+        for name, part in (("train", train), ("val", val)):
+            for item in part:
+                writer.writerow([item.id, item.group, name, str(Path(item.source).resolve())])
+
+
+def read_split(run_dir: Path) -> tuple[list[Item], list[Item]]:
+    """The (train, val) items recorded in ``run_dir/split.csv``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or malformed.
+    """
+    path = Path(run_dir) / SPLIT
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: this run folder was not made by vae.py train")
+    parts: dict[str, list[Item]] = {"train": [], "val": []}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("split") not in parts or not row.get("id") or not row.get("path"):
+                raise ConfigError(f"{path}: malformed row {row}; retrain with --force")
+            parts[row["split"]].append(Item(row["id"], row["group"], Path(row["path"]),
+                                            row["group"]))
+    return parts["train"], parts["val"]
+
+
+def _available_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux
+        return None
+
+
+def read_array(path: Path, shape: tuple[int, int], *, mmap: bool = False) -> np.ndarray:
+    """One stored spectrogram, checked: (n_bins, n_frames), finite (ConfigError naming it)."""
+    try:
+        a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read it as a .npy array ({exc}); rerun "
+                          "preprocess_audio_vae.py with --force") from None
+    if a.shape != shape:
+        raise ConfigError(f"{path} has shape {a.shape}, but the model's spectrograms are "
+                          f"{shape}: the data and the model come from different features "
+                          "settings (rerun preprocess_audio_vae.py, or train a new model)")
+    if not mmap and not np.isfinite(a).all():
+        raise ConfigError(f"{path} holds NaN or Inf values; rerun preprocess_audio_vae.py "
+                          "with --force")
+    return a
+
+
+class SpectrogramSet:
+    """Spectrograms and their group indices; in memory (float16) when they fit, else on disk.
+
+    Parameters
+    ----------
+    items : list of Item
+        Their ``source`` is a ``.npy`` of shape ``shape``.
+    groups : list of str
+        Group names; an item's label is its group's index in this list.
+    shape : tuple of int
+        ``(n_bins, n_frames)``.
+    progress : bool
+        Show a progress bar while loading.
+
+    Raises
+    ------
+    ConfigError
+        When a file is unreadable, of the wrong shape, or not finite.
+    """
+
+    def __init__(self, items: Sequence[Item], groups: Sequence[str], shape: tuple[int, int], *,
+                 progress: bool = False):
+        from tqdm.auto import tqdm
+
+        self.items = list(items)
+        self.shape = tuple(shape)
+        self.paths = [Path(it.source) for it in self.items]
+        self.y = torch.tensor([list(groups).index(it.group) for it in self.items],
+                              dtype=torch.long)                          # (N,)
+        need = len(self.items) * math.prod(self.shape) * 2
+        avail = _available_bytes()
+        self.x: Tensor | None = None
+        if avail is None or need < _MEMORY_SHARE * avail:
+            x = torch.empty(len(self.items), 1, *self.shape, dtype=torch.float16)  # (N, 1, H, W)
+            for i, path in enumerate(tqdm(self.paths, desc="loading", unit="file",
+                                          disable=not progress, leave=False)):
+                x[i, 0] = torch.from_numpy(read_array(path, self.shape).astype(np.float16))
+            self.x = x
+        else:
+            log.info("%d spectrograms need %.1f GB, more than half the free memory: reading "
+                     "them from disk per batch", len(self.items), need / 1e9)
+            for path in self.paths:
+                read_array(path, self.shape, mmap=True)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, idx: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Rows ``idx`` as float32 ``(B, 1, H, W)`` in [0, 1] and ``(B,)`` labels on ``device``."""
+        if self.x is not None:
+            x = self.x[idx]
+        else:
+            x = torch.stack([torch.from_numpy(
+                read_array(self.paths[i], self.shape).astype(np.float32))[None]
+                for i in idx.tolist()])
+        return (x.to(device, non_blocking=True).float(),
+                self.y[idx].to(device, non_blocking=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Loss and schedules
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class LossTerms:
+    """The objective and its two parts (0-d tensors, batch means)."""
+
+    loss: Tensor    # recon + beta * kl_penalised / n_pixels
+    recon: Tensor   # per pixel
+    kl: Tensor      # nats per sample, before free bits
+
+
+def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *, recon_loss: str,
+             beta: float, free_bits: float = 0.0) -> LossTerms:
+    """The VAE objective described in the module docstring.
+
+    Parameters
+    ----------
+    x_hat, x : Tensor [shape=(B, 1, H, W)]
+    mu, logvar : Tensor [shape=(B, L)]
+    recon_loss : {"l1", "mse"}
+    beta : float
+        KL weight, >= 0.
+    free_bits : float
+        Nats per latent dimension (batch mean) not penalised; 0 = off.
+    """
+    err = (x_hat - x).abs() if recon_loss == "l1" else (x_hat - x).pow(2)
+    recon = err.mean()                                    # mean over pixels and batch
+    kl_dims = kl_divergence(mu, logvar)                   # (B, L)
+    kl = kl_dims.sum(dim=1).mean()                        # nats per sample
+    penalised = kl_dims.mean(dim=0).clamp(min=free_bits).sum() if free_bits > 0 else kl
+    n_pixels = x[0].numel()
+    return LossTerms(recon + beta * penalised / n_pixels, recon, kl)
+
+
+def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then cosine to lr/10."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    factor = _MIN_LR_FACTOR + (1 - _MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr * factor
+
+
+def beta_at(step: int, *, beta: float, warmup_steps: int) -> float:
+    """KL weight at optimiser step ``step``: linear from 0 to ``beta`` over ``warmup_steps``."""
+    return beta if warmup_steps <= 0 else beta * min(1.0, step / warmup_steps)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: plain data (weights_only-loadable), written atomically
+# --------------------------------------------------------------------------------------------
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics files
+# --------------------------------------------------------------------------------------------
+
+def _write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    with atomic_path(run_dir / METRICS) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=_METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k])
+                             for k in _METRIC_COLUMNS})
+
+
+def _plot_losses(path: Path, rows: list[dict[str, float]]) -> None:
+    """loss.png: loss, reconstruction and KL per epoch, training vs validation."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    epochs = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(12, 3.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, key, title in zip(axes, ("loss", "recon", "kl"),
+                              ("loss (per pixel)", "reconstruction (per pixel)",
+                               "KL (nats per sample)")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in rows], "o-", ms=3, label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in rows], "o-", ms=3, label="validation")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    # bf16 autocast on CUDA only: CPU bf16 convolutions are slower than float32 on most CPUs.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, device: torch.device,
+              recon_loss: str, beta: float, seed: int) -> dict[str, float]:
+    """Mean recon, KL and loss (full beta, no free bits) over ``data``.
+
+    The reparameterisation noise comes from its own generator, seeded the same every time:
+    epochs are compared on equal terms and the training RNG is left untouched.
+    """
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"recon": 0.0, "kl": 0.0, "loss": 0.0}
+    for idx in iter_batches(len(data), batch_size):
+        x, y = data.batch(idx, device)
+        noise = torch.randn(len(idx), model.config.latent_dim, generator=gen)
+        with _autocast(device):
+            x_hat, mu, logvar = model(x, y, noise=noise)
+        terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(), recon_loss=recon_loss,
+                         beta=beta)
+        for key in sums:
+            sums[key] += getattr(terms, key).item() * len(idx)
+    model.train()
+    return {k: v / len(data) for k, v in sums.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The training run
+# --------------------------------------------------------------------------------------------
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    if resume:
+        if not (run_dir / LAST).is_file():
+            raise ConfigError(f"--resume: {run_dir / LAST} not found (nothing to continue; "
+                              "train without --resume)")
+        return
+    if (run_dir / LAST).exists() or (run_dir / MODEL).exists():
+        if not force:
+            raise ConfigError(f"run folder {run_dir} already holds a training run: continue it "
+                              "with --resume, start over with --force, or name a new run with "
+                              "--set train.name=NAME")
+        for name in (MODEL, LAST, METRICS, LOSS_PLOT, SPLIT, "metrics.json"):
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def _fresh_data(config: Config, options: StageOptions) -> tuple[SpectrogramSpec, list[Item]]:
+    folder = config.paths.spectrograms
+    items = list_items(folder, [".npy"], what="spectrogram")
+    spec = load_spec(folder)
+    if options.limit is not None:
+        items = _limit_items(items, options.limit)
+    if len(items) < 2:
+        raise ConfigError(f"{folder} has {len(items)} spectrogram(s): training needs at least 2 "
+                          "(one is held out for validation)")
+    return spec, items
+
+
+def train(config: Config, run_dir: Path, *, resume: bool = False,
+          options: StageOptions | None = None) -> Path:
+    """Train the VAE on ``config.paths.spectrograms``; write the run folder.
+
+    Parameters
+    ----------
+    config : Config
+        Uses ``paths.spectrograms``, ``model.*`` and ``train.*``.
+    run_dir : Path
+        The run folder (``paths.runs/<train.name>`` by default).
+    resume : bool
+        Continue from ``run_dir/last.pth`` exactly: weights, optimiser, schedule position,
+        epoch and batch, RNG states, best validation loss, metrics so far; the data split is
+        the recorded ``split.csv``. The current config's ``train.epochs``/``max_steps`` apply.
+    options : StageOptions
+        ``limit`` caps the number of files (fresh runs; a smoke test), ``force`` starts over
+        in a folder that holds a run, ``progress`` shows the progress bar.
+
+    Returns
+    -------
+    Path
+        ``run_dir/model.pth``.
+
+    Raises
+    ------
+    ConfigError
+        Missing or empty input, no ``normalizer.json``, a bad array, a ``last.pth`` that
+        does not fit this data or model config, or a run folder already in use.
+    TrainingDiverged
+        When the loss becomes NaN or Inf (naming the epoch and step).
+    """
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    options = options or StageOptions()
+    tc = config.train
+    run_dir = Path(run_dir)
+    device = pick_device(tc.device)
+    if _rank_and_world()[1] > 1:
+        raise ConfigError("WORLD_SIZE > 1: multi-process (torchrun/DDP) training is not "
+                          "supported yet; run vae.py train as one process")
+    _prepare_run_dir(run_dir, resume=resume, force=options.force)
+
+    # -- data: a fresh split, or the recorded one when resuming --------------------------------
+    state: dict[str, Any] | None = None
+    if resume:
+        state = read_checkpoint(run_dir / LAST, what=LAST)
+        spec = SpectrogramSpec.from_dict(state["spec"])
+        train_items, val_items = read_split(run_dir)
+        groups = [str(g) for g in state["groups"]]
+        if state["model_config"] != config_to_dict(config.model):
+            raise ConfigError(f"--resume: the model settings differ from those in {run_dir / LAST}"
+                              f" ({state['model_config']} vs {config_to_dict(config.model)}); "
+                              "resume with the same model.* values, or start over with --force")
+        if options.limit is not None:
+            log.info("--limit is ignored with --resume: the recorded split is used")
+    else:
+        spec, items = _fresh_data(config, options)
+        train_items, val_items = split_items(items, val_fraction=tc.val_fraction, seed=tc.seed)
+        if not val_items:
+            raise ConfigError(f"no group in {config.paths.spectrograms} has 2 or more files, so "
+                              "nothing can be held out for validation; add data")
+        groups = sorted({it.group for it in items})
+    _seed_everything(tc.seed)  # before the model, so its initial weights are repeatable
+    model = build_model(config.model, spec, groups).to(device)  # ConfigError on a bad shape
+    train_set = SpectrogramSet(train_items, groups, spec.shape, progress=options.progress)
+    val_set = SpectrogramSet(val_items, groups, spec.shape, progress=options.progress)
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _write_split(run_dir / SPLIT, train_items, val_items)
+        write_settings(run_dir, config_to_dict(config))
+    log.info("%d training and %d validation spectrograms %s in %d group(s) (%s); "
+             "%.2f M parameters on %s", len(train_set), len(val_set), spec.shape, len(groups),
+             ", ".join(groups), sum(p.numel() for p in model.parameters()) / 1e6, device)
+
+    # -- optimiser and schedule ----------------------------------------------------------------
+    decay = [p for p in model.parameters() if p.dim() >= 2]     # weights of convs and linears
+    no_decay = [p for p in model.parameters() if p.dim() < 2]   # biases and norm gains
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
+    steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
+    total_steps = tc.epochs * steps_per_epoch
+    schedule = {"kind": "warmup-cosine", "lr": tc.lr, "warmup_steps": tc.warmup_steps,
+                "total_steps": total_steps, "min_factor": _MIN_LR_FACTOR}
+    kl_warmup_steps = tc.kl_warmup_epochs * steps_per_epoch
+
+    # -- start or resume -----------------------------------------------------------------------
+    epoch, batch, step = 0, 0, 0
+    best_val, rows = math.inf, []
+    sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "n": 0}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, batch, step = state["epoch"], state["batch"], state["step"]
+        best_val, rows, sums = state["best_val"], list(state["metrics"]), dict(state["sums"])
+        _set_rng_state(state["rng"])
+        if state["steps_per_epoch"] != steps_per_epoch:
+            raise ConfigError(f"--resume: train.batch_size={tc.batch_size} differs from the run "
+                              f"being resumed; keep the batch size, or start over with --force")
+        if state["scheduler"] != schedule:
+            log.warning("--resume with other train.epochs/lr/warmup_steps than the run so far: "
+                        "the learning-rate curve changes from here on")
+        log.info("resuming at epoch %d, step %d (best validation loss %.5g)", epoch + 1, step,
+                 best_val)
+    if epoch >= tc.epochs or (tc.max_steps and step >= tc.max_steps):
+        log.info("nothing to do: the run already reached train.epochs=%d / train.max_steps=%d",
+                 tc.epochs, tc.max_steps)
+        return run_dir / MODEL
+    if tc.max_steps:
+        total_steps_this_run = min(total_steps, tc.max_steps)
+    else:
+        total_steps_this_run = total_steps
+
+    def checkpoint(**extra: Any) -> dict[str, Any]:
+        return checkpoint_payload(model, spec=spec, groups=groups,
+                                  config=config_to_dict(config), **extra)
+
+    # -- the loop ------------------------------------------------------------------------------
+    model.train()
+    bar = tqdm(total=total_steps_this_run, initial=step, desc="train", unit="step",
+               disable=not options.progress or not is_main_process(), dynamic_ncols=True)
+    stop = False
+    last_plot = time.monotonic()
+    with bar, logging_redirect_tqdm():
+        while epoch < tc.epochs and not stop:
+            t0 = time.monotonic()
+            order = _epoch_order(len(train_set), seed=tc.seed, epoch=epoch)
+            beta = lr = 0.0
+            while batch < steps_per_epoch:
+                # learning rate and KL weight of this step
+                lr = lr_at(step, lr=tc.lr, warmup_steps=tc.warmup_steps, total_steps=total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                beta = beta_at(step, beta=tc.beta, warmup_steps=kl_warmup_steps)
+
+                # forward, in bf16 on CUDA; the loss in float32
+                x, y = train_set.batch(order[batch * tc.batch_size:(batch + 1) * tc.batch_size],
+                                       device)
+                with _autocast(device):
+                    x_hat, mu, logvar = model(x, y)
+                terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
+                                 recon_loss=tc.recon_loss, beta=beta, free_bits=tc.free_bits)
+                loss = terms.loss.item()  # a CPU-GPU sync point, needed for the checks below
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"training diverged: the loss is {loss} at epoch {epoch + 1}, step "
+                        f"{step + 1} (recon {terms.recon.item():.4g}, kl {terms.kl.item():.4g});"
+                        f" lower train.lr={tc.lr} or set train.grad_clip, then train again "
+                        "with --force (or --resume from the last good epoch)")
+
+                # backward, clip, step
+                optimizer.zero_grad(set_to_none=True)
+                terms.loss.backward()
+                if tc.grad_clip > 0:
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                    if not torch.isfinite(norm):
+                        raise TrainingDiverged(
+                            f"training diverged: the gradient norm is {norm.item()} at epoch "
+                            f"{epoch + 1}, step {step + 1}; lower train.lr={tc.lr}")
+                optimizer.step()
+                step += 1
+                batch += 1
+
+                # log
+                n = len(x)
+                sums["loss"] += loss * n
+                sums["recon"] += terms.recon.item() * n
+                sums["kl"] += terms.kl.item() * n
+                sums["n"] += n
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}",
+                                recon=f"{terms.recon.item():.4f}",
+                                kl=f"{terms.kl.item():.1f}", refresh=False)
+                if tc.max_steps and step >= tc.max_steps:
+                    stop = True
+                    break
+
+            # end of epoch (or of a run stopped by max_steps): validate, log, checkpoint
+            val = _validate(model, val_set, batch_size=tc.batch_size, device=device,
+                            recon_loss=tc.recon_loss, beta=tc.beta, seed=tc.seed)
+            done = batch >= steps_per_epoch
+            count = max(1, sums["n"])
+            rows.append({"epoch": epoch + batch / steps_per_epoch, "step": step,
+                         "train_loss": sums["loss"] / count, "train_recon": sums["recon"] / count,
+                         "train_kl": sums["kl"] / count, "val_loss": val["loss"],
+                         "val_recon": val["recon"], "val_kl": val["kl"], "beta": beta, "lr": lr,
+                         "seconds": time.monotonic() - t0})
+            log.info("epoch %s/%d: train loss %.5f (recon %.5f, kl %.2f) · val loss %.5f "
+                     "(recon %.5f, kl %.2f) · beta %.3g · lr %.3g · %.1f s",
+                     f"{rows[-1]['epoch']:.3g}", tc.epochs, rows[-1]["train_loss"],
+                     rows[-1]["train_recon"], rows[-1]["train_kl"], val["loss"], val["recon"],
+                     val["kl"], beta, lr, rows[-1]["seconds"])
+            if done:
+                epoch, batch = epoch + 1, 0
+                sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "n": 0}
+            if not is_main_process():
+                continue
+            if val["loss"] < best_val:
+                best_val = val["loss"]
+                _save(run_dir / MODEL, checkpoint(epoch=rows[-1]["epoch"], step=step,
+                                                  val_loss=best_val))
+            _save(run_dir / LAST, checkpoint(
+                epoch=epoch, batch=batch, step=step, steps_per_epoch=steps_per_epoch,
+                best_val=best_val, metrics=rows, sums=sums, optimizer=optimizer.state_dict(),
+                scheduler=schedule, rng=_rng_state()))
+            _write_metrics(run_dir, rows)
+            # drawing takes ~0.5 s: not after every epoch of a fast run, but always at the end
+            if stop or epoch >= tc.epochs or time.monotonic() - last_plot >= _PLOT_EVERY_S:
+                _plot_losses(run_dir / LOSS_PLOT, rows)
+                last_plot = time.monotonic()
+
+    if stop and epoch < tc.epochs:
+        log.info("stopped at train.max_steps=%d; continue with vae.py train --resume "
+                 "(and a larger or zero train.max_steps)", tc.max_steps)
+    log.info("best validation loss %.5g: %s (last state: %s)", best_val, run_dir / MODEL,
+             run_dir / LAST)
+    return run_dir / MODEL
+
+
+def iter_batches(n: int, batch_size: int) -> Iterator[Tensor]:
+    """Index tensors ``[0, b), [b, 2b), ...`` covering ``range(n)`` in order."""
+    for start in range(0, n, batch_size):
+        yield torch.arange(start, min(start + batch_size, n))
+

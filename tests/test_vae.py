@@ -1,0 +1,501 @@
+"""Stage 5: the VAE, its training loop, model.pth, and generate/reconstruct/interpolate/evaluate.
+
+Everything runs on tiny generated spectrograms (64 x 32, written with ``save_spec``) and a
+tiny model (channels [4, 8], latent 8), so the whole file takes seconds on a CPU. The two
+groups have very different patterns (a bright low band vs a bright high band), which makes
+"the group label steers generation" checkable after a short training run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import vae
+from animalvae import train as train_mod
+from animalvae.config import ModelConfig, load_config
+from animalvae.errors import ConfigError
+from animalvae.model import VAE, kl_divergence, load_model
+from animalvae.spectrogram import SpectrogramSpec, save_spec
+from animalvae.stage import Item
+
+SPEC = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64, n_frames=32)
+BANDS = {"birds": slice(40, 56), "dogs": slice(4, 16)}   # rows that are bright, per group
+TINY = """
+paths:
+  spectrograms: {data}
+  runs: {runs}
+model:
+  latent_dim: 8
+  channels: [4, 8]
+  embed_dim: 4
+  conditional: {conditional}
+train:
+  epochs: {epochs}
+  batch_size: 4
+  lr: 0.005
+  warmup_steps: 2
+  kl_warmup_epochs: 1
+  beta: 1.0
+  val_fraction: 0.2
+generate:
+  count: 2
+  griffin_lim_iters: 4
+"""
+
+
+def make_data(folder: Path, *, per_group: int = 10, spec: SpectrogramSpec = SPEC,
+              seed: int = 0) -> Path:
+    """A stage-4 folder: normalizer.json + <group>/<id>.npy with group-specific patterns."""
+    rng = np.random.default_rng(seed)
+    save_spec(folder, spec)
+    for group, band in BANDS.items():
+        (folder / group).mkdir(parents=True, exist_ok=True)
+        for i in range(per_group):
+            a = rng.uniform(0.0, 0.15, spec.shape)
+            rows = np.arange(spec.n_bins)[band.start * spec.n_bins // 64:
+                                          band.stop * spec.n_bins // 64]
+            a[rows] += rng.uniform(0.6, 0.8) * (0.8 + 0.2 * np.sin(
+                np.arange(spec.n_frames) / rng.uniform(1.5, 4.0)))
+            np.save(folder / group / f"{group}-{i:02d}.npy", np.clip(a, 0, 1).astype(np.float16))
+    return folder
+
+
+def write_tiny_config(tmp: Path, *, epochs: int = 3, conditional: bool = True,
+                      data: Path | None = None) -> Path:
+    data = data or make_data(tmp / "spectrograms")
+    path = tmp / "config.yaml"
+    path.write_text(TINY.format(data=data, runs=tmp / "runs", epochs=epochs,
+                                conditional=str(conditional).lower()))
+    return path
+
+
+def run_vae(argv: list[str], capsys) -> tuple[int, str]:
+    code = vae.main([*argv, "-q"])
+    return code, capsys.readouterr().err
+
+
+def read_metrics(run: Path) -> list[dict[str, float]]:
+    with (run / "metrics.csv").open() as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    y, sr = sf.read(path, dtype="float32")
+    assert np.isfinite(y).all() and np.abs(y).max() > 0.1, f"{path} is silent or not finite"
+    return y, sr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """One conditional run shared by the read-only tests: (config path, run folder)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    config = write_tiny_config(tmp, epochs=8)
+    assert vae.main(["train", "--config", str(config), "-q"]) == 0
+    return config, tmp / "runs" / "default"
+
+
+# --------------------------------------------------------------------------------------------
+# Model and loss
+# --------------------------------------------------------------------------------------------
+
+def test_vae_shapes_and_the_encoder_alone():
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16], embed_dim=4), (64, 32), 3)
+    x, y = torch.rand(5, 1, 64, 32), torch.tensor([0, 1, 2, 1, 0])
+    x_hat, mu, logvar = model(x, y)
+    assert x_hat.shape == x.shape and mu.shape == logvar.shape == (5, 8)
+    assert 0 <= x_hat.min() and x_hat.max() <= 1
+    assert model.encoder.features(x).shape == (5, 16 * 8 * 4)  # no label needed
+    assert model.encoder.feature_shape == (16, 8, 4)
+    with pytest.raises(ValueError, match="conditional"):
+        model.encoder(x)
+
+
+def test_indivisible_shape_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model\.channels=\[4, 8, 16\] .* divisible by 2\*\*3"):
+        VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16]), (64, 36), 2)
+
+
+def test_kl_is_the_gaussian_kl():
+    mu, logvar = torch.randn(6, 5), torch.randn(6, 5)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, (0.5 * logvar).exp()), torch.distributions.Normal(0, 1))
+    torch.testing.assert_close(kl_divergence(mu, logvar), expected)
+    assert kl_divergence(torch.zeros(2, 3), torch.zeros(2, 3)).abs().max() == 0
+
+
+def test_loss_terms_free_bits_and_schedules():
+    x = torch.rand(2, 1, 8, 4)
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+    mu[:, 0] = 1.0                                     # KL 0.5 nats in dimension 0 only
+    terms = train_mod.vae_loss(x, x, mu, logvar, recon_loss="l1", beta=2.0)
+    assert terms.recon == 0 and terms.kl.item() == pytest.approx(0.5)
+    assert terms.loss.item() == pytest.approx(2.0 * 0.5 / 32)
+    free = train_mod.vae_loss(x, x, mu, logvar, recon_loss="mse", beta=1.0, free_bits=1.0)
+    assert free.loss.item() == pytest.approx(3 * 1.0 / 32) and free.kl.item() == 0.5
+    lrs = [train_mod.lr_at(s, lr=1.0, warmup_steps=4, total_steps=20) for s in range(21)]
+    assert lrs[:4] == sorted(lrs[:4]) and max(lrs) == pytest.approx(1.0)
+    assert lrs[20] == pytest.approx(0.1) and lrs[4:] == sorted(lrs[4:], reverse=True)
+    assert [train_mod.beta_at(s, beta=2.0, warmup_steps=4) for s in (0, 2, 4, 9)] == \
+        [0.0, 1.0, 2.0, 2.0]
+    assert train_mod.beta_at(0, beta=2.0, warmup_steps=0) == 2.0
+
+
+def test_split_is_stratified_repeatable_and_disjoint():
+    items = [Item(f"{g}{i}", g, f"/x/{g}{i}.npy") for g, n in (("a", 10), ("b", 5), ("c", 1))
+             for i in range(n)]
+    train, val = train_mod.split_items(items, val_fraction=0.2, seed=0)
+    assert {it.id for it in train}.isdisjoint({it.id for it in val})
+    assert len(train) + len(val) == 16
+    assert sorted(it.group for it in val) == ["a", "a", "b"]   # c has one file: training only
+    assert train_mod.split_items(items, val_fraction=0.2, seed=0) == (train, val)
+    assert train_mod.split_items(items, val_fraction=0.2, seed=1)[1] != val
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+def test_training_writes_the_run_and_the_loss_falls(trained):
+    _, run = trained
+    for name in ("model.pth", "last.pth", "metrics.csv", "loss.png", "split.csv",
+                 "settings.yaml"):
+        assert (run / name).is_file(), name
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == list(range(1, 9))
+    assert rows[-1]["train_recon"] < 0.7 * rows[0]["train_recon"]
+    assert rows[-1]["val_recon"] < 0.7 * rows[0]["val_recon"]
+    assert all(r["train_kl"] > 0 and r["val_kl"] > 0 for r in rows)   # both terms logged
+    assert rows[0]["beta"] < rows[1]["beta"] == 1.0 and rows[-1]["lr"] < rows[1]["lr"]
+    with (run / "split.csv").open() as fh:
+        split = list(csv.DictReader(fh))
+    val = [r for r in split if r["split"] == "val"]
+    assert sorted(r["group"] for r in val) == ["birds", "birds", "dogs", "dogs"]
+    assert len({r["id"] for r in split}) == 20
+
+
+def test_model_pth_round_trips_with_weights_only(trained):
+    _, run = trained
+    data = torch.load(run / "model.pth", weights_only=True)
+    assert data["groups"] == ["birds", "dogs"] and data["shape"] == [64, 32]
+    assert SpectrogramSpec.from_dict(data["spec"]) == SPEC
+    assert data["model_config"]["channels"] == [4, 8] and "torch" in data["versions"]
+    assert data["config"]["train"]["epochs"] == 8
+    last = torch.load(run / "last.pth", weights_only=True)
+    assert {"optimizer", "rng", "epoch", "step", "best_val", "scheduler"} <= set(last)
+    loaded = load_model(run / "model.pth")
+    x = torch.rand(2, 1, 64, 32)
+    mu, _ = loaded.model.encode(x, torch.tensor([0, 1]))
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4), (64, 32), 2)
+    model.load_state_dict(data["model"])
+    torch.testing.assert_close(model.encode(x, torch.tensor([0, 1]))[0], mu)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+    data = make_data(tmp_path / "spectrograms")
+    config = write_tiny_config(tmp_path, epochs=3, data=data)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run_vae(["train", "--config", str(config), "--run", str(whole)], capsys)[0] == 0
+    # 16 training files, batch 4: stop in the middle of epoch 2, then go on
+    assert run_vae(["train", "--config", str(config), "--run", str(parts),
+                    "--set", "train.max_steps=6"], capsys)[0] == 0
+    first = torch.load(parts / "last.pth", weights_only=True)
+    assert (first["epoch"], first["batch"], first["step"]) == (1, 2, 6)
+    assert run_vae(["train", "--config", str(config), "--run", str(parts), "--resume"],
+                   capsys)[0] == 0
+    a = torch.load(whole / "last.pth", weights_only=True)
+    b = torch.load(parts / "last.pth", weights_only=True)
+    assert a["step"] == b["step"] == 12
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6)
+    for key, state in a["optimizer"]["state"].items():
+        torch.testing.assert_close(b["optimizer"]["state"][key]["exp_avg"], state["exp_avg"],
+                                   rtol=0, atol=1e-6)
+    assert a["best_val"] == pytest.approx(b["best_val"], abs=1e-7)
+    whole_rows = read_metrics(whole)
+    parts_rows = [r for r in read_metrics(parts) if r["epoch"] == int(r["epoch"])]
+    assert [r["val_loss"] for r in parts_rows] == pytest.approx(
+        [r["val_loss"] for r in whole_rows], abs=1e-6)
+    assert [r["train_loss"] for r in parts_rows] == pytest.approx(
+        [r["train_loss"] for r in whole_rows], abs=1e-6)
+
+
+def test_a_used_run_folder_needs_resume_or_force(trained, capsys):
+    config, _ = trained
+    code, err = run_vae(["train", "--config", str(config)], capsys)
+    assert code == 2 and "already holds a training run" in err and "--resume" in err
+
+
+def test_resume_without_last_pth(tmp_path, capsys):
+    config = write_tiny_config(tmp_path)
+    code, err = run_vae(["train", "--config", str(config), "--resume"], capsys)
+    assert code == 2 and "last.pth not found" in err
+
+
+def test_limit_caps_the_files_and_keeps_every_group(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=1)
+    assert run_vae(["train", "--config", str(config), "--limit", "6"], capsys)[0] == 0
+    with (tmp_path / "runs" / "default" / "split.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and {r["group"] for r in rows} == {"birds", "dogs"}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", r"spectrogram folder .* does not exist"),
+    ("empty", r"has no \.npy files"),
+    ("no_normalizer", r"normalizer\.json not found"),
+    ("one_file", r"training needs at least 2"),
+    ("bad_array", r"has shape \(3, 3\), but the model's spectrograms are \(64, 32\)"),
+])
+def test_bad_training_input_is_a_clear_error(tmp_path, capsys, case, message):
+    data = tmp_path / "spectrograms"
+    if case != "missing":
+        data.mkdir()
+    if case in ("no_normalizer", "one_file", "bad_array"):
+        (data / "dogs").mkdir()
+        np.save(data / "dogs" / "a.npy", np.zeros((64, 32), np.float16))
+    if case in ("one_file", "bad_array"):
+        save_spec(data, SPEC)
+    if case == "bad_array":
+        np.save(data / "dogs" / "b.npy", np.zeros((3, 3), np.float16))
+    config = write_tiny_config(tmp_path, data=data)
+    code, err = run_vae(["train", "--config", str(config)], capsys)
+    assert code == 2 and re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_a_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch):
+    config = write_tiny_config(tmp_path)
+    real = train_mod.vae_loss
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # the third training step (validation comes after step 4)
+            terms.loss = terms.loss * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_mod, "vae_loss", poisoned)
+    code, err = run_vae(["train", "--config", str(config)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "training diverged: the loss is nan at epoch 1, step 3" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Using a trained run
+# --------------------------------------------------------------------------------------------
+
+def test_generate_writes_audio_pictures_and_the_gallery(trained, capsys):
+    config, run = trained
+    assert run_vae(["generate", "--config", str(config), "--count", "3"], capsys)[0] == 0
+    for group in ("birds", "dogs"):
+        for k in range(3):
+            y, sr = read_wav(run / "samples" / f"{group}_{k}.wav")
+            assert sr == SPEC.sample_rate and len(y) == SPEC.n_samples
+            assert (run / "samples" / f"{group}_{k}.png").is_file()
+    assert run_vae(["generate", "--config", str(config), "--group", "dogs", "--count", "1"],
+                   capsys)[0] == 0
+    assert not (run / "samples" / "dogs_2.wav").exists()     # the older dogs_* were replaced
+    assert (run / "samples" / "birds_2.wav").exists()        # other groups are kept
+    page = (run / "index.html").read_text()
+    links = re.findall(r'src="([^"]+)"', page)
+    assert "samples/dogs_0.wav" in links and "samples/birds_2.png" in links
+    assert all(not link.startswith("/") and (run / link).is_file() for link in links)
+    code, err = run_vae(["generate", "--config", str(config), "--group", "cows"], capsys)
+    assert code == 2 and "group 'cows' is not one this model was trained on" in err
+
+
+def test_conditional_generation_honours_the_group(trained):
+    _, run = trained
+    loaded = load_model(run / "model.pth")
+    z = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = {g: loaded.model.decode(z, torch.full((16,), loaded.groups.index(g)))[:, 0]
+             for g in BANDS}
+    for group, band in BANDS.items():
+        other = next(g for g in BANDS if g != group)
+        # the group's own bright band is brighter than the same rows decoded for the other group
+        assert x[group][:, band].mean() > x[other][:, band].mean() + 0.1, group
+
+
+def test_reconstruct_uses_held_out_files_only(trained, capsys):
+    config, run = trained
+    assert run_vae(["reconstruct", "--config", str(config)], capsys)[0] == 0
+    with (run / "split.csv").open() as fh:
+        val = {r["id"] for r in csv.DictReader(fh) if r["split"] == "val"}
+    pairs = sorted((run / "samples" / "reconstruct").glob("*/*_original.wav"))
+    assert len(pairs) == 4 and {p.name.removesuffix("_original.wav") for p in pairs} == val
+    for original in pairs:
+        read_wav(original)
+        read_wav(original.with_name(original.name.replace("_original", "_reconstruction")))
+    assert "reconstruct/dogs/" in (run / "index.html").read_text()
+
+
+def test_interpolate_between_a_spectrogram_and_a_wav(trained, tmp_path, capsys):
+    config, run = trained
+    data = run.parent.parent / "spectrograms"
+    t = np.arange(SPEC.n_samples) / SPEC.sample_rate
+    wav = tmp_path / "birds" / "-odd id.wav"   # a hostile name; the folder names the group
+    wav.parent.mkdir()
+    sf.write(wav, 0.5 * np.sin(2 * np.pi * 3000 * t[: SPEC.n_samples // 2]), 16000)
+    code, _ = run_vae(["interpolate", "--config", str(config), str(data / "dogs" / "dogs-00.npy"),
+                       str(wav), "--steps", "5"], capsys)
+    assert code == 0
+    folder = run / "samples" / "interpolate" / "dogs-00__-odd_id"
+    assert sorted(p.name for p in folder.glob("*.wav")) == [f"{k}.wav" for k in range(5)]
+    for path in folder.glob("*.wav"):
+        read_wav(path)
+    code, err = run_vae(["interpolate", "--config", str(config), str(wav), str(wav),
+                         "--steps", "1"], capsys)
+    assert code == 2 and "--steps=1 must be >= 2" in err
+    stray = tmp_path / "elsewhere" / "x.npy"
+    stray.parent.mkdir()
+    np.save(stray, np.zeros((64, 32), np.float16))
+    code, err = run_vae(["interpolate", "--config", str(config), str(stray), str(wav)], capsys)
+    assert code == 2 and "cannot tell its group" in err
+
+
+def test_evaluate_writes_metrics_json(trained, capsys):
+    config, run = trained
+    assert run_vae(["evaluate", "--config", str(config)], capsys)[0] == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["files"] == 4 and metrics["latent_dim"] == 8
+    for key in ("val_loss", "val_recon", "val_kl_nats", "val_elbo_nats",
+                "log_spectral_distance_db", "spectral_convergence",
+                "spectral_convergence_griffin_lim_only"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["val_elbo_nats"] < 0 < metrics["log_spectral_distance_db"]
+    assert len(metrics["kl_per_dim"]) == 8 and 0 <= metrics["active_units"] <= 8
+    assert sum(metrics["kl_per_dim"]) == pytest.approx(metrics["val_kl_nats"], rel=1e-4)
+    assert "Evaluation (metrics.json)" in (run / "index.html").read_text()
+
+
+def test_unconditional_model(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=1, conditional=False)
+    assert run_vae(["train", "--config", str(config)], capsys)[0] == 0
+    assert run_vae(["generate", "--config", str(config)], capsys)[0] == 0
+    run = tmp_path / "runs" / "default"
+    read_wav(run / "samples" / "all_1.wav")
+    code, err = run_vae(["generate", "--config", str(config), "--group", "dogs"], capsys)
+    assert code == 2 and "unconditional" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Bad model files and mismatched data
+# --------------------------------------------------------------------------------------------
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("garbage", r"is not a model\.pth written by vae\.py train \(cannot load it safely"),
+    ("pickle", r"is not a model\.pth written by vae\.py train \(cannot load it safely"),
+    ("other", r"is not a model\.pth written by this version of vae\.py train \(format None"),
+    ("missing", r"model\.pth not found: train first"),
+])
+def test_a_bad_model_pth_is_a_clear_error(tmp_path, capsys, content, message):
+    config = write_tiny_config(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    if content == "garbage":
+        (run / "model.pth").write_bytes(b"not a checkpoint at all")
+    elif content == "pickle":
+        torch.save({"format": _Evil()}, run / "model.pth")
+    elif content == "other":
+        torch.save({"weights": torch.zeros(2)}, run / "model.pth")
+    code, err = run_vae(["generate", "--config", str(config), "--run", str(run)], capsys)
+    assert code == 2 and re.search(message, err), err
+    assert "Traceback" not in err and "this must never run" not in capsys.readouterr().out
+
+
+def test_weights_that_do_not_fit_their_config(trained, tmp_path, capsys):
+    config, run = trained
+    data = torch.load(run / "model.pth", weights_only=True)
+    data["model_config"]["latent_dim"] = 16
+    (tmp_path / "bad").mkdir()
+    torch.save(data, tmp_path / "bad" / "model.pth")
+    code, err = run_vae(["generate", "--config", str(config), "--run", str(tmp_path / "bad")],
+                        capsys)
+    assert code == 2 and "weights do not fit its model config" in err
+
+
+def test_mismatched_spectrograms_are_a_clear_error(trained, tmp_path, capsys):
+    config, run = trained
+    wrong = tmp_path / "dogs" / "wrong.npy"
+    wrong.parent.mkdir()
+    np.save(wrong, np.zeros((128, 32), np.float16))
+    code, err = run_vae(["interpolate", "--config", str(config), str(wrong), str(wrong)], capsys)
+    assert code == 2 and "has shape (128, 32), but the model's spectrograms are (64, 32)" in err
+    # the run's held-out folder re-made with other features settings
+    other = tmp_path / "copy"
+    shutil_copy_run(run, other)
+    data = run.parent.parent / "spectrograms"
+    moved = tmp_path / "moved"
+    make_data(moved, per_group=10, spec=SpectrogramSpec(sample_rate=8000, n_fft=128,
+                                                        hop_length=32, n_frames=32))
+    rewrite_split(other, data, moved)
+    code, err = run_vae(["evaluate", "--config", str(config), "--run", str(other)], capsys)
+    assert code == 2 and "but the model was trained on stft (64, 32)" in err
+    assert "Traceback" not in err
+
+
+def test_resume_refuses_other_model_settings(trained, tmp_path, capsys):
+    config, run = trained
+    other = tmp_path / "copy"
+    shutil_copy_run(run, other)
+    code, err = run_vae(["train", "--config", str(config), "--run", str(other), "--resume",
+                         "--set", "model.latent_dim=4"], capsys)
+    assert code == 2 and "model settings differ" in err
+
+
+def shutil_copy_run(run: Path, dest: Path) -> None:
+    import shutil
+    dest.mkdir()
+    for name in ("model.pth", "last.pth", "split.csv"):
+        shutil.copy(run / name, dest / name)
+
+
+def rewrite_split(run: Path, old: Path, new: Path) -> None:
+    path = run / "split.csv"
+    path.write_text(path.read_text().replace(str(old.resolve()), str(new.resolve())))
+
+
+def test_config_defaults_build_a_model_for_the_default_spectrograms():
+    config = load_config()
+    spec = SpectrogramSpec.from_config(config.features, config.extract.sample_rate)
+    model = VAE(config.model, spec.shape, 3)
+    assert model.shape == (512, 256)
+
+
+def test_ctrl_c_during_training_points_to_resume(tmp_path, capsys, monkeypatch):
+    config = write_tiny_config(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "train", interrupted)
+    code, err = run_vae(["train", "--config", str(config)], capsys)
+    assert code == 130 and "vae.py train --resume" in err
+
+
+def test_data_too_big_for_memory_is_read_per_batch(tmp_path, monkeypatch):
+    data = make_data(tmp_path / "spectrograms", per_group=3)
+    items = [Item(p.stem, p.parent.name, p) for p in sorted(data.glob("*/*.npy"))]
+    in_memory = train_mod.SpectrogramSet(items, ["birds", "dogs"], SPEC.shape)
+    monkeypatch.setattr(train_mod, "_available_bytes", lambda: 1)
+    on_disk = train_mod.SpectrogramSet(items, ["birds", "dogs"], SPEC.shape)
+    assert in_memory.x is not None and on_disk.x is None
+    idx = torch.tensor([4, 0, 2])
+    for a, b in zip(in_memory.batch(idx, torch.device("cpu")),
+                    on_disk.batch(idx, torch.device("cpu"))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
