@@ -13,8 +13,8 @@ setup:  ## virtual environment + requirements + ffmpeg (fast when done)
 test: setup  ## run the test suite (offline, CPU)
 	$(PY) -m pytest
 
-demo: setup  ## the whole pipeline offline on a generated sample dataset
-	$(PY) -m animalvae.demo
+demo: setup  ## the whole pipeline offline on a generated sample dataset (DEMO_ARGS=--fresh to redo)
+	$(PY) -m animalvae.demo $(DEMO_ARGS)
 
 bench: setup  ## run every benchmark and rewrite docs/benchmarks.md
 	$(PY) bench/run_all.py
