@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 _EPILOG_COMMON = (
     "Every setting lives in config.yaml (see the comments there); --set changes one for this "
-    "run, e.g. --set extract.sample_rate=16000. A rerun skips finished items; Ctrl-C stops "
-    "cleanly and the same command continues. Exit codes: 0 done, 1 every item failed, "
-    "2 bad settings or input, 130 interrupted.")
+    "run, e.g. --set extract.sample_rate=16000. Paths in the config file and in --set "
+    "paths.*=... are relative to the config file; --input/--output are relative to the "
+    "current directory. A rerun skips finished items; Ctrl-C stops cleanly and the same "
+    "command continues. Exit codes: 0 done, 1 every item failed (or a system error such as a "
+    "full disk), 2 bad settings or input, 130 interrupted.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +92,27 @@ def _positive_int(text: str) -> int:
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Configure the root logger for a script run (the package itself never does this)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s" if verbose
-                        else "%(message)s", stream=sys.stderr, force=True)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s" if verbose
+                                           else "%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("matplotlib", "PIL", "numba", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tqdm and test capture swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
@@ -105,12 +124,16 @@ def main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], in
         return run(args)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+            log.error("%s: error: %s", parser.prog, problem)
         return 2
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; finished items are kept, rerun the same command "
-              "to continue", file=sys.stderr)
+        log.error("%s: interrupted; finished items are kept, rerun the same command to "
+                  "continue", parser.prog)
         return 130
+    except OSError as exc:  # a full disk, a folder we may not write: not a bug, not an item
+        log.debug("traceback", exc_info=True)
+        log.error("%s: error: %s (rerun with -v for details)", parser.prog, exc)
+        return 1
 
 
 def config_from_args(args: argparse.Namespace, *, input_key: str | None = None,
@@ -128,11 +151,27 @@ def config_from_args(args: argparse.Namespace, *, input_key: str | None = None,
             replaced[key.removeprefix("paths.")] = Path(value).expanduser().resolve()
     if replaced:
         config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, **replaced))
+    if output_key:
+        _check_output_folder(getattr(config.paths, output_key.removeprefix("paths.")),
+                             flag="--output" if getattr(args, "output", None) else output_key)
     if getattr(args, "verbose", 0):
         import yaml
         log.debug("settings in effect (%s):\n%s", config.source,
                   yaml.safe_dump(config_to_dict(config), sort_keys=False))
     return config
+
+
+def _check_output_folder(folder: Path, *, flag: str) -> None:
+    """Stop before any work when the output folder cannot be a folder we write into."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if existing == folder and not folder.is_dir():
+        raise ConfigError(f"{flag}={folder} is a file, not a folder")
+    if existing != folder and not existing.is_dir():
+        raise ConfigError(f"{flag}={folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"{flag}={folder}: no permission to write in {existing}")
 
 
 def options_from_args(args: argparse.Namespace) -> StageOptions:

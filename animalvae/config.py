@@ -348,12 +348,40 @@ class Config:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section) and f.name not in skip:
                 problems += section._check()
-        if skip & {"detect", "download"}:
-            return problems
-        if self.detect.segment_seconds > self.download.clip_seconds:
+        if not skip & {"detect", "download"} and \
+                self.detect.segment_seconds > self.download.clip_seconds:
             problems.append(
                 f"detect.segment_seconds={self.detect.segment_seconds} must be <= "
                 f"download.clip_seconds={self.download.clip_seconds}")
+        if not skip & {"detect", "extract", "features", "model"} and \
+                not any(p.startswith(("features.", "model.")) for p in problems):
+            problems += self._check_shapes()
+        return problems
+
+    def _check_shapes(self) -> list[str]:
+        """Cross-section rules, checked at load so that no stage runs with settings a later
+        stage will refuse: the spectrogram must span the segment, and fit the VAE's strides."""
+        problems: list[str] = []
+        f, sr, seconds = self.features, self.extract.sample_rate, self.detect.segment_seconds
+        segment = round(seconds * sr)
+        if abs(f.hop_length * f.n_frames - segment) > f.hop_length:
+            fit = max(1, round(segment / f.n_frames))
+            hint = f"set features.hop_length={fit}"
+            if fit > f.n_fft:
+                hint += f" and features.n_fft >= {1 << (fit - 1).bit_length()}"
+            problems.append(
+                f"features.hop_length={f.hop_length} x features.n_frames={f.n_frames} = "
+                f"{f.hop_length * f.n_frames} samples, but detect.segment_seconds={seconds} at "
+                f"extract.sample_rate={sr} is {segment} samples; they must match within one "
+                f"hop: {hint} (or change features.n_frames)")
+        n_bins = f.n_mels if f.kind == "mel" else f.n_fft // 2
+        stride = 2 ** len(self.model.channels)
+        for key, size in (("features.n_frames", f.n_frames),
+                          ("n_mels" if f.kind == "mel" else "features.n_fft // 2", n_bins)):
+            if size % stride:
+                problems.append(
+                    f"{key}={size} must be divisible by 2**len(model.channels)={stride} "
+                    "(each conv block halves it): use fewer model.channels or a larger size")
         return problems
 
 

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, ItemFailed, ItemSkipped
 
 __all__ = [
-    "Item", "Outcome", "Stage", "Summary", "run_stage", "list_items", "atomic_path",
+    "Item", "Outcome", "Stage", "Summary", "run_stage", "run_one", "outcome_from_exception",
+    "ITEM_ERRORS", "list_items", "atomic_path",
     "atomic_write_text", "read_manifest", "write_manifest", "write_settings", "MANIFEST",
     "BASE_COLUMNS",
 ]
@@ -45,8 +46,9 @@ BASE_COLUMNS = ("id", "label", "group", "source", "output", "status", "reason")
 Status = Literal["ok", "skipped", "failed"]
 
 _TEMP_RE = re.compile(r"^\..+\.tmp\d+(\.[^./]+)?$")
-# Exceptions that mean "this item's data is bad", not "this code is wrong": recorded, not raised.
-_ITEM_ERRORS = (ItemFailed, OSError, ValueError, RuntimeError, EOFError)
+#: Exceptions that mean "this item's data is bad", not "this code is wrong": recorded in the
+#: manifest, never raised. Batched stages catch these around one item (or one batch) too.
+ITEM_ERRORS = (ItemSkipped, ItemFailed, OSError, ValueError, RuntimeError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,12 @@ class Stage:
         return output.is_file() and output.stat().st_size > 0
 
     def should_retry(self, row: Mapping[str, str]) -> bool:
-        """Whether an item that failed in an earlier run is tried again (default: yes)."""
-        return True
+        """Whether an item that failed or was skipped in an earlier run is tried again.
+
+        The default retries failures and keeps skips (a skip is a decision about the item's
+        content). Stages override it, e.g. to revisit a skip when its threshold has changed.
+        """
+        return row.get("status") == "failed"
 
     def process(self, item: Item, output: Path) -> dict[str, Any]:
         """Make ``output`` (absolute path) from ``item``; return the stage-specific columns.
@@ -128,13 +134,22 @@ def run_one(stage: Stage, item: Item, output: Path) -> Outcome:
     """Run ``stage.process`` on one item, turning an item-level error into an Outcome."""
     try:
         return Outcome("ok", "", stage.process(item, output) or {})
-    except ItemSkipped as exc:
+    except ITEM_ERRORS as exc:
+        log.debug("item %s: %s", item.id, type(exc).__name__, exc_info=True)
+        return outcome_from_exception(exc)
+
+
+def outcome_from_exception(exc: BaseException) -> Outcome:
+    """The Outcome an item-level exception stands for (one of :data:`ITEM_ERRORS`).
+
+    ``ItemSkipped`` -> skipped, ``ItemFailed`` -> failed with its message; any other item
+    error -> failed with the exception's type name in front of its one-line message.
+    """
+    if isinstance(exc, ItemSkipped):
         return Outcome("skipped", _one_line(exc))
-    except _ITEM_ERRORS as exc:
-        log.debug("item %s failed", item.id, exc_info=True)
-        reason = _one_line(exc) if isinstance(exc, ItemFailed) else \
-            f"{type(exc).__name__}: {_one_line(exc)}"
-        return Outcome("failed", reason)
+    if isinstance(exc, ItemFailed):
+        return Outcome("failed", _one_line(exc))
+    return Outcome("failed", f"{type(exc).__name__}: {_one_line(exc)}")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -284,11 +299,10 @@ class Summary:
             self.reasons[_reason_kind(outcome.reason)] += 1
 
     def line(self) -> str:
-        """``ok N · skipped N · failed N`` and the most common reasons."""
-        skipped = f"skipped {self.skipped + self.already_done}"
+        """``ok N · skipped N · failed N`` (this run), earlier results kept, common reasons."""
+        text = f"{self.name}: ok {self.ok} · skipped {self.skipped} · failed {self.failed}"
         if self.already_done:
-            skipped += f" ({self.already_done} done before)"
-        text = f"{self.name}: ok {self.ok} · {skipped} · failed {self.failed}"
+            text += f" · {self.already_done} kept from earlier runs"
         if self.reasons:
             top = ", ".join(f"{r} ×{n}" for r, n in self.reasons.most_common(3))
             text += f" (top reasons: {top})"
@@ -303,6 +317,7 @@ class Summary:
 def _reason_kind(reason: str) -> str:
     """Group reasons that differ only in numbers or quoted names (``too short (0.4 s)``)."""
     kind = re.sub(r"\(.*?\)|'.*?'|\d+(\.\d+)?", "…", reason)
+    kind = re.sub(r"…(\s*…)+", "…", kind)  # "not found (…) (…)" reads "not found …"
     return kind.strip()[:80]
 
 
@@ -361,17 +376,22 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
         log.info("%s: %d item(s) already done, kept (use --force to redo them)",
                  stage.name, summary.already_done)
 
-    bar = tqdm(total=len(todo), desc=stage.name, unit=stage.unit, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(todo), desc=stage.name, unit=stage.unit,
+               disable=not (progress and todo), dynamic_ncols=True)
+
+    def record(item: Item, outcome: Outcome) -> None:
+        rows[item.id] = _row(item, stage.output_path(item), outcome)
+        summary.add(outcome)
+        if outcome.status == "failed":
+            log.warning("%s: %s failed: %s", stage.name, item.id, outcome.reason)
+        else:
+            log.debug("%s: %s %s %s", stage.name, item.id, outcome.status, outcome.reason)
+
     last_flush = time.monotonic()
+    late: list[tuple[Item, Outcome]] = []
     try:
-        for item, outcome in _execute(stage, todo, workers):
-            rows[item.id] = _row(item, stage.output_path(item), outcome)
-            summary.add(outcome)
-            if outcome.status == "failed":
-                log.warning("%s: %s failed: %s", stage.name, item.id, outcome.reason)
-            else:
-                log.debug("%s: %s %s %s", stage.name, item.id, outcome.status, outcome.reason)
+        for item, outcome in _execute(stage, todo, workers, late):
+            record(item, outcome)
             bar.update(1)
             bar.set_postfix(ok=summary.ok, skipped=summary.skipped, failed=summary.failed,
                             refresh=False)
@@ -379,23 +399,24 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
                 write_manifest(output_dir, rows.values(), stage.columns)
                 last_flush = time.monotonic()
     finally:
+        for item, outcome in late:
+            record(item, outcome)
         bar.close()
         summary.seconds = time.monotonic() - start
         summary.manifest = write_manifest(output_dir, rows.values(), stage.columns)
-    log.info("%s", summary.line())
+    # The closing line is shown even with --quiet (the scripts' promise: "... and the summary").
+    log.log(logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING, "%s",
+            summary.line())
     return summary
 
 
 def _keep_previous(stage: Stage, prev: Mapping[str, str] | None, output: Path) -> bool:
-    """Whether an earlier result stands: a valid output, a skip decision, or a final failure."""
+    """Whether an earlier result stands: a valid output, or a skip/failure not to be retried."""
     if prev is None:
         return stage.is_done(output, None)
-    status = prev.get("status")
-    if status == "ok":
+    if prev.get("status") == "ok":
         return stage.is_done(output, prev)
-    if status == "skipped":
-        return True
-    return status == "failed" and not stage.should_retry(prev)
+    return not stage.should_retry(prev)
 
 
 def _row(item: Item, rel: Path, outcome: Outcome) -> dict[str, Any]:
@@ -409,8 +430,10 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _execute(stage: Stage, todo: list[tuple[Item, Path]],
-             workers: int) -> Iterator[tuple[Item, Outcome]]:
+def _execute(stage: Stage, todo: list[tuple[Item, Path]], workers: int,
+             finished: list[tuple[Item, Outcome]]) -> Iterator[tuple[Item, Outcome]]:
+    """Yield each item's outcome as it completes; on interruption, items that still finished
+    (pool workers complete their current item) are appended to ``finished``."""
     if not todo:
         return
     if stage.executor == "stream" or workers <= 1 or len(todo) == 1:
@@ -420,10 +443,17 @@ def _execute(stage: Stage, todo: list[tuple[Item, Path]],
         pool: cf.Executor = cf.ProcessPoolExecutor(workers, initializer=_ignore_sigint)
     else:
         pool = cf.ThreadPoolExecutor(workers)
+    futures = {pool.submit(run_one, stage, item, out): item for item, out in todo}
+    reported: set[cf.Future] = set()
     try:
-        futures = {pool.submit(run_one, stage, item, out): item for item, out in todo}
         for future in cf.as_completed(futures):
+            reported.add(future)
             yield futures[future], future.result()
     finally:
-        # On Ctrl-C or an error: drop queued items, let running ones finish atomically.
+        # On Ctrl-C or an error: drop queued items, let running ones finish atomically...
         pool.shutdown(wait=True, cancel_futures=True)
+        # ... and hand their results to the caller, so the manifest records them too.
+        late = [f for f in futures if f not in reported and f.done() and not f.cancelled()
+                and f.exception() is None]
+        for future in late:
+            finished.append((futures[future], future.result()))

@@ -17,12 +17,12 @@ def test_input_and_output_are_relative_to_the_working_directory(write_config, tm
                                                                  monkeypatch):
     config_path = write_config("paths:\n  clips: c\n")
     monkeypatch.chdir(tmp_path / "..")
-    _, args = parse(["--config", str(config_path), "--input", "mine", "--output", "/abs/out",
-                     "--set", "extract.sample_rate=16000"])
+    _, args = parse(["--config", str(config_path), "--input", "mine",
+                     "--output", str(tmp_path / "out"), "--set", "download.workers=2"])
     config = cli.config_from_args(args, input_key="paths.clips", output_key="paths.audio")
     assert config.paths.clips == tmp_path.parent / "mine"
-    assert config.paths.audio.as_posix() == "/abs/out"
-    assert config.extract.sample_rate == 16000
+    assert config.paths.audio == tmp_path / "out"
+    assert config.download.workers == 2
     assert config.paths.spectrograms == tmp_path / "data" / "spectrograms"
 
 
@@ -66,3 +66,21 @@ def test_missing_binary_says_how_to_install(monkeypatch):
 def test_default_workers():
     assert cli.default_workers(3) == 3
     assert cli.default_workers(0) >= 1
+
+
+def test_output_that_is_a_file_is_a_settings_error(write_config, tmp_path):
+    (tmp_path / "taken").write_text("x")
+    _, args = parse(["--config", str(write_config()), "--output", str(tmp_path / "taken")])
+    with pytest.raises(ConfigError, match=r"--output=.*taken is a file, not a folder"):
+        cli.config_from_args(args, output_key="paths.audio")
+    _, args = parse(["--config", str(write_config()), "--output", str(tmp_path / "taken/sub")])
+    with pytest.raises(ConfigError, match=r"taken is a file, not a folder"):
+        cli.config_from_args(args, output_key="paths.audio")
+
+
+def test_system_errors_are_one_line_with_exit_1(capsys):
+    def disk_full(args):
+        raise OSError(28, "No space left on device")
+    assert cli.main(argparse.ArgumentParser(prog="x.py"), disk_full, []) == 1
+    err = capsys.readouterr().err
+    assert "x.py: error: [Errno 28] No space left on device" in err and "Traceback" not in err

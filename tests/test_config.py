@@ -141,3 +141,13 @@ def test_every_script_has_help(script):
                           capture_output=True, text=True)
     assert proc.returncode == 0
     assert "--config" in proc.stdout or "COMMAND" in proc.stdout
+
+
+def test_cross_section_shape_rules_are_checked_at_load(write_config):
+    with pytest.raises(ConfigError, match=r"features\.hop_length=375 x features\.n_frames=256 "
+                                          r".*set features\.hop_length=188"):
+        load_config(write_config("extract:\n  sample_rate: 16000\n"))
+    with pytest.raises(ConfigError, match=r"features\.n_frames=16 must be divisible by "
+                                          r"2\*\*len\(model\.channels\)=64"):
+        load_config(write_config("features:\n  n_frames: 16\n  hop_length: 6000\n"
+                                 "  n_fft: 8192\n"))

@@ -57,8 +57,11 @@ def checkpoint(tmp_path_factory):
 
 def detect_config(write_config, tmp_path, **detect_keys):
     lines = "".join(f"  {k}: {v}\n" for k, v in detect_keys.items())
+    # stage 4's spectrogram must span the segment (checked at load): 256 frames of it
+    hop = round(32000 * float(detect_keys.get("segment_seconds", 3.0)) / 256)
     return load_config(write_config(
-        f"paths:\n  audio: {tmp_path}/audio\n  detections: {tmp_path}/det\ndetect:\n{lines}"))
+        f"paths:\n  audio: {tmp_path}/audio\n  detections: {tmp_path}/det\ndetect:\n{lines}"
+        f"features:\n  hop_length: {hop}\n"))
 
 
 def pcm16(y: np.ndarray) -> np.ndarray:
