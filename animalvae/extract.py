@@ -6,9 +6,15 @@ converted by one ffmpeg run that decodes the first audio stream, resamples it on
 audio again later: PANNs (stage 3) and the spectrograms (stage 4) read these files as they are.
 
 The RMS level is measured on the converted file; near-silent audio (VGGSound has muted clips) is
-skipped and its WAV not kept. Manifest columns besides the base ones: ``video`` (absolute path
-of the source when it has a video stream, for stage 3's frames; else empty), ``duration``
-(seconds), ``sample_rate`` (Hz) and ``rms_dbfs`` (dB relative to a full-scale square wave).
+skipped and its WAV not kept. A skip or failure is not final: a later run revisits a silent
+skip once ``extract.silence_dbfs`` is lowered below its level, a too-short failure once
+``extract.min_seconds`` allows its duration, and any item whose source file changed (see
+:meth:`ExtractStage.should_retry`).
+
+Manifest columns besides the base ones: ``video`` (absolute path of the source when it has a
+video stream, for stage 3's frames; else empty), ``duration`` (seconds), ``sample_rate`` (Hz)
+and ``rms_dbfs`` (dB relative to a full-scale square wave); empty on failed and skipped rows,
+whose reason carries the measured value that decided them.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ _GENERIC_LINES = (
 _LOG_PREFIX_RE = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*")
 # How run_stage records an exception that is not ItemFailed: "OSError: [Errno 28] ...".
 _EXCEPTION_REASON_RE = re.compile(r"^[A-Z]\w*(Error|Exception): ")
+# A failed or skipped row has no stage columns (run_stage records only the reason), so the
+# measured value that decided it lives in the reason, written and read back by this module.
+_SILENT_RE = re.compile(r"^silent \((-inf|-?\d+(?:\.\d+)?) dBFS\)$")
+_TOO_SHORT_RE = re.compile(r"^too short \((\d+(?:\.\d+)?) s\)$")
 # A decode that comes out shorter than the declared duration by more than this is a partial
 # file (when ffmpeg also reported errors); small differences are codec padding.
 _PARTIAL_TOLERANCE_S = 0.1
@@ -120,9 +130,15 @@ def ffmpeg_reason(stderr: bytes | str, path: Path | str | None = None) -> str:
     return chosen[-1] if chosen else "ffmpeg failed"
 
 
-def _seconds(duration_s: float) -> str:
-    # Rounded down, so a clip just under the limit never reads as long enough ("1.0 s").
-    return f"{math.floor(duration_s * 10) / 10:.1f} s"
+def _round_ms(duration_s: float) -> float:
+    # The too-short test and its reason use the same rounded value, so a retry decided from
+    # the reason (should_retry) agrees with the test it repeats.
+    return round(duration_s, 3)
+
+
+def _round_db(level_dbfs: float) -> float:
+    # Same for the silence test: 0.01 dB, the precision of the rms_dbfs column.
+    return round(level_dbfs, 2)
 
 
 def _audio_facts(info: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, float | None, bool]:
@@ -167,8 +183,8 @@ class ExtractStage(Stage):
     silence_dbfs : float
         Audio whose RMS (dBFS) is below this is skipped as ``silent``.
     last_run : float or None
-        When the previous run wrote its manifest (``st_mtime``): failures of sources not
-        modified since are kept (see :meth:`should_retry`).
+        When the previous run wrote its manifest (``st_mtime``): a source modified since is
+        redone whatever its earlier outcome (see :meth:`should_retry`).
     """
 
     name = "extract"
@@ -191,13 +207,40 @@ class ExtractStage(Stage):
                    silence_dbfs=config.silence_dbfs, last_run=last_run)
 
     def should_retry(self, row: Mapping[str, str]) -> bool:
-        """Retry a failure only if its source changed since the last run, or it was not the file.
+        """Whether an item that failed or was skipped in an earlier run is tried again.
 
-        Probing and decoding a local file is deterministic, so "no audio stream" or "moov atom
-        not found" stands until the file is replaced (or ``--force``); an unexpected error
-        (recorded as ``SomeError: ...``, e.g. a full disk) is tried again.
+        Probing and decoding a local file is deterministic, so an outcome stands until what
+        decided it changes (or ``--force``):
+
+        - the source file was modified since the last run: always redone;
+        - skipped as ``silent (L dBFS)``: revisited when ``silence_dbfs`` is now below ``L``;
+        - failed as ``too short (D s)``: retried when ``min_seconds`` is now at most ``D``;
+        - any other failure: retried only when it was an unexpected error (recorded as
+          ``SomeError: ...``, e.g. a full disk), not the file ("no audio stream", "moov atom
+          not found" stand).
+
+        Parameters
+        ----------
+        row : Mapping[str, str]
+            The item's manifest row from the earlier run (``status`` failed or skipped).
+
+        Returns
+        -------
+        bool
         """
-        if self.last_run is None or _EXCEPTION_REASON_RE.match(row.get("reason", "")):
+        reason = row.get("reason", "")
+        if self._source_changed(row):
+            return True
+        if row.get("status") == "skipped":
+            silent = _SILENT_RE.match(reason)
+            return silent is not None and self.silence_dbfs < float(silent[1])
+        if (short := _TOO_SHORT_RE.match(reason)):
+            return float(short[1]) >= self.min_seconds
+        return _EXCEPTION_REASON_RE.match(reason) is not None
+
+    def _source_changed(self, row: Mapping[str, str]) -> bool:
+        """Modified since the last run (True when unknown: no last run, or no such file)."""
+        if self.last_run is None:
             return True
         try:
             return Path(row["source"]).stat().st_mtime > self.last_run
@@ -233,8 +276,8 @@ class ExtractStage(Stage):
         audio, declared_s, has_video = _audio_facts(info)
         if audio is None:
             raise ItemFailed("no audio stream")
-        if declared_s is not None and declared_s < self.min_seconds:
-            raise ItemFailed(f"too short ({_seconds(declared_s)})")
+        if declared_s is not None:
+            self._check_length(declared_s)
 
         with atomic_path(output) as tmp:
             errors = self._convert(source, tmp, declared_s)
@@ -244,16 +287,20 @@ class ExtractStage(Stage):
                     and duration_s < declared_s - _PARTIAL_TOLERANCE_S:
                 raise ItemFailed(f"corrupt: decoded {duration_s:.1f} of {declared_s:.1f} s "
                                  f"({ffmpeg_reason(errors, source)})")
-            if duration_s < self.min_seconds:
-                raise ItemFailed(f"too short ({_seconds(duration_s)})")
-            level = _wav_rms_dbfs(tmp)
+            self._check_length(duration_s)
+            level = _round_db(_wav_rms_dbfs(tmp))
             if level < self.silence_dbfs:
-                raise ItemSkipped(f"silent ({level:.1f} dBFS)")
+                raise ItemSkipped(f"silent ({level:.2f} dBFS)")  # read back by should_retry
             if errors:
                 log.debug("%s: ffmpeg reported (output kept): %s", source,
                           ffmpeg_reason(errors, source))
         return {"video": str(source) if has_video else "", "duration": round(duration_s, 6),
-                "sample_rate": self.sr, "rms_dbfs": round(level, 2)}
+                "sample_rate": self.sr, "rms_dbfs": level}
+
+    def _check_length(self, duration_s: float) -> None:
+        """Raise ``ItemFailed("too short (D s)")`` (read back by should_retry) if too short."""
+        if _round_ms(duration_s) < self.min_seconds:
+            raise ItemFailed(f"too short ({_round_ms(duration_s):.3f} s)")
 
     def _convert(self, source: Path, target: Path, declared_s: float | None) -> bytes:
         """Run ffmpeg: first audio stream -> mono PCM16 WAV at ``self.sr``; return its stderr.

@@ -41,10 +41,14 @@ def main(argv: list[str]) -> int:
     failed = []
     for name in names:
         print(f"== bench_{name}", flush=True)
+        result = RESULTS / f"{name}.md"
         proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"bench_{name}.py")],
                               cwd=ROOT)
         if proc.returncode:
             failed.append(name)
+            # Never publish an older figure under this run's date.
+            result.write_text(f"## {name}\n\nThe last run of `bench/bench_{name}.py` failed "
+                              f"(exit code {proc.returncode}); no figure.\n")
     sections = [p.read_text().strip() for p in sorted(RESULTS.glob("*.md"))]
     header = ("# Benchmarks\n\nEvery figure here is printed by a script in `bench/`; "
               "`make bench` reruns them all and rewrites this page.\n\n"

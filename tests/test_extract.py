@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,7 +36,7 @@ EXPECTED = {
     "corrupt": ("cats", "failed", "moov atom not found"),
     "partial": ("cats", "failed", "corrupt: decoded"),
     "silent": ("dogs", "skipped", "silent (-inf dBFS)"),
-    "short": ("birds", "failed", "too short (0.5 s)"),
+    "short": ("birds", "failed", "too short (0.500 s)"),
     "bark": ("dogs", "ok", 1.3),      # extra: mp3
     "meow": ("cats", "ok", 1.1),      # extra: stereo 22.05 kHz flac
     "cover": ("birds", "ok", 1.0),    # extra: mp3 with cover art (not a video)
@@ -166,11 +167,63 @@ def test_failed_clip_is_retried_once_its_file_changes(config_for, media, tmp_pat
 
 def test_new_sample_rate_redoes_the_files(config_for, tmp_path):
     run(config_for(extra=False))
-    summary = run(config_for("extract.sample_rate=16000", extra=False))
+    summary = run(config_for("extract.sample_rate=16000", "features.hop_length=188", extra=False))
     assert summary.ok == 7 and summary.already_done == 5  # silent and failed clips stay
     info = sf.info(str(tmp_path / "audio/cats/rate48.wav"))
     assert (info.samplerate, info.frames) == (16000, 24000)
     assert read_manifest(tmp_path / "audio")["rate48"]["sample_rate"] == "16000"
+
+
+def test_silent_skip_is_revisited_once_the_threshold_drops_below_its_level(config_for, media,
+                                                                          tmp_path):
+    clips = tmp_path / "clips"
+    (clips / "dogs").mkdir(parents=True)
+    shutil.copy2(media / "clips/dogs/mono441.mp4", clips / "dogs")  # a sine at -21 dBFS
+    first = run(config_for("extract.silence_dbfs=-3", extra=False, clips=clips))
+    row = read_manifest(tmp_path / "audio")["mono441"]
+    assert first.skipped == 1 and row["reason"].startswith("silent (-21.")
+    for unchanged_or_still_above in ("-3", "-21"):
+        again = run(config_for(f"extract.silence_dbfs={unchanged_or_still_above}", extra=False,
+                               clips=clips))
+        assert (again.skipped, again.already_done) == (0, 1)
+    lowered = run(config_for("extract.silence_dbfs=-30", extra=False, clips=clips))
+    assert (lowered.ok, lowered.already_done) == (1, 0)
+    assert read_manifest(tmp_path / "audio")["mono441"]["status"] == "ok"
+
+
+def test_too_short_failure_is_retried_once_min_seconds_allows_it(config_for, media, tmp_path):
+    clips = tmp_path / "clips"
+    (clips / "birds").mkdir(parents=True)
+    shutil.copy2(media / "clips/birds/short.mp4", clips / "birds")  # 0.5 s
+    assert run(config_for(extra=False, clips=clips)).failed == 1
+    assert read_manifest(tmp_path / "audio")["short"]["reason"] == "too short (0.500 s)"
+    for unchanged_or_still_longer in ("1.0", "0.501"):
+        again = run(config_for(f"extract.min_seconds={unchanged_or_still_longer}", extra=False,
+                               clips=clips))
+        assert (again.failed, again.already_done) == (0, 1)
+    allowed = run(config_for("extract.min_seconds=0.5", extra=False, clips=clips))
+    assert (allowed.ok, allowed.already_done) == (1, 0)
+    assert float(read_manifest(tmp_path / "audio")["short"]["duration"]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("status, reason, changed, retry", [
+    ("skipped", "silent (-21.07 dBFS)", False, True),    # silence_dbfs -60 is below it
+    ("skipped", "silent (-70.00 dBFS)", False, False),
+    ("skipped", "silent (-inf dBFS)", False, False),     # digital silence stays silent
+    ("skipped", "silent (-70.00 dBFS)", True, True),     # a replaced file is looked at again
+    ("failed", "too short (0.999 s)", False, False),     # min_seconds is 1.0
+    ("failed", "too short (1.000 s)", False, True),
+    ("failed", "too short (0.500 s)", True, True),
+    ("failed", "moov atom not found", False, False),     # the file, until it changes
+    ("failed", "moov atom not found", True, True),
+    ("failed", "OSError: [Errno 28] No space left on device", False, True),
+])
+def test_should_retry(tmp_path, status, reason, changed, retry):
+    source = make_wav(tmp_path / "a.wav", tone(0.1))
+    last_run = source.stat().st_mtime + (-10 if changed else 10)
+    stage = extract.ExtractStage(sr=SR, min_seconds=1.0, silence_dbfs=-60.0, last_run=last_run)
+    row = {"source": str(source), "status": status, "reason": reason}
+    assert stage.should_retry(row) is retry
 
 
 def test_forced_rerun_that_now_skips_removes_the_old_wav(config_for, tmp_path):
@@ -221,7 +274,13 @@ def test_root_script_exit_codes(media, write_config, tmp_path, capsys):
     shutil.copytree(media / "clips/dogs", small / "dogs", ignore=shutil.ignore_patterns("s*"))
     assert video_to_audio.main(["--config", str(good), "--input", str(small), "-q"]) == 0
     assert sf.info(str(tmp_path / "audio/dogs/mono441.wav")).samplerate == SR
-    capsys.readouterr()
+    captured = capsys.readouterr()
+    # -q: nothing but the closing summary line, on stderr
+    assert captured.out == ""
+    assert re.fullmatch(r"extract: ok 2 · skipped 0 · failed 0 in \d+\.\d s\n", captured.err)
+    assert video_to_audio.main(["--config", str(good), "--input", str(small), "-q"]) == 0
+    assert re.fullmatch(r"extract: ok 0 · skipped 0 · failed 0 · 2 kept from earlier runs "
+                        r"in \d+\.\d s\n", capsys.readouterr().err)
     code = video_to_audio.main(["--config", str(good), "--input", str(tmp_path / "nope"), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "nope does not exist" in err[0]
