@@ -44,10 +44,11 @@ def build_parser():
 def run(args) -> int:
     config = cli.config_from_args(args, input_key="paths.vggsound_csv",
                                   output_key="paths.clips")
-    from animalvae import download
     if args.dry_run:
-        print(download.plan(config, from_dir=args.from_dir).report())
+        from animalvae import download_plan
+        print(download_plan.plan(config, from_dir=args.from_dir).report())
         return 0
+    from animalvae import download
     return download.run(config, cli.options_from_args(args), from_dir=args.from_dir,
                         retry_failed=args.retry_failed)
 

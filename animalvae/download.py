@@ -14,47 +14,53 @@ yt-dlp's own retries are off: each failure is classified from yt-dlp's message i
   with a reason starting ``permanent:`` and not tried again unless ``--retry-failed``.
 - anything else: ``failed`` now (reason ``error: ...``), tried again by the next run.
 
-Many rate-limit answers in a row (HTTP 429 or bot checks, ``download.max_consecutive_rate_limits``)
-stop the run early with advice, instead of burning through the list while blocked.
+An unexpected exception out of yt-dlp for one video (an extractor bug it did not wrap) fails
+that clip only (``error: <Type>: ...``). Many rate-limit answers in a row (HTTP 429 or bot
+checks, ``download.max_consecutive_rate_limits``) stop the run early with advice, instead of
+burning through the list while blocked. Ctrl-C wakes the threads sleeping in a pause or backoff
+at once; clips being fetched finish and are kept.
 
 ``--from-dir`` takes clips a user already has (``<ytid>_<start:06d>.mp4`` anywhere under a
-folder) by hard link, or copy, instead of downloading. Manifest columns besides the base ones:
-``ytid, start, split, bytes, duration``.
+folder) by hard link, or copy, instead of downloading. Which rows a run fetches, and the
+``--dry-run`` report, come from :mod:`animalvae.download_plan`. Manifest columns besides the
+base ones: ``ytid, start, split, bytes, duration``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import threading
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from . import cli
 from .config import Config, DownloadConfig, config_to_dict
+from .download_plan import plan
 from .errors import AnimalVAEError, ConfigError, ItemFailed
 from .stage import (
     Item,
     Stage,
     atomic_path,
+    outcome_from_exception,
     read_manifest,
     run_stage,
     write_manifest,
     write_settings,
 )
-from .vggsound_csv import ParsedCsv, Row, clip_id, expand_classes, read_csv, select_rows
+from .vggsound_csv import Row
 
-__all__ = ["run", "plan", "Plan", "DownloadStage", "LocalCopyStage", "RateLimited", "Failure",
-           "classify_error", "ydl_options", "backoff_delay", "find_local_clips", "probe_clip",
-           "PERMANENT"]
+__all__ = ["run", "DownloadStage", "LocalCopyStage", "RateLimited", "Failure", "classify_error",
+           "ydl_options", "backoff_delay", "probe_clip", "PERMANENT"]
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +71,6 @@ _ERROR = "error"
 
 _MIN_CLIP_S = 0.1          # shorter than this is an empty clip (start past the video's end)
 _PROBE_TIMEOUT_S = 60
-_SHOWN = 5                 # malformed rows / missing ids named in messages
-
-# Clips a user already has: VGGSound's "<ytid>_<start:06d>.mp4", also "..._<end:06d>.mp4".
-_LOCAL_NAME_RE = re.compile(r"([A-Za-z0-9_-]{11})_(\d{1,7})(?:_\d{1,7})?\.[mM][pP]4")
 # This module's temp folders (".<id>.tmp<pid>"), left behind only when a run was killed.
 _TEMP_DIR_RE = re.compile(r"\.[A-Za-z0-9_-]{11}_\d+\.tmp\d+")
 
@@ -252,8 +254,30 @@ class _YdlLogger:
         log.debug("yt-dlp %s: %s", self.ytid, msg)
 
 
+def _run_yt_dlp(options: dict[str, Any], url: str, ytid: str) -> Failure | None:
+    """Fetch ``url`` with yt-dlp: None when it finished, else its error, classified.
+
+    This call is the boundary of one item. yt-dlp wraps most errors in its own classes, but an
+    extractor can let an unexpected one (KeyError, TypeError...) through, and one odd page must
+    not stop a 200k-row run: such an error fails this clip only, as ``error: <Type>: ...``
+    (tried again by the next run), with its traceback in the debug log.
+    """
+    import yt_dlp
+    from yt_dlp.utils import YoutubeDLError
+
+    try:
+        with yt_dlp.YoutubeDL(options) as ydl:
+            ydl.download([url])
+    except YoutubeDLError as exc:  # DownloadError and yt-dlp's other own errors
+        return classify_error(str(exc))
+    except Exception as exc:
+        log.debug("yt-dlp %s raised %s", ytid, type(exc).__name__, exc_info=True)
+        return Failure(_ERROR, "error", outcome_from_exception(exc).reason)
+    return None
+
+
 # --------------------------------------------------------------------------------------------
-# Checking a clip, finding local clips
+# Checking a clip
 # --------------------------------------------------------------------------------------------
 
 def probe_clip(path: Path) -> tuple[float, bool]:
@@ -289,40 +313,20 @@ def _check_clip(path: Path) -> float:
     return duration
 
 
-def find_local_clips(folder: Path) -> dict[str, Path]:
-    """Clips under ``folder`` (any depth) named ``<ytid>_<start:06d>.mp4``, keyed by clip id.
-
-    ``<ytid>_<start>_<end>.mp4`` is recognised too. Hidden folders are not searched; when an
-    id occurs twice, the first file found is kept.
-    """
-    found: dict[str, Path] = {}
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            match = _LOCAL_NAME_RE.fullmatch(name)
-            if match:
-                found.setdefault(clip_id(match[1], int(match[2])), Path(root, name).resolve())
-    return found
-
-
 # --------------------------------------------------------------------------------------------
 # The stages
 # --------------------------------------------------------------------------------------------
 
 class _ClipStage(Stage):
-    """What downloading and taking local clips share: output layout, columns, retry rule."""
+    """What downloading and taking local clips share: output layout and columns."""
 
     unit = "clip"
     suffix = ".mp4"
     columns = ("ytid", "start", "split", "bytes", "duration")
     executor = "thread"
 
-    def __init__(self, rows: Mapping[str, Row], *, retry_failed: bool = False):
+    def __init__(self, rows: Mapping[str, Row]):
         self.rows = rows
-        self.retry_failed = retry_failed
-
-    def should_retry(self, row: Mapping[str, str]) -> bool:
-        return self.retry_failed or not (row.get("reason") or "").startswith(PERMANENT + ":")
 
     def _fields(self, row: Row, output: Path, duration: float) -> dict[str, Any]:
         return {"ytid": row.ytid, "start": row.start_s, "split": row.split,
@@ -339,13 +343,23 @@ class DownloadStage(_ClipStage):
 
     def __init__(self, settings: DownloadConfig, rows: Mapping[str, Row], *,
                  retry_failed: bool = False):
-        super().__init__(rows, retry_failed=retry_failed)
+        super().__init__(rows)
         self.settings = settings
+        self.retry_failed = retry_failed
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop = threading.Event()   # set on too many rate limits, or by interrupt()
+        self._interrupted = False
         self._rate_limited = 0
         self._warned: set[str] = set()
         self._random = random.Random()
+
+    def should_retry(self, row: Mapping[str, str]) -> bool:
+        # A permanent failure (video gone, private, no audio) is kept unless --retry-failed;
+        # other failures, and skips (this stage makes none), follow the default.
+        if (row.get("status") == "failed" and not self.retry_failed
+                and (row.get("reason") or "").startswith(PERMANENT + ":")):
+            return False
+        return super().should_retry(row)
 
     def process(self, item: Item, output: Path) -> dict[str, Any]:
         row = self.rows[item.id]
@@ -358,20 +372,26 @@ class DownloadStage(_ClipStage):
             shutil.rmtree(tmpdir, ignore_errors=True)
         return self._fields(row, output, duration)
 
-    def _fetch_with_retries(self, url: str, row: Row, tmpdir: Path) -> Path:
-        from yt_dlp.utils import DownloadError
+    def interrupt(self) -> None:
+        """Ctrl-C: wake the threads sleeping in a pause or backoff, so that the pool stops now.
 
+        They raise KeyboardInterrupt, so their clips get no result in this run (the manifest
+        keeps what an earlier run recorded); clips being fetched finish and are recorded.
+        """
+        self._interrupted = True  # before set(): a thread that set() wakes must see it
+        self._stop.set()
+
+    def _fetch_with_retries(self, url: str, row: Row, tmpdir: Path) -> Path:
         tries = self.settings.retries + 1
         for attempt in range(1, tries + 1):
             self._wait(self.settings.pause_s)
-            try:
-                clip = self._fetch(url, row, tmpdir)
-            except DownloadError as exc:
-                failure = classify_error(str(exc))
-            else:
-                self._count(None)
-                return clip
+            failure = _run_yt_dlp(self._prepare(row, tmpdir), url, row.ytid)
             self._count(failure)
+            if failure is None:
+                clip = tmpdir / "clip.mp4"
+                if not clip.is_file():
+                    raise ItemFailed("error: yt-dlp finished without writing an mp4 file")
+                return clip
             if failure.kind != _TRANSIENT or attempt == tries:
                 break
             delay = backoff_delay(attempt, self.settings.backoff_s, self._random)
@@ -380,9 +400,8 @@ class DownloadStage(_ClipStage):
             self._wait(delay)
         raise ItemFailed(failure.reason(attempt))
 
-    def _fetch(self, url: str, row: Row, tmpdir: Path) -> Path:
-        import yt_dlp
-
+    def _prepare(self, row: Row, tmpdir: Path) -> dict[str, Any]:
+        """Empty ``tmpdir`` for one try; the yt-dlp options that write ``tmpdir/clip.mp4``."""
         shutil.rmtree(tmpdir, ignore_errors=True)  # what an earlier try left
         tmpdir.mkdir(parents=True)
         cookiefile = None
@@ -390,15 +409,8 @@ class DownloadStage(_ClipStage):
             # yt-dlp rewrites its cookie file on close: each download gets its own copy.
             cookiefile = tmpdir / "cookies.txt"
             shutil.copyfile(self.settings.cookies_file, cookiefile)
-        options = ydl_options(self.settings, start_s=row.start_s, outtmpl=_outtmpl(tmpdir / "clip"),
-                              logger=_YdlLogger(row.ytid, self._warn_once),
-                              cookiefile=cookiefile)
-        with yt_dlp.YoutubeDL(options) as ydl:
-            ydl.download([url])
-        clip = tmpdir / "clip.mp4"
-        if not clip.is_file():
-            raise ItemFailed("error: yt-dlp finished without writing an mp4 file")
-        return clip
+        return ydl_options(self.settings, start_s=row.start_s, outtmpl=_outtmpl(tmpdir / "clip"),
+                           logger=_YdlLogger(row.ytid, self._warn_once), cookiefile=cookiefile)
 
     def _warn_once(self, message: str) -> None:
         with self._lock:
@@ -418,25 +430,36 @@ class DownloadStage(_ClipStage):
                 self._stop.set()
 
     def _wait(self, seconds: float) -> None:
-        """Sleep, unless (or until) the run is stopping for rate limits: then raise."""
-        if self._stop.is_set() or (seconds > 0 and self._stop.wait(seconds)):
-            raise RateLimited(
-                f"stopped early: {self.settings.max_consecutive_rate_limits} requests in a row "
-                "were refused as rate-limited (HTTP 429 or a bot check), so the server is "
-                "probably blocking this address. Wait a few hours, then rerun the same command "
-                "(finished clips are kept); set download.cookies_file to a cookies.txt exported "
-                "from a signed-in browser; use fewer workers (--workers 1) and a pause "
-                "(--set download.pause_s=5)")
+        """Sleep ``seconds``, unless (or until) the run is stopping: then raise.
+
+        Raises
+        ------
+        KeyboardInterrupt
+            After :meth:`interrupt` (Ctrl-C).
+        RateLimited
+            After ``download.max_consecutive_rate_limits`` rate-limit answers in a row.
+        """
+        if not (self._stop.is_set() or (seconds > 0 and self._stop.wait(seconds))):
+            return
+        if self._interrupted:
+            raise KeyboardInterrupt
+        raise RateLimited(
+            f"stopped early: {self.settings.max_consecutive_rate_limits} requests in a row "
+            "were refused as rate-limited (HTTP 429 or a bot check), so the server is "
+            "probably blocking this address. Wait a few hours, then rerun the same command "
+            "(finished clips are kept); set download.cookies_file to a cookies.txt exported "
+            "from a signed-in browser; use fewer workers (--workers 1) and a pause "
+            "(--set download.pause_s=5)")
 
 
 class LocalCopyStage(_ClipStage):
-    """Takes clips a user already has (``Item.source``) by hard link, or copy, after a check."""
+    """Takes clips a user already has (``Item.source``) by hard link, or copy, after a check.
+
+    It keeps the default retry rule: every earlier failure is tried again, permanent ones
+    included, as a local copy may exist for a video that is gone online.
+    """
 
     name = "from-dir"
-
-    def should_retry(self, row: Mapping[str, str]) -> bool:
-        # A local copy may exist for a video that is gone online.
-        return True
 
     def process(self, item: Item, output: Path) -> dict[str, Any]:
         source = Path(item.source)
@@ -449,111 +472,36 @@ class LocalCopyStage(_ClipStage):
         return self._fields(self.rows[item.id], output, duration)
 
 
-# --------------------------------------------------------------------------------------------
-# Planning (also the --dry-run report) and running
-# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _interrupt_on_ctrl_c(stage: DownloadStage) -> Iterator[None]:
+    """While inside, Ctrl-C calls ``stage.interrupt()`` before it raises KeyboardInterrupt.
 
-@dataclass
-class Plan:
-    """What a run would do: the parsed CSV, the selected rows, and the local clips found."""
-
-    csv: ParsedCsv
-    groups: dict[str, list[str]]
-    selected: list[tuple[str, Row]]
-    splits: list[str]
-    max_per_class: int
-    seed: int
-    local: dict[str, Path] | None = None
-    local_dir: Path | None = None
-
-    def counts(self) -> dict[tuple[str, str], Counter]:
-        """Selected rows per (group, label), counted per split; every configured label listed."""
-        table = {(g, label): Counter() for g, labels in self.groups.items() for label in labels}
-        for group, row in self.selected:
-            table[(group, row.label)][row.split] += 1
-        return table
-
-    def empty_labels(self) -> list[str]:
-        """Configured labels with no row in the CSV at all (a truncated or wrong file?)."""
-        present = {r.label for r in self.csv.rows}
-        return [label for labels in self.groups.values() for label in labels
-                if label not in present]
-
-    def report(self) -> str:
-        """The ``--dry-run`` text: per-group counts table and a few malformed rows."""
-        csv_ = self.csv
-        lines = [f"{csv_.path}: {len(csv_.rows)} usable rows"
-                 + (" (after a header row)" if csv_.header else "")
-                 + f", {len(csv_.malformed)} malformed, {csv_.duplicates} repeated ids ignored",
-                 f"selected: {len(self.selected)} clips (splits {', '.join(self.splits)}; "
-                 f"max_per_class {self.max_per_class or 'all'}; seed {self.seed})", ""]
-        header = ["group", "label", *self.splits, "total"]
-        body: list[list[Any]] = []
-        counts = self.counts()
-        grand: Counter = Counter()
-        for group, labels in self.groups.items():
-            subtotal: Counter = Counter()
-            for label in labels:
-                c = counts[(group, label)]
-                subtotal.update(c)
-                body.append([group, label, *(c[s] for s in self.splits), sum(c.values())])
-            body.append([group, "(all)", *(subtotal[s] for s in self.splits),
-                         sum(subtotal.values())])
-            grand.update(subtotal)
-        body.append(["total", "", *(grand[s] for s in self.splits), sum(grand.values())])
-        lines += _table(header, body)
-        if (empty := self.empty_labels()):
-            lines += ["", _no_rows_message(empty)]
-        if csv_.malformed:
-            lines += ["", f"malformed rows ({len(csv_.malformed)}, first "
-                          f"{min(_SHOWN, len(csv_.malformed))}):"]
-            lines += [f"  {m}" for m in csv_.malformed[:_SHOWN]]
-        if self.local is not None:
-            found = sum(1 for _, row in self.selected if row.id in self.local)
-            lines += ["", f"under {self.local_dir}: {found} of {len(self.selected)} selected "
-                          "clips found"]
-        return "\n".join(lines)
-
-
-def _no_rows_message(labels: list[str]) -> str:
-    shown = ", ".join(map(repr, labels[:_SHOWN])) + (", ..." if len(labels) > _SHOWN else "")
-    return (f"{len(labels)} configured label(s) have no row in the CSV ({shown}): is it the "
-            "whole vggsound.csv?")
-
-
-def _table(header: list[str], body: list[list[Any]]) -> list[str]:
-    rows = [header, *body]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-
-    def fmt(r: list[Any]) -> str:
-        return "  ".join(str(v).rjust(w) if isinstance(v, int) else str(v).ljust(w)
-                         for v, w in zip(r, widths)).rstrip()
-    return [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)]
-
-
-def plan(config: Config, *, from_dir: Path | None = None) -> Plan:
-    """Parse the CSV, select the rows, and (with ``from_dir``) index the local clips.
-
-    Raises
-    ------
-    ConfigError
-        When the CSV (``paths.vggsound_csv``) is missing or unreadable, or ``from_dir`` is
-        not a folder.
+    ``run_stage`` lets the pool's running threads finish before it re-raises Ctrl-C; without
+    this, threads sleeping in a backoff (seconds to minutes) would hold the exit up. Python's
+    default handler only is replaced, and only in the main thread (where handlers run).
     """
-    settings = config.download
-    if from_dir is not None and not Path(from_dir).is_dir():
-        raise ConfigError(f"--from-dir {from_dir} is not a folder")
-    parsed = read_csv(config.paths.vggsound_csv)
-    selected = select_rows(parsed.rows, settings.classes, splits=settings.splits,
-                           max_per_class=settings.max_per_class, seed=settings.seed)
-    local = find_local_clips(Path(from_dir)) if from_dir is not None else None
-    return Plan(parsed, expand_classes(settings.classes), selected, list(settings.splits),
-                settings.max_per_class, settings.seed, local,
-                Path(from_dir).resolve() if from_dir is not None else None)
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        stage.interrupt()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def run(config: Config, options: cli.StageOptions, *, dry_run: bool = False,
-        from_dir: Path | None = None, retry_failed: bool = False) -> int:
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+def run(config: Config, options: cli.StageOptions, *, from_dir: Path | None = None,
+        retry_failed: bool = False) -> int:
     """Run stage 1: fetch (or take from ``from_dir``) the selected clips into ``paths.clips``.
 
     Parameters
@@ -561,13 +509,12 @@ def run(config: Config, options: cli.StageOptions, *, dry_run: bool = False,
     config : Config
     options : cli.StageOptions
         ``--force``, ``--limit``, ``--workers`` (default ``download.workers``), progress bar.
-    dry_run : bool
-        Only parse and select; the report is logged (``download_video.py`` prints it).
     from_dir : Path or None
         Take ``<ytid>_<start:06d>.mp4`` files found under this folder instead of downloading;
         selected rows not found there are reported and left for a later run.
     retry_failed : bool
-        Also retry clips that failed for good (``permanent:`` reasons) before.
+        Also download clips that failed for good (``permanent:`` reasons) before. (With
+        ``from_dir``, every earlier failure found there is tried again anyway.)
 
     Returns
     -------
@@ -579,69 +526,59 @@ def run(config: Config, options: cli.StageOptions, *, dry_run: bool = False,
     ConfigError
         Missing CSV, ``--from-dir`` or cookies file, ffmpeg or yt-dlp not installed, nothing
         selected: before any work starts.
+    KeyboardInterrupt
+        On Ctrl-C, after the manifest of finished clips is written.
     """
     settings = config.download
-    if (not dry_run and from_dir is None and settings.cookies_file is not None
+    if (from_dir is None and settings.cookies_file is not None
             and not settings.cookies_file.is_file()):
         raise ConfigError(f"download.cookies_file={settings.cookies_file} not found: export a "
                           "cookies.txt (Netscape format) from a signed-in browser, or set it to "
                           "null")
-    if not dry_run:
-        cli.require_binaries("ffmpeg", "ffprobe")
-        if from_dir is None:
-            _require_yt_dlp()
+    cli.require_binaries("ffmpeg", "ffprobe")
+    if from_dir is None:
+        _require_yt_dlp()
 
     the_plan = plan(config, from_dir=from_dir)
-    if dry_run:
-        log.info("%s", the_plan.report())
-        return 0
     parsed = the_plan.csv
-    if parsed.malformed:
-        shown = "; ".join(str(m) for m in parsed.malformed[:_SHOWN])
-        log.warning("%s: %d malformed row(s) ignored (see --dry-run), e.g. %s", parsed.path,
-                    len(parsed.malformed), shown)
-    if (empty := the_plan.empty_labels()):
-        log.warning("%s: %s", parsed.path, _no_rows_message(empty))
     if not the_plan.selected:
         raise ConfigError(
             f"{parsed.path}: no row matches download.classes with download.splits="
             f"{list(settings.splits)} ({len(parsed.rows)} usable rows, "
-            f"{len(parsed.malformed)} malformed): is it VGGSound's vggsound.csv?")
-
-    output_dir = Path(config.paths.clips).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_dirs(output_dir)
+            f"{len(parsed.malformed)} malformed; see --dry-run): is it VGGSound's vggsound.csv?")
     rows = {row.id: row for _, row in the_plan.selected}
     stage: _ClipStage
     if the_plan.local is None:
         items = [Item(row.id, group, settings.url_template.replace("{ytid}", row.ytid),
                       row.label) for group, row in the_plan.selected]
         stage = DownloadStage(settings, rows, retry_failed=retry_failed)
+        ctrl_c: contextlib.AbstractContextManager = _interrupt_on_ctrl_c(stage)
     else:
         items = [Item(row.id, group, the_plan.local[row.id], row.label)
                  for group, row in the_plan.selected if row.id in the_plan.local]
-        missing = [row.id for _, row in the_plan.selected if row.id not in the_plan.local]
         if not items:
             raise ConfigError(f"--from-dir {from_dir}: none of the {len(rows)} selected clips "
                               "is there (files must be named <ytid>_<start:06d>.mp4)")
-        if missing:
-            log.warning("--from-dir: %d of %d selected clips are not under %s (e.g. %s); they "
-                        "are left for a run without --from-dir", len(missing), len(rows),
-                        from_dir, ", ".join(missing[:_SHOWN]))
-        stage = LocalCopyStage(rows, retry_failed=retry_failed)
+        stage = LocalCopyStage(rows)
+        ctrl_c = contextlib.nullcontext()
+    for line in the_plan.warnings():
+        log.warning("%s", line)
 
+    output_dir = Path(config.paths.clips).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_dirs(output_dir)
     write_settings(output_dir, config_to_dict(settings))
     workers = options.workers or settings.workers
     try:
-        summary = run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
-                            workers=workers, progress=options.progress)
+        with ctrl_c:
+            summary = run_stage(stage, items, output_dir, force=options.force,
+                                limit=options.limit, workers=workers, progress=options.progress)
     except RateLimited as exc:
         log.error("%s", exc)
         return 1
     finally:
         _complete_manifest(output_dir, rows, stage.columns)
     return summary.exit_code
-
 
 def _require_yt_dlp() -> None:
     try:

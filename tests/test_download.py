@@ -6,8 +6,10 @@ from __future__ import annotations
 import collections
 import http.server
 import logging
+import os
 import random
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+import yt_dlp
 from media import make_clip
 
 import download_video
@@ -462,18 +465,90 @@ def test_cookies_are_sent_and_the_users_file_is_left_alone(setup, tube, tmp_path
         download.run(config, QUIET)
 
 
-def test_pause_between_requests(setup, tube):
-    config = load_config(setup(pause_s=0.3, workers=1))
-    start = time.monotonic()
-    assert download.run(config, QUIET) == 0
-    assert time.monotonic() - start >= 0.6  # two clips, one pause before each
+def test_pause_between_requests(setup, tube, monkeypatch):
+    waits = []
+    monkeypatch.setattr(download.DownloadStage, "_wait", lambda self, seconds: waits.append(
+        seconds))
+    assert download.run(load_config(setup(pause_s=0.3, workers=1)), QUIET) == 0
+    assert waits == [0.3, 0.3]  # two clips, one pause before each
 
 
-def test_run_dry_run_logs_the_report_and_touches_nothing(setup, tube, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="animalvae.download"):
-        assert download.run(load_config(setup()), QUIET, dry_run=True) == 0
-    assert "selected: 2 clips" in caplog.text
-    assert sum(tube.hits.values()) == 0 and not (tmp_path / "clips").exists()
+@pytest.mark.parametrize("error, reason", [
+    (KeyError("formats"), "error: KeyError: 'formats'"),
+    (yt_dlp.utils.YoutubeDLError("ERROR: [youtube] x: Video unavailable"),
+     "permanent: video unavailable ([youtube] x: Video unavailable)"),
+])
+def test_an_exception_out_of_yt_dlp_fails_that_clip_only(setup, tube, tmp_path, monkeypatch,
+                                                         error, reason):
+    real_download = yt_dlp.YoutubeDL.download
+    calls = collections.Counter()
+
+    def download_or_raise(ydl, urls):
+        calls[urls[0]] += 1
+        if "-abcdefghij" in urls[0]:
+            raise error
+        return real_download(ydl, urls)
+
+    monkeypatch.setattr(yt_dlp.YoutubeDL, "download", download_or_raise)
+    assert download.run(load_config(setup(retries=2)), QUIET) == 0
+    rows = read_manifest(tmp_path / "clips")
+    assert (rows["-abcdefghij_000005"]["status"], rows["-abcdefghij_000005"]["reason"]) == (
+        "failed", reason)
+    assert rows["--help_abcd_000003"]["status"] == "ok"
+    assert list(calls.values()) == [1, 1]  # neither kind is retried within the run
+
+
+def test_retry_rules_for_earlier_failures_and_skips():
+    settings = load_config(None).download
+    gone = {"status": "failed", "reason": "permanent: video unavailable"}
+    busy = {"status": "failed", "reason": "transient: timeout"}
+    skipped = {"status": "skipped", "reason": "permanent: something"}
+    downloads = download.DownloadStage(settings, {})
+    assert [downloads.should_retry(r) for r in (gone, busy, skipped)] == [False, True, False]
+    downloads = download.DownloadStage(settings, {}, retry_failed=True)
+    assert [downloads.should_retry(r) for r in (gone, busy, skipped)] == [True, True, False]
+    local = download.LocalCopyStage({})  # a local copy may exist for a video gone online
+    assert [local.should_retry(r) for r in (gone, busy, skipped)] == [True, True, False]
+
+
+def test_interrupt_wakes_a_thread_sleeping_in_a_backoff():
+    stage = download.DownloadStage(load_config(None).download, {})
+    raised = []
+
+    def sleep_in_backoff():
+        try:
+            stage._wait(60.0)
+        except KeyboardInterrupt as exc:
+            raised.append(type(exc))
+
+    sleeper = threading.Thread(target=sleep_in_backoff, daemon=True)
+    sleeper.start()
+    stage.interrupt()
+    sleeper.join(timeout=20)  # only so that a broken interrupt cannot hang the suite
+    assert not sleeper.is_alive() and raised == [KeyboardInterrupt]
+
+
+def test_ctrl_c_during_backoffs_stops_the_run_and_records_no_failure(setup, tube, tmp_path):
+    for ytid in ("-abcdefghij", "--help_abcd"):
+        tube.always[tube.url(ytid)] = 503
+    # Both threads fail once, then sleep 15-45 s before their second try: Ctrl-C must wake them.
+    config = load_config(setup(retries=1, backoff_s=30.0, workers=2))
+
+    def press_ctrl_c_when_both_failed_once():
+        deadline = time.monotonic() + 60
+        while sum(tube.hits.values()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_when_both_failed_once, daemon=True)
+    presser.start()
+    with pytest.raises(KeyboardInterrupt):
+        download.run(config, QUIET)
+    presser.join()
+    # Without the wake-up both clips would be recorded as failed after their second try.
+    assert read_manifest(tmp_path / "clips") == {}
+    assert sum(tube.hits.values()) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_nothing_selected_is_a_config_error(setup):
