@@ -21,9 +21,10 @@ def build_parser():
         input_help="folder of WAV files, <group>/<id>.wav (default: paths.audio)",
         output_help="folder for segments/ and frames/ (default: paths.detections)",
         epilog="The model runs in batches of detect.batch_size on detect.device; --workers sets "
-               "the threads that read and write files meanwhile (default 2). Without the "
-               "checkpoint, --set detect.backend=energy picks the loudest window instead "
-               "(not animal-aware).")
+               "the threads that read and write files meanwhile (default detect.workers; 0 = "
+               "one per CPU core). Inputs longer than detect.max_seconds are scored on their "
+               "first detect.max_seconds. Without the checkpoint, --set detect.backend=energy "
+               "picks the loudest window instead (not animal-aware).")
     g = p.add_argument_group("detector options")
     g.add_argument("--download-models", action="store_true",
                    help="download the PANNs checkpoint (~300 MB) to detect.checkpoint and the "

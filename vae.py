@@ -11,66 +11,105 @@ Sub-commands:
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from animalvae import cli
 
+_EXIT_CODES = ("Exit codes: 0 done, 1 {diverged}a system error such as a full disk, 2 bad "
+               "settings or input, 130 interrupted.")
+_DIVERGED = "training diverged (the loss became NaN or Inf) or "
+_SETTINGS = ("Every setting lives in config.yaml (see the comments there); --set changes one "
+             "for this run, e.g. --set train.epochs=5. Paths in the config file are relative "
+             "to it; --input and --run are relative to the current directory. -v/-q go before "
+             "or after the sub-command.")
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="vae.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = cli.common_parent(
-        input_help="stage-4 folder of spectrograms (default: paths.spectrograms)",
-        output_help=None)
+
+def _parents(*, input_help: str | None = None, limit_help: str | None = None,
+             force_help: str | None = None) -> list[argparse.ArgumentParser]:
+    """A sub-command's shared flags: --config, --set, -v, -q, --run, and those named here."""
+    common = cli.common_parent(input_help=input_help, output_help=None, limit_help=limit_help,
+                               workers_help=None, force_help=force_help,
+                               verbosity_defaults=False)
     run_flag = argparse.ArgumentParser(add_help=False)
     run_flag.add_argument("--run", type=Path, default=None, metavar="DIR",
                           help="run folder (default: paths.runs/<train.name>)")
+    return [common, run_flag]
 
-    t = sub.add_parser("train", parents=[common, run_flag], help="train the VAE",
-                       description="Train the VAE; writes model.pth (best by validation), "
-                                   "last.pth, metrics.csv, loss.png and split.csv into the run "
-                                   "folder. Here --limit N trains on at most N spectrograms "
-                                   "(a smoke test) and --force starts over in a run folder "
-                                   "that already holds a run.")
+
+def build_parser():
+    epilog = " ".join([_SETTINGS, _EXIT_CODES.format(diverged=_DIVERGED),
+                       "Each COMMAND has its own --help."])
+    p = argparse.ArgumentParser(prog="vae.py", description=__doc__,
+                                epilog=textwrap.fill(epilog, width=90),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_verbosity(p)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str, **parents: str | None):
+        return sub.add_parser(name, parents=_parents(**parents), help=summary,
+                              description=description, epilog=_EXIT_CODES.format(
+                                  diverged=_DIVERGED if name == "train" else ""))
+
+    t = command("train", "train the VAE",
+                "Train the VAE; writes model.pth (best by validation), last.pth, metrics.csv, "
+                "loss.png and split.csv into the run folder.",
+                input_help="stage-4 folder of spectrograms (default: paths.spectrograms)",
+                limit_help="train on at most N spectrograms, taken from every group (a smoke "
+                           "test)",
+                force_help="start over in a run folder that already holds a run (deletes its "
+                           "model.pth, last.pth, metrics and samples once the new data and "
+                           "model check out)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the run's last.pth exactly (model, optimiser, "
                         "scheduler, epoch, RNG)")
-    g = sub.add_parser("generate", parents=[common, run_flag], help="sample new sounds",
-                       description="Sample z, decode, undo the normalisation and run "
-                                   "Griffin-Lim; writes samples/ and index.html.")
+    g = command("generate", "sample new sounds",
+                "Sample z, decode, undo the normalisation and run Griffin-Lim; writes "
+                "samples/<group>_<k>.wav + .png and index.html.")
     g.add_argument("--group", action="append", default=None, metavar="NAME",
                    help="only these groups (repeatable; default: every group)")
     g.add_argument("--count", type=int, default=None, metavar="N",
                    help="samples per group (default: generate.count)")
-    r = sub.add_parser("reconstruct", parents=[common, run_flag],
-                       help="original vs reconstruction of held-out files")
+    r = command("reconstruct", "original vs reconstruction of held-out files",
+                "Encode held-out files (the run's split.csv) and decode them again; writes "
+                "samples/reconstruct/<group>/<id>_original|_reconstruction.wav + .png and "
+                "index.html.")
     r.add_argument("--count", type=int, default=None, metavar="N",
                    help="held-out files per group (default: generate.count)")
-    i = sub.add_parser("interpolate", parents=[common, run_flag],
-                       help="walk the latent line between two files")
+    i = command("interpolate", "walk the latent line between two files",
+                "Encode two files and decode points on the line between them; writes "
+                "samples/interpolate/<a>__<b>/<k>.wav + .png and index.html.")
     i.add_argument("a", type=Path, help="first spectrogram (.npy) or segment (.wav)")
     i.add_argument("b", type=Path, help="second spectrogram (.npy) or segment (.wav)")
     i.add_argument("--steps", type=int, default=8, help="points on the line (default: 8)")
-    sub.add_parser("evaluate", parents=[common, run_flag], help="metrics on the validation set",
-                   description="Validation ELBO, log-spectral distance, spectral convergence "
-                               "after Griffin-Lim, KL per latent dimension and active units on "
-                               "the run's held-out files -> metrics.json. Here --limit N uses "
-                               "at most N held-out files.")
+    command("evaluate", "metrics on the validation set",
+            "Validation ELBO, log-spectral distance, spectral convergence after Griffin-Lim, "
+            "KL per latent dimension and active units on the run's held-out files -> "
+            "metrics.json.",
+            limit_help="use at most N held-out files")
     return p
 
 
 def run(args) -> int:
     config = cli.config_from_args(args, input_key="paths.spectrograms")
     run_dir = args.run.resolve() if args.run else config.paths.runs / config.train.name
-    options = cli.options_from_args(args)
+    options = cli.StageOptions(force=getattr(args, "force", False),
+                               limit=getattr(args, "limit", None), progress=not args.quiet)
     if args.command == "train":
         from animalvae import train
         try:
             train.train(config, run_dir, resume=args.resume, options=options)
+        except train.TrainingDiverged as exc:
+            print(f"vae.py: error: {exc}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
-            print(f"vae.py: last.pth in {run_dir} holds the last finished epoch; continue "
-                  "with: vae.py train --resume", file=sys.stderr)
+            if (run_dir / train.LAST).is_file():
+                hint = (f"{run_dir / train.LAST} holds the last finished epoch; continue with: "
+                        "vae.py train --resume")
+            else:
+                hint = ("no epoch had finished, so there is nothing to resume; start again "
+                        "with the same command")
+            print(f"vae.py: {hint}", file=sys.stderr)
             raise
         return 0
     from animalvae import generate

@@ -19,8 +19,8 @@ from pathlib import Path
 from .config import Config, config_to_dict, load_config
 from .errors import ConfigError
 
-__all__ = ["stage_parser", "common_parent", "main", "config_from_args", "require_binaries",
-           "default_workers", "StageOptions", "options_from_args"]
+__all__ = ["stage_parser", "common_parent", "add_verbosity", "main", "config_from_args",
+           "require_binaries", "default_workers", "StageOptions", "options_from_args"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,22 @@ class StageOptions:
     progress: bool = True
 
 
-def common_parent(*, input_help: str | None, output_help: str | None) -> argparse.ArgumentParser:
-    """A parent parser with the flags every script shares (used by sub-commands too)."""
+_LIMIT_HELP = "process at most N items that still need work (a rerun continues)"
+_WORKERS_HELP = "parallel workers (default: from config)"
+_FORCE_HELP = "redo items that are already done, skipped or failed for good"
+
+
+def common_parent(*, input_help: str | None, output_help: str | None,
+                  limit_help: str | None = _LIMIT_HELP, workers_help: str | None = _WORKERS_HELP,
+                  force_help: str | None = _FORCE_HELP,
+                  verbosity_defaults: bool = True) -> argparse.ArgumentParser:
+    """A parent parser with the flags every script shares (used by sub-commands too).
+
+    A ``*_help`` of None leaves that flag out (a sub-command that has no use for it); other
+    text replaces its help. ``verbosity_defaults=False`` gives ``-v``/``-q`` no default, so
+    that in a sub-command they do not overwrite the same flags given before the sub-command
+    (the main parser then holds the defaults).
+    """
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--config", type=Path, default=None, metavar="PATH",
@@ -56,17 +70,26 @@ def common_parent(*, input_help: str | None, output_help: str | None) -> argpars
         g.add_argument("--input", type=Path, default=None, metavar="PATH", help=input_help)
     if output_help:
         g.add_argument("--output", type=Path, default=None, metavar="DIR", help=output_help)
-    g.add_argument("--limit", type=_positive_int, default=None, metavar="N",
-                   help="process at most N items that still need work (a rerun continues)")
-    g.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                   help="parallel workers (default: from config)")
-    g.add_argument("--force", action="store_true",
-                   help="redo items that are already done, skipped or failed for good")
-    g.add_argument("-v", "--verbose", action="count", default=0,
-                   help="more detail (per-item lines, the settings in effect)")
-    g.add_argument("-q", "--quiet", action="store_true",
-                   help="only warnings, errors and the summary; no progress bar")
+    if limit_help:
+        g.add_argument("--limit", type=_positive_int, default=None, metavar="N", help=limit_help)
+    if workers_help:
+        g.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                       help=workers_help)
+    if force_help:
+        g.add_argument("--force", action="store_true", help=force_help)
+    add_verbosity(g, defaults=verbosity_defaults)
     return p
+
+
+def add_verbosity(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                  defaults: bool = True) -> None:
+    """Add ``-v/--verbose`` and ``-q/--quiet`` (without defaults when ``defaults`` is False)."""
+    parser.add_argument("-v", "--verbose", action="count",
+                        default=0 if defaults else argparse.SUPPRESS,
+                        help="more detail (per-item lines, the settings in effect)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        default=False if defaults else argparse.SUPPRESS,
+                        help="only warnings, errors and the summary; no progress bar")
 
 
 def stage_parser(prog: str, description: str, *, input_help: str | None,

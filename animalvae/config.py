@@ -173,6 +173,7 @@ class DetectConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     batch_size: int = 8             # clips per model forward
     segment_seconds: float = 3.0    # window length
+    max_seconds: float = 60.0       # longer inputs: only their first max_seconds are scored
     pad: Literal["zeros", "repeat"] = "zeros"  # clips shorter than the window
     min_score: float = 0.1          # best window mean score below this: skipped
     # AudioSet classes (name or index) whose max is a frame's animal score, per group;
@@ -188,11 +189,17 @@ class DetectConfig:
     frame_min_mean: float = 12.0    # a frame darker than this (0-255 mean) counts as blank
     frame_min_std: float = 4.0      # ... or flatter than this (std of pixel values)
     jpeg_quality: int = 92
+    workers: int = 0                # I/O threads (read + resample, write); 0 = one per core
 
     def _check(self) -> list[str]:
         problems: list[str] = []
         _positive(problems, "detect.batch_size", self.batch_size)
         _positive(problems, "detect.segment_seconds", self.segment_seconds)
+        if self.max_seconds < self.segment_seconds:
+            problems.append(f"detect.max_seconds={self.max_seconds} must be >= "
+                            f"detect.segment_seconds={self.segment_seconds} (the window is "
+                            "chosen inside the first max_seconds)")
+        _positive(problems, "detect.workers", self.workers, allow_zero=True)
         if not 0 <= self.min_score <= 1:  # both backends score in [0, 1]
             problems.append(f"detect.min_score={self.min_score} must be in [0, 1]")
         if not 1 <= self.jpeg_quality <= 100:
@@ -221,9 +228,10 @@ class FeaturesConfig:
     n_frames: int = 256             # time frames per spectrogram (power of two)
     top_db: float = 80.0            # dB range kept below the clip peak, scaled to [0, 1]
     dtype: Literal["float16", "float32"] = "float16"  # .npy storage type
+    pad: Literal["zeros", "repeat"] = "zeros"  # segments shorter than 3 s: silence | looped
     griffin_lim_iters: int = 32     # for --check
     momentum: float = 0.99          # fast Griffin-Lim momentum
-    batch_size: int = 32            # segments per batched transform
+    batch_size: int = 32            # segments per batched transform on a GPU (CPU: 4)
     workers: int = 0                # I/O threads (read, resample, write); 0 = one per core
     device: str = "auto"            # transforms and --check: auto | cpu | cuda | cuda:N | mps
 
@@ -280,7 +288,7 @@ class TrainConfig:
     warmup_steps: int = 100         # linear LR warm-up, then cosine decay
     grad_clip: float = 1.0          # max gradient norm; 0 = off
     recon_loss: Literal["l1", "mse"] = "l1"
-    beta: float = 1.0               # weight of the KL term after warm-up
+    beta: float = 1.0               # KL weight after warm-up; KL per pixel, so 1 = plain ELBO
     kl_warmup_epochs: int = 5       # beta rises linearly from 0 over these epochs
     free_bits: float = 0.0          # nats per latent dimension not penalised; 0 = off
     val_fraction: float = 0.1       # held out per group, fixed by seed

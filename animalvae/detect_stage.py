@@ -10,9 +10,12 @@ For each stage-2 WAV (``paths.audio/<group>/<id>.wav``) this writes
 - one ``manifest.csv`` with ``frame, window_start, window_end, score, peak_time, frame_time,
   top_labels`` (times in seconds from the clip start).
 
-Clips run through PANNs in batches of ``detect.batch_size`` while a small thread pool reads
-(and, for other rates than 32 kHz, resamples) the next batches and writes the finished
-segments and frames, so the model rarely waits on I/O.
+Clips run through PANNs in batches of ``detect.batch_size`` while ``detect.workers`` threads
+read (and, for other rates than 32 kHz, resample) the next batches and as many write the
+finished segments and frames, so the model rarely waits on I/O. An input longer than
+``detect.max_seconds`` is read and scored only up to there (the row's ``reason`` says so), which
+bounds memory and model time per clip. A batch the model cannot run (e.g. out of memory) is
+retried one clip at a time, so only a clip that fails on its own is recorded as failed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,17 +32,19 @@ import numpy as np
 import soundfile as sf
 
 from . import detect, frames, panns
-from .cli import StageOptions
+from .cli import StageOptions, default_workers
 from .config import Config, DetectConfig, config_to_dict
 from .device import pick_device
-from .errors import ConfigError, ItemFailed, ItemSkipped
+from .errors import ConfigError, ItemFailed
 from .stage import (
+    ITEM_ERRORS,
     Item,
     Outcome,
     Stage,
     Summary,
     atomic_path,
     list_items,
+    outcome_from_exception,
     run_stage,
     write_settings,
 )
@@ -49,9 +54,9 @@ __all__ = ["DetectStage", "PannsScorer", "EnergyScorer", "run", "AUDIO_EXTENSION
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
-# Errors that mean "this item's data is bad" (the stage machinery records the same ones).
-_ITEM_ERRORS = (ItemFailed, OSError, ValueError, RuntimeError, EOFError)
 _PREFETCH_BATCHES = 2  # batches read ahead of the model
+# The reason of a low-score skip; should_retry reads the backend back from it.
+_LOW_SCORE = "no {what} sound (score {score:.2f})"
 
 
 @dataclass
@@ -59,8 +64,9 @@ class Clip:
     """One input clip, read and ready for scoring.
 
     ``audio`` is the mono signal at its own rate ``sr`` (int16 when the file is PCM16, so it
-    is written back unchanged; else float32), padded to at least one window;
-    ``model_input`` is float32 at the scorer's rate (the same array when no resampling is due).
+    is written back unchanged; else float32), padded to at least one window and cut at
+    ``detect.max_seconds``; ``model_input`` is float32 at the scorer's rate (the same array
+    when no resampling is due); ``note`` goes to the row's ``reason`` (e.g. the cut).
     """
 
     item: Item
@@ -68,6 +74,7 @@ class Clip:
     audio: np.ndarray
     sr: int
     model_input: np.ndarray
+    note: str = ""
 
 
 class Scorer(Protocol):
@@ -137,7 +144,7 @@ class DetectStage(Stage):
     executor = "stream"
 
     def __init__(self, settings: DetectConfig, *, scorer: Scorer,
-                 classes: dict[str, list[int]] | None = None, io_workers: int = 2):
+                 classes: dict[str, list[int]] | None = None, io_workers: int | None = None):
         """
         Parameters
         ----------
@@ -147,14 +154,17 @@ class DetectStage(Stage):
         classes : dict of group -> list of int
             Score columns whose max is a frame's score, per group (PANNs); ignored by
             single-column scorers.
-        io_workers : int
-            Threads for reading and for writing (each).
+        io_workers : int or None
+            Threads for reading and for writing (each); None: ``detect.workers``
+            (0 = one per CPU core).
         """
         self.settings = settings
         self.scorer = scorer
         self.classes = classes or {}
-        self.io_workers = max(1, io_workers)
+        self.io_workers = default_workers(settings.workers if io_workers is None else io_workers)
         self.window_frames = int(round(settings.segment_seconds * detect.FRAMES_PER_S))
+        # What a low score means: no animal (PANNs classes) or nothing loud (energy).
+        self.sound = "animal" if scorer.labels is not None else "loud"
 
     # ---- layout -----------------------------------------------------------------------------
 
@@ -179,6 +189,23 @@ class DetectStage(Stage):
         frame = (row or {}).get("frame")
         return not frame or (output.parents[2] / frame).is_file()
 
+    def should_retry(self, row: Mapping[str, str]) -> bool:
+        """Retry failures; revisit a low-score skip when ``detect.min_score`` is now at or
+        below its recorded ``score`` (or another backend skipped it); keep other skips."""
+        if row.get("status") == "failed":
+            return True
+        reason = row.get("reason") or ""
+        skipped_by = next((what for what in ("animal", "loud")
+                           if reason.startswith(f"no {what} sound (score ")), None)
+        if skipped_by is None:
+            return False
+        if skipped_by != self.sound:
+            return True  # the other backend's scores are not comparable
+        try:
+            return self.settings.min_score <= float(row.get("score") or "nan")
+        except ValueError:
+            return False  # no readable score: keep the decision
+
     def discard(self, output: Path) -> None:
         """Remove an item's segment and frame: a --force rerun that now fails or skips it
         must not leave the old ones behind."""
@@ -193,9 +220,10 @@ class DetectStage(Stage):
         Clips are taken shortest first, so a batch holds clips of equal (or similar) length:
         no padding, hence scores that do not depend on which clips share a batch, and no
         compute spent on padding. An unreadable file fails alone: the rest of its batch
-        goes on.
+        goes on; so does a clip the model fails on (see :meth:`score`).
         """
-        work = sorted(work, key=lambda pair: _duration_us(pair[0]))
+        cap_us = int(self.settings.max_seconds * 1_000_000)
+        work = sorted(work, key=lambda pair: min(_duration_us(pair[0]), cap_us))
         size = self.settings.batch_size
         batches = collections.deque(work[i:i + size] for i in range(0, len(work), size))
         readers = cf.ThreadPoolExecutor(self.io_workers, thread_name_prefix="detect-read")
@@ -215,8 +243,12 @@ class DetectStage(Stage):
                         yield item, clip
                     else:
                         clips.append(clip)
-                for clip, scores in zip(clips, self.scorer(clips)):
-                    writing[writers.submit(self.finish, clip, scores)] = clip
+                for clip, scores in zip(clips, self.score(clips)):
+                    if isinstance(scores, Outcome):
+                        self.discard(clip.output)
+                        yield clip.item, scores
+                    else:
+                        writing[writers.submit(self.finish, clip, scores)] = clip
                 for future in [f for f in writing if f.done()]:
                     yield self._written(writing.pop(future), future)
             for future in cf.as_completed(list(writing)):
@@ -226,6 +258,25 @@ class DetectStage(Stage):
             readers.shutdown(wait=True, cancel_futures=True)
             writers.shutdown(wait=True, cancel_futures=True)
 
+    def score(self, clips: list[Clip]) -> list[np.ndarray | Outcome]:
+        """The scorer's output for each clip, or the Outcome of a clip it failed on.
+
+        When a batch fails (a RuntimeError such as CUDA or CPU out of memory, or any other
+        item-level error), its clips are scored again one at a time: only a clip that also
+        fails on its own is recorded as failed, and the run goes on.
+        """
+        try:
+            return list(self.scorer(clips))
+        except ITEM_ERRORS as exc:
+            failure = outcome_from_exception(exc)
+            log.debug("detect: scoring %d clip(s) failed", len(clips), exc_info=True)
+        # Out of the except block: the failed batch's tensors (held by the traceback) are freed.
+        if len(clips) == 1:
+            return [failure]
+        log.warning("detect: a batch of %d clips failed (%s); scoring them one at a time",
+                    len(clips), failure.reason)
+        return [self.score([clip])[0] for clip in clips]
+
     def _written(self, clip: Clip, future: cf.Future) -> tuple[Item, Outcome]:
         outcome = _outcome(future)
         if outcome.status != "ok":
@@ -233,10 +284,15 @@ class DetectStage(Stage):
         return clip.item, outcome
 
     def load(self, item: Item, output: Path) -> Clip:
-        """Read one clip as mono, pad it to a window, resample a copy for the model if needed."""
+        """Read one clip (up to ``detect.max_seconds``) as mono, pad it to a window, and
+        resample a copy for the model if needed."""
         with sf.SoundFile(str(Path(item.source).resolve())) as fh:
             sr = fh.samplerate
-            y = fh.read(dtype="int16" if fh.subtype == "PCM_16" else "float32", always_2d=True)
+            max_frames = int(round(self.settings.max_seconds * sr))
+            note = (f"scored the first {self.settings.max_seconds:g} s of "
+                    f"{fh.frames / sr:.1f} s" if fh.frames > max_frames else "")
+            y = fh.read(min(fh.frames, max_frames), always_2d=True,
+                        dtype="int16" if fh.subtype == "PCM_16" else "float32")
         if y.shape[0] == 0:
             raise ItemFailed("empty audio file")
         if y.shape[1] > 1:  # stage 2 writes mono; a user's own files may not be
@@ -254,15 +310,17 @@ class DetectStage(Stage):
             import torchaudio.functional as AF
 
             x = AF.resample(torch.from_numpy(x), sr, rate).numpy()
-        return Clip(item, output, y, sr, x)
+        return Clip(item, output, y, sr, x, note)
 
-    def finish(self, clip: Clip, probs: np.ndarray) -> dict[str, Any]:
+    def finish(self, clip: Clip, probs: np.ndarray) -> dict[str, Any] | Outcome:
         """Choose the window, write the segment and the frame; the manifest columns.
 
-        Raises
-        ------
-        ItemSkipped
-            When the best window's mean score is below ``detect.min_score``.
+        Returns
+        -------
+        dict or Outcome
+            The columns of an ``ok`` row; or, when the best window's mean score is below
+            ``detect.min_score``, a ``skipped`` Outcome that keeps the ``score`` (so
+            :meth:`should_retry` can revisit it when the threshold is lowered).
         """
         item, settings = clip.item, self.settings
         columns = self.classes.get(item.group) if probs.shape[1] > 1 else [0]
@@ -271,8 +329,8 @@ class DetectStage(Stage):
         scores = detect.frame_scores(probs, columns)
         start, score = detect.best_window(scores, window_frames=self.window_frames)
         if score < settings.min_score:
-            what = "animal" if self.scorer.labels is not None else "loud"
-            raise ItemSkipped(f"no {what} sound (score {score:.2f})")
+            return Outcome("skipped", _LOW_SCORE.format(what=self.sound, score=score),
+                           {"score": score})
         peak = detect.peak_frame(scores, start, self.window_frames)
         labels = (detect.top_labels(probs[start:start + self.window_frames], self.scorer.labels)
                   if self.scorer.labels is not None else [])
@@ -290,37 +348,39 @@ class DetectStage(Stage):
         fields = {"frame": frame_rel, "window_start": window_s[0], "window_end": window_s[1],
                   "score": score, "peak_time": peak_s, "frame_time": frame_time,
                   "top_labels": "; ".join(labels)}
-        if note:
-            fields["_note"] = note
+        if notes := "; ".join(n for n in (clip.note, note) if n):
+            fields["_note"] = notes
         return fields
 
     def _write_frame(self, clip: Clip, peak_s: float, window_s: tuple[float, float]
                      ) -> tuple[str, float | None, str]:
         """Grab and write the frame; ``(relative path or "", frame time, note)``.
 
-        A missing or unreadable video is not the item's failure: the audio segment is
-        still good, so the row stays ``ok`` with an empty frame and a note in ``reason``.
+        A missing, unreadable or unwritable frame (OpenCV errors included: :mod:`.frames`
+        turns them into OSError/ValueError) is not the item's failure: the audio segment
+        is still good, so the row stays ``ok`` with an empty frame and a note in ``reason``.
         """
         target = self.frame_path(clip.output)
         video = str(clip.item.upstream.get("video") or "")
-        frame, note = None, ""
-        if video:
-            path = Path(video)
-            if not path.is_absolute():  # manifests write absolute paths; be lenient
-                path = Path(clip.item.source).resolve().parents[1] / path
-            try:
-                frame = frames.grab_frame(path, peak_s, window=window_s,
-                                          min_mean=self.settings.frame_min_mean,
-                                          min_std=self.settings.frame_min_std)
-                if frame is None:
-                    note = "no frame: none usable in the window (blank or past the video's end)"
-            except (OSError, ValueError) as exc:
-                note = f"no frame: {exc}"
-        if frame is None:
+        if not video:
             target.unlink(missing_ok=True)  # a frame from an earlier run no longer applies
-            return "", None, note
-        frames.write_jpeg(target, frame.image, quality=self.settings.jpeg_quality)
-        return target.relative_to(clip.output.parents[2]).as_posix(), frame.time_s, note
+            return "", None, ""
+        path = Path(video)
+        if not path.is_absolute():  # manifests write absolute paths; be lenient
+            path = Path(clip.item.source).resolve().parents[1] / path
+        try:
+            frame = frames.grab_frame(path, peak_s, window=window_s,
+                                      min_mean=self.settings.frame_min_mean,
+                                      min_std=self.settings.frame_min_std)
+            if frame is not None:
+                frames.write_jpeg(target, frame.image, quality=self.settings.jpeg_quality)
+                return (target.relative_to(clip.output.parents[2]).as_posix(), frame.time_s,
+                        "")
+            note = "no frame: none usable in the window (blank or past the video's end)"
+        except (OSError, ValueError) as exc:
+            note = f"no frame: {outcome_from_exception(exc).reason}"
+        target.unlink(missing_ok=True)
+        return "", None, note
 
 
 def _duration_us(item: Item) -> int:
@@ -343,26 +403,18 @@ def _result(future: cf.Future) -> Any:
     """The future's value, or the Outcome its item-level error stands for."""
     try:
         return future.result()
-    except ItemSkipped as exc:
-        return Outcome("skipped", _one_line(exc))
-    except _ITEM_ERRORS as exc:
+    except ITEM_ERRORS as exc:
         log.debug("detect: item failed", exc_info=True)
-        reason = _one_line(exc)
-        return Outcome("failed", reason if isinstance(exc, ItemFailed)
-                       else f"{type(exc).__name__}: {reason}")
+        return outcome_from_exception(exc)
 
 
 def _outcome(future: cf.Future) -> Outcome:
+    """The Outcome of a :meth:`DetectStage.finish` future (its row, skip or error)."""
     result = _result(future)
     if isinstance(result, Outcome):
         return result
     note = result.pop("_note", "")
     return Outcome("ok", note, result)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,7 +425,15 @@ def run(config: Config, options: StageOptions) -> Summary:
     """Run stage 3 over ``paths.audio`` into ``paths.detections``.
 
     Checks first, together: the input folder, an AudioSet class list for every group, the
-    device, and (``panns``) the checkpoint; then loads the model once.
+    device, and (``panns``) the checkpoint; then loads the model once and records
+    ``settings.yaml`` before any item is processed.
+
+    Parameters
+    ----------
+    config : Config
+    options : StageOptions
+        ``force``, ``limit``, ``progress``, and ``workers``: I/O threads each for reading
+        and writing (None: ``detect.workers``; 0 there = one per CPU core).
 
     Raises
     ------
@@ -415,11 +475,9 @@ def run(config: Config, options: StageOptions) -> Summary:
     else:
         log.info("detect.backend=energy: the loudest window is chosen (not animal-aware)")
         scorer = EnergyScorer()
-    stage = DetectStage(settings, scorer=scorer, classes=classes,
-                        io_workers=options.workers or 2)
+    stage = DetectStage(settings, scorer=scorer, classes=classes, io_workers=options.workers)
     output_dir = config.paths.detections
-    summary = run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
-                        progress=options.progress)
     write_settings(output_dir, {**config_to_dict(settings), "frames_per_s": detect.FRAMES_PER_S,
                                 "device_used": str(device or "cpu")})
-    return summary
+    return run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
+                     progress=options.progress)

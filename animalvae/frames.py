@@ -2,12 +2,15 @@
 
 :func:`grab_frame` seeks to the peak time, checks the read worked and the picture is not
 blank (black or flat: fade-ins, title cards); otherwise it scans the window once and takes
-the usable frame nearest to the peak. :func:`write_jpeg` writes it atomically.
+the usable frame nearest to the peak. :func:`write_jpeg` writes it atomically. OpenCV's own
+exceptions (``cv2.error``) do not leave this module: reading turns them into OSError, encoding
+into ValueError, so callers handle them with the item errors they already expect.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,10 +70,11 @@ def grab_frame(video: Path, time_s: float, *, window: tuple[float, float], min_m
     Raises
     ------
     OSError
-        When the file cannot be opened as a video.
+        When the file cannot be opened as a video, or OpenCV fails while reading it.
     """
-    cap = cv2.VideoCapture(str(Path(video).resolve()))
+    cap = None
     try:
+        cap = cv2.VideoCapture(str(Path(video).resolve()))
         if not cap.isOpened():
             raise OSError(f"OpenCV cannot open {Path(video).name}")
         fps = cap.get(cv2.CAP_PROP_FPS)
@@ -84,8 +88,11 @@ def grab_frame(video: Path, time_s: float, *, window: tuple[float, float], min_m
             return frame
         return _nearest_usable(cap, time_s, window, fps=fps, min_mean=min_mean,
                                min_std=min_std)
+    except cv2.error as exc:
+        raise OSError(f"OpenCV cannot read {Path(video).name}: {_cv_message(exc)}") from None
     finally:
-        cap.release()
+        if cap is not None:
+            cap.release()
 
 
 def _frame_start(time_s: float, fps: float, *, side: Literal["at_or_before", "at_or_after"]
@@ -135,9 +142,27 @@ def _nearest_usable(cap: cv2.VideoCapture, time_s: float, window: tuple[float, f
 
 
 def write_jpeg(path: Path, image: np.ndarray, *, quality: int = 92) -> None:
-    """Encode ``image`` (BGR uint8) as JPEG and write it atomically to ``path``."""
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    """Encode ``image`` (BGR uint8) as JPEG and write it atomically to ``path``.
+
+    Raises
+    ------
+    ValueError
+        When OpenCV cannot encode the image.
+    OSError
+        When the file cannot be written.
+    """
+    try:
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    except cv2.error as exc:
+        raise ValueError(f"OpenCV could not encode a {image.shape} frame as JPEG: "
+                         f"{_cv_message(exc)}") from None
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.shape} frame as JPEG")
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(data.tobytes())
+
+
+def _cv_message(exc: Exception) -> str:
+    """A ``cv2.error`` on one line, without its ``OpenCV(4.x) /path/file.cpp:123: error:`` head."""
+    text = " ".join(str(exc).split())
+    return re.sub(r"^OpenCV\([^)]*\) \S+: error: ", "", text) or type(exc).__name__

@@ -33,8 +33,8 @@ body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; backgrou
 h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; } h3 { font-size: 1rem; }
 .row { display: flex; flex-wrap: wrap; gap: 0.8rem; }
 figure { margin: 0; padding: 0.5rem; background: #fff; border: 1px solid #ddd; border-radius: 6px; }
-figure img { display: block; width: 256px; height: 128px; }
-figure audio { display: block; width: 256px; margin-top: 0.3rem; }
+figure img { display: block; width: 320px; max-width: 100%; height: auto; }
+figure audio { display: block; width: 320px; max-width: 100%; margin-top: 0.3rem; }
 figcaption { font-size: 0.8rem; color: #555; margin-top: 0.2rem; }
 table { border-collapse: collapse; }
 td, th { padding: 0.2rem 0.6rem; border-bottom: 1px solid #ddd; }

@@ -108,7 +108,7 @@ def to_audio(x: Tensor, spec: SpectrogramSpec, *, n_iter: int, momentum: float,
 
 
 def write_sample(path: Path, y: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
-                 sample_rate: int) -> None:
+                 spec: SpectrogramSpec) -> None:
     """Write ``path`` (.wav, PCM 16) and its spectrogram picture beside it (.png), atomically.
 
     Parameters
@@ -118,19 +118,30 @@ def write_sample(path: Path, y: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
     y : array [shape=(n_samples,)]
         Waveform in [-1, 1].
     x : array [shape=(n_bins, n_frames), values in [0, 1]]
-        Its spectrogram, drawn with low frequencies at the bottom.
-    sample_rate : int
-        Hz.
+        Its spectrogram, drawn with time in seconds across and frequency in Hz up.
+    spec : SpectrogramSpec
+        The representation (sample rate, axes).
     """
     import soundfile as sf
-    from matplotlib.image import imsave  # no pyplot: no GUI backend needed
 
     y = np.asarray(torch.as_tensor(y).float().cpu(), dtype=np.float32)
     x = np.asarray(torch.as_tensor(x).float().cpu(), dtype=np.float32)
     with atomic_path(path) as tmp:
-        sf.write(tmp, y, sample_rate, subtype="PCM_16")
-    with atomic_path(path.with_suffix(".png")) as tmp:
-        imsave(tmp, x, cmap="magma", vmin=0.0, vmax=1.0, origin="lower", format="png")
+        sf.write(tmp, y, spec.sample_rate, subtype="PCM_16")
+    _draw_spectrogram(path.with_suffix(".png"), x, spec)
+
+
+def _draw_spectrogram(path: Path, x: np.ndarray, spec: SpectrogramSpec) -> None:
+    """A small labelled picture of one spectrogram (400 x 240 px; about 50 ms on a CPU)."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    from .plots import show_spectrogram
+
+    fig = Figure(figsize=(4.0, 2.4))
+    fig.subplots_adjust(left=0.17, right=0.97, bottom=0.19, top=0.96)  # fixed: fast
+    show_spectrogram(fig.add_subplot(), x, spec)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def _clear(folder: Path, pattern: str) -> None:
@@ -251,8 +262,7 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
         _clear(samples, f"{name}_[0-9]*.*")
         for k in range(count):
             path = samples / f"{name}_{k}.wav"
-            write_sample(path, audio[g * count + k], x[g * count + k],
-                         sample_rate=trained.spec.sample_rate)
+            write_sample(path, audio[g * count + k], x[g * count + k], spec=trained.spec)
             written.append(path)
     page = write_gallery(run_dir)
     log.info("generate: %d sample(s) of %s in %s; gallery: %s", len(written), ", ".join(names),
@@ -300,7 +310,7 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
     for i, item in enumerate(items):
         for j, kind in ((i, "original"), (i + len(items), "reconstruction")):
             path = folder / _safe_name(item.group) / f"{_safe_name(item.id)}_{kind}.wav"
-            write_sample(path, audio[j], both[j], sample_rate=trained.spec.sample_rate)
+            write_sample(path, audio[j], both[j], spec=trained.spec)
             written.append(path)
     page = write_gallery(run_dir)
     log.info("reconstruct: %d held-out file(s) in %s; gallery: %s", len(items), folder, page)
@@ -392,7 +402,7 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
     width = len(str(steps - 1))
     for k in range(steps):
         path = folder / f"{k:0{width}d}.wav"
-        write_sample(path, audio[k], out[k], sample_rate=trained.spec.sample_rate)
+        write_sample(path, audio[k], out[k], spec=trained.spec)
         written.append(path)
     page = write_gallery(run_dir)
     log.info("interpolate: %d step(s) from %s to %s in %s; gallery: %s", steps, a, b, folder,

@@ -7,7 +7,9 @@ files behind and the package silently ends up with 0 classes. So this module
 - ships the 527 AudioSet labels with the project (``data/class_labels_indices.csv``, from the
   AudioSet ontology, CC BY 4.0) and puts a copy where the package looks *before* importing it;
 - builds ``Cnn14_DecisionLevelMax`` itself (once per process) and loads ``detect.checkpoint``
-  with ``torch.load(weights_only=True)``, after checking the file is there and large enough;
+  with ``torch.load(weights_only=True)``, after checking the file is there and large enough
+  (the training extras saved beside the weights, numpy scalars and arrays, are allowed as
+  data; only ``"model"`` is kept);
 - downloads only on request (:func:`download_models`, ``animal_sound_detector.py
   --download-models``), with a progress bar, a size check and an atomic rename.
 
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .detect import FRAMES_PER_S
 from .errors import ConfigError
 from .stage import atomic_path
 
@@ -35,9 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LABELS_CSV", "CHECKPOINT_URL", "CHECKPOINT_RECORD", "LABELS_URL", "SAMPLE_RATE",
-    "HOP_LENGTH", "FRAMES_PER_S", "NUM_CLASSES", "ANIMAL_CLASSES", "MIN_CHECKPOINT_BYTES",
+    "HOP_LENGTH", "NUM_CLASSES", "ANIMAL_CLASSES", "MIN_CHECKPOINT_BYTES",
     "audioset_labels", "resolve_classes", "check_checkpoint", "install_package_labels",
-    "build_model", "load_model", "clear_model_cache", "download_models",
+    "build_model", "load_model", "read_state_dict", "clear_model_cache", "download_models",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,8 +55,7 @@ LABELS_URL = ("http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/"
               "class_labels_indices.csv")
 
 SAMPLE_RATE = 32000   # Hz; the rate Cnn14 was trained at
-HOP_LENGTH = 320      # samples per output frame at SAMPLE_RATE
-FRAMES_PER_S = SAMPLE_RATE // HOP_LENGTH  # 100: frame index / 100 = seconds
+HOP_LENGTH = SAMPLE_RATE // FRAMES_PER_S  # 320 samples per output frame: 100 frames/s
 NUM_CLASSES = 527
 #: AudioSet's "Animal" subtree: indices 72 (Animal) to 136 (Whale vocalization).
 ANIMAL_CLASSES = tuple(range(72, 137))
@@ -209,7 +211,8 @@ def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> torch.nn
     ----------
     checkpoint : Path
         A PANNs checkpoint: a dict whose ``"model"`` entry is the state dict (as on
-        Zenodo), or a bare state dict.
+        Zenodo, where it sits beside training extras such as ``"iteration"``), or a bare
+        state dict.
     device : torch.device or str
 
     Raises
@@ -218,8 +221,6 @@ def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> torch.nn
         When the file is missing, too small, not loadable with ``weights_only=True``, or
         not a ``Cnn14_DecisionLevelMax`` with 527 classes.
     """
-    import pickle
-
     import torch
 
     path = Path(checkpoint).expanduser()
@@ -229,13 +230,7 @@ def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> torch.nn
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(torch.device(device)))
     if key in _MODELS:
         return _MODELS[key]
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ConfigError(f"detect.checkpoint={path} cannot be loaded ({_short(exc)}): "
-                          f"{_how_to_get(path)}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state = read_state_dict(path)
     model = build_model()
     try:
         model.load_state_dict(state)
@@ -248,6 +243,70 @@ def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> torch.nn
     _MODELS[key] = model
     log.info("loaded PANNs Cnn14_DecisionLevelMax from %s on %s", path, device)
     return model
+
+
+def read_state_dict(path: Path) -> dict:
+    """The state dict in a checkpoint file, read with ``torch.load(weights_only=True)``.
+
+    Besides ``"model"``, the PANNs training script saved ``"iteration"`` and the sampler's
+    state: numpy integers and index arrays, which ``weights_only=True`` refuses by default.
+    The numpy globals those pickle to (:func:`_numpy_data_globals`) are allowed for this one
+    load: they rebuild plain data and run no other code. Only ``"model"`` is kept.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file, when it cannot be unpickled that way or holds no state dict.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile) as exc:
+        raise ConfigError(f"detect.checkpoint={path} cannot be loaded "
+                          f"({_unpickling_reason(exc)}): {_how_to_get(path)}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"detect.checkpoint={path} holds a {type(state).__name__}, not a "
+                          f"state dict: {_how_to_get(path)}")
+    return state
+
+
+def _numpy_data_globals() -> list:
+    """What numpy scalars, dtypes and arrays pickle to, under numpy 1 and numpy 2 names.
+
+    The Zenodo files were written with numpy 1 (``numpy.core.multiarray.scalar``); numpy 2
+    writes ``numpy._core.multiarray.scalar``; both name the same function, so each is
+    allowed under both spellings. Unpickling a dtype builds an instance of its concrete
+    class (``numpy.dtypes.Int64DType``...), so the numeric and boolean ones are allowed too.
+    """
+    import numpy as np
+    from numpy._core import multiarray
+
+    allowed: list = [np.ndarray, np.dtype]
+    allowed += sorted({type(np.dtype(code)) for code in "?bBhHiIlLqQefd"}, key=str)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray.scalar, f"{module}.scalar"),
+                    (multiarray._reconstruct, f"{module}._reconstruct")]
+    return allowed
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """``torch.load``'s multi-paragraph weights-only message cut down to what went wrong."""
+    import re
+
+    text = " ".join(str(exc).split())
+    if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return f"it pickles {found[1]}, which weights_only=True does not allow"
+    if found := re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text):
+        return f"not a torch checkpoint, or a damaged one: {_short(found[1])}"
+    return _short(exc)
 
 
 def clear_model_cache() -> None:

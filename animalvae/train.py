@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -50,7 +51,8 @@ from torch import Tensor
 from .cli import StageOptions
 from .config import Config, config_to_dict
 from .device import pick_device
-from .errors import ConfigError
+from .errors import AnimalVAEError, ConfigError
+from .gallery import GALLERY, SAMPLES
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
 from .spectrogram import SpectrogramSpec, load_spec
 from .stage import Item, atomic_path, list_items, write_settings
@@ -71,10 +73,14 @@ _METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_recon", "train_kl", "va
 _MIN_LR_FACTOR = 0.1        # the cosine decays to lr / 10 (nanoGPT's min_lr)
 _PLOT_EVERY_S = 30.0        # redraw loss.png at most this often (and at the end)
 _MEMORY_SHARE = 0.5         # hold the data in memory when it needs less than this share
+_MEMINFO = "/proc/meminfo"  # Linux; elsewhere _available_bytes falls back to sysconf
 
 
-class TrainingDiverged(ConfigError):
-    """The loss became NaN or Inf; the message names the epoch and step (exit code 2)."""
+class TrainingDiverged(AnimalVAEError):
+    """The loss became NaN or Inf; the message names the epoch and step (vae.py exits 1).
+
+    Not a :class:`ConfigError`: the settings were valid, the run itself failed.
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,9 +180,21 @@ def read_split(run_dir: Path) -> tuple[list[Item], list[Item]]:
 
 
 def _available_bytes() -> int | None:
+    """Memory that can be had without swapping, in bytes (None when unknown).
+
+    Linux's ``MemAvailable`` counts the page cache that can be dropped; ``SC_AVPHYS_PAGES``
+    (the fallback elsewhere) counts free pages only, which on a busy machine is a fraction.
+    """
+    try:
+        with open(_MEMINFO, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024           # the file says kB
+    except (OSError, ValueError, IndexError):  # not Linux, or an old kernel
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not Linux
+    except (ValueError, OSError, AttributeError):
         return None
 
 
@@ -416,19 +434,33 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, device: torc
 # The training run
 # --------------------------------------------------------------------------------------------
 
-def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+# What a run folder holds from an earlier run; a fresh run (--force) removes all of it, so
+# that neither --resume nor the gallery can mix the old model's files with the new one's.
+_RUN_FILES = (MODEL, LAST, METRICS, LOSS_PLOT, SPLIT, "metrics.json", GALLERY)
+
+
+def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """ConfigError when ``run_dir`` cannot take this run; changes nothing."""
     if resume:
         if not (run_dir / LAST).is_file():
             raise ConfigError(f"--resume: {run_dir / LAST} not found (nothing to continue; "
                               "train without --resume)")
         return
-    if (run_dir / LAST).exists() or (run_dir / MODEL).exists():
-        if not force:
-            raise ConfigError(f"run folder {run_dir} already holds a training run: continue it "
-                              "with --resume, start over with --force, or name a new run with "
-                              "--set train.name=NAME")
-        for name in (MODEL, LAST, METRICS, LOSS_PLOT, SPLIT, "metrics.json"):
-            (run_dir / name).unlink(missing_ok=True)
+    if not force and ((run_dir / LAST).exists() or (run_dir / MODEL).exists()):
+        raise ConfigError(f"run folder {run_dir} already holds a training run: continue it "
+                          "with --resume, start over with --force, or name a new run with "
+                          "--set train.name=NAME")
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove an earlier run's outputs (called once the new run's data and model check out)."""
+    removed = [name for name in (*_RUN_FILES, SAMPLES) if (run_dir / name).exists()]
+    for name in _RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if (run_dir / SAMPLES).is_dir():
+        shutil.rmtree(run_dir / SAMPLES)
+    if removed:
+        log.info("--force: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
 
 
 def _fresh_data(config: Config, options: StageOptions) -> tuple[SpectrogramSpec, list[Item]]:
@@ -459,7 +491,9 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
         the recorded ``split.csv``. The current config's ``train.epochs``/``max_steps`` apply.
     options : StageOptions
         ``limit`` caps the number of files (fresh runs; a smoke test), ``force`` starts over
-        in a folder that holds a run, ``progress`` shows the progress bar.
+        in a folder that holds a run (its model, checkpoints, metrics, ``samples/`` and
+        ``index.html`` are removed, but only after the new data and model check out),
+        ``progress`` shows the progress bar.
 
     Returns
     -------
@@ -484,7 +518,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     if _rank_and_world()[1] > 1:
         raise ConfigError("WORLD_SIZE > 1: multi-process (torchrun/DDP) training is not "
                           "supported yet; run vae.py train as one process")
-    _prepare_run_dir(run_dir, resume=resume, force=options.force)
+    _check_run_dir(run_dir, resume=resume, force=options.force)
 
     # -- data: a fresh split, or the recorded one when resuming --------------------------------
     state: dict[str, Any] | None = None
@@ -513,6 +547,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
+            _clear_run_dir(run_dir)  # only now: a bad --input or setting leaves the old run be
             _write_split(run_dir / SPLIT, train_items, val_items)
         write_settings(run_dir, config_to_dict(config))
     log.info("%d training and %d validation spectrograms %s in %d group(s) (%s); "

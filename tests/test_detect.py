@@ -2,24 +2,31 @@
 frames from generated videos, the energy backend, and the missing/offline checkpoint paths.
 
 No test downloads anything: the checkpoint is a random-weight Cnn14_DecisionLevelMax saved in
-the real format (``{"model": state_dict}``, ~327 MB, written once per session).
+the real format (``{"model": state_dict}`` beside numpy training extras, ~327 MB, written once
+for this module). HOME points at a temporary folder for the whole module, so nothing is written
+to the real ``~/panns_data``.
 """
 
+import argparse
 import csv
 import functools
 import http.server
+import logging
+import os
 import socket
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 from media import make_colour_video, make_wav, tone
 
 import animal_sound_detector
-from animalvae import detect, frames, panns
-from animalvae.cli import StageOptions
+from animalvae import detect, detect_stage, frames, panns
+from animalvae.cli import StageOptions, default_workers
 from animalvae.config import load_config
 from animalvae.detect_stage import DetectStage, PannsScorer, run
 from animalvae.errors import ConfigError
@@ -42,14 +49,30 @@ ANIMAL_NAMES = [
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (40, 200, 200)]
 
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """A random-weight Cnn14_DecisionLevelMax checkpoint in the real (Zenodo) format."""
+@pytest.fixture(scope="module", autouse=True)
+def home(tmp_path_factory):
+    """HOME (hence ``Path.home()`` and ``~``) is a temporary folder for this module: building
+    the model writes ``~/panns_data/class_labels_indices.csv``, and the default checkpoint
+    is ``~/panns_data/...``. (panns.py computes no path from the home folder at import.)"""
+    folder = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(home, tmp_path_factory):
+    """A random-weight Cnn14_DecisionLevelMax checkpoint in the real (Zenodo) format: the
+    weights under "model", beside training extras that pickle as numpy scalars and arrays."""
     import torch
 
     path = tmp_path_factory.mktemp("panns") / "Cnn14_DecisionLevelMax_random.pth"
     torch.manual_seed(0)
-    torch.save({"model": panns.build_model().state_dict()}, path)
+    torch.save({"iteration": np.int64(660000), "model": panns.build_model().state_dict(),
+                "sampler": {"indexes_per_class": [np.arange(5), np.arange(3)],
+                            "queue": [np.int64(4), np.int64(1)], "mAP": np.float32(0.385)}},
+               path)
+    assert Path.home() == home and (home / "panns_data/class_labels_indices.csv").is_file()
     yield path
     panns.clear_model_cache()  # ~1 GB of RAM and 327 MB of disk back for the other tests
     path.unlink()
@@ -194,6 +217,50 @@ def test_missing_checkpoint_stops_with_instructions(tmp_path, write_config, caps
     assert not (tmp_path / "det" / "manifest.csv").exists()  # stopped before any work
 
 
+def numpy1_checkpoint(path, obj):
+    """``torch.save(obj)`` as a numpy 1 install writes it (``numpy.core.multiarray``), like the
+    Zenodo files; the legacy format keeps the pickle as plain bytes, so the names can be set."""
+    import torch
+
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    assert b"numpy._core.multiarray\nscalar" in data
+    path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    return path
+
+
+def test_checkpoint_with_numpy_extras_loads_only_the_model_weights(tmp_path):
+    """(The ``checkpoint`` fixture carries such extras too, through load_model.)"""
+    import torch
+
+    weights = {"w": torch.arange(3.0)}
+    extras = {"iteration": np.int64(5), "extra": np.float32(1.0), "flag": np.bool_(True),
+              "sampler": {"indexes": [np.arange(4), np.array([0.5, 1.5])]}}
+    torch.save({"model": weights, **extras}, tmp_path / "numpy2.pth")
+    numpy1_checkpoint(tmp_path / "numpy1.pth", {"model": weights, **extras})
+    for name in ("numpy2.pth", "numpy1.pth"):
+        state = panns.read_state_dict(tmp_path / name)
+        assert list(state) == ["w"] and torch.equal(state["w"], weights["w"])
+
+
+def test_checkpoint_with_other_pickled_objects_is_refused_in_one_line(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(panns, "MIN_CHECKPOINT_BYTES", 1)
+    path = tmp_path / "code.pth"
+    torch.save({"model": {}, "args": argparse.Namespace(lr=0.1)}, path)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"<html>not found</html>" * 10)
+    for bad, why in [(path, "it pickles argparse.Namespace, which weights_only=True does not "
+                            "allow"),
+                     (junk, "not a torch checkpoint, or a damaged one")]:
+        with pytest.raises(ConfigError) as info:
+            panns.load_model(bad)
+        message = str(info.value)
+        assert message.startswith(f"detect.checkpoint={bad} cannot be loaded ({why}")
+        assert "\n" not in message and "--download-models" in message
+
+
 def test_scorer_batches_clips_of_different_lengths(checkpoint):
     scorer = PannsScorer(panns.load_model(checkpoint, "cpu"), "cpu")
     lengths = [64000, 32000 + 123, 80000]  # 2 s, ~1 s, 2.5 s at 32 kHz
@@ -308,6 +375,104 @@ def test_a_new_segment_length_redoes_finished_items(tmp_path, write_config):
     assert sf.info(tmp_path / "det/segments/dogs/clip.wav").duration == 2.0
 
 
+def test_low_score_skip_is_revisited_only_when_min_score_drops_to_its_score(
+        tmp_path, write_config):
+    items = stage_items(tmp_path, tone(4.0), 32000)
+    animal = FixedScorer(np.full(401, 0.3))
+
+    def once(min_score, scorer=animal):
+        config = detect_config(write_config, tmp_path, min_score=min_score)
+        summary = run_stage(DetectStage(config.detect, scorer=scorer), items, tmp_path / "det",
+                            progress=False)
+        return (summary.ok, summary.skipped, summary.already_done)
+
+    assert once(0.5, FixedScorer(np.full(401, 0.3), labels=None)) == (0, 1, 0)  # energy
+    assert read_manifest(tmp_path / "det")["clip"]["reason"] == "no loud sound (score 0.30)"
+    assert once(0.5) == (0, 1, 0)  # another backend's skip is revisited, whatever its score
+    row = read_manifest(tmp_path / "det")["clip"]
+    assert (row["reason"], float(row["score"])) == ("no animal sound (score 0.30)",
+                                                    pytest.approx(0.3))
+    assert once(0.5) == (0, 0, 1)  # same threshold: the skip stands
+    assert once(0.31) == (0, 0, 1)  # still above the recorded score
+    assert once(0.3) == (1, 0, 0)  # now at its score: revisited, and it passes
+
+
+class PickyScorer(FixedScorer):
+    """Fails on every batch of more than one clip (as when out of memory), and on clip "bad"."""
+
+    def __init__(self, scores):
+        super().__init__(scores)
+        self.calls = []
+
+    def __call__(self, clips):
+        self.calls.append(len(clips))
+        if len(clips) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        if clips[0].item.id == "bad":
+            raise RuntimeError("boom")
+        return super().__call__(clips)
+
+
+def test_a_failing_batch_is_retried_one_clip_at_a_time(tmp_path, write_config, caplog):
+    items = [Item(name, "dogs", make_wav(tmp_path / "audio" / "dogs" / f"{name}.wav", tone(4.0)))
+             for name in ("a", "bad", "c")]
+    config = detect_config(write_config, tmp_path, batch_size=4)
+    scorer = PickyScorer(np.full(401, 0.5))
+    with caplog.at_level(logging.WARNING, logger="animalvae"):
+        summary = run_stage(DetectStage(config.detect, scorer=scorer), items, tmp_path / "det",
+                            progress=False)
+    assert (summary.ok, summary.failed) == (2, 1)
+    assert scorer.calls == [3, 1, 1, 1]
+    rows = read_manifest(tmp_path / "det")
+    assert (rows["bad"]["status"], rows["bad"]["reason"]) == ("failed", "RuntimeError: boom")
+    assert rows["a"]["status"] == rows["c"]["status"] == "ok"
+    assert not (tmp_path / "det/segments/dogs/bad.wav").exists()
+    assert "a batch of 3 clips failed (RuntimeError: CUDA out of memory" in caplog.text
+
+
+class RampScorer:
+    """Scores rising over the whole model input, 100 frames/s: the last window wins."""
+
+    sample_rate = None
+    labels = None
+
+    def __init__(self):
+        self.lengths = []
+
+    def __call__(self, clips):
+        self.lengths += [c.model_input.shape[0] for c in clips]
+        return [np.linspace(0, 1, detect.n_frames(c.model_input.shape[0], hop_length=c.sr // 100)
+                            )[:, None] for c in clips]
+
+
+def test_long_input_is_scored_on_its_first_max_seconds(tmp_path, write_config, rng):
+    sr = 16000
+    y = pcm16(rng.uniform(-0.5, 0.5, 10 * sr))
+    config = detect_config(write_config, tmp_path, max_seconds=4.0, min_score=0.0)
+    scorer = RampScorer()
+    summary = run_stage(DetectStage(config.detect, scorer=scorer), stage_items(tmp_path, y, sr),
+                        tmp_path / "det", progress=False)
+    assert summary.ok == 1 and scorer.lengths == [4 * sr]  # read and scored up to 4 s only
+    row = read_manifest(tmp_path / "det")["clip"]
+    assert (row["status"], row["reason"]) == ("ok", "scored the first 4 s of 10.0 s")
+    assert (float(row["window_start"]), float(row["window_end"])) == (1.0, 4.0)
+    segment, _ = sf.read(tmp_path / "det/segments/dogs/clip.wav", dtype="int16")
+    np.testing.assert_array_equal(segment, y[sr:4 * sr])
+    with pytest.raises(ConfigError, match=r"detect\.max_seconds=2\.0 must be >= "
+                                          r"detect\.segment_seconds=3\.0"):
+        detect_config(write_config, tmp_path, max_seconds=2.0)
+
+
+def test_io_workers_come_from_detect_workers(tmp_path, write_config):
+    config = detect_config(write_config, tmp_path, workers=3)
+    assert DetectStage(config.detect, scorer=FixedScorer(np.zeros(1))).io_workers == 3
+    assert DetectStage(config.detect, scorer=FixedScorer(np.zeros(1)), io_workers=1
+                       ).io_workers == 1  # --workers
+    config = detect_config(write_config, tmp_path)
+    assert DetectStage(config.detect, scorer=FixedScorer(np.zeros(1))).io_workers == \
+        default_workers(0) == len(os.sched_getaffinity(0))
+
+
 def mean_colour(image: np.ndarray) -> np.ndarray:
     return image.reshape(-1, 3).mean(axis=0)
 
@@ -331,7 +496,32 @@ def test_blank_frame_falls_back_to_the_nearest_usable_one_in_the_window(tmp_path
     assert frames.grab_frame(video, 2.5, window=(2.0, 2.95), min_mean=12, min_std=4) is None
 
 
-def test_energy_backend_finds_the_burst_and_saves_its_frame(tmp_path, write_config, rng):
+@pytest.mark.parametrize("broken, note", [
+    ("VideoCapture", "no frame: OSError: OpenCV cannot read v.mp4: (-5:Bad argument) broken"),
+    ("imencode", "no frame: ValueError: OpenCV could not encode a (48, 64, 3) frame as JPEG: "
+                 "(-5:Bad argument) broken"),
+])
+def test_opencv_errors_leave_the_item_ok_without_a_frame(tmp_path, write_config, monkeypatch,
+                                                         broken, note):
+    video = make_colour_video(tmp_path / "v.mp4", COLOURS)
+    items = stage_items(tmp_path, tone(4.0), 32000, video)
+
+    def fail(*args, **kwargs):
+        raise cv2.error("OpenCV(5.0.0) /io/x.cpp:1: error: (-5:Bad argument) broken in "
+                        "function 'f'\n")
+
+    monkeypatch.setattr(frames.cv2, broken, fail)
+    config = detect_config(write_config, tmp_path)
+    summary = run_stage(DetectStage(config.detect, scorer=FixedScorer(np.full(401, 0.5))), items,
+                        tmp_path / "det", progress=False)
+    assert (summary.ok, summary.failed) == (1, 0)
+    row = read_manifest(tmp_path / "det")["clip"]
+    assert (row["frame"], row["reason"]) == ("", f"{note} in function 'f'")
+    assert not (tmp_path / "det/frames").exists()
+
+
+def test_energy_backend_finds_the_burst_and_saves_its_frame(tmp_path, write_config, rng,
+                                                             monkeypatch):
     sr = 16000
     y = 0.001 * rng.standard_normal(5 * sr)
     y[int(3.2 * sr):int(3.6 * sr)] = 0.5 * rng.standard_normal(int(0.4 * sr))  # the burst
@@ -346,6 +536,15 @@ def test_energy_backend_finds_the_burst_and_saves_its_frame(tmp_path, write_conf
          "output": "dogs/novideo.wav", "status": "ok", "video": ""}], ("video",))
     config = detect_config(write_config, tmp_path, backend="energy", segment_seconds=2.0,
                            min_score=0.3)
+    real_run_stage = detect_stage.run_stage
+
+    def checked_run_stage(stage, *args, **kwargs):
+        settings = yaml.safe_load((tmp_path / "det/settings.yaml").read_text())  # already there
+        assert (settings["backend"], settings["workers"], settings["max_seconds"]) == \
+            ("energy", 0, 60.0)
+        return real_run_stage(stage, *args, **kwargs)
+
+    monkeypatch.setattr(detect_stage, "run_stage", checked_run_stage)
     summary = run(config, StageOptions(progress=False))
     assert (summary.ok, summary.failed) == (2, 0)
     rows = read_manifest(tmp_path / "det")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
 from media import animal_call, make_wav
 
@@ -159,9 +160,10 @@ def test_bad_normalizer_json_names_the_file(config):
     (("detect.segment_seconds=6",), r"192000 samples; .* set features\.hop_length=750 \(or"),
     (("detect.segment_seconds=9",), r"set features\.hop_length=1125 and features\.n_fft >= 2048"),
 ])
-def test_hop_that_does_not_fit_the_segment_is_a_config_error(config, overrides, message):
+def test_hop_that_does_not_fit_the_segment_is_refused_when_the_config_loads(
+        config, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        features.run(config(overrides=overrides), OPTS)
+        config(overrides=overrides)
 
 
 def test_hop_within_one_hop_of_the_segment_is_accepted(config):
@@ -176,13 +178,89 @@ def test_plain_folder_input(tmp_path, config):
     assert summary.ok == 1 and (cfg.paths.spectrograms / "owls/hoot.npy").is_file()
 
 
-def test_check_prints_the_median_spectral_convergence(config, capsys):
+def test_check_prints_the_median_spectral_convergence_once(config, capsys):
     cfg = config()
-    code = preprocess_audio_vae.main(["--config", str(cfg.source), "--check", "2", "--quiet"])
+    code = preprocess_audio_vae.main(["--config", str(cfg.source), "--check", "2"])
     assert code == 0
-    line = capsys.readouterr().out.strip()
+    captured = capsys.readouterr()
+    line = captured.out.strip()
     assert line.startswith("round-trip check: median spectral convergence")
     assert float(line.split()[5]) <= 0.10 and "over 2 segment(s)" in line
+    assert "spectral convergence" not in captured.err          # printed, not logged as well
+
+
+def test_negative_check_is_refused(config, capsys):
+    with pytest.raises(SystemExit) as exc:
+        preprocess_audio_vae.main(["--config", str(config().source), "--check", "-1"])
+    assert exc.value.code == 2 and "-1 must be >= 0" in capsys.readouterr().err
+
+
+def test_stale_ok_row_without_its_array_is_left_out_of_preview_and_check(config, detections):
+    cfg = config("  griffin_lim_iters: 2\n")
+    features.run(cfg, OPTS)
+    out = cfg.paths.spectrograms
+    (out / "dogs/dog_000020.npy").unlink()                  # and its segment is gone too, so
+    (detections / "segments/dogs/dog_000020.wav").unlink()  # the row stays "ok", file-less
+    (out / "preview.png").unlink()
+    summary = features.run(cfg, OPTS, check=5)
+    assert read_manifest(out)["dog_000020"]["status"] == "ok"
+    assert len(summary.convergence) == 4 and (out / "preview.png").is_file()
+
+
+def test_force_rerun_that_now_skips_or_fails_removes_the_old_array(config, detections):
+    cfg = config()
+    features.run(cfg, OPTS)
+    out = cfg.paths.spectrograms
+    make_wav(detections / "segments/dogs/dog_000020.wav", np.zeros(96000, np.float32))
+    (detections / "segments/cats/cat_000030.wav").write_bytes(b"RIFF, but not audio")
+    summary = features.run(cfg, StageOptions(force=True, progress=False))
+    rows = read_manifest(out)
+    assert (summary.ok, summary.skipped, summary.failed) == (3, 2, 2)
+    assert rows["dog_000020"]["status"] == "skipped" and rows["dog_000020"]["output"] == ""
+    assert rows["cat_000030"]["reason"].startswith("cannot read audio")
+    assert not (out / "dogs/dog_000020.npy").exists()
+    assert not (out / "cats/cat_000030.npy").exists()
+
+
+def test_arrays_of_other_settings_are_redone_after_a_partial_forced_run(config, caplog):
+    features.run(config(), OPTS)
+    out = config().paths.spectrograms
+    new = config("  top_db: 60.0\n")
+    fingerprint = features.spec_fingerprint(features.spec_from_config(new), "float16")
+    # --force --limit 2 (as an interrupted forced run): normalizer.json says top_db 60, but
+    # only the first two items (birds/nan, birds/stereo) are redone.
+    partial = features.run(new, StageOptions(force=True, limit=2, progress=False))
+    assert (partial.ok, partial.failed) == (1, 1)
+    assert "4 array(s) there were made with other settings" in caplog.text
+    rows = read_manifest(out)
+    assert rows["stereo_000070"]["spec_id"] == fingerprint != rows["cat_000030"]["spec_id"]
+    again = features.run(new, OPTS)       # a plain rerun: the stale arrays are redone
+    assert (again.ok, again.failed, again.already_done) == (4, 1, 2)
+    rows = read_manifest(out)
+    assert {r["spec_id"] for r in rows.values() if r["status"] == "ok"} == {fingerprint}
+    y, _ = features.load_segment(rows["cat_000030"]["source"], load_spec(out))
+    expected = Spectrogram(load_spec(out))(torch.from_numpy(y)).numpy()
+    assert np.abs(np.load(out / "cats/cat_000030.npy") - expected).max() < 1e-3
+    # The storage type is part of the fingerprint: float32 redoes every array.
+    assert features.run(config("  top_db: 60.0\n  dtype: float32\n"), OPTS).ok == 5
+    assert np.load(out / "cats/cat_000030.npy").dtype == np.float32
+
+
+def test_short_segments_pad_with_zeros_or_repeat(config, tmp_path):
+    spec = SpectrogramSpec()
+    y = animal_call(1.25, seed=4)                               # 40000 samples
+    path = make_wav(tmp_path / "short.wav", y)
+    zeros, info = features.load_segment(path, spec)
+    looped, _ = features.load_segment(path, spec, pad="repeat")
+    assert info["padded_s"] == 1.75 and zeros.shape == looped.shape == (96000,)
+    assert np.abs(zeros[:40000] - y).max() < 1e-4 and not zeros[40000:].any()
+    assert np.array_equal(looped[40000:80000], looped[:40000])
+    assert np.array_equal(looped[80000:], looped[:16000])
+    cfg = config("  pad: repeat\n")
+    features.run(cfg, OPTS)
+    short = np.load(cfg.paths.spectrograms / "cats/short_000040.npy").astype(np.float32)
+    assert short[:, 140:].mean() > 0.2                          # the call again, not silence
+    assert float(read_manifest(cfg.paths.spectrograms)["short_000040"]["padded_s"]) == 1.5
 
 
 def test_round_trip_check_is_repeatable_and_covers_each_group(config):
@@ -208,6 +286,23 @@ def test_load_segment_matches_the_transform_input(tmp_path):
     assert long.shape == (96000,)
     x = Spectrogram(spec)(torch.from_numpy(loaded))
     assert x.shape == (512, 256)
+
+
+@pytest.mark.parametrize("rate", [32000, 44100, 8000])
+def test_load_segment_reads_only_the_frames_it_needs(tmp_path, monkeypatch, rate):
+    spec = SpectrogramSpec()
+    path = make_wav(tmp_path / "long.wav", animal_call(20.0, rate, seed=7), rate)
+    whole, _ = sf.read(path, dtype="float32")
+    asked = []
+    read = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read",
+                        lambda self, frames=-1, **kw: asked.append(frames) or read(self, frames,
+                                                                                   **kw))
+    y, _ = features.load_segment(path, spec)
+    assert len(asked) == 1 and 0 < asked[0] <= 1.01 * 3 * rate + 256
+    # The cut leaves a margin for the resampling filter: as if the whole file were resampled.
+    expected = whole if rate == 32000 else soxr.resample(whole, rate, 32000, quality="HQ")
+    assert np.abs(y - expected[:96000]).max() < 1e-5
 
 
 def test_more_mel_bands_than_stft_bins_is_a_config_error(write_config):

@@ -285,8 +285,32 @@ def test_a_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(train_mod, "vae_loss", poisoned)
     code, err = run_vae(["train", "--config", str(config)], capsys)
-    assert code == 2 and "Traceback" not in err
-    assert "training diverged: the loss is nan at epoch 1, step 3" in err
+    assert code == 1 and "Traceback" not in err     # a failed run, not a settings error
+    assert "vae.py: error: training diverged: the loss is nan at epoch 1, step 3" in err
+    assert not isinstance(train_mod.TrainingDiverged("x"), ConfigError)
+
+
+def test_force_starts_over_only_once_the_new_data_checks_out(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=1)
+    run = tmp_path / "runs" / "default"
+    assert run_vae(["train", "--config", str(config)], capsys)[0] == 0
+    assert run_vae(["generate", "--config", str(config), "--count", "1"], capsys)[0] == 0
+    assert run_vae(["evaluate", "--config", str(config)], capsys)[0] == 0
+    before = {name: (run / name).stat().st_mtime_ns for name in ("model.pth", "last.pth")}
+    # a typo in --input: nothing of the earlier run may be lost
+    code, err = run_vae(["train", "--config", str(config), "--force", "--input",
+                         str(tmp_path / "typo_dir")], capsys)
+    assert code == 2 and "does not exist" in err
+    assert {name: (run / name).stat().st_mtime_ns for name in before} == before
+    for name in ("split.csv", "metrics.csv", "metrics.json", "index.html",
+                 "samples/dogs_0.wav"):
+        assert (run / name).is_file(), name
+    # starting over for real: the old model's samples and gallery go with it
+    assert run_vae(["train", "--config", str(config), "--force"], capsys)[0] == 0
+    assert (run / "model.pth").stat().st_mtime_ns != before["model.pth"]
+    assert not (run / "samples").exists() and not (run / "index.html").exists()
+    assert not (run / "metrics.json").exists()
+    assert [r["epoch"] for r in read_metrics(run)] == [1.0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +329,11 @@ def test_generate_writes_audio_pictures_and_the_gallery(trained, capsys):
                    capsys)[0] == 0
     assert not (run / "samples" / "dogs_2.wav").exists()     # the older dogs_* were replaced
     assert (run / "samples" / "birds_2.wav").exists()        # other groups are kept
+    from PIL import Image
+    with Image.open(run / "samples" / "dogs_0.png") as picture:   # time across, axes drawn
+        assert picture.size == (400, 240)
     page = (run / "index.html").read_text()
+    assert "height: auto" in page                                 # pictures keep their aspect
     links = re.findall(r'src="([^"]+)"', page)
     assert "samples/dogs_0.wav" in links and "samples/birds_2.png" in links
     assert all(not link.startswith("/") and (run / link).is_file() for link in links)
@@ -477,15 +505,83 @@ def test_config_defaults_build_a_model_for_the_default_spectrograms():
     assert model.shape == (512, 256)
 
 
-def test_ctrl_c_during_training_points_to_resume(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("epoch_done", [True, False])
+def test_ctrl_c_during_training_says_whether_to_resume(tmp_path, capsys, monkeypatch,
+                                                       epoch_done):
     config = write_tiny_config(tmp_path)
 
-    def interrupted(*args, **kwargs):
+    def interrupted(config, run_dir, **kwargs):
+        if epoch_done:
+            run_dir.mkdir(parents=True)
+            (run_dir / "last.pth").write_bytes(b"")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_mod, "train", interrupted)
     code, err = run_vae(["train", "--config", str(config)], capsys)
-    assert code == 130 and "vae.py train --resume" in err
+    assert code == 130
+    assert ("holds the last finished epoch; continue with: vae.py train --resume" in err) \
+        == epoch_done
+    assert ("no epoch had finished, so there is nothing to resume" in err) != epoch_done
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+COMMON = {"--config", "--set", "--run", "-v", "--verbose", "-q", "--quiet", "-h", "--help"}
+FLAGS = {   # each sub-command's own flags, beyond COMMON
+    "train": {"--input", "--limit", "--force", "--resume"},
+    "generate": {"--group", "--count"},
+    "reconstruct": {"--count"},
+    "interpolate": {"--steps"},
+    "evaluate": {"--limit"},
+}
+
+
+@pytest.mark.parametrize("command", sorted(FLAGS))
+def test_each_command_takes_only_the_flags_it_uses(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        vae.main([command, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    flags = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", text.split("options:", 1)[1]))
+    assert flags == COMMON | FLAGS[command], flags ^ (COMMON | FLAGS[command])
+    assert "Exit codes: 0 done" in text
+    assert ("1 training diverged" in text) == (command == "train")
+    for unused in ({"--input", "--force", "--workers", "--limit"} - FLAGS[command]):
+        with pytest.raises(SystemExit) as info:
+            vae.main([command, *(["a", "b"] if command == "interpolate" else []), unused,
+                      "1"])
+        assert info.value.code == 2
+        assert f"unrecognized arguments: {unused}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbosity_flags_go_before_or_after_the_command(where):
+    argv = ["-v", "-v", "train"] if where == "before" else ["train", "-vv"]
+    assert vae.build_parser().parse_args(argv).verbose == 2
+    argv = ["-q", "evaluate"] if where == "before" else ["evaluate", "-q"]
+    args = vae.build_parser().parse_args(argv)
+    assert args.quiet is True and args.verbose == 0
+    args = vae.build_parser().parse_args(["generate"])
+    assert args.quiet is False and args.verbose == 0
+
+
+def test_a_typo_in_the_config_file_names_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 3\n")
+    code, err = run_vae(["train", "--config", str(bad)], capsys)
+    assert code == 2 and "train.epochz: unknown key" in err and "Traceback" not in err
+
+
+def test_available_memory_counts_the_page_cache(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  8000000 kB\nMemFree:  100000 kB\nMemAvailable:  6000000 kB\n")
+    monkeypatch.setattr(train_mod, "_MEMINFO", str(meminfo))
+    assert train_mod._available_bytes() == 6000000 * 1024
+    monkeypatch.setattr(train_mod, "_MEMINFO", str(tmp_path / "none"))   # not Linux
+    fallback = train_mod._available_bytes()
+    assert fallback is None or fallback > 0
 
 
 def test_data_too_big_for_memory_is_read_per_batch(tmp_path, monkeypatch):
