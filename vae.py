@@ -97,14 +97,15 @@ def run(args) -> int:
                                limit=getattr(args, "limit", None), progress=not args.quiet)
     if args.command == "train":
         from animalvae import train
+        from animalvae.checkpoint import LAST
         try:
             train.train(config, run_dir, resume=args.resume, options=options)
         except train.TrainingDiverged as exc:
             print(f"vae.py: error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            if (run_dir / train.LAST).is_file():
-                hint = (f"{run_dir / train.LAST} holds the last finished epoch; continue with: "
+            if (run_dir / LAST).is_file():
+                hint = (f"{run_dir / LAST} holds the last finished epoch; continue with: "
                         "vae.py train --resume")
             else:
                 hint = ("no epoch had finished, so there is nothing to resume; start again "

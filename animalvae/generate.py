@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoint import MODEL
 from .cli import StageOptions
 from .config import Config
+from .dataset import SpectrogramSet, iter_batches, read_array, read_split
 from .device import pick_device
 from .errors import ConfigError
 from .gallery import SAMPLES, write_gallery
@@ -39,7 +41,6 @@ from .spectrogram import (
     spectral_convergence,
 )
 from .stage import Item, atomic_path, atomic_write_text
-from .train import MODEL, SpectrogramSet, iter_batches, read_array, read_split
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
            "log_spectral_distance", "PEAK_DBFS", "UNCONDITIONAL"]

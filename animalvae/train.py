@@ -1,4 +1,4 @@
-"""Training the VAE: data, split, one readable loop, checkpoints that resume exactly.
+"""Training the VAE: one readable loop, with its loss, schedules and logs just above it.
 
 Reads a stage-4 folder (``paths.spectrograms``: ``<group>/<id>.npy`` + ``normalizer.json``)
 and writes into the run folder (``paths.runs/<train.name>``):
@@ -8,6 +8,9 @@ and writes into the run folder (``paths.runs/<train.name>``):
 - ``model.pth``: the weights with the best validation loss so far, plus everything needed to
   use them (see :mod:`animalvae.model`); ``last.pth``: the latest state, for ``--resume``;
 - ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect.
+
+Finding, splitting and loading the data is :mod:`animalvae.dataset`; saving, resuming and
+clearing the run folder is :mod:`animalvae.checkpoint`.
 
 Loss (per pixel, so its size does not depend on the spectrogram shape)::
 
@@ -34,46 +37,54 @@ import contextlib
 import csv
 import logging
 import math
-import os
-import random
-import shutil
 import time
-import zlib
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoint import (
+    LAST,
+    LOSS_PLOT,
+    METRICS,
+    MODEL,
+    check_run_dir,
+    clear_run_dir,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from .cli import StageOptions
 from .config import Config, config_to_dict
+from .dataset import (
+    SPLIT,
+    SpectrogramSet,
+    epoch_order,
+    find_spectrograms,
+    is_main_process,
+    iter_batches,
+    rank_and_world,
+    read_split,
+    split_items,
+    write_split,
+)
 from .device import pick_device
 from .errors import AnimalVAEError, ConfigError
-from .gallery import GALLERY, SAMPLES
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
-from .spectrogram import SpectrogramSpec, load_spec
-from .stage import Item, atomic_path, list_items, write_settings
+from .spectrogram import SpectrogramSpec
+from .stage import atomic_path, write_settings
 
-__all__ = ["train", "TrainingDiverged", "SpectrogramSet", "LossTerms", "vae_loss", "lr_at",
-           "beta_at", "split_items", "read_split", "read_array", "iter_batches",
-           "is_main_process", "MODEL", "LAST", "SPLIT", "METRICS", "LOSS_PLOT"]
+__all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at"]
 
 log = logging.getLogger(__name__)
 
-MODEL = "model.pth"
-LAST = "last.pth"
-SPLIT = "split.csv"
-METRICS = "metrics.csv"
-LOSS_PLOT = "loss.png"
 _METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_recon", "train_kl", "val_loss",
                    "val_recon", "val_kl", "beta", "lr", "seconds")
 _MIN_LR_FACTOR = 0.1        # the cosine decays to lr / 10 (nanoGPT's min_lr)
 _PLOT_EVERY_S = 30.0        # redraw loss.png at most this often (and at the end)
-_MEMORY_SHARE = 0.5         # hold the data in memory when it needs less than this share
-_MEMINFO = "/proc/meminfo"  # Linux; elsewhere _available_bytes falls back to sysconf
 
 
 class TrainingDiverged(AnimalVAEError):
@@ -81,197 +92,6 @@ class TrainingDiverged(AnimalVAEError):
 
     Not a :class:`ConfigError`: the settings were valid, the run itself failed.
     """
-
-
-# --------------------------------------------------------------------------------------------
-# Distributed hooks: single process today; torchrun sets RANK / WORLD_SIZE.
-# --------------------------------------------------------------------------------------------
-
-def _rank_and_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """Whether this process writes files and logs (rank 0; always true without torchrun)."""
-    return _rank_and_world()[0] == 0
-
-
-def _epoch_order(n: int, *, seed: int, epoch: int) -> Tensor:
-    """This process's shuffled indices for ``epoch``: a function of (seed, epoch) only.
-
-    Not a stateful sampler, so resuming needs no sampler state; under DDP each rank would take
-    every ``world_size``-th index of the same permutation.
-    """
-    rank, world = _rank_and_world()
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=gen)[rank::world]
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-def split_items(items: Sequence[Item], *, val_fraction: float,
-                seed: int) -> tuple[list[Item], list[Item]]:
-    """Split ``items`` into (train, val), per group, reproducibly.
-
-    Each group is shuffled with its own seed (``train.seed`` and the group name, so adding a
-    group leaves the others' splits alone) and ``round(val_fraction * n)`` of it, at least 1
-    and at most ``n - 1``, is held out; a group with one file goes to training only.
-    """
-    by_group: dict[str, list[Item]] = {}
-    for item in sorted(items, key=lambda it: (it.group, it.id)):
-        by_group.setdefault(item.group, []).append(item)
-    train, val = [], []
-    for group, members in by_group.items():
-        rng = np.random.default_rng([seed, zlib.crc32(group.encode())])
-        order = rng.permutation(len(members))
-        n_val = min(max(round(val_fraction * len(members)), 1), len(members) - 1)
-        val += [members[i] for i in sorted(order[:n_val])]
-        train += [members[i] for i in sorted(order[n_val:])]
-    return train, val
-
-
-def _limit_items(items: list[Item], limit: int) -> list[Item]:
-    """The first ``limit`` items, taken round-robin over groups so a smoke run keeps them all."""
-    by_group: dict[str, list[Item]] = {}
-    for item in items:
-        by_group.setdefault(item.group, []).append(item)
-    picked: list[Item] = []
-    queues = [iter(v) for v in by_group.values()]
-    while len(picked) < limit and queues:
-        for queue in list(queues):
-            item = next(queue, None)
-            if item is None:
-                queues.remove(queue)
-            elif len(picked) < limit:
-                picked.append(item)
-    return picked
-
-
-def _write_split(path: Path, train: list[Item], val: list[Item]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "group", "split", "path"])
-        for name, part in (("train", train), ("val", val)):
-            for item in part:
-                writer.writerow([item.id, item.group, name, str(Path(item.source).resolve())])
-
-
-def read_split(run_dir: Path) -> tuple[list[Item], list[Item]]:
-    """The (train, val) items recorded in ``run_dir/split.csv``.
-
-    Raises
-    ------
-    ConfigError
-        When the file is missing or malformed.
-    """
-    path = Path(run_dir) / SPLIT
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: this run folder was not made by vae.py train")
-    parts: dict[str, list[Item]] = {"train": [], "val": []}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row.get("split") not in parts or not row.get("id") or not row.get("path"):
-                raise ConfigError(f"{path}: malformed row {row}; retrain with --force")
-            parts[row["split"]].append(Item(row["id"], row["group"], Path(row["path"]),
-                                            row["group"]))
-    return parts["train"], parts["val"]
-
-
-def _available_bytes() -> int | None:
-    """Memory that can be had without swapping, in bytes (None when unknown).
-
-    Linux's ``MemAvailable`` counts the page cache that can be dropped; ``SC_AVPHYS_PAGES``
-    (the fallback elsewhere) counts free pages only, which on a busy machine is a fraction.
-    """
-    try:
-        with open(_MEMINFO, encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024           # the file says kB
-    except (OSError, ValueError, IndexError):  # not Linux, or an old kernel
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def read_array(path: Path, shape: tuple[int, int], *, mmap: bool = False) -> np.ndarray:
-    """One stored spectrogram, checked: (n_bins, n_frames), finite (ConfigError naming it)."""
-    try:
-        a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read it as a .npy array ({exc}); rerun "
-                          "preprocess_audio_vae.py with --force") from None
-    if a.shape != shape:
-        raise ConfigError(f"{path} has shape {a.shape}, but the model's spectrograms are "
-                          f"{shape}: the data and the model come from different features "
-                          "settings (rerun preprocess_audio_vae.py, or train a new model)")
-    if not mmap and not np.isfinite(a).all():
-        raise ConfigError(f"{path} holds NaN or Inf values; rerun preprocess_audio_vae.py "
-                          "with --force")
-    return a
-
-
-class SpectrogramSet:
-    """Spectrograms and their group indices; in memory (float16) when they fit, else on disk.
-
-    Parameters
-    ----------
-    items : list of Item
-        Their ``source`` is a ``.npy`` of shape ``shape``.
-    groups : list of str
-        Group names; an item's label is its group's index in this list.
-    shape : tuple of int
-        ``(n_bins, n_frames)``.
-    progress : bool
-        Show a progress bar while loading.
-
-    Raises
-    ------
-    ConfigError
-        When a file is unreadable, of the wrong shape, or not finite.
-    """
-
-    def __init__(self, items: Sequence[Item], groups: Sequence[str], shape: tuple[int, int], *,
-                 progress: bool = False):
-        from tqdm.auto import tqdm
-
-        self.items = list(items)
-        self.shape = tuple(shape)
-        self.paths = [Path(it.source) for it in self.items]
-        self.y = torch.tensor([list(groups).index(it.group) for it in self.items],
-                              dtype=torch.long)                          # (N,)
-        need = len(self.items) * math.prod(self.shape) * 2
-        avail = _available_bytes()
-        self.x: Tensor | None = None
-        if avail is None or need < _MEMORY_SHARE * avail:
-            x = torch.empty(len(self.items), 1, *self.shape, dtype=torch.float16)  # (N, 1, H, W)
-            for i, path in enumerate(tqdm(self.paths, desc="loading", unit="file",
-                                          disable=not progress, leave=False)):
-                x[i, 0] = torch.from_numpy(read_array(path, self.shape).astype(np.float16))
-            self.x = x
-        else:
-            log.info("%d spectrograms need %.1f GB, more than half the free memory: reading "
-                     "them from disk per batch", len(self.items), need / 1e9)
-            for path in self.paths:
-                read_array(path, self.shape, mmap=True)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def batch(self, idx: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Rows ``idx`` as float32 ``(B, 1, H, W)`` in [0, 1] and ``(B,)`` labels on ``device``."""
-        if self.x is not None:
-            x = self.x[idx]
-        else:
-            x = torch.stack([torch.from_numpy(
-                read_array(self.paths[i], self.shape).astype(np.float32))[None]
-                for i in idx.tolist()])
-        return (x.to(device, non_blocking=True).float(),
-                self.y[idx].to(device, non_blocking=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,44 +142,6 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int) -> float
 def beta_at(step: int, *, beta: float, warmup_steps: int) -> float:
     """KL weight at optimiser step ``step``: linear from 0 to ``beta`` over ``warmup_steps``."""
     return beta if warmup_steps <= 0 else beta * min(1.0, step / warmup_steps)
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints: plain data (weights_only-loadable), written atomically
-# --------------------------------------------------------------------------------------------
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,47 +216,6 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, device: torc
 # The training run
 # --------------------------------------------------------------------------------------------
 
-# What a run folder holds from an earlier run; a fresh run (--force) removes all of it, so
-# that neither --resume nor the gallery can mix the old model's files with the new one's.
-_RUN_FILES = (MODEL, LAST, METRICS, LOSS_PLOT, SPLIT, "metrics.json", GALLERY)
-
-
-def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
-    """ConfigError when ``run_dir`` cannot take this run; changes nothing."""
-    if resume:
-        if not (run_dir / LAST).is_file():
-            raise ConfigError(f"--resume: {run_dir / LAST} not found (nothing to continue; "
-                              "train without --resume)")
-        return
-    if not force and ((run_dir / LAST).exists() or (run_dir / MODEL).exists()):
-        raise ConfigError(f"run folder {run_dir} already holds a training run: continue it "
-                          "with --resume, start over with --force, or name a new run with "
-                          "--set train.name=NAME")
-
-
-def _clear_run_dir(run_dir: Path) -> None:
-    """Remove an earlier run's outputs (called once the new run's data and model check out)."""
-    removed = [name for name in (*_RUN_FILES, SAMPLES) if (run_dir / name).exists()]
-    for name in _RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    if (run_dir / SAMPLES).is_dir():
-        shutil.rmtree(run_dir / SAMPLES)
-    if removed:
-        log.info("--force: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
-
-
-def _fresh_data(config: Config, options: StageOptions) -> tuple[SpectrogramSpec, list[Item]]:
-    folder = config.paths.spectrograms
-    items = list_items(folder, [".npy"], what="spectrogram")
-    spec = load_spec(folder)
-    if options.limit is not None:
-        items = _limit_items(items, options.limit)
-    if len(items) < 2:
-        raise ConfigError(f"{folder} has {len(items)} spectrogram(s): training needs at least 2 "
-                          "(one is held out for validation)")
-    return spec, items
-
-
 def train(config: Config, run_dir: Path, *, resume: bool = False,
           options: StageOptions | None = None) -> Path:
     """Train the VAE on ``config.paths.spectrograms``; write the run folder.
@@ -515,10 +256,10 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     tc = config.train
     run_dir = Path(run_dir)
     device = pick_device(tc.device)
-    if _rank_and_world()[1] > 1:
+    if rank_and_world()[1] > 1:
         raise ConfigError("WORLD_SIZE > 1: multi-process (torchrun/DDP) training is not "
                           "supported yet; run vae.py train as one process")
-    _check_run_dir(run_dir, resume=resume, force=options.force)
+    check_run_dir(run_dir, resume=resume, force=options.force)
 
     # -- data: a fresh split, or the recorded one when resuming --------------------------------
     state: dict[str, Any] | None = None
@@ -534,21 +275,21 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
         if options.limit is not None:
             log.info("--limit is ignored with --resume: the recorded split is used")
     else:
-        spec, items = _fresh_data(config, options)
+        spec, items = find_spectrograms(config.paths.spectrograms, limit=options.limit)
         train_items, val_items = split_items(items, val_fraction=tc.val_fraction, seed=tc.seed)
         if not val_items:
             raise ConfigError(f"no group in {config.paths.spectrograms} has 2 or more files, so "
                               "nothing can be held out for validation; add data")
         groups = sorted({it.group for it in items})
-    _seed_everything(tc.seed)  # before the model, so its initial weights are repeatable
+    seed_everything(tc.seed)  # before the model, so its initial weights are repeatable
     model = build_model(config.model, spec, groups).to(device)  # ConfigError on a bad shape
     train_set = SpectrogramSet(train_items, groups, spec.shape, progress=options.progress)
     val_set = SpectrogramSet(val_items, groups, spec.shape, progress=options.progress)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            _clear_run_dir(run_dir)  # only now: a bad --input or setting leaves the old run be
-            _write_split(run_dir / SPLIT, train_items, val_items)
+            clear_run_dir(run_dir)  # only now: a bad --input or setting leaves the old run be
+            write_split(run_dir / SPLIT, train_items, val_items)
         write_settings(run_dir, config_to_dict(config))
     log.info("%d training and %d validation spectrograms %s in %d group(s) (%s); "
              "%.2f M parameters on %s", len(train_set), len(val_set), spec.shape, len(groups),
@@ -574,7 +315,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
         optimizer.load_state_dict(state["optimizer"])
         epoch, batch, step = state["epoch"], state["batch"], state["step"]
         best_val, rows, sums = state["best_val"], list(state["metrics"]), dict(state["sums"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if state["steps_per_epoch"] != steps_per_epoch:
             raise ConfigError(f"--resume: train.batch_size={tc.batch_size} differs from the run "
                               f"being resumed; keep the batch size, or start over with --force")
@@ -605,7 +346,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     with bar, logging_redirect_tqdm():
         while epoch < tc.epochs and not stop:
             t0 = time.monotonic()
-            order = _epoch_order(len(train_set), seed=tc.seed, epoch=epoch)
+            order = epoch_order(len(train_set), seed=tc.seed, epoch=epoch)
             beta = lr = 0.0
             while batch < steps_per_epoch:
                 # learning rate and KL weight of this step
@@ -678,12 +419,12 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                 continue
             if val["loss"] < best_val:
                 best_val = val["loss"]
-                _save(run_dir / MODEL, checkpoint(epoch=rows[-1]["epoch"], step=step,
-                                                  val_loss=best_val))
-            _save(run_dir / LAST, checkpoint(
+                save_checkpoint(run_dir / MODEL, checkpoint(epoch=rows[-1]["epoch"], step=step,
+                                                            val_loss=best_val))
+            save_checkpoint(run_dir / LAST, checkpoint(
                 epoch=epoch, batch=batch, step=step, steps_per_epoch=steps_per_epoch,
                 best_val=best_val, metrics=rows, sums=sums, optimizer=optimizer.state_dict(),
-                scheduler=schedule, rng=_rng_state()))
+                scheduler=schedule, rng=rng_state()))
             _write_metrics(run_dir, rows)
             # drawing takes ~0.5 s: not after every epoch of a fast run, but always at the end
             if stop or epoch >= tc.epochs or time.monotonic() - last_plot >= _PLOT_EVERY_S:
@@ -696,10 +437,3 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     log.info("best validation loss %.5g: %s (last state: %s)", best_val, run_dir / MODEL,
              run_dir / LAST)
     return run_dir / MODEL
-
-
-def iter_batches(n: int, batch_size: int) -> Iterator[Tensor]:
-    """Index tensors ``[0, b), [b, 2b), ...`` covering ``range(n)`` in order."""
-    for start in range(0, n, batch_size):
-        yield torch.arange(start, min(start + batch_size, n))
-

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from animalvae import demo, synth
+from animalvae import demo, demo_data, local_server, synth
 from animalvae.config import DEFAULT_CONFIG, load_config
 from animalvae.errors import ConfigError
 from animalvae.stage import read_manifest
@@ -109,21 +109,21 @@ def test_demo_config_sets_every_key_and_selects_the_demo_labels():
         missing = set(keys) - set(mine.get(section, {})) - {"audioset_classes"}
         assert not missing, f"configs/demo.yaml lacks {section}.{sorted(missing)}"
     assert DEMO.detect.backend == "energy"
-    assert {g: tuple(v) for g, v in DEMO.download.classes.items()} == demo.DEMO_LABELS
+    assert {g: tuple(v) for g, v in DEMO.download.classes.items()} == demo_data.DEMO_LABELS
     assert DEMO.paths.clips == demo.DEFAULT_OUT / "data" / "clips"
 
 
 def test_plan_is_stable_and_vggsound_shaped(tmp_path):
-    small, big = demo.plan_dataset(2, seed=0), demo.plan_dataset(4, seed=0)
+    small, big = demo_data.plan_dataset(2, seed=0), demo_data.plan_dataset(4, seed=0)
     assert set(small) <= set(big)                       # a bigger demo reuses the smaller one
     ids = [c.ytid for c in big]
     assert len(set(ids)) == len(ids)
-    assert all(len(i) == 11 and set(i) <= set(demo._YTID_CHARS) for i in ids)
+    assert all(len(i) == 11 and set(i) <= set(demo_data._YTID_CHARS) for i in ids)
     assert any(i.startswith("-") for i in ids)
-    assert all(0 <= c.start <= demo.SERVED_SECONDS - demo.CLIP_SECONDS for c in big)
-    missing = demo.write_csv(big, tmp_path / "v.csv")
+    assert all(0 <= c.start <= demo_data.SERVED_SECONDS - demo_data.CLIP_SECONDS for c in big)
+    missing = demo_data.write_csv(big, tmp_path / "v.csv")
     text = (tmp_path / "v.csv").read_text()
-    assert text.count("\n") == len(big) + 1 + len(demo.OTHER_ROWS)
+    assert text.count("\n") == len(big) + 1 + len(demo_data.OTHER_ROWS)
     assert '"bird chirping, tweeting"' in text                 # quoted only with a comma
     rows = list(csv.reader(text.splitlines()))
     assert all(len(r) == 4 for r in rows) and [r[0] for r in rows] == sorted(r[0] for r in rows)
@@ -132,7 +132,7 @@ def test_plan_is_stable_and_vggsound_shaped(tmp_path):
 
 def test_server_serves_files_and_stops(tmp_path):
     (tmp_path / "-abcdefghij.mp4").write_bytes(b"x" * 10)
-    with demo.serve(tmp_path) as base:
+    with local_server.serve(tmp_path) as base:
         with urllib.request.urlopen(f"{base}/-abcdefghij.mp4", timeout=5) as response:
             assert response.read() == b"x" * 10
         with pytest.raises(urllib.error.HTTPError):
@@ -197,7 +197,7 @@ def test_demo_runs_every_stage_and_says_where_things_are(demo_run):
 
 def test_stage1_clips_and_manifest(demo_run):
     out, _ = demo_run
-    clips = demo.plan_dataset(CLIPS_PER_GROUP)
+    clips = demo_data.plan_dataset(CLIPS_PER_GROUP)
     rows = read_manifest(out / "data" / "clips")
     ok = _ok(rows)
     expected = {f"{c.ytid}_{c.start:06d}": c for c in clips}
@@ -210,7 +210,7 @@ def test_stage1_clips_and_manifest(demo_run):
         assert float(row["duration"]) == pytest.approx(10.0, abs=0.2)
     failed = [r for r in rows.values() if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["reason"]        # the video the server lacks
-    assert not any(r["label"] in dict(demo.OTHER_ROWS) for r in rows.values())
+    assert not any(r["label"] in dict(demo_data.OTHER_ROWS) for r in rows.values())
 
 
 def test_stage2_audio(demo_run):
@@ -231,16 +231,16 @@ def test_stage3_finds_the_call_and_its_frame(demo_run):
     det = out / "data" / "detections"
     ok = _ok(read_manifest(det))
     assert len(ok) == 3 * CLIPS_PER_GROUP
-    for clip in demo.plan_dataset(CLIPS_PER_GROUP):
+    for clip in demo_data.plan_dataset(CLIPS_PER_GROUP):
         row = ok[f"{clip.ytid}_{clip.start:06d}"]
         info = sf.info(det / row["output"])
         assert info.frames == 3 * DEMO.extract.sample_rate
         assert row["output"].startswith("segments/")
         # Recreate the clip's audio to know where the call is (the demo is seeded).
         _, call_start, call_end = synth.clip_audio(
-            clip.group, seconds=demo.SERVED_SECONDS, sr=demo.AUDIO_SR,
+            clip.group, seconds=demo_data.SERVED_SECONDS, sr=demo_data.AUDIO_SR,
             rng=np.random.default_rng(clip.seed),
-            call_between_s=(clip.start + 0.5, clip.start + demo.CLIP_SECONDS - 0.5))
+            call_between_s=(clip.start + 0.5, clip.start + demo_data.CLIP_SECONDS - 0.5))
         call = (call_start - clip.start, call_end - clip.start)       # seconds in the clip
         window = (float(row["window_start"]), float(row["window_end"]))
         overlap = min(call[1], window[1]) - max(call[0], window[0])

@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 
 import vae
+from animalvae import dataset as dataset_mod
 from animalvae import train as train_mod
 from animalvae.config import ModelConfig, load_config
 from animalvae.errors import ConfigError
@@ -151,12 +152,12 @@ def test_loss_terms_free_bits_and_schedules():
 def test_split_is_stratified_repeatable_and_disjoint():
     items = [Item(f"{g}{i}", g, f"/x/{g}{i}.npy") for g, n in (("a", 10), ("b", 5), ("c", 1))
              for i in range(n)]
-    train, val = train_mod.split_items(items, val_fraction=0.2, seed=0)
+    train, val = dataset_mod.split_items(items, val_fraction=0.2, seed=0)
     assert {it.id for it in train}.isdisjoint({it.id for it in val})
     assert len(train) + len(val) == 16
     assert sorted(it.group for it in val) == ["a", "a", "b"]   # c has one file: training only
-    assert train_mod.split_items(items, val_fraction=0.2, seed=0) == (train, val)
-    assert train_mod.split_items(items, val_fraction=0.2, seed=1)[1] != val
+    assert dataset_mod.split_items(items, val_fraction=0.2, seed=0) == (train, val)
+    assert dataset_mod.split_items(items, val_fraction=0.2, seed=1)[1] != val
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,19 +578,19 @@ def test_a_typo_in_the_config_file_names_the_key(tmp_path, capsys):
 def test_available_memory_counts_the_page_cache(tmp_path, monkeypatch):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:  8000000 kB\nMemFree:  100000 kB\nMemAvailable:  6000000 kB\n")
-    monkeypatch.setattr(train_mod, "_MEMINFO", str(meminfo))
-    assert train_mod._available_bytes() == 6000000 * 1024
-    monkeypatch.setattr(train_mod, "_MEMINFO", str(tmp_path / "none"))   # not Linux
-    fallback = train_mod._available_bytes()
+    monkeypatch.setattr(dataset_mod, "_MEMINFO", str(meminfo))
+    assert dataset_mod._available_bytes() == 6000000 * 1024
+    monkeypatch.setattr(dataset_mod, "_MEMINFO", str(tmp_path / "none"))   # not Linux
+    fallback = dataset_mod._available_bytes()
     assert fallback is None or fallback > 0
 
 
 def test_data_too_big_for_memory_is_read_per_batch(tmp_path, monkeypatch):
     data = make_data(tmp_path / "spectrograms", per_group=3)
     items = [Item(p.stem, p.parent.name, p) for p in sorted(data.glob("*/*.npy"))]
-    in_memory = train_mod.SpectrogramSet(items, ["birds", "dogs"], SPEC.shape)
-    monkeypatch.setattr(train_mod, "_available_bytes", lambda: 1)
-    on_disk = train_mod.SpectrogramSet(items, ["birds", "dogs"], SPEC.shape)
+    in_memory = dataset_mod.SpectrogramSet(items, ["birds", "dogs"], SPEC.shape)
+    monkeypatch.setattr(dataset_mod, "_available_bytes", lambda: 1)
+    on_disk = dataset_mod.SpectrogramSet(items, ["birds", "dogs"], SPEC.shape)
     assert in_memory.x is not None and on_disk.x is None
     idx = torch.tensor([4, 0, 2])
     for a, b in zip(in_memory.batch(idx, torch.device("cpu")),
