@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 _EPILOG_COMMON = (
     "Every setting lives in config.yaml (see the comments there); --set changes one for this "
-    "run, e.g. --set extract.sample_rate=16000. Paths in the config file and in --set "
+    "run, e.g. --set extract.min_seconds=2. Paths in the config file and in --set "
     "paths.*=... are relative to the config file; --input/--output are relative to the "
     "current directory. A rerun skips finished items; Ctrl-C stops cleanly and the same "
     "command continues. Exit codes: 0 done, 1 every item failed (or a system error such as a "
@@ -97,7 +98,7 @@ def stage_parser(prog: str, description: str, *, input_help: str | None,
     """The parser of a one-stage script, with the common flags in place."""
     return argparse.ArgumentParser(
         prog=prog, description=description,
-        epilog=(epilog + "\n\n" if epilog else "") + _EPILOG_COMMON,
+        epilog=(epilog + "\n\n" if epilog else "") + textwrap.fill(_EPILOG_COMMON, width=79),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_parent(input_help=input_help, output_help=output_help)])
 
@@ -174,6 +175,12 @@ def config_from_args(args: argparse.Namespace, *, input_key: str | None = None,
             replaced[key.removeprefix("paths.")] = Path(value).expanduser().resolve()
     if replaced:
         config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, **replaced))
+    if input_key and output_key and \
+            getattr(config.paths, input_key.removeprefix("paths.")) == \
+            getattr(config.paths, output_key.removeprefix("paths.")):
+        raise ConfigError(f"{output_key} and {input_key} are the same folder "
+                          f"({getattr(config.paths, output_key.removeprefix('paths.'))}): a "
+                          "stage must not write over its own input and manifest")
     if output_key:
         _check_output_folder(getattr(config.paths, output_key.removeprefix("paths.")),
                              flag="--output" if getattr(args, "output", None) else output_key)

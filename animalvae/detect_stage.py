@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import difflib
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,15 @@ from .stage import (
 __all__ = ["DetectStage", "PannsScorer", "EnergyScorer", "run", "AUDIO_EXTENSIONS"]
 
 log = logging.getLogger(__name__)
+
+
+def _warn_unused_classes(audioset_classes: Mapping[str, Any], groups: set[str]) -> None:
+    """Warn about ``detect.audioset_classes`` keys that name no group in the input (typos)."""
+    for key in sorted(k for k in audioset_classes if k != "*" and k not in groups):
+        close = difflib.get_close_matches(key, sorted(groups), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        log.warning("detect.audioset_classes[%r] names no group in %s%s: it is unused",
+                    key, "the input" if groups else "the (empty) input", hint)
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 _PREFETCH_BATCHES = 2  # batches read ahead of the model
@@ -450,6 +460,7 @@ def run(config: Config, options: StageOptions) -> Summary:
     classes: dict[str, list[int]] = {}
     device = None
     if settings.backend == "panns":
+        _warn_unused_classes(settings.audioset_classes, {item.group for item in items})
         for group in sorted({item.group for item in items}):
             spec = settings.audioset_classes.get(group, settings.audioset_classes.get("*"))
             if spec is None:
@@ -459,9 +470,9 @@ def run(config: Config, options: StageOptions) -> Summary:
                 classes[group] = panns.resolve_classes(spec)[0]  # names checked by config
         problems += panns.check_checkpoint(settings.checkpoint)
         try:
-            device = pick_device(settings.device)
+            device = pick_device(settings.device, key="detect.device")
         except ConfigError as exc:
-            problems += [f"detect.{p}" for p in exc.problems]
+            problems += exc.problems
     if problems:
         raise ConfigError(problems)
 

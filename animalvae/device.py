@@ -9,8 +9,10 @@ from .errors import ConfigError
 __all__ = ["pick_device"]
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", *, key: str = "device") -> torch.device:
     """The device named by a config value (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+
+    ``key`` is the config key the value came from (``train.device``), named in errors.
 
     Raises
     ------
@@ -26,10 +28,10 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a torch device (auto, cpu, cuda, mps)") \
+        raise ConfigError(f"{key}={name!r} is not a torch device (auto, cpu, cuda, mps)") \
             from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available here (use auto or cpu)")
+        raise ConfigError(f"{key}={name!r} but CUDA is not available here (use auto or cpu)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={name!r} but MPS is not available here (use auto or cpu)")
+        raise ConfigError(f"{key}={name!r} but MPS is not available here (use auto or cpu)")
     return device

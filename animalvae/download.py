@@ -324,6 +324,7 @@ class _ClipStage(Stage):
     suffix = ".mp4"
     columns = ("ytid", "start", "split", "bytes", "duration")
     executor = "thread"
+    adopt_orphans = True  # a clip on disk is worth keeping even when its row was lost
 
     def __init__(self, rows: Mapping[str, Row]):
         self.rows = rows

@@ -8,8 +8,9 @@ audio again later: PANNs (stage 3) and the spectrograms (stage 4) read these fil
 The RMS level is measured on the converted file; near-silent audio (VGGSound has muted clips) is
 skipped and its WAV not kept. A skip or failure is not final: a later run revisits a silent
 skip once ``extract.silence_dbfs`` is lowered below its level, a too-short failure once
-``extract.min_seconds`` allows its duration, and any item whose source file changed (see
-:meth:`ExtractStage.should_retry`).
+``extract.min_seconds`` allows its duration, and any item whose source file changed or whose
+ffmpeg/ffprobe run was stopped by a signal (a Ctrl-C reaches them too; recorded as
+``interrupted: ...``) (see :meth:`ExtractStage.should_retry`).
 
 Manifest columns besides the base ones: ``video`` (absolute path of the source when it has a
 video stream, for stage 3's frames; else empty), ``duration`` (seconds), ``sample_rate`` (Hz)
@@ -19,6 +20,7 @@ whose reason carries the measured value that decided them.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -46,7 +48,8 @@ from .stage import (
     write_settings,
 )
 
-__all__ = ["ExtractStage", "run", "list_sources", "rms_dbfs", "ffmpeg_reason",
+__all__ = ["ExtractStage", "run", "list_sources", "rms_dbfs", "ffmpeg_reason", "silent_level",
+           "interrupted_reason",
            "CLIP_EXTENSIONS", "AUDIO_EXTENSIONS"]
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,10 @@ _EXCEPTION_REASON_RE = re.compile(r"^[A-Z]\w*(Error|Exception): ")
 # A failed or skipped row has no stage columns (run_stage records only the reason), so the
 # measured value that decided it lives in the reason, written and read back by this module.
 _SILENT_RE = re.compile(r"^silent \((-inf|-?\d+(?:\.\d+)?) dBFS\)$")
+# A tool run that ended because of a signal (a terminal Ctrl-C reaches ffmpeg/ffprobe too): the
+# file was not judged, so the failure is recorded as "interrupted: ..." and always retried.
+_INTERRUPTED = "interrupted: "
+_RECEIVED_SIGNAL_RE = re.compile(r"received signal (\d+)")
 _TOO_SHORT_RE = re.compile(r"^too short \((\d+(?:\.\d+)?) s\)$")
 # A decode that comes out shorter than the declared duration by more than this is a partial
 # file (when ffmpeg also reported errors); small differences are codec padding.
@@ -128,6 +135,32 @@ def ffmpeg_reason(stderr: bytes | str, path: Path | str | None = None) -> str:
     specific = [ln for ln in lines if not ln.lower().startswith(_GENERIC_LINES)]
     chosen = specific or lines
     return chosen[-1] if chosen else "ffmpeg failed"
+
+
+def silent_level(reason: str) -> float | None:
+    """The level ``L`` of a ``silent (L dBFS)`` skip reason (``-inf`` possible); else None.
+
+    Shared with the later stages that skip silent audio with the same reason, so a skip is
+    revisited by the same rule: once the threshold is below ``L``.
+    """
+    match = _SILENT_RE.match(reason)
+    return float(match[1]) if match else None
+
+
+def interrupted_reason(tool: str, returncode: int, stderr: bytes | str) -> str | None:
+    """``"interrupted: ..."`` when ``tool`` ended because of a signal, else None.
+
+    A signal shows as a negative return code (killed), or as ffmpeg's own exit after catching
+    it: status 255 with "Exiting normally, received signal N." (or "received signal N") in
+    its output. Such a run says nothing about the file; its partial output (e.g. "moov atom
+    not found" from a read cut short) must not be recorded as the file's fault.
+    """
+    if returncode < 0:
+        return f"{_INTERRUPTED}{tool} stopped by signal {-returncode}"
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    if returncode == 255 and (match := _RECEIVED_SIGNAL_RE.search(text)):
+        return f"{_INTERRUPTED}{tool} received signal {match[1]}"
+    return None
 
 
 def _round_ms(duration_s: float) -> float:
@@ -215,6 +248,8 @@ class ExtractStage(Stage):
         - the source file was modified since the last run: always redone;
         - skipped as ``silent (L dBFS)``: revisited when ``silence_dbfs`` is now below ``L``;
         - failed as ``too short (D s)``: retried when ``min_seconds`` is now at most ``D``;
+        - failed as ``interrupted: ...`` (ffmpeg/ffprobe stopped by a signal, e.g. Ctrl-C):
+          always retried;
         - any other failure: retried only when it was an unexpected error (recorded as
           ``SomeError: ...``, e.g. a full disk), not the file ("no audio stream", "moov atom
           not found" stand).
@@ -229,11 +264,11 @@ class ExtractStage(Stage):
         bool
         """
         reason = row.get("reason", "")
-        if self._source_changed(row):
+        if self._source_changed(row) or reason.startswith(_INTERRUPTED):
             return True
         if row.get("status") == "skipped":
-            silent = _SILENT_RE.match(reason)
-            return silent is not None and self.silence_dbfs < float(silent[1])
+            level = silent_level(reason)
+            return level is not None and self.silence_dbfs < level
         if (short := _TOO_SHORT_RE.match(reason)):
             return float(short[1]) >= self.min_seconds
         return _EXCEPTION_REASON_RE.match(reason) is not None
@@ -269,10 +304,7 @@ class ExtractStage(Stage):
             raise
 
     def _process(self, source: Path, output: Path) -> dict[str, Any]:
-        try:
-            info = ffmpeg.probe(str(source), v="error")
-        except ffmpeg.Error as exc:
-            raise ItemFailed(ffmpeg_reason(exc.stderr, source)) from None
+        info = _probe(source)
         audio, declared_s, has_video = _audio_facts(info)
         if audio is None:
             raise ItemFailed("no audio stream")
@@ -317,9 +349,30 @@ class ExtractStage(Stage):
             cmd=["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"],
             overwrite_output=True)
         proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-        if proc.returncode != 0 or not target.is_file():
+        _check_run("ffmpeg", proc, source)
+        if not target.is_file():
             raise ItemFailed(ffmpeg_reason(proc.stderr, source))
         return proc.stderr
+
+
+def _probe(source: Path) -> dict[str, Any]:
+    """``ffprobe``'s JSON for ``source`` (as ``ffmpeg.probe``, which hides the return code)."""
+    proc = subprocess.run(["ffprobe", "-v", "error", "-show_format", "-show_streams",
+                           "-of", "json", str(source)],
+                          stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    _check_run("ffprobe", proc, source)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise ItemFailed("ffprobe gave no readable output") from None
+
+
+def _check_run(tool: str, proc: subprocess.CompletedProcess, source: Path) -> None:
+    """Raise ItemFailed for a failed run: ``interrupted: ...`` (retried) after a signal."""
+    if (interrupted := interrupted_reason(tool, proc.returncode, proc.stderr)) is not None:
+        raise ItemFailed(interrupted)
+    if proc.returncode != 0:
+        raise ItemFailed(ffmpeg_reason(proc.stderr, source))
 
 
 def _wav_rms_dbfs(path: Path, *, block_frames: int = 1 << 16) -> float:

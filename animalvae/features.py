@@ -51,6 +51,7 @@ from .config import Config, config_to_dict
 from .detect import pad_audio
 from .device import pick_device
 from .errors import ConfigError, ItemFailed, ItemSkipped
+from .extract import silent_level
 from .plots import show_spectrogram
 from .spectrogram import (
     NORMALIZER,
@@ -95,14 +96,31 @@ def spec_from_config(config: Config) -> SpectrogramSpec:
     return SpectrogramSpec.from_config(config.features, config.extract.sample_rate)
 
 
-def spec_fingerprint(spec: SpectrogramSpec, dtype: str) -> str:
-    """A short id of the representation and the storage type (12 hex digits).
+def spec_fingerprint(spec: SpectrogramSpec, dtype: str, pad: str = "zeros") -> str:
+    """A short id of the representation, the storage type and the padding (12 hex digits).
 
     Recorded in every ``ok`` manifest row as ``spec_id``: arrays whose ``spec_id`` differs
-    from the current one were made with other settings.
+    from the current one were made with other settings. ``n_mels`` counts only for mel
+    spectrograms.
     """
-    text = json.dumps({**spec.to_dict(), "dtype": np.dtype(dtype).name}, sort_keys=True)
+    text = json.dumps({**_spec_dict(spec), "dtype": np.dtype(dtype).name, "pad": pad},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _spec_dict(spec: SpectrogramSpec) -> dict[str, Any]:
+    """``spec.to_dict()`` without the settings its kind does not use (n_mels of an stft)."""
+    fields = spec.to_dict()
+    if spec.kind == "stft":
+        fields.pop("n_mels", None)
+    return fields
+
+
+def _same_spec(a: SpectrogramSpec, b: SpectrogramSpec) -> bool:
+    """Equal in every setting that shapes the arrays (an stft's n_mels does not)."""
+    if a.kind == b.kind == "stft":
+        return dataclasses.replace(a, n_mels=b.n_mels) == b
+    return a == b
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,9 +198,9 @@ def load_segment(path: Path, spec: SpectrogramSpec, *, silence_dbfs: float = -60
     rms = _rms_dbfs(y)    # of what is kept, before any padding; NaN if a sample is NaN/Inf
     if math.isnan(rms) or rms == math.inf:
         raise ItemFailed("non-finite samples (NaN or Inf)")
-    if rms < silence_dbfs:
-        raise ItemSkipped("silent (all zeros)" if rms == -math.inf
-                          else f"silent ({rms:.1f} dBFS < {silence_dbfs:g} dBFS)")
+    if round(rms, 2) < silence_dbfs:   # the rounded level: the one the reason records
+        # Stage 2's format, read back by FeaturesStage.should_retry (extract.silent_level).
+        raise ItemSkipped(f"silent ({rms:.2f} dBFS)")
     missing = spec.n_samples - y.shape[0]
     y = pad_audio(y, spec.n_samples, mode=pad)
     info = {"rms_dbfs": round(rms, 2), "padded_s": round(max(missing, 0) / spec.sample_rate, 4),
@@ -225,7 +243,7 @@ class FeaturesStage(Stage):
                  device: torch.device | None = None):
         self.spec = spec
         self.dtype = np.dtype(dtype)
-        self.fingerprint = spec_fingerprint(spec, dtype)
+        self.fingerprint = spec_fingerprint(spec, dtype, pad)
         self.workers = workers
         self.silence_dbfs = silence_dbfs
         self.pad = pad
@@ -235,6 +253,14 @@ class FeaturesStage(Stage):
         self.batch_size = batch_size if self.device.type != "cpu" else min(batch_size,
                                                                            _CPU_CHUNK)
         self.transform = Spectrogram(spec).to(self.device)
+
+    def should_retry(self, row: Mapping[str, str]) -> bool:
+        """Retry failures; revisit a ``silent (L dBFS)`` skip once ``silence_dbfs`` is below
+        ``L`` (the rule of stage 2, :meth:`animalvae.extract.ExtractStage.should_retry`)."""
+        if row.get("status") == "skipped":
+            level = silent_level(row.get("reason", ""))
+            return level is not None and self.silence_dbfs < level
+        return super().should_retry(row)
 
     def is_done(self, output: Path, row: Mapping[str, str] | None) -> bool:
         """Made with this spec and dtype: the row's ``spec_id`` is current and the ``.npy``
@@ -392,7 +418,7 @@ def run(config: Config, options: cli.StageOptions, *, check: int = 0) -> Feature
         the segment is refused when the config loads.)
     """
     spec = spec_from_config(config)
-    device = pick_device(config.features.device)
+    device = pick_device(config.features.device, key="features.device")
     output_dir = config.paths.spectrograms
     items = list_items(config.paths.detections, [".wav"], what="segments")
     _check_previous_spec(output_dir, spec, force=options.force)
@@ -449,10 +475,11 @@ def _check_previous_spec(output_dir: Path, spec: SpectrogramSpec, *, force: bool
     if force or not (output_dir / NORMALIZER).is_file():
         return
     previous = load_spec(output_dir)
-    if previous != spec:
+    if not _same_spec(previous, spec):
         changed = ", ".join(f"{k}: {getattr(previous, k)} -> {getattr(spec, k)}"
                             for k in (f.name for f in dataclasses.fields(spec))
-                            if getattr(previous, k) != getattr(spec, k))
+                            if getattr(previous, k) != getattr(spec, k)
+                            and not (k == "n_mels" and previous.kind == spec.kind == "stft"))
         raise ConfigError(f"{output_dir / NORMALIZER}: the arrays there were made with other "
                           f"settings ({changed}); rerun with --force to redo them all, or "
                           "write to another folder with --output")

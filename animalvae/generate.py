@@ -61,7 +61,7 @@ _GL_BATCH = {"cpu": 4, "cuda": 64, "mps": 16}
 # --------------------------------------------------------------------------------------------
 
 def _load_run(config: Config, run_dir: Path) -> TrainedModel:
-    device = pick_device(config.train.device)
+    device = pick_device(config.train.device, key="train.device")
     trained = load_model(Path(run_dir) / MODEL, device=device)
     log.info("%s: %s model, %s spectrograms, groups %s, epoch %s", Path(run_dir) / MODEL,
              "conditional" if trained.model.config.conditional else "unconditional",
@@ -158,7 +158,12 @@ def _safe_name(text: str) -> str:
 
 def _check_data_spec(items: Sequence[Item], spec: SpectrogramSpec) -> None:
     """ConfigError when a folder the items come from was made with another spec than the model's."""
-    for folder in sorted({Path(it.source).parent.parent for it in items}):
+    _check_folder_spec([Path(it.source).parent.parent for it in items], spec)
+
+
+def _check_folder_spec(folders: Sequence[Path], spec: SpectrogramSpec) -> None:
+    """ConfigError when a data folder's ``normalizer.json`` (if any) differs from ``spec``."""
+    for folder in sorted(set(folders)):
         if (folder / NORMALIZER).is_file():
             data_spec = load_spec(folder)
             if data_spec != spec:
@@ -328,12 +333,16 @@ def _read_input(path: Path, trained: TrainedModel) -> Tensor:
     if not path.is_file():
         raise ConfigError(f"{path} not found")
     if path.suffix.lower() == ".npy":
-        return torch.from_numpy(read_array(path, spec.shape).astype(np.float32))
+        array = read_array(path, spec.shape)  # shape and NaN/Inf checked
+        _check_folder_spec([path.resolve().parent.parent], spec)
+        return torch.from_numpy(array.astype(np.float32))
     try:
         y, sr = sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise ConfigError(f"{path}: not a spectrogram (.npy) or readable audio file ({exc})") \
             from None
+    if not np.isfinite(y).all():
+        raise ConfigError(f"{path} holds NaN or Inf samples: not usable audio")
     wave = torch.from_numpy(y.mean(axis=1))                                 # (n,)
     if sr != spec.sample_rate:
         wave = torchaudio.functional.resample(wave, sr, spec.sample_rate)

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,6 +276,17 @@ def checkpoint_payload(model: VAE, *, spec: SpectrogramSpec, groups: list[str],
             "versions": _versions(), **extra}
 
 
+def _load_failure(path: Path, exc: Exception) -> str:
+    """A short reason why ``torch.load(path, weights_only=True)`` raised ``exc``."""
+    text = str(exc)
+    if "Unsupported global:" in text:  # a real pickle holding more than plain data
+        reason = text[text.index("Unsupported global:"):].split(". Please")[0]
+        return f"cannot load it safely: {' '.join(reason.split())[:200]}"
+    if path.stat().st_size == 0:
+        return "not a PyTorch checkpoint (empty file)"
+    return "not a PyTorch checkpoint (damaged or another format)"
+
+
 def read_checkpoint(path: Path, *, what: str = "model.pth") -> dict[str, Any]:
     """``torch.load(path, weights_only=True)``, with any failure as a one-line ConfigError.
 
@@ -293,14 +302,11 @@ def read_checkpoint(path: Path, *, what: str = "model.pth") -> dict[str, Any]:
                           f"with the run folder that holds {what}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile) as exc:
-        text = str(exc)
-        # torch's weights_only message is long; its last "...error: ..." line says what failed
-        lines = [ln.strip() for ln in text.splitlines() if "error:" in ln.lower()]
-        reason = " ".join((lines[-1] if lines else text).split())[:200]
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load on an arbitrary user file
         raise ConfigError(f"{path} is not a {what} written by vae.py train "
-                          f"(cannot load it safely: {reason})") from None
+                          f"({_load_failure(path, exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ConfigError(f"{path} is not a {what} written by this version of vae.py train "

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -96,6 +97,10 @@ class Stage:
     suffix: ClassVar[str] = ""
     columns: ClassVar[tuple[str, ...]] = ()
     executor: ClassVar[Literal["process", "thread", "stream"]] = "process"
+    #: Whether an output found without a manifest row (the run was killed before it wrote
+    #: the row) counts as done. Only for stages whose columns can be left empty and whose
+    #: work is expensive to redo (downloads); others redo the item to fill their columns.
+    adopt_orphans: ClassVar[bool] = False
 
     def output_path(self, item: Item) -> Path:
         """Output path relative to the output folder."""
@@ -204,12 +209,16 @@ def read_manifest(folder: Path) -> dict[str, dict[str, str]]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "id" not in reader.fieldnames:
-            raise ConfigError(f"{path}: not a manifest (no 'id' column); move it away or rerun"
-                              " the stage that wrote it with --force")
-        return {row["id"]: row for row in reader if row.get("id")}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "id" not in reader.fieldnames:
+                raise ConfigError(f"{path}: not a manifest (no 'id' column); move it away or "
+                                  "rerun the stage that wrote it with --force")
+            return {row["id"]: row for row in reader if row.get("id")}
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: not a readable manifest ({exc}); move it away or rerun "
+                          "the stage that wrote it with --force") from None
 
 
 def write_manifest(folder: Path, rows: Iterable[Mapping[str, Any]],
@@ -266,13 +275,24 @@ def list_items(folder: Path, extensions: Iterable[str], *, what: str = "input") 
         if path.is_file() and path.suffix.lower() in exts:
             items[row["id"]] = Item(row["id"], row.get("group") or path.parent.name, path,
                                     row.get("label") or row.get("group", ""), row)
+    collisions: list[str] = []
     for path in sorted(folder.glob("*/*")):
         if (path.is_file() and path.suffix.lower() in exts and not path.name.startswith(".")
-                and path.stem not in rows and path.stem not in items):
+                and path.stem not in rows):
+            if path.stem in items:  # ids name outputs in every later stage: one per id
+                collisions.append(f"{what} folder {folder}: {items[path.stem].source} and "
+                                  f"{path} have the same id {path.stem!r}; file names must "
+                                  "be unique across groups")
+                continue
             items[path.stem] = Item(path.stem, path.parent.name, path, path.parent.name)
+    if collisions:
+        raise ConfigError(collisions[:5])
     if not items:
+        loose = [p for p in folder.glob("*") if p.is_file() and p.suffix.lower() in exts]
+        hint = (f"; found {len(loose)} at the top level: put them in one sub-folder per "
+                f"group, e.g. {folder}/<group>/{loose[0].name}") if loose else ""
         raise ConfigError(f"{what} folder {folder} has no {'/'.join(sorted(exts))} files "
-                          "(expected <group>/<id>.<ext>, or a manifest.csv with ok rows)")
+                          f"(expected <group>/<id>.<ext>, or a manifest.csv with ok rows){hint}")
     return sorted(items.values(), key=lambda it: (it.group, it.id))
 
 
@@ -288,7 +308,8 @@ class Summary:
     ok: int = 0
     skipped: int = 0
     failed: int = 0
-    already_done: int = 0
+    already_done: int = 0       # ok in an earlier run, output still valid
+    kept_unfinished: int = 0    # skipped or failed in an earlier run, not retried
     reasons: collections.Counter = field(default_factory=collections.Counter)
     seconds: float = 0.0
     manifest: Path | None = None
@@ -302,7 +323,9 @@ class Summary:
         """``ok N · skipped N · failed N`` (this run), earlier results kept, common reasons."""
         text = f"{self.name}: ok {self.ok} · skipped {self.skipped} · failed {self.failed}"
         if self.already_done:
-            text += f" · {self.already_done} kept from earlier runs"
+            text += f" · {self.already_done} done earlier"
+        if self.kept_unfinished:
+            text += f" · {self.kept_unfinished} earlier skips/failures kept (--force redoes them)"
         if self.reasons:
             top = ", ".join(f"{r} ×{n}" for r, n in self.reasons.most_common(3))
             text += f" (top reasons: {top})"
@@ -310,8 +333,9 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """1 when every item of this run failed, else 0."""
-        return 1 if self.failed and not (self.ok or self.already_done or self.skipped) else 0
+        """1 when nothing usable came out and something failed (now or before), else 0."""
+        usable = self.ok or self.already_done or self.skipped
+        return 1 if not usable and (self.failed or self.kept_unfinished) else 0
 
 
 def _reason_kind(reason: str) -> str:
@@ -367,13 +391,16 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
         if not force and _keep_previous(stage, prev, output):
             if prev is None:  # output exists but the manifest lost its row (e.g. SIGKILL)
                 rows[item.id] = _row(item, rel, Outcome("ok"))
-            summary.already_done += 1
+            if prev is None or prev.get("status") == "ok":
+                summary.already_done += 1
+            else:
+                summary.kept_unfinished += 1
             continue
         todo.append((item, output))
     if limit is not None:
         todo = todo[:limit]
     if summary.already_done:
-        log.info("%s: %d item(s) already done, kept (use --force to redo them)",
+        log.info("%s: %d item(s) done in an earlier run, kept (use --force to redo them)",
                  stage.name, summary.already_done)
 
     bar = tqdm(total=len(todo), desc=stage.name, unit=stage.unit,
@@ -399,11 +426,12 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
                 write_manifest(output_dir, rows.values(), stage.columns)
                 last_flush = time.monotonic()
     finally:
-        for item, outcome in late:
-            record(item, outcome)
-        bar.close()
-        summary.seconds = time.monotonic() - start
-        summary.manifest = write_manifest(output_dir, rows.values(), stage.columns)
+        with _sigint_deferred():  # a second Ctrl-C must not lose the manifest
+            for item, outcome in late:
+                record(item, outcome)
+            bar.close()
+            summary.seconds = time.monotonic() - start
+            summary.manifest = write_manifest(output_dir, rows.values(), stage.columns)
     # The closing line is shown even with --quiet (the scripts' promise: "... and the summary").
     log.log(logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING, "%s",
             summary.line())
@@ -413,7 +441,7 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
 def _keep_previous(stage: Stage, prev: Mapping[str, str] | None, output: Path) -> bool:
     """Whether an earlier result stands: a valid output, or a skip/failure not to be retried."""
     if prev is None:
-        return stage.is_done(output, None)
+        return stage.adopt_orphans and stage.is_done(output, None)
     if prev.get("status") == "ok":
         return stage.is_done(output, prev)
     return not stage.should_retry(prev)
@@ -423,6 +451,19 @@ def _row(item: Item, rel: Path, outcome: Outcome) -> dict[str, Any]:
     return {"id": item.id, "label": item.label, "group": item.group, "source": str(item.source),
             "output": rel.as_posix() if outcome.status == "ok" else "",
             "status": outcome.status, "reason": outcome.reason, **outcome.fields}
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C for the duration (in the main thread; elsewhere signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _ignore_sigint() -> None:
@@ -450,10 +491,13 @@ def _execute(stage: Stage, todo: list[tuple[Item, Path]], workers: int,
             reported.add(future)
             yield futures[future], future.result()
     finally:
-        # On Ctrl-C or an error: drop queued items, let running ones finish atomically...
-        pool.shutdown(wait=True, cancel_futures=True)
-        # ... and hand their results to the caller, so the manifest records them too.
-        late = [f for f in futures if f not in reported and f.done() and not f.cancelled()
-                and f.exception() is None]
-        for future in late:
-            finished.append((futures[future], future.result()))
+        # On Ctrl-C or an error: drop queued items, let running ones finish atomically (a
+        # second Ctrl-C is ignored meanwhile: interrupting the pool's shutdown hangs it)...
+        with _sigint_deferred():
+            pool.shutdown(wait=True, cancel_futures=True)
+        # ... and hand their successes to the caller, so the manifest records them too (a
+        # failure at that moment may be the interruption itself: the next run retries it).
+        for future in futures:
+            if future not in reported and future.done() and not future.cancelled() \
+                    and future.exception() is None and future.result().status == "ok":
+                finished.append((futures[future], future.result()))

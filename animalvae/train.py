@@ -255,7 +255,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     options = options or StageOptions()
     tc = config.train
     run_dir = Path(run_dir)
-    device = pick_device(tc.device)
+    device = pick_device(tc.device, key="train.device")
     if rank_and_world()[1] > 1:
         raise ConfigError("WORLD_SIZE > 1: multi-process (torchrun/DDP) training is not "
                           "supported yet; run vae.py train as one process")

@@ -84,3 +84,10 @@ def test_system_errors_are_one_line_with_exit_1(capsys):
     assert cli.main(argparse.ArgumentParser(prog="x.py"), disk_full, []) == 1
     err = capsys.readouterr().err
     assert "x.py: error: [Errno 28] No space left on device" in err and "Traceback" not in err
+
+
+def test_output_equal_to_input_is_refused(write_config, tmp_path):
+    _, args = parse(["--config", str(write_config()), "--input", str(tmp_path / "x"),
+                     "--output", str(tmp_path / "x")])
+    with pytest.raises(ConfigError, match=r"paths\.audio and paths\.clips are the same folder"):
+        cli.config_from_args(args, input_key="paths.clips", output_key="paths.audio")

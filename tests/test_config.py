@@ -104,6 +104,15 @@ def test_overrides_are_typed_and_checked(write_config):
         load_config(path, ["train.epochs"])
 
 
+def test_floats_in_e_notation_and_non_finite_values(write_config):
+    config = load_config(write_config("train:\n  lr: 3e-4\n"), ["train.weight_decay=1e-5"])
+    assert config.train.lr == 3e-4 and config.train.weight_decay == 1e-5
+    with pytest.raises(ConfigError, match=r"train\.lr=nan must be a finite number"):
+        load_config(write_config(), ["train.lr=.nan"])
+    with pytest.raises(ConfigError, match=r"features\.top_db=inf must be a finite number"):
+        load_config(write_config(), ["features.top_db=.inf"])
+
+
 def test_missing_file_and_bad_yaml(write_config, tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")

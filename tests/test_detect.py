@@ -217,6 +217,31 @@ def test_missing_checkpoint_stops_with_instructions(tmp_path, write_config, caps
     assert not (tmp_path / "det" / "manifest.csv").exists()  # stopped before any work
 
 
+def test_audioset_classes_key_naming_no_group_is_warned_with_a_suggestion(
+        tmp_path, write_config, caplog, monkeypatch):
+    import torch
+
+    from animalvae.device import pick_device
+
+    make_wav(tmp_path / "audio" / "dogs" / "a.wav", tone(1.0))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config(write_config(
+        f"paths:\n  audio: audio\n  detections: det\ndetect:\n  device: cuda\n"
+        f"  checkpoint: {tmp_path}/nope.pth\n"
+        "  audioset_classes:\n    dog: [Dog]\n    '*': [Dog]\n"))
+    with caplog.at_level(logging.WARNING, logger="animalvae"), \
+            pytest.raises(ConfigError) as info:
+        run(cfg, StageOptions(progress=False))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("detect.audioset_classes['dog']" in m and "did you mean 'dogs'?" in m
+               for m in warned), warned
+    assert not any("'*'" in m for m in warned)
+    assert ("detect.device='cuda' but CUDA is not available here (use auto or cpu)"
+            in info.value.problems)
+    with pytest.raises(ConfigError, match=r"^train\.device='cuda:1' but CUDA is not available"):
+        pick_device("cuda:1", key="train.device")
+
+
 def numpy1_checkpoint(path, obj):
     """``torch.save(obj)`` as a numpy 1 install writes it (``numpy.core.multiarray``), like the
     Zenodo files; the legacy format keeps the pickle as plain bytes, so the names can be set."""
@@ -384,7 +409,7 @@ def test_low_score_skip_is_revisited_only_when_min_score_drops_to_its_score(
         config = detect_config(write_config, tmp_path, min_score=min_score)
         summary = run_stage(DetectStage(config.detect, scorer=scorer), items, tmp_path / "det",
                             progress=False)
-        return (summary.ok, summary.skipped, summary.already_done)
+        return (summary.ok, summary.skipped, summary.already_done + summary.kept_unfinished)
 
     assert once(0.5, FixedScorer(np.full(401, 0.3), labels=None)) == (0, 1, 0)  # energy
     assert read_manifest(tmp_path / "det")["clip"]["reason"] == "no loud sound (score 0.30)"

@@ -17,8 +17,8 @@ import video_to_audio
 from animalvae import extract
 from animalvae.cli import StageOptions
 from animalvae.config import load_config
-from animalvae.errors import ConfigError
-from animalvae.stage import read_manifest
+from animalvae.errors import ConfigError, ItemFailed
+from animalvae.stage import Item, read_manifest
 
 SR = 32000
 DASH = "-leading dash"        # must never be read as an ffmpeg option
@@ -147,7 +147,7 @@ def test_rerun_does_nothing_and_force_redoes(config_for, tmp_path):
     stamp = wav.stat().st_mtime_ns
     again = run(config)
     assert (again.ok, again.failed, again.skipped) == (0, 0, 0)
-    assert again.already_done == first.ok + first.skipped + first.failed == 12
+    assert (again.already_done, again.kept_unfinished) == (first.ok, first.skipped + first.failed)
     assert wav.stat().st_mtime_ns == stamp
     forced = run(config, force=True)
     assert (forced.ok, forced.failed) == (first.ok, first.failed)
@@ -168,7 +168,7 @@ def test_failed_clip_is_retried_once_its_file_changes(config_for, media, tmp_pat
 def test_new_sample_rate_redoes_the_files(config_for, tmp_path):
     run(config_for(extra=False))
     summary = run(config_for("extract.sample_rate=16000", "features.hop_length=188", extra=False))
-    assert summary.ok == 7 and summary.already_done == 5  # silent and failed clips stay
+    assert summary.ok == 7 and summary.kept_unfinished == 5  # silent and failed clips stay
     info = sf.info(str(tmp_path / "audio/cats/rate48.wav"))
     assert (info.samplerate, info.frames) == (16000, 24000)
     assert read_manifest(tmp_path / "audio")["rate48"]["sample_rate"] == "16000"
@@ -185,7 +185,7 @@ def test_silent_skip_is_revisited_once_the_threshold_drops_below_its_level(confi
     for unchanged_or_still_above in ("-3", "-21"):
         again = run(config_for(f"extract.silence_dbfs={unchanged_or_still_above}", extra=False,
                                clips=clips))
-        assert (again.skipped, again.already_done) == (0, 1)
+        assert (again.skipped, again.kept_unfinished) == (0, 1)
     lowered = run(config_for("extract.silence_dbfs=-30", extra=False, clips=clips))
     assert (lowered.ok, lowered.already_done) == (1, 0)
     assert read_manifest(tmp_path / "audio")["mono441"]["status"] == "ok"
@@ -200,7 +200,7 @@ def test_too_short_failure_is_retried_once_min_seconds_allows_it(config_for, med
     for unchanged_or_still_longer in ("1.0", "0.501"):
         again = run(config_for(f"extract.min_seconds={unchanged_or_still_longer}", extra=False,
                                clips=clips))
-        assert (again.failed, again.already_done) == (0, 1)
+        assert (again.failed, again.kept_unfinished) == (0, 1)
     allowed = run(config_for("extract.min_seconds=0.5", extra=False, clips=clips))
     assert (allowed.ok, allowed.already_done) == (1, 0)
     assert float(read_manifest(tmp_path / "audio")["short"]["duration"]) == pytest.approx(0.5)
@@ -279,7 +279,7 @@ def test_root_script_exit_codes(media, write_config, tmp_path, capsys):
     assert captured.out == ""
     assert re.fullmatch(r"extract: ok 2 · skipped 0 · failed 0 in \d+\.\d s\n", captured.err)
     assert video_to_audio.main(["--config", str(good), "--input", str(small), "-q"]) == 0
-    assert re.fullmatch(r"extract: ok 0 · skipped 0 · failed 0 · 2 kept from earlier runs "
+    assert re.fullmatch(r"extract: ok 0 · skipped 0 · failed 0 · 2 done earlier "
                         r"in \d+\.\d s\n", capsys.readouterr().err)
     code = video_to_audio.main(["--config", str(good), "--input", str(tmp_path / "nope"), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -309,3 +309,41 @@ def test_rms_dbfs():
     assert extract.rms_dbfs(np.zeros(0)) == -np.inf
     assert extract.rms_dbfs(np.ones(10)) == pytest.approx(0.0)
     assert extract.rms_dbfs(tone(1.0, amplitude=1.0)) == pytest.approx(-3.01, abs=0.01)
+
+
+@pytest.mark.parametrize("returncode, stderr, expected", [
+    (-2, b"", "interrupted: ffprobe stopped by signal 2"),           # killed by SIGINT
+    (-15, b"moov atom not found", "interrupted: ffprobe stopped by signal 15"),
+    (255, b"Exiting normally, received signal 2.\n", "interrupted: ffprobe received signal 2"),
+    (255, "[in#0 @ 0x5] moov atom not found\nreceived signal 2", "interrupted: ffprobe "
+     "received signal 2"),
+    (1, b"moov atom not found\n", None),                              # the file's fault
+    (255, b"moov atom not found\n", None),
+    (0, b"", None),
+])
+def test_interrupted_reason(returncode, stderr, expected):
+    assert extract.interrupted_reason("ffprobe", returncode, stderr) == expected
+
+
+@pytest.mark.parametrize("tool, returncode, stderr", [
+    ("ffprobe", -2, b"x.mp4: moov atom not found\n"),
+    ("ffmpeg", 255, b"Exiting normally, received signal 2.\n"),
+])
+def test_a_tool_stopped_by_a_signal_is_a_retried_failure(tmp_path, monkeypatch, tool,
+                                                         returncode, stderr):
+    source = make_wav(tmp_path / "a.wav", tone(1.5))
+    real_run = subprocess.run
+
+    def fake_run(args, **kwargs):
+        if args[0] == tool:
+            return subprocess.CompletedProcess(args, returncode, b"", stderr)
+        return real_run(args, **kwargs)
+
+    monkeypatch.setattr(extract.subprocess, "run", fake_run)
+    stage = extract.ExtractStage(sr=SR, min_seconds=1.0, silence_dbfs=-60.0,
+                                 last_run=source.stat().st_mtime + 10)
+    with pytest.raises(ItemFailed, match=f"^interrupted: {tool} ") as info:
+        stage.process(Item("a", "", source), tmp_path / "out" / "a.wav")
+    assert not (tmp_path / "out" / "a.wav").exists()
+    row = {"source": str(source), "status": "failed", "reason": str(info.value)}
+    assert stage.should_retry(row)   # the file is unchanged, yet it is tried again

@@ -1,5 +1,8 @@
 """Stage 4: segments -> .npy spectrograms: outputs, bad input, resume, settings, check, preview."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -109,7 +112,8 @@ def test_rerun_keeps_finished_arrays_and_force_redoes_them(config):
     npy = out / "dogs/dog_000020.npy"
     before = npy.stat().st_mtime_ns
     again = features.run(cfg, OPTS)
-    assert again.already_done == 6 and again.ok == 0 and npy.stat().st_mtime_ns == before
+    assert again.already_done + again.kept_unfinished == 6 and again.ok == 0
+    assert npy.stat().st_mtime_ns == before
     npy.write_bytes(b"not an array")                      # a damaged output is redone
     again = features.run(cfg, OPTS)
     assert again.ok == 1 and np.load(npy).shape == (512, 256)
@@ -235,7 +239,7 @@ def test_arrays_of_other_settings_are_redone_after_a_partial_forced_run(config, 
     rows = read_manifest(out)
     assert rows["stereo_000070"]["spec_id"] == fingerprint != rows["cat_000030"]["spec_id"]
     again = features.run(new, OPTS)       # a plain rerun: the stale arrays are redone
-    assert (again.ok, again.failed, again.already_done) == (4, 1, 2)
+    assert (again.ok, again.failed, again.already_done + again.kept_unfinished) == (4, 1, 2)
     rows = read_manifest(out)
     assert {r["spec_id"] for r in rows.values() if r["status"] == "ok"} == {fingerprint}
     y, _ = features.load_segment(rows["cat_000030"]["source"], load_spec(out))
@@ -320,3 +324,39 @@ def test_samples_too_large_for_the_transform_are_never_written(config, tmp_path)
     row = read_manifest(cfg.paths.spectrograms)["huge_000080"]
     assert row["status"] == "failed" and row["reason"].startswith("non-finite values")
     assert not (cfg.paths.spectrograms / "dogs/huge_000080.npy").exists()
+
+
+def test_pad_counts_in_the_fingerprint_and_n_mels_only_for_mel():
+    stft, mel = SpectrogramSpec(), SpectrogramSpec(kind="mel", n_mels=128)
+    fp = features.spec_fingerprint
+    assert fp(stft, "float16") == fp(stft, "float16", "zeros") != fp(stft, "float16", "repeat")
+    assert fp(stft, "float16") == fp(dataclasses.replace(stft, n_mels=64), "float16")
+    assert fp(mel, "float16") != fp(dataclasses.replace(mel, n_mels=64), "float16")
+
+
+def test_n_mels_of_an_stft_is_ignored_and_a_new_pad_redoes_the_arrays(config):
+    assert features.run(config(), OPTS).ok == 5
+    same = features.run(config(overrides=("features.n_mels=64",)), OPTS)   # no ConfigError
+    assert same.ok == 0
+    redone = features.run(config("  pad: repeat\n"), OPTS)
+    assert redone.ok == 5
+
+
+def test_silent_skip_is_revisited_once_the_threshold_drops_below_its_level(config, detections):
+    quiet = 1e-4 * animal_call(seed=5) / np.abs(animal_call(seed=5)).max()   # about -85 dBFS
+    sf.write(detections / "segments/cats/quiet_000050.wav", quiet, 32000, subtype="FLOAT")
+    cfg = config()
+    features.run(cfg, OPTS)
+    reason = read_manifest(cfg.paths.spectrograms)["quiet_000050"]["reason"]
+    level = float(re.fullmatch(r"silent \((-?\d+\.\d\d) dBFS\)", reason)[1])
+    stage = features.FeaturesStage(SpectrogramSpec(), silence_dbfs=level + 0.01)
+    row = {"status": "skipped", "reason": reason}
+    assert not stage.should_retry(row)
+    assert features.FeaturesStage(SpectrogramSpec(), silence_dbfs=level - 0.01).should_retry(row)
+    assert not stage.should_retry({"status": "skipped", "reason": "silent (-inf dBFS)"})
+    assert stage.should_retry({"status": "failed", "reason": "cannot read audio: x"})
+    same = features.run(config(overrides=(f"extract.silence_dbfs={level + 0.01}",)), OPTS)
+    assert (same.ok, same.skipped) == (0, 0)
+    lowered = features.run(config(overrides=(f"extract.silence_dbfs={level - 0.01}",)), OPTS)
+    assert (lowered.ok, lowered.skipped) == (1, 0)
+    assert read_manifest(cfg.paths.spectrograms)["quiet_000050"]["status"] == "ok"

@@ -73,7 +73,7 @@ def test_rerun_skips_done_items_and_force_redoes_them(tmp_path):
     again = Upper()
     summary = run_stage(again, items, tmp_path / "out", progress=False)
     assert again.calls == [] and summary.already_done == 2 and summary.ok == 0
-    assert "ok 0 · skipped 0 · failed 0 · 2 kept from earlier runs" in summary.line()
+    assert "ok 0 · skipped 0 · failed 0 · 2 done earlier" in summary.line()
     forced = Upper()
     summary = run_stage(forced, items, tmp_path / "out", force=True, progress=False)
     assert sorted(forced.calls) == ["a", "b"] and summary.ok == 2
@@ -111,8 +111,18 @@ def test_failed_items_are_retried_and_skips_are_kept(tmp_path):
     items = make_items(tmp_path, ["bad", "quiet"])
     run_stage(Upper(), items, tmp_path / "out", progress=False)
     stage = Upper()
-    run_stage(stage, items, tmp_path / "out", progress=False)
+    summary = run_stage(stage, items, tmp_path / "out", progress=False)
     assert stage.calls == ["bad"]
+    assert "1 earlier skips/failures kept" in summary.line()
+
+
+def test_nothing_usable_and_a_kept_failure_gives_exit_code_1(tmp_path):
+    class NoRetry(Upper):
+        def should_retry(self, row):
+            return False
+    items = make_items(tmp_path, ["bad"])
+    run_stage(NoRetry(), items, tmp_path / "out", progress=False)
+    assert run_stage(NoRetry(), items, tmp_path / "out", progress=False).exit_code == 1
 
 
 def test_final_failures_are_not_retried_when_the_stage_says_so(tmp_path):
@@ -140,13 +150,21 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(tmp_path):
     assert len(read_manifest(tmp_path / "out")) == 4
 
 
-def test_output_without_manifest_row_counts_as_done(tmp_path):
+def test_output_without_manifest_row_is_redone_unless_the_stage_adopts_it(tmp_path):
     items = make_items(tmp_path, ["a", "b"])
     run_stage(Upper(), items, tmp_path / "out", progress=False)
     (tmp_path / "out" / MANIFEST).unlink()  # e.g. the process was killed before writing it
     stage = Upper()
     run_stage(stage, items, tmp_path / "out", progress=False)
-    assert stage.calls == []
+    assert stage.calls == ["a", "b"]  # redone, so its columns are filled again
+    assert read_manifest(tmp_path / "out")["a"]["chars"] == "7"
+
+    class Adopting(Upper):
+        adopt_orphans = True
+    (tmp_path / "out" / MANIFEST).unlink()
+    stage = Adopting()
+    summary = run_stage(stage, items, tmp_path / "out", progress=False)
+    assert stage.calls == [] and summary.already_done == 2
     assert read_manifest(tmp_path / "out")["a"]["status"] == "ok"
 
 
@@ -207,6 +225,25 @@ def test_list_items_from_manifest_and_from_plain_folders(tmp_path):
     plain = list_items(tmp_path / "in", ["txt"])
     assert [(i.id, i.group, i.label) for i in plain] == [("a", "dogs", "dogs"),
                                                          ("bad", "dogs", "dogs")]
+
+
+def test_list_items_refuses_one_id_in_two_groups(tmp_path):
+    for group in ("dogs", "cats"):
+        (tmp_path / "in" / group).mkdir(parents=True)
+        (tmp_path / "in" / group / "1.wav").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"have the same id '1'; file names must be unique"):
+        list_items(tmp_path / "in", [".wav"])
+
+
+def test_list_items_hints_at_group_folders_and_reads_only_utf8_manifests(tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.wav").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"found 1 at the top level: put them in one "
+                                          r"sub-folder per group"):
+        list_items(tmp_path / "flat", [".wav"])
+    (tmp_path / "flat" / MANIFEST).write_bytes(b"id,x\n\xff\xfe,1\n")
+    with pytest.raises(ConfigError, match="not a readable manifest"):
+        list_items(tmp_path / "flat", [".wav"])
 
 
 def test_list_items_errors_name_the_folder(tmp_path):

@@ -427,7 +427,14 @@ class _Evil:
 
 
 @pytest.mark.parametrize("content, message", [
-    ("garbage", r"is not a model\.pth written by vae\.py train \(cannot load it safely"),
+    ("garbage", r"is not a model\.pth written by vae\.py train \(not a PyTorch checkpoint "
+                r"\(damaged or another format\)\)$"),
+    ("text", r"model\.pth is not a model\.pth written by vae\.py train \(not a PyTorch "
+             r"checkpoint \(damaged or another format\)\)$"),
+    ("empty", r"is not a model\.pth written by vae\.py train \(not a PyTorch checkpoint "
+              r"\(empty file\)\)$"),
+    ("random", r"is not a model\.pth written by vae\.py train \(not a PyTorch checkpoint "
+               r"\(damaged or another format\)\)$"),
     ("pickle", r"is not a model\.pth written by vae\.py train \(cannot load it safely"),
     ("other", r"is not a model\.pth written by this version of vae\.py train \(format None"),
     ("missing", r"model\.pth not found: train first"),
@@ -438,13 +445,21 @@ def test_a_bad_model_pth_is_a_clear_error(tmp_path, capsys, content, message):
     run.mkdir()
     if content == "garbage":
         (run / "model.pth").write_bytes(b"not a checkpoint at all")
+    elif content == "text":
+        (run / "model.pth").write_text("epochs: 10\nlatent_dim: 32\n# a config, not weights\n")
+    elif content == "empty":
+        (run / "model.pth").write_bytes(b"")
+    elif content == "random":
+        (run / "model.pth").write_bytes(np.random.default_rng(0).bytes(4096))
     elif content == "pickle":
         torch.save({"format": _Evil()}, run / "model.pth")
     elif content == "other":
         torch.save({"weights": torch.zeros(2)}, run / "model.pth")
     code, err = run_vae(["generate", "--config", str(config), "--run", str(run)], capsys)
-    assert code == 2 and re.search(message, err), err
-    assert "Traceback" not in err and "this must never run" not in capsys.readouterr().out
+    assert code == 2 and re.search(message, err.strip()), err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "file an issue" not in err
+    assert "this must never run" not in capsys.readouterr().out
 
 
 def test_weights_that_do_not_fit_their_config(trained, tmp_path, capsys):
@@ -476,6 +491,29 @@ def test_mismatched_spectrograms_are_a_clear_error(trained, tmp_path, capsys):
     code, err = run_vae(["evaluate", "--config", str(config), "--run", str(other)], capsys)
     assert code == 2 and "but the model was trained on stft (64, 32)" in err
     assert "Traceback" not in err
+    # interpolate checks a .npy against its data folder's normalizer.json too
+    npy = sorted(moved.glob("*/*.npy"))[0]
+    code, err = run_vae(["interpolate", "--config", str(config), str(npy), str(npy)], capsys)
+    assert code == 2 and "but the model was trained on stft (64, 32)" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".wav"])
+def test_interpolate_refuses_nan_or_inf_input(trained, tmp_path, capsys, suffix):
+    config, _ = trained
+    bad = tmp_path / "dogs" / f"bad{suffix}"
+    bad.parent.mkdir()
+    if suffix == ".npy":
+        a = np.zeros((64, 32), np.float16)
+        a[3, 4] = np.nan
+        np.save(bad, a)
+    else:
+        y = np.zeros(4000, np.float32)
+        y[10] = np.inf
+        sf.write(bad, y, 8000, subtype="FLOAT")
+    code, err = run_vae(["interpolate", "--config", str(config), str(bad), str(bad)], capsys)
+    assert code == 2 and f"{bad} holds NaN or Inf" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_resume_refuses_other_model_settings(trained, tmp_path, capsys):

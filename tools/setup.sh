@@ -8,8 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: $PYTHON is not Python >= 3.11 (the pinned numpy/matplotlib/yt-dlp need it); set PYTHON=python3.11" >&2
+  exit 1
+fi
 VENV_ROOT=${VENV_ROOT:-$HOME/.cache/animalvae}
-hash=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
+hash=$("$PYTHON" -c 'import hashlib; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in ("requirements.txt", "requirements-dev.txt"))).hexdigest()[:12])')
 venv="$VENV_ROOT/venv-$hash"
 
 if [ ! -x "$venv/bin/python" ]; then
