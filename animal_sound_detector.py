@@ -27,7 +27,7 @@ def build_parser():
                "picks the loudest window instead (not animal-aware).")
     g = p.add_argument_group("detector options")
     g.add_argument("--download-models", action="store_true",
-                   help="download the PANNs checkpoint (~300 MB) to detect.checkpoint and the "
+                   help="download the PANNs checkpoint (~327 MB) to detect.checkpoint and the "
                         "AudioSet label list, then exit (needs internet)")
     return p
 

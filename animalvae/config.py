@@ -96,7 +96,7 @@ class DownloadConfig:
     pause_s: float = 0.0            # pause between requests per thread
     socket_timeout_s: float = 30.0
     cookies_file: Path | None = None
-    max_consecutive_rate_limits: int = 10  # stop early after this many 429s in a row
+    max_consecutive_rate_limits: int = 10  # stop early after this many 429s/bot checks in a row
 
     def _check(self) -> list[str]:
         problems: list[str] = []
