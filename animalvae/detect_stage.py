@@ -217,9 +217,8 @@ class DetectStage(Stage):
             return False  # no readable score: keep the decision
 
     def discard(self, output: Path) -> None:
-        """Remove an item's segment and frame: a --force rerun that now fails or skips it
-        must not leave the old ones behind."""
-        output.unlink(missing_ok=True)
+        """Remove an item's segment and its frame (see :meth:`Stage.discard`)."""
+        super().discard(output)
         self.frame_path(output).unlink(missing_ok=True)
 
     # ---- the pipeline -----------------------------------------------------------------------
@@ -246,16 +245,14 @@ class DetectStage(Stage):
                     reading.append([(item, output, readers.submit(self.load, item, output))
                                     for item, output in batches.popleft()])
                 clips = []
-                for item, output, future in reading.popleft():
+                for item, _output, future in reading.popleft():
                     clip = _result(future)
                     if isinstance(clip, Outcome):
-                        self.discard(output)
                         yield item, clip
                     else:
                         clips.append(clip)
                 for clip, scores in zip(clips, self.score(clips)):
                     if isinstance(scores, Outcome):
-                        self.discard(clip.output)
                         yield clip.item, scores
                     else:
                         writing[writers.submit(self.finish, clip, scores)] = clip
@@ -288,10 +285,7 @@ class DetectStage(Stage):
         return [self.score([clip])[0] for clip in clips]
 
     def _written(self, clip: Clip, future: cf.Future) -> tuple[Item, Outcome]:
-        outcome = _outcome(future)
-        if outcome.status != "ok":
-            self.discard(clip.output)
-        return clip.item, outcome
+        return clip.item, _outcome(future)
 
     def load(self, item: Item, output: Path) -> Clip:
         """Read one clip (up to ``detect.max_seconds``) as mono, pad it to a window, and

@@ -326,6 +326,10 @@ class _ClipStage(Stage):
     executor = "thread"
     adopt_orphans = True  # a clip on disk is worth keeping even when its row was lost
 
+    def discard(self, output: Path) -> None:
+        """Keep an earlier clip when a --force rerun fails (often a passing network error):
+        it cost a download, and the manifest row already says not to use it."""
+
     def __init__(self, rows: Mapping[str, Row]):
         self.rows = rows
 

@@ -296,14 +296,6 @@ class ExtractStage(Stage):
     def process(self, item: Item, output: Path) -> dict[str, Any]:
         """Convert one source to ``output``; the returned dict fills the manifest columns."""
         source = Path(item.source).absolute()  # absolute: an id may start with "-"
-        try:
-            return self._process(source, output)
-        except (ItemFailed, ItemSkipped):
-            # A --force rerun that now fails or skips must not leave the old WAV behind.
-            output.unlink(missing_ok=True)
-            raise
-
-    def _process(self, source: Path, output: Path) -> dict[str, Any]:
         info = _probe(source)
         audio, declared_s, has_video = _audio_facts(info)
         if audio is None:

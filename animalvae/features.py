@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -307,7 +306,6 @@ class FeaturesStage(Stage):
         try:
             for (item, output), (y, outcome) in _prefetch(pool, self._load, work, ahead=ahead):
                 if y is None:
-                    output.unlink(missing_ok=True)   # an earlier run's array no longer applies
                     yield item, outcome
                     continue
                 batch.append((item, output, y, outcome))
@@ -344,17 +342,14 @@ class FeaturesStage(Stage):
 def _save(output: Path, array: np.ndarray, finite: bool, fields: dict[str, Any]) -> Outcome:
     """Write one array atomically (in a pool thread); its Outcome.
 
-    On failure an array from an earlier run at ``output`` is deleted: it no longer applies.
+    A failure leaves the removal of an earlier run's array to ``run_stage``.
     """
     if not finite:  # cannot happen for finite input (load_segment checks); never write it
-        output.unlink(missing_ok=True)
         return Outcome("failed", "non-finite values in the spectrogram")
     try:
         with atomic_path(output) as tmp:
             np.save(tmp, array)
     except OSError as exc:
-        with contextlib.suppress(OSError):  # e.g. a read-only folder: nothing to clean then
-            output.unlink(missing_ok=True)
         return Outcome("failed", f"cannot write: {' '.join(str(exc).split())}")
     return Outcome("ok", "", fields)
 

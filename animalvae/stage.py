@@ -110,6 +110,15 @@ class Stage:
         """Whether ``output`` is a valid finished result (so the item can be skipped)."""
         return output.is_file() and output.stat().st_size > 0
 
+    def discard(self, output: Path) -> None:
+        """Remove an earlier run's output for an item that is now skipped or failed.
+
+        Called by :func:`run_stage`, so a ``--force`` rerun never leaves a stale file beside
+        a manifest row that says it is not there. Stages with more than one file per item
+        extend it; a stage whose outputs are costly to remake may keep them.
+        """
+        output.unlink(missing_ok=True)
+
     def should_retry(self, row: Mapping[str, str]) -> bool:
         """Whether an item that failed or was skipped in an earlier run is tried again.
 
@@ -407,8 +416,12 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
                disable=not (progress and todo), dynamic_ncols=True)
 
     def record(item: Item, outcome: Outcome) -> None:
-        rows[item.id] = _row(item, stage.output_path(item), outcome)
+        rel = stage.output_path(item)
+        rows[item.id] = _row(item, rel, outcome)
         summary.add(outcome)
+        if outcome.status != "ok":
+            with contextlib.suppress(OSError):  # e.g. a read-only folder: nothing to remove
+                stage.discard(output_dir / rel)
         if outcome.status == "failed":
             log.warning("%s: %s failed: %s", stage.name, item.id, outcome.reason)
         else:

@@ -301,3 +301,15 @@ def test_skips_are_revisited_when_the_stage_says_so(tmp_path):
     stage = Revisit()
     run_stage(stage, items, tmp_path / "out", progress=False)
     assert stage.calls == ["quiet"]
+
+
+def test_a_forced_rerun_that_now_fails_removes_the_stale_output(tmp_path):
+    class Breaks(Upper):
+        def process(self, item, output):
+            raise ItemFailed("corrupt now")
+    items = make_items(tmp_path, ["a"])
+    run_stage(Upper(), items, tmp_path / "out", progress=False)
+    assert (tmp_path / "out/dogs/a.txt").is_file()
+    run_stage(Breaks(), items, tmp_path / "out", force=True, progress=False)
+    assert not (tmp_path / "out/dogs/a.txt").exists()
+    assert read_manifest(tmp_path / "out")["a"]["status"] == "failed"
