@@ -93,10 +93,12 @@ def rms_dbfs(y: np.ndarray) -> float:
     Returns
     -------
     float
-        ``20 * log10(rms)``; ``-inf`` for digital silence or an empty signal.
+        ``20 * log10(rms)``; ``-inf`` for digital silence or an empty signal; NaN or +inf
+        when a sample is NaN or Inf (so callers can tell bad input from silence).
     """
-    y = np.asarray(y, dtype=np.float64)
-    return _dbfs(float(np.sum(y * y)), y.size)
+    # float64 squares cannot overflow; np.square rather than a dot product, which would wake
+    # OpenBLAS threads that spin on the cores the reader threads need (stage 4).
+    return _dbfs(float(np.sum(np.square(y, dtype=np.float64))), np.size(y))
 
 
 def _dbfs(sum_squares: float, n: int) -> float:

@@ -50,7 +50,7 @@ from .config import Config, config_to_dict
 from .detect import pad_audio
 from .device import pick_device
 from .errors import ConfigError, ItemFailed, ItemSkipped
-from .extract import silent_level
+from .extract import rms_dbfs, silent_level
 from .plots import show_spectrogram
 from .spectrogram import (
     NORMALIZER,
@@ -139,16 +139,6 @@ def _frames_to_read(source_hz: int, spec: SpectrogramSpec) -> int:
     return math.ceil(spec.n_samples * ratio) + math.ceil(256 * max(1.0, ratio))
 
 
-def _rms_dbfs(y: np.ndarray) -> float:
-    """RMS in dBFS (0 dBFS = a full-scale square wave); NaN or +inf if a sample is NaN/Inf."""
-    # float64: float32 squares cannot overflow it. Not np.dot: a BLAS call wakes OpenBLAS's
-    # own threads, which then spin on the cores that the reader threads need.
-    power = float(np.mean(np.square(y, dtype=np.float64))) if y.size else 0.0
-    if not math.isfinite(power):
-        return power
-    return 10 * math.log10(power) if power > 0 else -math.inf
-
-
 def load_segment(path: Path, spec: SpectrogramSpec, *, silence_dbfs: float = -60.0,
                  pad: str = "zeros") -> tuple[np.ndarray, dict[str, Any]]:
     """Read one segment as the transform needs it: mono, ``spec.sample_rate``, fixed length.
@@ -194,7 +184,7 @@ def load_segment(path: Path, spec: SpectrogramSpec, *, silence_dbfs: float = -60
         # soxr rather than torchaudio's Resample: about half the CPU time at 44.1 -> 32 kHz.
         y = soxr.resample(y, rate, spec.sample_rate, quality="HQ")
     y = y[:spec.n_samples]
-    rms = _rms_dbfs(y)    # of what is kept, before any padding; NaN if a sample is NaN/Inf
+    rms = rms_dbfs(y)     # of what is kept, before any padding; NaN if a sample is NaN/Inf
     if math.isnan(rms) or rms == math.inf:
         raise ItemFailed("non-finite samples (NaN or Inf)")
     if round(rms, 2) < silence_dbfs:   # the rounded level: the one the reason records
