@@ -233,7 +233,7 @@ class FeaturesConfig:
     griffin_lim_iters: int = 32     # for --check
     momentum: float = 0.99          # fast Griffin-Lim momentum
     batch_size: int = 32            # segments per batched transform on a GPU (CPU: 4)
-    workers: int = 0                # I/O threads (read, resample, write); 0 = one per core
+    workers: int = 0                # threads: read, resample, transform, write; 0 = one per core
     device: str = "auto"            # transforms and --check: auto | cpu | cuda | cuda:N | mps
 
     def _check(self) -> list[str]:

@@ -97,7 +97,7 @@ def rms_dbfs(y: np.ndarray) -> float:
         when a sample is NaN or Inf (so callers can tell bad input from silence).
     """
     # float64 squares cannot overflow; np.square rather than a dot product, which would wake
-    # OpenBLAS threads that spin on the cores the reader threads need (stage 4).
+    # OpenBLAS threads that spin on the cores the worker threads need (stage 4).
     return _dbfs(float(np.sum(np.square(y, dtype=np.float64))), np.size(y))
 
 

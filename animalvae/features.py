@@ -6,14 +6,15 @@ Reads the segments stage 3 listed in ``paths.detections/manifest.csv`` (or any f
 representation and its inverse live in :mod:`animalvae.spectrogram`; the spec is saved as
 ``normalizer.json`` beside the arrays, and stage 5 reads it from there.
 
-How it runs (executor "stream"): a pool of ``features.workers`` threads reads the frames of
-each WAV that the segment needs (soundfile), mixes them to mono, resamples them to
-``extract.sample_rate`` when the file is at another rate (soxr, high quality), and pads
-(``features.pad``: zeros or a loop of the segment) or cuts them to ``n_frames * hop_length``
-samples; the main thread stacks ``features.batch_size`` of them (on CPU: 4, which stay in
-cache) and runs one batched torch transform, and the pool writes each array atomically while
-the next batch is transformed. On CPU torch runs single-threaded meanwhile: the pool already
-fills the cores. Per item: unreadable -> failed, NaN/Inf samples -> failed ("non-finite
+How it runs (executor "stream"): a pool of ``features.workers`` threads each takes a chunk of
+``features.batch_size`` segments (on CPU: 4, which stay in cache) through the whole job: read
+the frames of each WAV that the segment needs (soundfile), mix them to mono, resample them to
+``extract.sample_rate`` when the file is at another rate (soxr, high quality), pad
+(``features.pad``: zeros or a loop of the segment) or cut them to ``n_frames * hop_length``
+samples, run one batched torch transform on the chunk, and write each array atomically. No
+thread waits on another's transform, so on CPU every core reads, transforms and writes at once
+(soundfile, soxr, torch and file writes release the GIL); torch runs single-threaded meanwhile.
+Per item: unreadable -> failed, NaN/Inf samples -> failed ("non-finite
 samples", never written), RMS below ``extract.silence_dbfs`` -> skipped ("silent"); a failed or
 skipped item's array from an earlier run is deleted.
 
@@ -79,9 +80,9 @@ __all__ = ["FeaturesStage", "FeaturesSummary", "run", "spec_from_config", "spec_
 log = logging.getLogger(__name__)
 
 PREVIEW = "preview.png"
-#: Segments per transform call on CPU: a 3 s STFT is ~1 MB of complex64, and batches larger
-#: than the L2 cache take longer per segment (measured here: about 0.65 ms per segment in
-#: batches of 4, 1.05 ms in batches of 8). Smaller batches also keep the pipeline full.
+#: Segments per chunk on CPU: a 3 s STFT is ~1 MB of complex64, so a few stay in cache. On 2
+#: cores, chunks of 4 ran 1.2-1.5x faster than chunks of 1 (fewer small torch calls per
+#: segment); 8 and 16 were no faster. Small chunks also keep every thread busy to the end.
 _CPU_CHUNK = 4
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -123,7 +124,7 @@ def _same_spec(a: SpectrogramSpec, b: SpectrogramSpec) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Reading one segment (runs in reader threads)
+# Reading one segment (runs in the worker threads)
 # --------------------------------------------------------------------------------------------
 
 def _frames_to_read(source_hz: int, spec: SpectrogramSpec) -> int:
@@ -210,9 +211,10 @@ class FeaturesStage(Stage):
     dtype : {"float16", "float32"}
         Storage type of the arrays.
     batch_size : int
-        Segments per transform on a GPU (on CPU at most 4, see ``_CPU_CHUNK``).
+        Segments per chunk: read, transformed together and written by one thread (on CPU at
+        most 4, see ``_CPU_CHUNK``).
     workers : int
-        Threads that read (and resample) segments and write arrays.
+        Threads, each taking one chunk at a time.
     silence_dbfs : float
         RMS below this is skipped as silent.
     pad : {"zeros", "repeat"}
@@ -283,50 +285,47 @@ class FeaturesStage(Stage):
         return y, Outcome("ok", "", info)
 
     def process_stream(self, work: list[tuple[Item, Path]]) -> Iterator[tuple[Item, Outcome]]:
-        """Read ``work`` in threads, transform it in batches here, write it in threads."""
-        batch: list[tuple[Item, Path, np.ndarray, Outcome]] = []
-        writing: list[tuple[Item, cf.Future]] = []   # the previous batch's writes
-        pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="features-io")
+        """Each pool thread takes a chunk of ``batch_size`` segments through read, one batched
+        transform and the writes; outcomes come back in ``work``'s order.
+
+        Whole chunks per thread, rather than reads in threads feeding one transforming thread:
+        the transform then runs on every core at once (torch releases the GIL), so no single
+        thread paces the stage.
+        """
+        chunks = [work[i:i + self.batch_size] for i in range(0, len(work), self.batch_size)]
+        pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="features")
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
-            # The pool threads and this one already keep the cores busy; torch's own
-            # OpenMP teams on top of them would wait at barriers for descheduled threads.
+            # One segment per thread already keeps every core busy; torch's own OpenMP teams
+            # on top of that would wait at barriers for descheduled threads.
             torch.set_num_threads(1)
-        ahead = max(2 * self.batch_size, 4 * self.workers)   # reads in flight
         try:
-            for (item, output), (y, outcome) in _prefetch(pool, self._load, work, ahead=ahead):
-                if y is None:
-                    yield item, outcome
-                    continue
-                batch.append((item, output, y, outcome))
-                if len(batch) == self.batch_size:
-                    # Transform this batch while the pool still writes the previous one.
-                    submitted = self._transform_and_submit(batch, pool)
-                    yield from ((it, f.result()) for it, f in writing)
-                    writing, batch = submitted, []
-            if batch:
-                yield from ((it, f.result()) for it, f in self._transform_and_submit(batch, pool))
-            yield from ((it, f.result()) for it, f in writing)
+            for _, outcomes in _prefetch(pool, self._process_chunk, chunks,
+                                         ahead=2 * self.workers):
+                yield from outcomes
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)
 
-    def _transform_and_submit(self, batch: list[tuple[Item, Path, np.ndarray, Outcome]],
-                              pool: cf.Executor) -> list[tuple[Item, cf.Future]]:
-        """One batched transform; each array's write goes to ``pool`` (returns the futures)."""
-        y = torch.from_numpy(np.stack([b[2] for b in batch])).to(self.device)
-        with torch.inference_mode():
-            x, peak_db = self.transform.forward_with_peak(y)      # (b, bins, frames), (b,)
-            # A NaN/Inf anywhere makes the peak NaN/Inf; a finite peak bounds every value.
-            finite = torch.isfinite(peak_db).cpu().tolist()
-            arrays = list(x.to(_TORCH_DTYPES[self.dtype.name]).cpu().numpy())
-            peaks = peak_db.cpu().tolist()
-        shape = "x".join(map(str, self.spec.shape))
-        return [(item, pool.submit(_save, output, array, ok, {
+    def _process_chunk(self, chunk: list[tuple[Item, Path]]) -> list[tuple[Item, Outcome]]:
+        """Read each segment, transform the readable ones together, write each array."""
+        loaded = [(item, output, *self._load(item)) for item, output in chunk]
+        ready = [(output, y, outcome) for _, output, y, outcome in loaded if y is not None]
+        saved: dict[Path, Outcome] = {}
+        if ready:
+            y = torch.from_numpy(np.stack([y for _, y, _ in ready])).to(self.device)
+            with torch.inference_mode():
+                x, peak_db = self.transform.forward_with_peak(y)    # (b, bins, frames), (b,)
+                # A NaN/Inf anywhere makes the peak NaN/Inf; a finite peak bounds every value.
+                finite = torch.isfinite(peak_db).cpu().tolist()
+                arrays = x.to(_TORCH_DTYPES[self.dtype.name]).cpu().numpy()
+                peaks = peak_db.cpu().tolist()
+            shape = "x".join(map(str, self.spec.shape))
+            for (output, _, outcome), array, peak, ok in zip(ready, arrays, peaks, finite):
+                saved[output] = _save(output, array, ok, {
                     "shape": shape, "peak_db": round(peak, 2), **outcome.fields,
-                    "spec_id": self.fingerprint}))
-                for (item, output, _, outcome), array, peak, ok
-                in zip(batch, arrays, peaks, finite)]
+                    "spec_id": self.fingerprint})
+        return [(item, saved.get(output, outcome)) for item, output, _, outcome in loaded]
 
 
 def _save(output: Path, array: np.ndarray, finite: bool, fields: dict[str, Any]) -> Outcome:
@@ -345,18 +344,18 @@ def _save(output: Path, array: np.ndarray, finite: bool, fields: dict[str, Any])
 
 
 def _prefetch(pool: cf.Executor, fn, work: Sequence, *, ahead: int) -> Iterator:
-    """``(w, fn(w[0]))`` for each ``w`` of ``work`` in order, at most ``ahead`` in flight."""
+    """``(w, fn(w))`` for each ``w`` of ``work`` in order, at most ``ahead`` in flight."""
     pending: collections.deque = collections.deque()
     queue = iter(work)
     for w in queue:
-        pending.append((w, pool.submit(fn, w[0])))
+        pending.append((w, pool.submit(fn, w)))
         if len(pending) >= ahead:
             break
     while pending:
         w, future = pending.popleft()
         nxt = next(queue, None)
         if nxt is not None:
-            pending.append((nxt, pool.submit(fn, nxt[0])))
+            pending.append((nxt, pool.submit(fn, nxt)))
         yield w, future.result()
 
 
@@ -385,7 +384,7 @@ def run(config: Config, options: cli.StageOptions, *, check: int = 0) -> Feature
         Uses ``paths.detections``, ``paths.spectrograms``, ``features``,
         ``extract.sample_rate`` and ``extract.silence_dbfs``, ``detect.segment_seconds``.
     options : cli.StageOptions
-        ``force``, ``limit``, ``workers`` (I/O threads; default ``features.workers``),
+        ``force``, ``limit``, ``workers`` (threads; default ``features.workers``),
         ``progress``.
     check : int
         After the run, invert this many arrays with Griffin-Lim and measure the spectral

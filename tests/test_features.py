@@ -16,7 +16,7 @@ from animalvae.cli import StageOptions
 from animalvae.config import load_config
 from animalvae.errors import ConfigError
 from animalvae.spectrogram import NORMALIZER, Spectrogram, SpectrogramSpec, load_spec
-from animalvae.stage import read_manifest, write_manifest
+from animalvae.stage import list_items, read_manifest, write_manifest
 
 OPTS = StageOptions(progress=False)
 
@@ -360,3 +360,24 @@ def test_silent_skip_is_revisited_once_the_threshold_drops_below_its_level(confi
     lowered = features.run(config(overrides=(f"extract.silence_dbfs={level - 0.01}",)), OPTS)
     assert (lowered.ok, lowered.skipped) == (1, 0)
     assert read_manifest(cfg.paths.spectrograms)["quiet_000050"]["status"] == "ok"
+
+
+def test_chunks_mixing_bad_segments_keep_the_good_arrays_and_the_order(detections, tmp_path):
+    spec = SpectrogramSpec()
+    stage = features.FeaturesStage(spec, batch_size=4, workers=2)
+    work = [(item, tmp_path / "out" / f"{item.id}.npy")
+            for item in list_items(detections, [".wav"])]
+    results = list(stage.process_stream(work))
+    assert [item.id for item, _ in results] == [item.id for item, _ in work]
+    status = {item.id: outcome.status for item, outcome in results}
+    assert status == {"-dog_000010": "ok", "dog_000020": "ok", "cat_000030": "ok",
+                      "short_000040": "ok", "quiet_000050": "skipped", "nan_000060": "failed",
+                      "stereo_000070": "ok"}
+    transform = Spectrogram(spec)
+    for item, output in work:
+        if status[item.id] != "ok":
+            assert not output.exists()
+            continue
+        y, _ = features.load_segment(item.source, spec)
+        expected = transform(torch.from_numpy(y)[None])[0].to(torch.float16).numpy()
+        np.testing.assert_allclose(np.load(output), expected, atol=1e-3)  # f16 rounding
