@@ -46,7 +46,9 @@ def run(args) -> int:
                                   output_key="paths.clips")
     if args.dry_run:
         from animalvae import download_plan
-        print(download_plan.plan(config, from_dir=args.from_dir).report())
+        the_plan = download_plan.plan(config, from_dir=args.from_dir)
+        print(the_plan.report())
+        the_plan.require_selection()   # nothing to download: exit 2, as a real run would
         return 0
     from animalvae import download
     return download.run(config, cli.options_from_args(args), from_dir=args.from_dir,

@@ -21,7 +21,8 @@ from .config import Config, config_to_dict, load_config
 from .errors import ConfigError
 
 __all__ = ["stage_parser", "common_parent", "add_verbosity", "main", "config_from_args",
-           "require_binaries", "default_workers", "StageOptions", "options_from_args"]
+           "require_binaries", "default_workers", "resolve_workers", "StageOptions",
+           "options_from_args"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class StageOptions:
 
 
 _LIMIT_HELP = "process at most N items that still need work (a rerun continues)"
-_WORKERS_HELP = "parallel workers (default: from config)"
+_WORKERS_HELP = "parallel workers; 0 = one per CPU core (default: from config)"
 _FORCE_HELP = "redo items that are already done, skipped or failed for good"
 
 
@@ -74,7 +75,7 @@ def common_parent(*, input_help: str | None, output_help: str | None,
     if limit_help:
         g.add_argument("--limit", type=_positive_int, default=None, metavar="N", help=limit_help)
     if workers_help:
-        g.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+        g.add_argument("--workers", type=_workers_int, default=None, metavar="N",
                        help=workers_help)
     if force_help:
         g.add_argument("--force", action="store_true", help=force_help)
@@ -103,14 +104,18 @@ def stage_parser(prog: str, description: str, *, input_help: str | None,
         parents=[common_parent(input_help=input_help, output_help=output_help)])
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, *, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {least}")
     return value
+
+
+def _workers_int(text: str) -> int:
+    return _positive_int(text, least=0)
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -218,6 +223,11 @@ def require_binaries(*names: str) -> None:
             f"{' and '.join(missing)} not found on PATH: install ffmpeg (Debian/Ubuntu: "
             "sudo apt-get install ffmpeg; macOS: brew install ffmpeg; conda: conda install "
             "-c conda-forge ffmpeg)")
+
+
+def resolve_workers(option: int | None, configured: int) -> int:
+    """``--workers`` when given, else the config value; either way 0 means one per CPU core."""
+    return default_workers(configured if option is None else option)
 
 
 def default_workers(configured: int) -> int:

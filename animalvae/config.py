@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class DownloadConfig:
     url_template: str = "https://www.youtube.com/watch?v={ytid}"
     clip_seconds: float = 10.0      # VGGSound clips are [start, start + 10 s]
     max_height: int = 360           # video height cap, pixels
-    workers: int = 4                # download threads
+    workers: int = 4                # download threads; 0 = one per CPU core
     retries: int = 3                # extra tries for transient errors (429, 5xx, timeouts)
     backoff_s: float = 2.0          # first retry delay; doubles each try, with jitter
     pause_s: float = 0.0            # pause between requests per thread
@@ -132,7 +133,7 @@ class DownloadConfig:
         _positive(problems, "download.max_per_class", self.max_per_class, allow_zero=True)
         _positive(problems, "download.clip_seconds", self.clip_seconds)
         _positive(problems, "download.max_height", self.max_height)
-        _positive(problems, "download.workers", self.workers)
+        _positive(problems, "download.workers", self.workers, allow_zero=True)
         _positive(problems, "download.retries", self.retries, allow_zero=True)
         _positive(problems, "download.backoff_s", self.backoff_s, allow_zero=True)
         _positive(problems, "download.pause_s", self.pause_s, allow_zero=True)
@@ -591,8 +592,16 @@ def load_config(path: str | Path | None = None,
                          if "unknown key" not in p)
     problems += config._check(mistyped)
     if problems:
-        raise ConfigError([f"{path}: {p}" for p in problems])
+        set_keys = [o.split("=", 1)[0].strip() for o in overrides]
+        raise ConfigError([f"--set {p}" if _from_overrides(p, set_keys) else f"{path}: {p}"
+                           for p in problems])
     return dataclasses.replace(config, source=path.resolve())
+
+
+def _from_overrides(problem: str, set_keys: list[str]) -> bool:
+    """Whether the key a problem starts with (``section.key=...``) was given by ``--set``."""
+    key = re.match(r"[\w.]*", problem).group(0)
+    return any(key == k or key.startswith(k + ".") for k in set_keys)
 
 
 def config_to_dict(config: Any) -> dict:

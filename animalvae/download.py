@@ -545,12 +545,7 @@ def run(config: Config, options: cli.StageOptions, *, from_dir: Path | None = No
         _require_yt_dlp()
 
     the_plan = plan(config, from_dir=from_dir)
-    parsed = the_plan.csv
-    if not the_plan.selected:
-        raise ConfigError(
-            f"{parsed.path}: no row matches download.classes with download.splits="
-            f"{list(settings.splits)} ({len(parsed.rows)} usable rows, "
-            f"{len(parsed.malformed)} malformed; see --dry-run): is it VGGSound's vggsound.csv?")
+    the_plan.require_selection()
     rows = {row.id: row for _, row in the_plan.selected}
     stage: _ClipStage
     if the_plan.local is None:
@@ -573,7 +568,7 @@ def run(config: Config, options: cli.StageOptions, *, from_dir: Path | None = No
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(output_dir)
     write_settings(output_dir, config_to_dict(settings))
-    workers = options.workers or settings.workers
+    workers = cli.resolve_workers(options.workers, settings.workers)
     try:
         with ctrl_c:
             summary = run_stage(stage, items, output_dir, force=options.force,

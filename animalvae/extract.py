@@ -435,7 +435,7 @@ def run(config: Config, options: cli.StageOptions) -> Summary:
     cli.require_binaries("ffmpeg", "ffprobe")
     items = list_sources(config)
     output_dir = config.paths.audio
-    workers = options.workers or cli.default_workers(config.extract.workers)
+    workers = cli.resolve_workers(options.workers, config.extract.workers)
     manifest = output_dir / MANIFEST
     last_run = manifest.stat().st_mtime if manifest.is_file() else None
     write_settings(output_dir, config_to_dict(config.extract))

@@ -413,7 +413,7 @@ def run(config: Config, options: cli.StageOptions, *, check: int = 0) -> Feature
                                 "silence_dbfs": config.extract.silence_dbfs})
     stage = FeaturesStage(spec, dtype=config.features.dtype,
                           batch_size=config.features.batch_size,
-                          workers=options.workers or cli.default_workers(config.features.workers),
+                          workers=cli.resolve_workers(options.workers, config.features.workers),
                           silence_dbfs=config.extract.silence_dbfs, pad=config.features.pad,
                           device=device)
     base = run_stage(stage, items, output_dir, force=options.force, limit=options.limit,

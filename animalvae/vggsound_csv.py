@@ -98,9 +98,13 @@ def read_csv(path: Path) -> ParsedCsv:
     Raises
     ------
     ConfigError
-        When the file does not exist or cannot be read; the message says where to get it.
+        When the file does not exist, is a folder or cannot be read; the message says where
+        to get it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"paths.vggsound_csv={path} is a folder: give the CSV file itself "
+                          "(vggsound.csv)")
     if not path.is_file():
         raise ConfigError(
             f"paths.vggsound_csv={path} not found: download vggsound.csv from {CSV_SOURCE} "

@@ -32,12 +32,13 @@ def test_options_from_args():
                                                            progress=False)
 
 
-@pytest.mark.parametrize("flag", ["--limit", "--workers"])
-def test_counts_must_be_positive(flag, capsys):
+@pytest.mark.parametrize(("flag", "value", "least"),
+                         [("--limit", "0", 1), ("--workers", "-1", 0)])
+def test_counts_must_be_positive(flag, value, least, capsys):
     with pytest.raises(SystemExit) as info:
-        parse([flag, "0"])
+        parse([flag, value])
     assert info.value.code == 2
-    assert "0 must be >= 1" in capsys.readouterr().err
+    assert f"{value} must be >= {least}" in capsys.readouterr().err
 
 
 def test_main_maps_errors_to_exit_codes(capsys):
@@ -66,6 +67,17 @@ def test_missing_binary_says_how_to_install(monkeypatch):
 def test_default_workers():
     assert cli.default_workers(3) == 3
     assert cli.default_workers(0) >= 1
+
+
+def test_workers_zero_on_the_command_line_means_one_per_core_as_in_the_config():
+    _, args = parse(["--workers", "0"])
+    option = cli.options_from_args(args).workers
+    assert option == 0
+    cores = cli.default_workers(0)
+    assert cli.resolve_workers(option, configured=3) == cores      # 0 beats the config's 3
+    assert cli.resolve_workers(None, configured=3) == 3            # no flag: the config
+    assert cli.resolve_workers(None, configured=0) == cores
+    assert cli.resolve_workers(5, configured=0) == 5
 
 
 def test_output_that_is_a_file_is_a_settings_error(write_config, tmp_path):

@@ -104,6 +104,18 @@ def test_overrides_are_typed_and_checked(write_config):
         load_config(path, ["train.epochs"])
 
 
+def test_a_bad_set_value_is_reported_under_set_and_a_bad_file_value_under_the_file(
+        write_config):
+    path = write_config("train:\n  epochs: ten\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["model.channels=wide", "download.classes.dogs=3"])
+    problems = info.value.problems
+    assert len(problems) == 3
+    assert f"{path}: train.epochs='ten' must be an integer" in problems
+    assert "--set download.classes.dogs=3 must be a list of str" in problems
+    assert any(p.startswith("--set model.channels='wide'") for p in problems)
+
+
 def test_floats_in_e_notation_and_non_finite_values(write_config):
     config = load_config(write_config("train:\n  lr: 3e-4\n"), ["train.weight_decay=1e-5"])
     assert config.train.lr == 3e-4 and config.train.weight_decay == 1e-5

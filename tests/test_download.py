@@ -238,6 +238,11 @@ def test_missing_csv_says_where_to_get_it(tmp_path):
         read_csv(tmp_path / "nope.csv")
 
 
+def test_a_folder_given_as_the_csv_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"vggsound_csv=.* is a folder: give the CSV file"):
+        read_csv(tmp_path)
+
+
 def _rows(n_per_label: int) -> list[Row]:
     labels = ["dog barking", "dog howling", "cat meowing", "people marching"]
     return [Row(f"{label[:3]}{i:08d}", i, label, ("train", "test")[i % 2])
@@ -581,6 +586,16 @@ def test_dry_run_prints_counts_and_malformed_rows(setup, tube, tmp_path, capsys,
     download_video.main(["--config", str(setup(csv_text)), "--dry-run",
                          "--from-dir", str(tmp_path / "mine")])
     assert "mine: 1 of 4 selected clips found" in capsys.readouterr().out
+
+
+def test_dry_run_of_a_csv_with_nothing_selected_prints_the_report_and_exits_2(
+        setup, capsys, restore_logging):
+    code = download_video.main(["--config", str(setup("bad,1,dog barking,train\n")),
+                                "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "selected: 0 clips" in captured.out and "line 1: id is not 11" in captured.out
+    assert "no row matches download.classes" in captured.err
 
 
 def test_missing_csv_exits_2_with_a_pointer_to_the_file(setup, tmp_path, capsys,
