@@ -8,15 +8,14 @@ representation and its inverse live in :mod:`animalvae.spectrogram`; the spec is
 
 How it runs (executor "stream"): a pool of ``features.workers`` threads each takes a chunk of
 ``features.batch_size`` segments (on CPU: 4, which stay in cache) through the whole job: read
-the frames of each WAV that the segment needs (soundfile), mix them to mono, resample them to
-``extract.sample_rate`` when the file is at another rate (soxr, high quality), pad
-(``features.pad``: zeros or a loop of the segment) or cut them to ``n_frames * hop_length``
-samples, run one batched torch transform on the chunk, and write each array atomically. No
-thread waits on another's transform, so on CPU every core reads, transforms and writes at once
-(soundfile, soxr, torch and file writes release the GIL); torch runs single-threaded meanwhile.
-Per item: unreadable -> failed, NaN/Inf samples -> failed ("non-finite
-samples", never written), RMS below ``extract.silence_dbfs`` -> skipped ("silent"); a failed or
-skipped item's array from an earlier run is deleted.
+each as the transform needs it (:func:`animalvae.segments.load_segment`: mono, resampled with
+soxr when the file has another rate, padded per ``features.pad`` or cut), run one batched torch
+transform on the chunk, and write each array atomically. No thread waits on another's
+transform, so on CPU every core reads, transforms and writes at once (soundfile, soxr, torch and
+file writes release the GIL); torch runs single-threaded meanwhile. Per item: unreadable ->
+failed, NaN/Inf samples -> failed ("non-finite samples", never written), RMS below
+``extract.silence_dbfs`` -> skipped ("silent"); a failed or skipped item's array from an
+earlier run is deleted.
 
 Manifest columns besides the base ones: ``shape`` (``512x256``), ``peak_db`` (the level of the
 loudest bin, dB re a full-scale sine: what the normalisation maps to 1), ``rms_dbfs`` (0 dBFS =
@@ -25,7 +24,7 @@ a full-scale square wave), ``padded_s`` (seconds appended to a short segment), `
 type: a rerun redoes every array whose ``spec_id`` is not the current one, so an interrupted
 or ``--limit`` run with ``--force`` and new settings never leaves a mix behind). After the run:
 ``preview.png`` (a few spectrograms per group), and with ``check=N`` a Griffin-Lim round trip of
-N arrays (:func:`round_trip_check`).
+N arrays (:func:`animalvae.features_check.round_trip_check`).
 """
 
 from __future__ import annotations
@@ -36,32 +35,21 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 
 from . import cli
 from .config import Config, config_to_dict
-from .detect import pad_audio
 from .device import pick_device
 from .errors import ConfigError, ItemFailed, ItemSkipped
-from .extract import rms_dbfs, silent_level
-from .plots import show_spectrogram
-from .spectrogram import (
-    NORMALIZER,
-    InverseSpectrogram,
-    Spectrogram,
-    SpectrogramSpec,
-    load_spec,
-    save_spec,
-    spectral_convergence,
-)
+from .extract import silent_level
+from .features_check import render_preview, round_trip_check
+from .segments import load_segment
+from .spectrogram import NORMALIZER, Spectrogram, SpectrogramSpec, load_spec, save_spec
 from .stage import (
     Item,
     Outcome,
@@ -75,7 +63,7 @@ from .stage import (
 )
 
 __all__ = ["FeaturesStage", "FeaturesSummary", "run", "spec_from_config", "spec_fingerprint",
-           "load_segment", "round_trip_check", "render_preview", "PREVIEW"]
+           "PREVIEW"]
 
 log = logging.getLogger(__name__)
 
@@ -121,81 +109,6 @@ def _same_spec(a: SpectrogramSpec, b: SpectrogramSpec) -> bool:
     if a.kind == b.kind == "stft":
         return dataclasses.replace(a, n_mels=b.n_mels) == b
     return a == b
-
-
-# --------------------------------------------------------------------------------------------
-# Reading one segment (runs in the worker threads)
-# --------------------------------------------------------------------------------------------
-
-def _frames_to_read(source_hz: int, spec: SpectrogramSpec) -> int:
-    """Frames of a file at ``source_hz`` that give ``spec.n_samples`` after resampling.
-
-    Beyond the frames that map onto the segment, a margin for the resampling filter: soxr's
-    high-quality filter reaches less than 128 source frames (scaled by the rate ratio when
-    downsampling) past a cut, so the output then matches resampling the whole file to ~1e-7.
-    """
-    if source_hz == spec.sample_rate:
-        return spec.n_samples
-    ratio = source_hz / spec.sample_rate
-    return math.ceil(spec.n_samples * ratio) + math.ceil(256 * max(1.0, ratio))
-
-
-def load_segment(path: Path, spec: SpectrogramSpec, *, silence_dbfs: float = -60.0,
-                 pad: str = "zeros") -> tuple[np.ndarray, dict[str, Any]]:
-    """Read one segment as the transform needs it: mono, ``spec.sample_rate``, fixed length.
-
-    Only the start of the file that the segment spans is read (plus a margin for resampling).
-
-    Parameters
-    ----------
-    path : Path
-        Any file soundfile reads (WAV, FLAC, ...).
-    spec : SpectrogramSpec
-    silence_dbfs : float
-        RMS level (dBFS) below which the segment counts as silent.
-    pad : {"zeros", "repeat"}
-        How a short segment is brought to ``spec.n_samples``: zeros after it, or the segment
-        looped (:func:`animalvae.detect.pad_audio`).
-
-    Returns
-    -------
-    y : np.ndarray [shape=(spec.n_samples,), float32]
-        Padded or cut to ``spec.n_samples``.
-    info : dict
-        ``rms_dbfs``, ``padded_s``, ``source_rate`` for the manifest.
-
-    Raises
-    ------
-    ItemFailed
-        Unreadable, empty, or NaN/Inf samples.
-    ItemSkipped
-        Silent (RMS below ``silence_dbfs``, or all zeros).
-    """
-    try:
-        with sf.SoundFile(str(path)) as fh:
-            rate = fh.samplerate
-            data = fh.read(_frames_to_read(rate, spec), dtype="float32",
-                           always_2d=True)                          # (n, channels)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise ItemFailed(f"cannot read audio: {' '.join(str(exc).split())}") from None
-    if data.size == 0:
-        raise ItemFailed("no samples")
-    y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if rate != spec.sample_rate:
-        # soxr rather than torchaudio's Resample: about half the CPU time at 44.1 -> 32 kHz.
-        y = soxr.resample(y, rate, spec.sample_rate, quality="HQ")
-    y = y[:spec.n_samples]
-    rms = rms_dbfs(y)     # of what is kept, before any padding; NaN if a sample is NaN/Inf
-    if math.isnan(rms) or rms == math.inf:
-        raise ItemFailed("non-finite samples (NaN or Inf)")
-    if round(rms, 2) < silence_dbfs:   # the rounded level: the one the reason records
-        # Stage 2's format, read back by FeaturesStage.should_retry (extract.silent_level).
-        raise ItemSkipped(f"silent ({rms:.2f} dBFS)")
-    missing = spec.n_samples - y.shape[0]
-    y = pad_audio(y, spec.n_samples, mode=pad)
-    info = {"rms_dbfs": round(rms, 2), "padded_s": round(max(missing, 0) / spec.sample_rate, 4),
-            "source_rate": rate}
-    return np.ascontiguousarray(y, dtype=np.float32), info
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,140 +380,3 @@ def _check_previous_spec(output_dir: Path, spec: SpectrogramSpec, *, force: bool
         raise ConfigError(f"{output_dir / NORMALIZER}: the arrays there were made with other "
                           f"settings ({changed}); rerun with --force to redo them all, or "
                           "write to another folder with --output")
-
-
-def _pick_rows(rows: list[Mapping[str, str]], n: int) -> list[Mapping[str, str]]:
-    """Up to ``n`` rows taking the groups in turn, so every group is represented."""
-    by_group: dict[str, list[Mapping[str, str]]] = collections.defaultdict(list)
-    for row in sorted(rows, key=lambda r: (r["group"], r["id"])):
-        by_group[row["group"]].append(row)
-    picked: list[Mapping[str, str]] = []
-    for rank in range(max(map(len, by_group.values()), default=0)):
-        for group in sorted(by_group):
-            if rank < len(by_group[group]) and len(picked) < n:
-                picked.append(by_group[group][rank])
-    return picked
-
-
-def round_trip_check(output_dir: Path, rows: list[Mapping[str, str]], spec: SpectrogramSpec,
-                     *, n: int, n_iter: int = 32, momentum: float = 0.99,
-                     silence_dbfs: float = -60.0, device: torch.device | None = None,
-                     batch_size: int = 16) -> list[float]:
-    """Stored arrays -> Griffin-Lim -> STFT, against the STFT of their source segments.
-
-    Each array is read back as stored (dtype included), inverted with
-    :class:`InverseSpectrogram`, and the linear STFT magnitude of the result is compared with
-    that of the original segment, both with the clip's peak at 0 dB (the scale the inverse
-    restores). The spectral convergence therefore covers the normalisation, the storage type
-    and the phase reconstruction together.
-
-    Parameters
-    ----------
-    output_dir : Path
-        Folder of the arrays (their manifest ``output`` paths are relative to it).
-    rows : list of mapping
-        ``ok`` manifest rows; up to ``n`` are used, the groups taken in turn.
-    spec : SpectrogramSpec
-    n : int
-        How many segments to check.
-    n_iter, momentum : int, float
-        Griffin-Lim settings.
-    silence_dbfs : float
-        As in the run (the sources are read the same way).
-    device : torch.device or None
-        Default CPU.
-    batch_size : int
-        Segments per Griffin-Lim batch.
-
-    Returns
-    -------
-    list of float
-        One spectral convergence per segment checked (lower is better).
-    """
-    device = device or torch.device("cpu")
-    forward = Spectrogram(spec).to(device)
-    inverse = InverseSpectrogram(spec, n_iter=n_iter, momentum=momentum).to(device)
-    scores: list[float] = []
-    picked = _pick_rows(rows, n)
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.manual_seed(0)  # Griffin-Lim's random initial phases: repeatable figures
-        for start in range(0, len(picked), batch_size):
-            pairs = [pair for r in picked[start:start + batch_size]
-                     if (pair := _check_pair(output_dir, r, spec, silence_dbfs)) is not None]
-            if not pairs:
-                continue
-            x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
-            y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
-            reference = forward.magnitude(y) * 10 ** (-forward.peak_db(y) / 20)[:, None, None]
-            estimate = forward.magnitude(inverse(x))
-            scores += spectral_convergence(reference, estimate).cpu().tolist()
-    if scores:
-        log.debug("round-trip check: median spectral convergence %.3f over %d segment(s) "
-                 "(Griffin-Lim %d iterations, momentum %g; lower is better, <= 0.10 expected "
-                 "for stft at the defaults)", float(np.median(scores)), len(scores), n_iter,
-                 momentum)
-    else:
-        log.warning("round-trip check: no spectrograms to check")
-    return scores
-
-
-def _check_pair(output_dir: Path, row: Mapping[str, str], spec: SpectrogramSpec,
-                silence_dbfs: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """The stored array and its source segment, or None (with a warning) if one is gone."""
-    try:
-        x = np.load(output_dir / row["output"])
-        y, _ = load_segment(Path(row["source"]), spec, silence_dbfs=silence_dbfs)
-    except (ItemFailed, ItemSkipped, OSError, ValueError) as exc:
-        log.warning("round-trip check: %s left out: %s", row["id"], exc)
-        return None
-    return x, y
-
-
-def render_preview(output_dir: Path, rows: list[Mapping[str, str]], spec: SpectrogramSpec,
-                   path: Path, *, per_group: int = 4) -> Path:
-    """Draw up to ``per_group`` stored spectrograms of each group into one PNG.
-
-    One row per group (at most 8 groups), time in seconds across, frequency in Hz up
-    (mel: the band centres' frequencies as tick labels). Written atomically.
-    """
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    by_group: dict[str, list[Mapping[str, str]]] = collections.defaultdict(list)
-    for row in sorted(rows, key=lambda r: (r["group"], r["id"])):
-        if len(by_group[row["group"]]) < per_group:
-            by_group[row["group"]].append(row)
-    groups = sorted(by_group)[:8]
-    cols = max(len(by_group[g]) for g in groups)
-    # A fixed layout in inches (constrained_layout would double the time of the whole call).
-    panel_w, panel_h, gap_w, gap_h = 3.0, 1.9, 0.15, 0.55
-    left, right, top, bottom = 0.85, 1.2, 0.35, 0.55
-    width = left + cols * panel_w + (cols - 1) * gap_w + right
-    height = top + len(groups) * panel_h + (len(groups) - 1) * gap_h + bottom
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
-                        top=1 - top / height, wspace=gap_w / panel_w, hspace=gap_h / panel_h)
-    axes = fig.subplots(len(groups), cols, squeeze=False, sharey=True)
-    image = None
-    for r, group in enumerate(groups):
-        for c in range(cols):
-            ax = axes[r][c]
-            if c >= len(by_group[group]):
-                ax.set_axis_off()
-                continue
-            row = by_group[group][c]
-            x = np.load(output_dir / row["output"]).astype(np.float32)
-            image = show_spectrogram(ax, x, spec, xlabel=r == len(groups) - 1,
-                                     ylabel=c == 0)
-            ax.set_title(f"{group}: {row['id']}", fontsize=8)
-    if image is not None:
-        bar = fig.add_axes((1 - (right - 0.25) / width, bottom / height, 0.12 / width,
-                            1 - (top + bottom) / height))
-        fig.colorbar(image, cax=bar).set_label(f"0 = peak - {spec.top_db:g} dB, 1 = peak",
-                                               fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    return path
-
-
-
-

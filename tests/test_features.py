@@ -11,7 +11,7 @@ import torch
 from media import animal_call, make_wav
 
 import preprocess_audio_vae
-from animalvae import features
+from animalvae import features, features_check, segments
 from animalvae.cli import StageOptions
 from animalvae.config import load_config
 from animalvae.errors import ConfigError
@@ -242,7 +242,7 @@ def test_arrays_of_other_settings_are_redone_after_a_partial_forced_run(config, 
     assert (again.ok, again.failed, again.already_done + again.kept_unfinished) == (4, 1, 2)
     rows = read_manifest(out)
     assert {r["spec_id"] for r in rows.values() if r["status"] == "ok"} == {fingerprint}
-    y, _ = features.load_segment(rows["cat_000030"]["source"], load_spec(out))
+    y, _ = segments.load_segment(rows["cat_000030"]["source"], load_spec(out))
     expected = Spectrogram(load_spec(out))(torch.from_numpy(y)).numpy()
     assert np.abs(np.load(out / "cats/cat_000030.npy") - expected).max() < 1e-3
     # The storage type is part of the fingerprint: float32 redoes every array.
@@ -254,8 +254,8 @@ def test_short_segments_pad_with_zeros_or_repeat(config, tmp_path):
     spec = SpectrogramSpec()
     y = animal_call(1.25, seed=4)                               # 40000 samples
     path = make_wav(tmp_path / "short.wav", y)
-    zeros, info = features.load_segment(path, spec)
-    looped, _ = features.load_segment(path, spec, pad="repeat")
+    zeros, info = segments.load_segment(path, spec)
+    looped, _ = segments.load_segment(path, spec, pad="repeat")
     assert info["padded_s"] == 1.75 and zeros.shape == looped.shape == (96000,)
     assert np.abs(zeros[:40000] - y).max() < 1e-4 and not zeros[40000:].any()
     assert np.array_equal(looped[40000:80000], looped[:40000])
@@ -272,10 +272,10 @@ def test_round_trip_check_is_repeatable_and_covers_each_group(config):
     features.run(cfg, OPTS)
     rows = [r for r in read_manifest(cfg.paths.spectrograms).values() if r["status"] == "ok"]
     spec = SpectrogramSpec()
-    picked = features._pick_rows(rows, 3)
+    picked = features_check._pick_rows(rows, 3)
     assert sorted(r["group"] for r in picked) == ["birds", "cats", "dogs"]
-    a = features.round_trip_check(cfg.paths.spectrograms, rows, spec, n=3, n_iter=2)
-    b = features.round_trip_check(cfg.paths.spectrograms, rows, spec, n=3, n_iter=2)
+    a = features_check.round_trip_check(cfg.paths.spectrograms, rows, spec, n=3, n_iter=2)
+    b = features_check.round_trip_check(cfg.paths.spectrograms, rows, spec, n=3, n_iter=2)
     assert a == b and len(a) == 3
 
 
@@ -283,10 +283,10 @@ def test_load_segment_matches_the_transform_input(tmp_path):
     spec = SpectrogramSpec()
     y = animal_call(seed=3)
     path = make_wav(tmp_path / "a.wav", y)
-    loaded, info = features.load_segment(path, spec)
+    loaded, info = segments.load_segment(path, spec)
     assert loaded.shape == (96000,) and loaded.dtype == np.float32
     assert np.abs(loaded - y).max() < 1e-4 and info["padded_s"] == 0
-    long, _ = features.load_segment(make_wav(tmp_path / "b.wav", animal_call(4.0)), spec)
+    long, _ = segments.load_segment(make_wav(tmp_path / "b.wav", animal_call(4.0)), spec)
     assert long.shape == (96000,)
     x = Spectrogram(spec)(torch.from_numpy(loaded))
     assert x.shape == (512, 256)
@@ -302,7 +302,7 @@ def test_load_segment_reads_only_the_frames_it_needs(tmp_path, monkeypatch, rate
     monkeypatch.setattr(sf.SoundFile, "read",
                         lambda self, frames=-1, **kw: asked.append(frames) or read(self, frames,
                                                                                    **kw))
-    y, _ = features.load_segment(path, spec)
+    y, _ = segments.load_segment(path, spec)
     assert len(asked) == 1 and 0 < asked[0] <= 1.01 * 3 * rate + 256
     # The cut leaves a margin for the resampling filter: as if the whole file were resampled.
     expected = whole if rate == 32000 else soxr.resample(whole, rate, 32000, quality="HQ")
@@ -378,6 +378,6 @@ def test_chunks_mixing_bad_segments_keep_the_good_arrays_and_the_order(detection
         if status[item.id] != "ok":
             assert not output.exists()
             continue
-        y, _ = features.load_segment(item.source, spec)
+        y, _ = segments.load_segment(item.source, spec)
         expected = transform(torch.from_numpy(y)[None])[0].to(torch.float16).numpy()
         np.testing.assert_allclose(np.load(output), expected, atol=1e-3)  # f16 rounding
