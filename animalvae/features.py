@@ -221,24 +221,36 @@ class FeaturesStage(Stage):
             torch.set_num_threads(threads)
 
     def _process_chunk(self, chunk: list[tuple[Item, Path]]) -> list[tuple[Item, Outcome]]:
-        """Read each segment, transform the readable ones together, write each array."""
+        """Read each segment, transform the readable ones together, write each array.
+
+        A transform that fails (a RuntimeError, e.g. out of GPU memory) fails this chunk's
+        readable items with its one-line reason; the run goes on and a rerun retries them.
+        """
         loaded = [(item, output, *self._load(item)) for item, output in chunk]
         ready = [(output, y, outcome) for _, output, y, outcome in loaded if y is not None]
-        saved: dict[Path, Outcome] = {}
-        if ready:
-            y = torch.from_numpy(np.stack([y for _, y, _ in ready])).to(self.device)
-            with torch.inference_mode():
-                x, peak_db = self.transform.forward_with_peak(y)    # (b, bins, frames), (b,)
-                # A NaN/Inf anywhere makes the peak NaN/Inf; a finite peak bounds every value.
-                finite = torch.isfinite(peak_db).cpu().tolist()
-                arrays = x.to(_TORCH_DTYPES[self.dtype.name]).cpu().numpy()
-                peaks = peak_db.cpu().tolist()
-            shape = "x".join(map(str, self.spec.shape))
-            for (output, _, outcome), array, peak, ok in zip(ready, arrays, peaks, finite):
-                saved[output] = _save(output, array, ok, {
-                    "shape": shape, "peak_db": round(peak, 2), **outcome.fields,
-                    "spec_id": self.fingerprint})
+        if not ready:
+            return [(item, outcome) for item, _, _, outcome in loaded]
+        try:
+            arrays, peaks, finite = self._transform([y for _, y, _ in ready])
+        except RuntimeError as exc:
+            log.debug("features: transform of %d segment(s) failed", len(ready), exc_info=True)
+            failed = Outcome("failed", f"transform failed: {' '.join(str(exc).split())[:200]}")
+            return [(item, outcome if y is None else failed) for item, _, y, outcome in loaded]
+        shape = "x".join(map(str, self.spec.shape))
+        saved = {output: _save(output, array, ok, {"shape": shape, "peak_db": round(peak, 2),
+                                                   **outcome.fields, "spec_id": self.fingerprint})
+                 for (output, _, outcome), array, peak, ok in zip(ready, arrays, peaks, finite)}
         return [(item, saved.get(output, outcome)) for item, output, _, outcome in loaded]
+
+    def _transform(self, ys: list[np.ndarray]) -> tuple[np.ndarray, list[float], list[bool]]:
+        """One batched transform: arrays in the storage dtype, peaks (dB), finite flags."""
+        y = torch.from_numpy(np.stack(ys)).to(self.device)
+        with torch.inference_mode():
+            x, peak_db = self.transform.forward_with_peak(y)        # (b, bins, frames), (b,)
+            # A NaN/Inf anywhere makes the peak NaN/Inf; a finite peak bounds every value.
+            finite = torch.isfinite(peak_db).cpu().tolist()
+            arrays = x.to(_TORCH_DTYPES[self.dtype.name]).cpu().numpy()
+            return arrays, peak_db.cpu().tolist(), finite
 
 
 def _save(output: Path, array: np.ndarray, finite: bool, fields: dict[str, Any]) -> Outcome:

@@ -381,3 +381,28 @@ def test_chunks_mixing_bad_segments_keep_the_good_arrays_and_the_order(detection
         y, _ = segments.load_segment(item.source, spec)
         expected = transform(torch.from_numpy(y)[None])[0].to(torch.float16).numpy()
         np.testing.assert_allclose(np.load(output), expected, atol=1e-3)  # f16 rounding
+
+
+def test_a_failing_transform_fails_its_chunk_and_the_run_goes_on(detections, tmp_path,
+                                                                 monkeypatch):
+    stage = features.FeaturesStage(SpectrogramSpec(), batch_size=4, workers=2)
+    calls = []
+
+    def flaky(y):
+        calls.append(len(y))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory.\nTried to allocate 2.00 GiB")
+        return Spectrogram(stage.spec).forward_with_peak(y)
+
+    monkeypatch.setattr(stage.transform, "forward_with_peak", flaky)
+    work = [(item, tmp_path / f"{item.id}.npy") for item in list_items(detections, [".wav"])]
+    outcomes = {item.id: outcome for item, outcome in stage.process_stream(work)}
+    assert len(outcomes) == len(work) and len(calls) == 2
+    failed = [i for i, o in outcomes.items() if o.reason.startswith("transform failed")]
+    assert len(failed) == calls[0]
+    assert outcomes[failed[0]].reason == ("transform failed: CUDA out of memory. Tried to "
+                                          "allocate 2.00 GiB")
+    assert not any((tmp_path / f"{i}.npy").exists() for i in failed)
+    assert outcomes["quiet_000050"].status == "skipped"
+    written = [i for i, o in outcomes.items() if o.status == "ok"]
+    assert len(written) == calls[1] and all((tmp_path / f"{i}.npy").exists() for i in written)
