@@ -104,7 +104,15 @@ def stage_parser(prog: str, description: str, *, input_help: str | None,
         parents=[common_parent(input_help=input_help, output_help=output_help)])
 
 
-def _positive_int(text: str, *, least: int = 1) -> int:
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _workers_int(text: str) -> int:
+    return _int_at_least(text, 0)   # 0 = one per CPU core, as in the config
+
+
+def _int_at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -112,10 +120,6 @@ def _positive_int(text: str, *, least: int = 1) -> int:
     if value < least:
         raise argparse.ArgumentTypeError(f"{value} must be >= {least}")
     return value
-
-
-def _workers_int(text: str) -> int:
-    return _positive_int(text, least=0)
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
