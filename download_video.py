@@ -48,7 +48,7 @@ def run(args) -> int:
         from animalvae import download_plan
         the_plan = download_plan.plan(config, from_dir=args.from_dir)
         print(the_plan.report())
-        the_plan.require_selection()   # nothing to download: exit 2, as a real run would
+        the_plan.require_selection(dry_run=True)   # nothing selected: exit 2, as a real run
         return 0
     from animalvae import download
     return download.run(config, cli.options_from_args(args), from_dir=args.from_dir,

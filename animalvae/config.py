@@ -386,8 +386,8 @@ class Config:
                 f"hop: {hint} (or change features.n_frames)")
         n_bins = f.n_mels if f.kind == "mel" else f.n_fft // 2
         stride = 2 ** len(self.model.channels)
-        for key, size in (("features.n_frames", f.n_frames),
-                          ("n_mels" if f.kind == "mel" else "features.n_fft // 2", n_bins)):
+        bins_key = "features.n_mels" if f.kind == "mel" else "features.n_fft // 2"
+        for key, size in (("features.n_frames", f.n_frames), (bins_key, n_bins)):
             if size % stride:
                 problems.append(
                     f"{key}={size} must be divisible by 2**len(model.channels)={stride} "
@@ -599,9 +599,11 @@ def load_config(path: str | Path | None = None,
 
 
 def _from_overrides(problem: str, set_keys: list[str]) -> bool:
-    """Whether the key a problem starts with (``section.key=...``) was given by ``--set``."""
-    key = re.match(r"[\w.]*", problem).group(0)
-    return any(key == k or key.startswith(k + ".") for k in set_keys)
+    """Whether a problem names a key given by ``--set`` (itself, a key inside it, or the
+    section holding it): cross-section checks name every key they involve."""
+    named = re.findall(r"[A-Za-z_][\w-]*(?:\.[\w-]+)+", problem)
+    return any(key == k or key.startswith(k + ".") or k.startswith(key + ".")
+               for key in named for k in set_keys)
 
 
 def config_to_dict(config: Any) -> dict:

@@ -47,6 +47,7 @@ from .stage import (
     list_items,
     outcome_from_exception,
     run_stage,
+    sigint_deferred,
     write_settings,
 )
 
@@ -261,9 +262,11 @@ class DetectStage(Stage):
             for future in cf.as_completed(list(writing)):
                 yield self._written(writing.pop(future), future)
         finally:
-            # Ctrl-C or an error: drop queued work, let running writes finish atomically.
-            readers.shutdown(wait=True, cancel_futures=True)
-            writers.shutdown(wait=True, cancel_futures=True)
+            # Ctrl-C or an error: drop queued work, let running writes finish atomically (a
+            # second Ctrl-C is ignored meanwhile).
+            with sigint_deferred():
+                readers.shutdown(wait=True, cancel_futures=True)
+                writers.shutdown(wait=True, cancel_futures=True)
 
     def score(self, clips: list[Clip]) -> list[np.ndarray | Outcome]:
         """The scorer's output for each clip, or the Outcome of a clip it failed on.
@@ -437,7 +440,7 @@ def run(config: Config, options: StageOptions) -> Summary:
     config : Config
     options : StageOptions
         ``force``, ``limit``, ``progress``, and ``workers``: I/O threads each for reading
-        and writing (None: ``detect.workers``; 0 there = one per CPU core).
+        and writing (None: ``detect.workers``; 0 = one per CPU core).
 
     Raises
     ------

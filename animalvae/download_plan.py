@@ -90,14 +90,16 @@ class Plan:
                          "they are left for a run without --from-dir")
         return lines
 
-    def require_selection(self) -> None:
+    def require_selection(self, *, dry_run: bool = False) -> None:
         """Raise :class:`ConfigError` when no row was selected (the CSV or the classes are
-        wrong): a download, a ``--from-dir`` copy and a ``--dry-run`` all stop on it."""
+        wrong): a download, a ``--from-dir`` copy and a ``--dry-run`` (whose report is
+        already printed, hence no pointer to it) all stop on it."""
         if not self.selected:
+            see = "" if dry_run else "; see --dry-run"
             raise ConfigError(
                 f"{self.csv.path}: no row matches download.classes with download.splits="
                 f"{self.splits} ({len(self.csv.rows)} usable rows, {len(self.csv.malformed)} "
-                "malformed; see --dry-run): is it VGGSound's vggsound.csv?")
+                f"malformed{see}): is it VGGSound's vggsound.csv?")
 
     def report(self) -> str:
         """The ``--dry-run`` text: per-group counts table and a few malformed rows."""

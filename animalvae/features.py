@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ from .stage import (
     list_items,
     read_manifest,
     run_stage,
+    sigint_deferred,
     write_settings,
 )
 
@@ -116,7 +119,13 @@ def _same_spec(a: SpectrogramSpec, b: SpectrogramSpec) -> bool:
 # --------------------------------------------------------------------------------------------
 
 class FeaturesStage(Stage):
-    """Segments -> ``<group>/<id>.npy`` spectrograms, read in threads, transformed in batches.
+    """Segments -> ``<group>/<id>.npy`` spectrograms: threads each read, transform and write
+    a chunk.
+
+    On CPU the threads transform at once; on a GPU (CUDA or MPS) one thread at a time holds
+    the device for its transform (copy in, transform, copy back) while the others read and
+    write: MPS aborts the process when two threads use it together, and one batch at a time
+    keeps GPU memory at one batch.
 
     Parameters
     ----------
@@ -157,6 +166,8 @@ class FeaturesStage(Stage):
         self.batch_size = batch_size if self.device.type != "cpu" else min(batch_size,
                                                                            _CPU_CHUNK)
         self.transform = Spectrogram(spec).to(self.device)
+        self._device_lock = (contextlib.nullcontext() if self.device.type == "cpu"
+                             else threading.Lock())
 
     def should_retry(self, row: Mapping[str, str]) -> bool:
         """Retry failures; revisit a ``silent (L dBFS)`` skip once ``silence_dbfs`` is below
@@ -209,7 +220,7 @@ class FeaturesStage(Stage):
         pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="features")
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
-            # One segment per thread already keeps every core busy; torch's own OpenMP teams
+            # One chunk per thread already keeps every core busy; torch's own OpenMP teams
             # on top of that would wait at barriers for descheduled threads.
             torch.set_num_threads(1)
         try:
@@ -217,7 +228,11 @@ class FeaturesStage(Stage):
                                          ahead=2 * self.workers):
                 yield from outcomes
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Ctrl-C or an early close: queued chunks are dropped, running ones finish their
+            # atomic writes (a second Ctrl-C is ignored meanwhile). Their outcomes are not
+            # recorded, so a rerun redoes them (``is_done`` needs a manifest row).
+            with sigint_deferred():
+                pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)
 
     def _process_chunk(self, chunk: list[tuple[Item, Path]]) -> list[tuple[Item, Outcome]]:
@@ -244,8 +259,9 @@ class FeaturesStage(Stage):
 
     def _transform(self, ys: list[np.ndarray]) -> tuple[np.ndarray, list[float], list[bool]]:
         """One batched transform: arrays in the storage dtype, peaks (dB), finite flags."""
-        y = torch.from_numpy(np.stack(ys)).to(self.device)
-        with torch.inference_mode():
+        y = torch.from_numpy(np.stack(ys))
+        with self._device_lock, torch.inference_mode():
+            y = y.to(self.device)
             x, peak_db = self.transform.forward_with_peak(y)        # (b, bins, frames), (b,)
             # A NaN/Inf anywhere makes the peak NaN/Inf; a finite peak bounds every value.
             finite = torch.isfinite(peak_db).cpu().tolist()

@@ -34,7 +34,7 @@ from .errors import ConfigError, ItemFailed, ItemSkipped
 
 __all__ = [
     "Item", "Outcome", "Stage", "Summary", "run_stage", "run_one", "outcome_from_exception",
-    "ITEM_ERRORS", "list_items", "atomic_path",
+    "ITEM_ERRORS", "list_items", "atomic_path", "sigint_deferred",
     "atomic_write_text", "read_manifest", "write_manifest", "write_settings", "MANIFEST",
     "BASE_COLUMNS",
 ]
@@ -439,7 +439,7 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
                 write_manifest(output_dir, rows.values(), stage.columns)
                 last_flush = time.monotonic()
     finally:
-        with _sigint_deferred():  # a second Ctrl-C must not lose the manifest
+        with sigint_deferred():  # a second Ctrl-C must not lose the manifest
             for item, outcome in late:
                 record(item, outcome)
             bar.close()
@@ -467,7 +467,7 @@ def _row(item: Item, rel: Path, outcome: Outcome) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
+def sigint_deferred() -> Iterator[None]:
     """Ignore Ctrl-C for the duration (in the main thread; elsewhere signals cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -506,7 +506,7 @@ def _execute(stage: Stage, todo: list[tuple[Item, Path]], workers: int,
     finally:
         # On Ctrl-C or an error: drop queued items, let running ones finish atomically (a
         # second Ctrl-C is ignored meanwhile: interrupting the pool's shutdown hangs it)...
-        with _sigint_deferred():
+        with sigint_deferred():
             pool.shutdown(wait=True, cancel_futures=True)
         # ... and hand their successes to the caller, so the manifest records them too (a
         # failure at that moment may be the interruption itself: the next run retries it).

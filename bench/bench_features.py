@@ -13,13 +13,13 @@ On ``--count`` generated 3 s segments, in one process, on the same files, each m
   ``fix_length`` to 3 s, peak ``normalize``, ``librosa.stft(n_fft=1024, hop_length=512)``,
   ``amplitude_to_db``, min-max to [0, 1], two NaN checks, two ``np.save`` (array, min/max);
 - same-work loop: that loop made to produce our representation (``librosa.load(sr=32000)``,
-  ``stft(n_fft=1024, hop_length=375)``, top bin dropped), so both do the same work per file;
+  ``stft(n_fft=1024, hop_length=375)``, top bin dropped), so both do comparable work per file;
 - floor: per file soundfile read + one torch STFT + ``np.save``, no resampling.
 
 Two sets of segments: at 32 kHz, as stage 3 writes them (ours reads them as they are; the
 loops resample in ``librosa.load`` when their rate differs), and at 44.1 kHz, as a folder of
-other recordings might be (everyone resamples, with soxr HQ). Prints a Markdown section and
-writes it to ``bench/results/features.md``.
+other recordings might be (the loops and ours resample, with soxr HQ; the floor does not).
+Prints a Markdown section and writes it to ``bench/results/features.md``.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ LABELS = {
     "run": "ours: whole features.run (+ normalizer.json, settings, preview.png)",
     "original": "original loop (Preprocess_audio_VAE.py: load at 48 kHz, hop 512)",
     "same_work": "same-work loop (the original loop making our 32 kHz, hop 375 arrays)",
-    "floor": "floor: per-file read + one STFT + np.save, no resampling",
+    "floor": "floor: per-file read + one STFT + np.save, no resampling, one thread",
 }
 
 
@@ -233,19 +233,20 @@ original loop resamples them to 48 kHz, the same-work loop to 32 kHz, which is a
 
 {ratios(t32)}
 
-Segments at 44.1 kHz, as a folder of other recordings might be (everyone resamples with soxr
-HQ: the loops in `librosa.load`, ours in its threads):
+Segments at 44.1 kHz, as a folder of other recordings might be (the loops and ours resample with
+soxr HQ: the loops in `librosa.load`, ours in its threads; the floor does not resample):
 
 {table(t44, n)}
 
 {ratios(t44)} The whole `features.run` adds a fixed
-{best(t32, 'run') - best(t32, 'stage'):.1f} s per run (mostly drawing preview.png), not per clip.
+{best(t32, 'run') - best(t32, 'stage'):.1f} s per run (preview.png, settings), not per clip.
 
 The original loop is the baseline the issue names: it resamples every segment (to 48 kHz) and
-computes a larger STFT. The same-work loop isolates what our code does better on identical
-work: per clip it needs {cpu_share['32']:.0f}% / {cpu_share['44']:.0f}% of that loop's CPU time
-(32 / 44.1 kHz). The rest of our speed comes from every core reading, transforming and
-writing at once (soundfile, soxr, torch and file writes release the GIL): wall time is at least
+computes a larger STFT. The same-work loop isolates what our code does better on comparable
+work (float32 arrays and a min/max file there, float16 here): per clip it needs
+{cpu_share['32']:.0f}% / {cpu_share['44']:.0f}% of that loop's CPU time (32 / 44.1 kHz). The rest of
+our speed comes from every core reading, transforming and writing at once (soundfile, soxr,
+torch and file writes release the GIL): wall time is at least
 CPU time / cores, so on {os.cpu_count()} core(s) ours can be at most
 {bound['32']:.1f}x / {bound['44']:.1f}x the same-work loop at these per-clip costs; the ratios
 grow with the number of free cores.

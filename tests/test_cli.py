@@ -69,11 +69,12 @@ def test_default_workers():
     assert cli.default_workers(0) >= 1
 
 
-def test_workers_zero_on_the_command_line_means_one_per_core_as_in_the_config():
+def test_workers_zero_on_the_command_line_means_one_per_core_as_in_the_config(monkeypatch):
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(7)), raising=False)
     _, args = parse(["--workers", "0"])
     option = cli.options_from_args(args).workers
     assert option == 0
-    cores = cli.default_workers(0)
+    cores = 7
     assert cli.resolve_workers(option, configured=3) == cores      # 0 beats the config's 3
     assert cli.resolve_workers(None, configured=3) == 3            # no flag: the config
     assert cli.resolve_workers(None, configured=0) == cores

@@ -114,6 +114,14 @@ def test_a_bad_set_value_is_reported_under_set_and_a_bad_file_value_under_the_fi
     assert f"{path}: train.epochs='ten' must be an integer" in problems
     assert "--set download.classes.dogs=3 must be a list of str" in problems
     assert any(p.startswith("--set model.channels='wide'") for p in problems)
+    # A cross-section check names every key involved; one of them came from --set.
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(""), ["download.clip_seconds=2"])
+    assert info.value.problems == ["--set detect.segment_seconds=3.0 must be <= "
+                                   "download.clip_seconds=2.0"]
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(""), ["train.lr.x=1"])
+    assert all(p.startswith("--set train.lr=") for p in info.value.problems)
 
 
 def test_floats_in_e_notation_and_non_finite_values(write_config):

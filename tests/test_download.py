@@ -596,6 +596,7 @@ def test_dry_run_of_a_csv_with_nothing_selected_prints_the_report_and_exits_2(
     assert code == 2
     assert "selected: 0 clips" in captured.out and "line 1: id is not 11" in captured.out
     assert "no row matches download.classes" in captured.err
+    assert "see --dry-run" not in captured.err
 
 
 def test_missing_csv_exits_2_with_a_pointer_to_the_file(setup, tmp_path, capsys,

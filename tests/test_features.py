@@ -1,6 +1,7 @@
 """Stage 4: segments -> .npy spectrograms: outputs, bad input, resume, settings, check, preview."""
 
 import dataclasses
+import itertools
 import re
 
 import numpy as np
@@ -386,23 +387,27 @@ def test_chunks_mixing_bad_segments_keep_the_good_arrays_and_the_order(detection
 def test_a_failing_transform_fails_its_chunk_and_the_run_goes_on(detections, tmp_path,
                                                                  monkeypatch):
     stage = features.FeaturesStage(SpectrogramSpec(), batch_size=4, workers=2)
-    calls = []
 
-    def flaky(y):
-        calls.append(len(y))
-        if len(calls) == 1:
+    calls = itertools.count()   # next() is atomic: exactly one call, the first, fails
+    sizes: dict[int, int] = {}
+
+    def out_of_memory_once(y):
+        n = next(calls)
+        sizes[n] = len(y)
+        if n == 0:
             raise RuntimeError("CUDA out of memory.\nTried to allocate 2.00 GiB")
         return Spectrogram(stage.spec).forward_with_peak(y)
 
-    monkeypatch.setattr(stage.transform, "forward_with_peak", flaky)
+    monkeypatch.setattr(stage.transform, "forward_with_peak", out_of_memory_once)
     work = [(item, tmp_path / f"{item.id}.npy") for item in list_items(detections, [".wav"])]
     outcomes = {item.id: outcome for item, outcome in stage.process_stream(work)}
-    assert len(outcomes) == len(work) and len(calls) == 2
+    assert len(outcomes) == len(work) and len(sizes) == 2
+    assert outcomes["quiet_000050"].status == "skipped"
+    assert outcomes["nan_000060"].reason.startswith("non-finite samples")
     failed = [i for i, o in outcomes.items() if o.reason.startswith("transform failed")]
-    assert len(failed) == calls[0]
+    ok = [i for i, o in outcomes.items() if o.status == "ok"]
+    assert len(failed) == sizes[0] and len(ok) == sizes[1] and len(failed) + len(ok) == 5
     assert outcomes[failed[0]].reason == ("transform failed: CUDA out of memory. Tried to "
                                           "allocate 2.00 GiB")
     assert not any((tmp_path / f"{i}.npy").exists() for i in failed)
-    assert outcomes["quiet_000050"].status == "skipped"
-    written = [i for i, o in outcomes.items() if o.status == "ok"]
-    assert len(written) == calls[1] and all((tmp_path / f"{i}.npy").exists() for i in written)
+    assert all((tmp_path / f"{i}.npy").exists() for i in ok)
