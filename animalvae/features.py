@@ -47,18 +47,20 @@ import torch
 from . import cli
 from .config import Config, config_to_dict
 from .device import pick_device
-from .errors import ConfigError, ItemFailed, ItemSkipped
+from .errors import ConfigError
 from .extract import silent_level
 from .features_check import render_preview, round_trip_check
 from .segments import load_segment
 from .spectrogram import NORMALIZER, Spectrogram, SpectrogramSpec, load_spec, save_spec
 from .stage import (
+    ITEM_ERRORS,
     Item,
     Outcome,
     Stage,
     Summary,
     atomic_path,
     list_items,
+    outcome_from_exception,
     read_manifest,
     run_stage,
     sigint_deferred,
@@ -199,13 +201,9 @@ class FeaturesStage(Stage):
         try:
             y, info = load_segment(Path(item.source), self.spec, silence_dbfs=self.silence_dbfs,
                                    pad=self.pad)
-        except ItemSkipped as exc:
-            return None, Outcome("skipped", str(exc))
-        except ItemFailed as exc:
-            return None, Outcome("failed", str(exc))
-        except (OSError, ValueError, RuntimeError, EOFError) as exc:  # as run_stage records them
-            log.debug("item %s failed", item.id, exc_info=True)
-            return None, Outcome("failed", f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+        except ITEM_ERRORS as exc:   # recorded as run_stage records them
+            log.debug("item %s: %s", item.id, type(exc).__name__, exc_info=True)
+            return None, outcome_from_exception(exc)
         return y, Outcome("ok", "", info)
 
     def process_stream(self, work: list[tuple[Item, Path]]) -> Iterator[tuple[Item, Outcome]]:
