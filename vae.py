@@ -96,8 +96,8 @@ def run(args) -> int:
     options = cli.StageOptions(force=getattr(args, "force", False),
                                limit=getattr(args, "limit", None), progress=not args.quiet)
     if args.command == "train":
-        from animalvae import train
-        from animalvae.checkpoint import LAST
+        from animalvae.vae import train
+        from animalvae.vae.checkpoint import LAST
         try:
             train.train(config, run_dir, resume=args.resume, options=options)
         except train.TrainingDiverged as exc:
@@ -113,7 +113,7 @@ def run(args) -> int:
             print(f"vae.py: {hint}", file=sys.stderr)
             raise
         return 0
-    from animalvae import generate
+    from animalvae.vae import generate
     if args.command == "generate":
         generate.generate(config, run_dir, groups=args.group, count=args.count, options=options)
     elif args.command == "reconstruct":

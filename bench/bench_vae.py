@@ -4,8 +4,8 @@
 Training, on random spectrograms in memory (speed does not depend on the values), one optimiser
 step = forward + loss + backward + clip + AdamW step, timed after a warm-up:
 
-- ours: :class:`animalvae.model.VAE` at the default config (``model.*``, ``train.batch_size``)
-  on whole 3 s spectrograms (512 x 256), with :func:`animalvae.train.vae_loss`;
+- ours: :class:`animalvae.vae.model.VAE` at the default config (``model.*``, ``train.batch_size``)
+  on whole 3 s spectrograms (512 x 256), with :func:`animalvae.vae.train.vae_loss`;
 - ours with ``model.channels: [16, 32, 64, 128, 256]`` (wider, one block fewer), to show what
   the default choice buys;
 - original: the ``VAE.py`` architecture of the original scripts, re-implemented here layer for
@@ -44,14 +44,14 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from animalvae.config import ModelConfig, load_config  # noqa: E402
-from animalvae.model import VAE  # noqa: E402
+from animalvae.vae.model import VAE  # noqa: E402
 from animalvae.spectrogram import (  # noqa: E402
     InverseSpectrogram,
     Spectrogram,
     SpectrogramSpec,
     spectral_convergence,
 )
-from animalvae.train import vae_loss  # noqa: E402
+from animalvae.vae.train import vae_loss  # noqa: E402
 
 ORIGINAL_SECONDS = 64 * 512 / 48000  # 64 frames, hop 512, 48 kHz
 ROUNDS = 3
@@ -206,7 +206,7 @@ def bench_training(threads: int) -> tuple[list[dict], str]:
 def bench_griffin_lim(n: int = 16, n_iter: int = 32) -> dict:
     import librosa
 
-    from animalvae.synth import clip_audio
+    from animalvae.demo.synth import clip_audio
 
     spec = SpectrogramSpec()
     rng = np.random.default_rng(0)

@@ -19,14 +19,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from animalvae import demo, demo_data, local_server, synth
+from animalvae.demo import data as demo_data
+from animalvae.demo import pipeline, synth
+from animalvae.demo import server as local_server
 from animalvae.config import DEFAULT_CONFIG, load_config
 from animalvae.errors import ConfigError
 from animalvae.stage import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("dogs", "cats", "birds")
-DEMO = load_config(demo.DEMO_CONFIG)
+DEMO = load_config(pipeline.DEMO_CONFIG)
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,13 +106,13 @@ def test_video_frames_differ_by_group_and_are_not_blank():
 def test_demo_config_sets_every_key_and_selects_the_demo_labels():
     import yaml
     full = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    mine = yaml.safe_load(demo.DEMO_CONFIG.read_text())
+    mine = yaml.safe_load(pipeline.DEMO_CONFIG.read_text())
     for section, keys in full.items():
         missing = set(keys) - set(mine.get(section, {})) - {"audioset_classes"}
         assert not missing, f"configs/demo.yaml lacks {section}.{sorted(missing)}"
     assert DEMO.detect.backend == "energy"
     assert {g: tuple(v) for g, v in DEMO.download.classes.items()} == demo_data.DEMO_LABELS
-    assert DEMO.paths.clips == demo.DEFAULT_OUT / "data" / "clips"
+    assert DEMO.paths.clips == pipeline.DEFAULT_OUT / "data" / "clips"
 
 
 def test_plan_is_stable_and_vggsound_shaped(tmp_path):
@@ -143,15 +145,15 @@ def test_server_serves_files_and_stops(tmp_path):
 
 def test_a_failing_step_names_its_command_and_output_tail():
     argv = [sys.executable, "-c", "import sys; print('line one'); print('it broke'); sys.exit(3)"]
-    with pytest.raises(demo.DemoFailed, match=r"(?s)exit code 3.*it broke") as info:
-        demo.run_step("[x/5] failing", argv)
+    with pytest.raises(pipeline.DemoFailed, match=r"(?s)exit code 3.*it broke") as info:
+        pipeline.run_step("[x/5] failing", argv)
     assert info.value.exit_code == 3
 
 
 def test_fresh_refuses_a_folder_the_demo_did_not_make(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(ConfigError, match="not made by the demo"):
-        demo._prepare_out(tmp_path, fresh=True)
+        pipeline._prepare_out(tmp_path, fresh=True)
     assert (tmp_path / "precious.txt").exists()
 
 

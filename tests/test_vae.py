@@ -19,11 +19,11 @@ import soundfile as sf
 import torch
 
 import vae
-from animalvae import dataset as dataset_mod
-from animalvae import train as train_mod
+from animalvae.vae import dataset as dataset_mod
+from animalvae.vae import train as train_mod
 from animalvae.config import ModelConfig, load_config
 from animalvae.errors import ConfigError
-from animalvae.model import VAE, kl_divergence, load_model
+from animalvae.vae.model import VAE, kl_divergence, load_model
 from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import Item
 

@@ -38,18 +38,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import cli
-from .config import Config, load_config
-from .demo_data import OTHER_ROWS, DemoFailed, build_dataset
-from .errors import ConfigError
-from .local_server import serve
-from .stage import read_manifest
+from .. import cli
+from ..config import Config, load_config
+from .data import OTHER_ROWS, DemoFailed, build_dataset
+from ..errors import ConfigError
+from .server import serve
+from ..stage import read_manifest
 
 __all__ = ["DemoFailed", "stage_commands", "run_step", "main"]
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 DEFAULT_OUT = ROOT / "demo_out"
 MARKER = ".animalvae-demo"            # marks a folder the demo made (so --fresh may delete it)
@@ -337,6 +337,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,11 +6,11 @@ and writes into the run folder (``paths.runs/<train.name>``):
 - ``split.csv``: which file is in ``train`` and which in ``val`` (held out per group, fixed by
   ``train.seed``); ``reconstruct`` and ``evaluate`` use the ``val`` rows only;
 - ``model.pth``: the weights with the best validation loss so far, plus everything needed to
-  use them (see :mod:`animalvae.model`); ``last.pth``: the latest state, for ``--resume``;
+  use them (see :mod:`animalvae.vae.model`); ``last.pth``: the latest state, for ``--resume``;
 - ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect.
 
-Finding, splitting and loading the data is :mod:`animalvae.dataset`; saving, resuming and
-clearing the run folder is :mod:`animalvae.checkpoint`.
+Finding, splitting and loading the data is :mod:`animalvae.vae.dataset`; saving, resuming and
+clearing the run folder is :mod:`animalvae.vae.checkpoint`.
 
 Loss (per pixel, so its size does not depend on the spectrogram shape)::
 
@@ -57,8 +57,8 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .cli import StageOptions
-from .config import Config, config_to_dict
+from ..cli import StageOptions
+from ..config import Config, config_to_dict
 from .dataset import (
     SPLIT,
     SpectrogramSet,
@@ -71,11 +71,11 @@ from .dataset import (
     split_items,
     write_split,
 )
-from .device import pick_device
-from .errors import AnimalVAEError, ConfigError
+from ..device import pick_device
+from ..errors import AnimalVAEError, ConfigError
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
-from .spectrogram import SpectrogramSpec
-from .stage import atomic_path, write_settings
+from ..spectrogram import SpectrogramSpec
+from ..stage import atomic_path, write_settings
 
 __all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at"]
 

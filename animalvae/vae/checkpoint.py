@@ -1,7 +1,7 @@
 """Checkpoints that resume exactly, and the run folder that holds them.
 
 A run folder (``paths.runs/<train.name>``) holds ``model.pth`` (the best weights, see
-:mod:`animalvae.model` for the format), ``last.pth`` (the latest state, for ``--resume``),
+:mod:`animalvae.vae.model` for the format), ``last.pth`` (the latest state, for ``--resume``),
 ``split.csv``, ``metrics.csv``, ``loss.png``, ``settings.yaml`` and, after ``vae.py
 generate``, ``samples/`` and ``index.html``. Checkpoints are plain data (loadable with
 ``torch.load(..., weights_only=True)``), written atomically; ``last.pth`` also carries every
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from .dataset import SPLIT
-from .errors import ConfigError
+from ..errors import ConfigError
 from .gallery import GALLERY, SAMPLES
-from .stage import atomic_path
+from ..stage import atomic_path
 
 __all__ = ["rng_state", "set_rng_state", "seed_everything", "save_checkpoint", "check_run_dir",
            "clear_run_dir", "MODEL", "LAST", "METRICS", "LOSS_PLOT"]

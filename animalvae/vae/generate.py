@@ -5,7 +5,7 @@ config, spectrogram spec, group names); the config supplies only ``generate.*`` 
 ``train.device``. Decoded spectrograms go back to sound with
 :class:`~animalvae.spectrogram.InverseSpectrogram` (fast Griffin-Lim, batched, on the model's
 device), are peak-normalised to -1 dBFS and written as 16-bit WAV at the spec's sample rate,
-each with a PNG of its spectrogram; ``index.html`` (:mod:`animalvae.gallery`) is rebuilt after
+each with a PNG of its spectrogram; ``index.html`` (:mod:`animalvae.vae.gallery`) is rebuilt after
 every command. Held-out files are the ``val`` rows of the run's ``split.csv``, never training
 files.
 """
@@ -25,14 +25,14 @@ import torch
 from torch import Tensor
 
 from .checkpoint import MODEL
-from .cli import StageOptions
-from .config import Config
+from ..cli import StageOptions
+from ..config import Config
 from .dataset import SpectrogramSet, iter_batches, read_array, read_split
-from .device import pick_device
-from .errors import ConfigError
+from ..device import pick_device
+from ..errors import ConfigError
 from .gallery import SAMPLES, write_gallery
 from .model import TrainedModel, kl_divergence, load_model
-from .spectrogram import (
+from ..spectrogram import (
     NORMALIZER,
     InverseSpectrogram,
     Spectrogram,
@@ -40,7 +40,7 @@ from .spectrogram import (
     load_spec,
     spectral_convergence,
 )
-from .stage import Item, atomic_path, atomic_write_text
+from ..stage import Item, atomic_path, atomic_write_text
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
            "log_spectral_distance", "PEAK_DBFS", "UNCONDITIONAL"]
@@ -136,7 +136,7 @@ def _draw_spectrogram(path: Path, x: np.ndarray, spec: SpectrogramSpec) -> None:
     """A small labelled picture of one spectrogram (400 x 240 px; about 50 ms on a CPU)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    from .plots import show_spectrogram
+    from ..plots import show_spectrogram
 
     fig = Figure(figsize=(4.0, 2.4))
     fig.subplots_adjust(left=0.17, right=0.97, bottom=0.19, top=0.96)  # fixed: fast

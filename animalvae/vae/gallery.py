@@ -5,7 +5,7 @@ The page is rebuilt from what is on disk under ``<run>/samples/`` after every ``
 Links are relative and URL-quoted, there is no script and no external resource: the folder
 can be zipped, moved, and opened from disk in any browser.
 
-Layout it reads (written by :mod:`animalvae.generate`)::
+Layout it reads (written by :mod:`animalvae.vae.generate`)::
 
     samples/<group>_<k>.wav|png                           generated
     samples/reconstruct/<group>/<id>_original.wav|png     held-out file (through Griffin-Lim)
@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from .stage import atomic_write_text
+from ..stage import atomic_write_text
 
 __all__ = ["write_gallery", "GALLERY", "SAMPLES"]
 

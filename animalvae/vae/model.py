@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .errors import ConfigError
-from .spectrogram import SpectrogramSpec
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..spectrogram import SpectrogramSpec
 
 __all__ = ["Encoder", "Decoder", "VAE", "TrainedModel", "FORMAT", "build_model",
            "kl_divergence", "checkpoint_payload", "read_checkpoint", "load_model"]
@@ -256,7 +256,7 @@ class TrainedModel:
 def _versions() -> dict[str, str]:
     import torchaudio
 
-    from . import __version__
+    from .. import __version__
     # str(): torch.__version__ is a str subclass that weights_only loading refuses
     return {"torch": str(torch.__version__), "torchaudio": str(torchaudio.__version__),
             "animalvae": str(__version__)}

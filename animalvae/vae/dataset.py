@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
-from .spectrogram import SpectrogramSpec, load_spec
-from .stage import Item, atomic_path, list_items
+from ..errors import ConfigError
+from ..spectrogram import SpectrogramSpec, load_spec
+from ..stage import Item, atomic_path, list_items
 
 __all__ = ["SpectrogramSet", "find_spectrograms", "split_items", "write_split", "read_split",
            "read_array", "iter_batches", "epoch_order", "rank_and_world", "is_main_process",
