@@ -297,6 +297,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     max_steps: int = 0              # stop after this many optimiser steps; 0 = no limit
+    prior_components: int = 4       # Gaussian mixture per group over the codes; 0 = none
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -314,6 +315,7 @@ class TrainConfig:
         if not 0 < self.val_fraction < 1:
             problems.append(f"train.val_fraction={self.val_fraction} must be in (0, 1)")
         _positive(problems, "train.max_steps", self.max_steps, allow_zero=True)
+        _positive(problems, "train.prior_components", self.prior_components, allow_zero=True)
         return problems
 
 
@@ -322,16 +324,19 @@ class GenerateConfig:
     """Stage 5: sampling new sounds from a trained run."""
 
     count: int = 4                  # samples per group
-    temperature: float = 1.0        # z ~ N(0, I) * temperature
+    temperature: float = 1.0        # scales the prior's standard deviation
+    prior: Literal["mixture", "normal"] = "mixture"  # the fit mixture per group, or N(0, I)
     griffin_lim_iters: int = 64
     momentum: float = 0.99
     seed: int = 0
+    eval_samples: int = 20          # samples per group that vae.py evaluate judges
 
     def _check(self) -> list[str]:
         problems: list[str] = []
         _positive(problems, "generate.count", self.count)
         _positive(problems, "generate.temperature", self.temperature)
         _positive(problems, "generate.griffin_lim_iters", self.griffin_lim_iters)
+        _positive(problems, "generate.eval_samples", self.eval_samples)
         if not 0 <= self.momentum < 1:
             problems.append(f"generate.momentum={self.momentum} must be in [0, 1)")
         return problems

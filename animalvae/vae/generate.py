@@ -32,6 +32,7 @@ from ..device import pick_device
 from ..errors import ConfigError
 from .gallery import SAMPLES, write_gallery
 from .model import TrainedModel, kl_divergence, load_model
+from .prior import sample_prior
 from ..spectrogram import (
     NORMALIZER,
     InverseSpectrogram,
@@ -43,6 +44,7 @@ from ..spectrogram import (
 from ..stage import Item, atomic_path, atomic_write_text
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
+           "sample_latents",
            "log_spectral_distance", "PEAK_DBFS", "UNCONDITIONAL"]
 
 log = logging.getLogger(__name__)
@@ -212,9 +214,54 @@ def _count(value: int | None, default: int, flag: str) -> int:
 # Commands
 # --------------------------------------------------------------------------------------------
 
+def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, temperature: float,
+                   seed: int) -> Tensor:
+    """One latent vector per label, from the run's mixture prior or from N(0, I).
+
+    Parameters
+    ----------
+    trained : TrainedModel
+    labels : Tensor [shape=(B,), int64, on the CPU]
+        Group indices.
+    prior : {"mixture", "normal"}
+        ``mixture`` uses ``trained.prior`` (see :mod:`animalvae.vae.prior`) and falls back to
+        N(0, I) when the ``model.pth`` has none.
+    temperature : float
+        Scales the prior's standard deviation.
+    seed : int
+        Seeds a CPU generator: the same z on every device.
+
+    Returns
+    -------
+    Tensor [shape=(B, L), on the CPU]
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if prior == "mixture" and trained.prior is not None:
+        return sample_prior(trained.prior, labels, generator=gen, temperature=temperature)
+    if prior == "mixture":
+        log.info("this model.pth has no mixture prior (trained before it existed, or with "
+                 "train.prior_components: 0): sampling z ~ N(0, I)")
+    return torch.randn(len(labels), trained.model.config.latent_dim, generator=gen) * temperature
+
+
+def _decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Tensor:
+    """Sample z for each label (``generate.prior``, ``temperature``, ``seed``) and decode it:
+    (B,) CPU labels -> (B, H, W) spectrograms on the model's device."""
+    gc = config.generate
+    device = _device(trained)
+    z = sample_latents(trained, labels, prior=gc.prior, temperature=gc.temperature,
+                       seed=gc.seed)
+    with torch.no_grad():
+        return trained.model.decode(z.to(device), labels.to(device))[:, 0]
+
+
 def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = None,
              count: int | None = None, options: StageOptions | None = None) -> list[Path]:
-    """Sample ``count`` new sounds per group: z ~ N(0, I) * temperature, decode, Griffin-Lim.
+    """Sample ``count`` new sounds per group: z from the prior, decode, Griffin-Lim.
+
+    z comes from the group's Gaussian mixture stored in ``model.pth`` (``generate.prior:
+    mixture``, the default) or from N(0, I) (``normal``, or a model without a mixture), its
+    spread scaled by ``generate.temperature``.
 
     Parameters
     ----------
@@ -243,7 +290,6 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
     gc = config.generate
     count = _count(count, gc.count, "--count")
     trained = _load_run(config, run_dir)
-    device = _device(trained)
     if trained.model.config.conditional:
         names = list(dict.fromkeys(groups)) if groups else list(trained.groups)
         labels = [trained.group_index(g) for g in names]
@@ -253,12 +299,8 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
     else:
         names, labels = [UNCONDITIONAL], [0]
 
-    gen = torch.Generator().manual_seed(gc.seed)  # on the CPU: the same z on every device
-    z = torch.randn(len(names) * count, trained.model.config.latent_dim, generator=gen)
-    z = (z * gc.temperature).to(device)                                     # (G*count, L)
-    y = torch.tensor(labels, device=device).repeat_interleave(count)        # (G*count,)
-    with torch.no_grad():
-        x = trained.model.decode(z, y)[:, 0]                                # (G*count, H, W)
+    y = torch.tensor(labels).repeat_interleave(count)                       # (G*count,)
+    x = _decode_samples(trained, y, config)                                 # (G*count, H, W)
     audio = to_audio(x, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)                                          # (G*count, n)
 
@@ -531,9 +573,11 @@ def evaluate(config: Config, run_dir: Path, *,
         "kl_per_dim": [round(v, 6) for v in cat["kl_dims"].mean(dim=0).tolist()],
         "mu_variance_per_dim": [round(v, 6) for v in mu_var.tolist()],
     }
+    metrics["quality"] = _quality(config, run_dir, trained, items, data)
     path = Path(run_dir) / "metrics.json"
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     write_gallery(run_dir)
+    _log_quality(metrics["quality"])
     log.info("evaluate on %d held-out file(s): ELBO %.1f nats, recon %.4f, KL %.2f nats, "
              "LSD %.2f dB, spectral convergence %.3f (Griffin-Lim alone %.3f), %d/%d active "
              "units -> %s", len(data), metrics["val_elbo_nats"], recon, kl,
@@ -541,3 +585,67 @@ def evaluate(config: Config, run_dir: Path, *,
              metrics["spectral_convergence_griffin_lim_only"], metrics["active_units"],
              model.config.latent_dim, path)
     return metrics
+
+
+def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Sequence[Item],
+             val: SpectrogramSet) -> dict[str, Any]:
+    """The sample-quality figures of :func:`animalvae.vae.quality.quality_report` for a run.
+
+    Real training and held-out spectrograms, ``generate.eval_samples`` samples per group (as
+    ``generate`` draws them) and the reconstructions of the held-out files all go through the
+    same Griffin-Lim (``generate.griffin_lim_iters``, peak-normalised) before they are judged.
+    With ``detect.checkpoint`` present, PANNs figures are added.
+    """
+    from . import quality
+
+    gc = config.generate
+    device, model, spec = _device(trained), trained.model, trained.spec
+    train_items, _ = read_split(run_dir)
+    missing = [it for it in train_items if not Path(it.source).is_file()]
+    if missing:
+        raise ConfigError(f"{missing[0].source} (a training file in "
+                          f"{Path(run_dir) / 'split.csv'}) is missing, and {len(missing) - 1} "
+                          "more: the quality figures need the training spectrograms")
+    train = SpectrogramSet(train_items, trained.groups, spec.shape)
+    x_train, y_train = train.batch(torch.arange(len(train)), torch.device("cpu"))
+    x_val, y_val = val.batch(torch.arange(len(val)), device)
+    groups = sorted({trained.group_index(it.group) for it in val_items})
+    y_gen = torch.tensor(groups).repeat_interleave(gc.eval_samples)
+    with torch.no_grad():
+        mu, _ = model.encode(x_val, y_val)
+        x_rec = model.decode(mu, y_val)[:, 0]                               # (V, H, W)
+    x_gen = _decode_samples(trained, y_gen, config)                         # (G*S, H, W)
+    log.info("judging sample quality: Griffin-Lim of %d real, %d generated and %d "
+             "reconstructed spectrograms", len(train) + len(val), len(y_gen), len(val))
+
+    def waves(x: Tensor) -> np.ndarray:
+        return to_audio(x.to(device), spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
+                        seed=gc.seed).numpy()
+
+    panns = None
+    checkpoint = Path(config.detect.checkpoint).expanduser()
+    if checkpoint.is_file():
+        from ..panns import resolve_classes
+        panns = {"checkpoint": checkpoint, "device": str(device),
+                 "classes": {g: resolve_classes(config.detect.audioset_classes.get(
+                     g, config.detect.audioset_classes.get("*", [])))[0]
+                     for g in trained.groups}}
+    return quality.quality_report(
+        groups=trained.groups, sample_rate=spec.sample_rate,
+        train=(waves(x_train[:, 0]), y_train.numpy()),
+        val=(waves(x_val[:, 0]), y_val.cpu().numpy()),
+        samples=(waves(x_gen), y_gen.numpy()), reconstructions=waves(x_rec), panns=panns)
+
+
+def _log_quality(report: dict[str, Any]) -> None:
+    """One line per group of the quality figures, and one overall."""
+    for name, row in [*report["groups"].items(), ("overall", report["overall"])]:
+        log.info("quality %s: group accuracy samples %.2f, reconstructions %.2f (real %.2f); "
+                 "diversity %.2f, nearest-training %.2f, sharpness samples %.2f, "
+                 "reconstructions %.2f", name, row["samples"], row["reconstructions"],
+                 row["ceiling"], row.get("diversity", math.nan),
+                 row.get("nearest_training", math.nan), row["sharpness_samples"],
+                 row["sharpness_reconstructions"])
+    log.info("quality: Fréchet distance samples %.1f, reconstructions %.1f (real training "
+             "clips %.1f)", report["frechet"]["samples"], report["frechet"]["reconstructions"],
+             report["frechet"]["real_train"])

@@ -244,6 +244,9 @@ class TrainedModel:
     groups: list[str]
     config: dict[str, Any]        # the whole config of the training run, as plain data
     info: dict[str, Any]          # epoch, step, val_loss, versions
+    # the per-group Gaussian mixture over codes (animalvae.vae.prior); None in a model.pth
+    # written before it existed, or by a run with train.prior_components: 0
+    prior: dict[str, Tensor] | None = None
 
     def group_index(self, name: str) -> int:
         """The index of group ``name`` (ConfigError listing the known groups)."""
@@ -349,4 +352,12 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> TrainedMode
             from None
     model.to(device).eval()
     info = {k: data[k] for k in ("epoch", "step", "val_loss", "versions") if k in data}
-    return TrainedModel(model, spec, groups, data["config"], info)
+    prior = data.get("prior")
+    if prior is not None:
+        shapes = [tuple(prior[k].shape) for k in ("weights", "means", "variances")
+                  if isinstance(prior, dict) and isinstance(prior.get(k), Tensor)]
+        g, latent = model.n_groups, config.latent_dim
+        if len(shapes) != 3 or shapes[0][0] != g or shapes[1] != (g, shapes[0][1], latent) \
+                or shapes[2] != shapes[1]:
+            raise ConfigError(f"{path}: its prior does not fit the model ({shapes}); retrain")
+    return TrainedModel(model, spec, groups, data["config"], info, prior)

@@ -74,6 +74,7 @@ from .dataset import (
 from ..device import pick_device
 from ..errors import AnimalVAEError, ConfigError
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
+from .prior import add_prior_to_checkpoint
 from ..spectrogram import SpectrogramSpec
 from ..stage import atomic_path, write_settings
 
@@ -431,6 +432,9 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                 _plot_losses(run_dir / LOSS_PLOT, rows)
                 last_plot = time.monotonic()
 
+    if tc.prior_components and is_main_process():
+        add_prior_to_checkpoint(run_dir / MODEL, model, train_set,
+                                components=tc.prior_components, seed=tc.seed, device=device)
     if stop and epoch < tc.epochs:
         log.info("stopped at train.max_steps=%d; continue with vae.py train --resume "
                  "(and a larger or zero train.max_steps)", tc.max_steps)

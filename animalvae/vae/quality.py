@@ -1,0 +1,365 @@
+"""How good the generated sounds are: measured, per group, against the run's real clips.
+
+Every figure compares what the model makes with real clips of the same run *sent through the
+same representation and Griffin-Lim*, so the loss of phase is never counted against the model,
+and every input is a peak-normalised waveform at the spectrogram's sample rate:
+
+- **features** (:func:`logmel_stats`): per mel band, the mean, the standard deviation and the
+  mean absolute frame-to-frame change of the log-mel spectrogram (dB below the clip's peak):
+  what the sound's spectrum is, how much it varies, and how fast;
+- **a judge** (:func:`fit_judge`): a logistic regression on standardised features, fit on the
+  run's *training* clips; its accuracy on the real *validation* clips is the ceiling that the
+  accuracy of samples and reconstructions is read against;
+- **Fréchet distance** (:func:`frechet_distance`, Heusel et al. 2017) between two feature
+  sets, in the judge's standardised units; with a PANNs checkpoint, the same on Cnn14's
+  2048-d embeddings (FAD, Kilgour et al. 2019, :func:`panns_embeddings`);
+- **diversity** (:func:`diversity_ratio`): the median pairwise distance among a group's
+  samples over the same among its real clips (near 0: all samples alike);
+- **nearest-training ratio** (:func:`nearest_ratio`): how far each sample is from its nearest
+  training clip, over how far real validation clips are from theirs (near 0: copying);
+- **sharpness** (:func:`spectral_contrast`): the mean spectral contrast (peak minus valley per
+  octave band, dB; librosa) over that of real clips; a blurred spectrogram scores below 1.
+
+The functions here are pure (arrays in, numbers out; deterministic); :func:`quality_report`
+puts them together and :func:`animalvae.vae.generate.evaluate` feeds it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["logmel_stats", "spectral_contrast", "fit_judge", "frechet_distance",
+           "diversity_ratio", "nearest_ratio", "panns_embeddings", "quality_report",
+           "N_MELS", "FRAME_SECONDS"]
+
+#: Mel bands of the judge's features.
+N_MELS = 64
+#: Analysis frame of the features and of the spectral contrast, seconds (rounded to a power
+#: of two in samples): about 46 ms, a usual size for animal calls.
+FRAME_SECONDS = 0.046
+_FLOOR_DB = 80.0   # log-mel values are clipped this far below each clip's peak
+
+
+def _frame(sample_rate: int) -> tuple[int, int]:
+    """``(n_fft, hop)`` for ``sample_rate``: a power-of-two frame of about FRAME_SECONDS."""
+    n_fft = 2 ** round(math.log2(FRAME_SECONDS * sample_rate))
+    return n_fft, n_fft // 4
+
+
+def logmel_stats(waves: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Log-mel statistics of each waveform: what the judge and the distances compare.
+
+    Parameters
+    ----------
+    waves : np.ndarray [shape=(N, n_samples), float]
+    sample_rate : int
+        Hz.
+
+    Returns
+    -------
+    np.ndarray [shape=(N, 3 * N_MELS), float64]
+        Per band: mean over frames, standard deviation over frames, mean absolute difference
+        between consecutive frames, of the log-mel spectrogram in dB relative to the clip's
+        peak (floored at -80 dB, so silence and level do not dominate).
+    """
+    import librosa
+
+    waves = np.asarray(waves, dtype=np.float32)
+    n_fft, hop = _frame(sample_rate)
+    power = librosa.feature.melspectrogram(y=waves, sr=sample_rate, n_fft=n_fft,
+                                           hop_length=hop, n_mels=N_MELS)  # (N, M, T)
+    db = 10.0 * np.log10(np.maximum(power, 1e-12))
+    db -= db.max(axis=(1, 2), keepdims=True)
+    db = np.maximum(db, -_FLOOR_DB)
+    change = np.abs(np.diff(db, axis=2)).mean(axis=2)                     # (N, M)
+    return np.concatenate([db.mean(axis=2), db.std(axis=2), change], axis=1).astype(np.float64)
+
+
+def spectral_contrast(waves: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mean spectral contrast of each waveform (dB; higher is sharper).
+
+    ``librosa.feature.spectral_contrast`` (6 octave bands and the rest, peak minus valley of
+    each band per frame) averaged over bands and over the frames that hold sound (within 60 dB
+    of the clip's loudest frame), so trailing silence does not count.
+
+    Parameters
+    ----------
+    waves : np.ndarray [shape=(N, n_samples)]
+    sample_rate : int
+
+    Returns
+    -------
+    np.ndarray [shape=(N,)]
+    """
+    import librosa
+
+    waves = np.asarray(waves, dtype=np.float32)
+    n_fft, hop = _frame(sample_rate)
+    mag = np.abs(librosa.stft(waves, n_fft=n_fft, hop_length=hop))        # (N, F, T)
+    contrast = librosa.feature.spectral_contrast(S=mag, sr=sample_rate, n_fft=n_fft,
+                                                 hop_length=hop).mean(axis=1)  # (N, T)
+    energy = 10.0 * np.log10(np.maximum((mag ** 2).sum(axis=1), 1e-20))  # (N, T)
+    loud = energy >= energy.max(axis=1, keepdims=True) - 60.0
+    return (contrast * loud).sum(axis=1) / np.maximum(loud.sum(axis=1), 1)
+
+
+def fit_judge(features: np.ndarray, labels: np.ndarray):
+    """The judge: standardisation + multinomial logistic regression, fit on real clips.
+
+    Parameters
+    ----------
+    features : np.ndarray [shape=(N, D)]
+    labels : np.ndarray [shape=(N,), int]
+        Group indices; at least two distinct groups.
+
+    Returns
+    -------
+    sklearn.pipeline.Pipeline
+        Fit; deterministic (lbfgs). ``judge[0]`` is its scaler, which the distances reuse.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    judge = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+    return judge.fit(features, labels)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fit to two feature sets.
+
+    ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))``, with the matrix square root's
+    imaginary round-off dropped. Small sets give a singular covariance; the distance is still
+    defined and ranks models, but is only comparable between sets of the same sizes.
+
+    Parameters
+    ----------
+    a, b : np.ndarray [shape=(N_a, D), (N_b, D)], N_a, N_b >= 2
+
+    Returns
+    -------
+    float
+        0 for identical sets; in squared feature units.
+    """
+    from scipy import linalg
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("the Fréchet distance needs at least 2 rows in each set")
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():  # a singular product: regularise both sides a little
+        eps = 1e-6 * np.eye(len(mu_a))
+        root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
+    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * root.real))
+    return max(value, 0.0)
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances: (N, D), (M, D) -> (N, M)."""
+    d2 = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def _median_spread(x: np.ndarray) -> float:
+    """Median distance over the distinct pairs of rows of ``x`` (N >= 2)."""
+    d = _pairwise(x, x)
+    return float(np.median(d[np.triu_indices(len(x), k=1)]))
+
+
+def diversity_ratio(samples: np.ndarray, real: np.ndarray) -> float:
+    """Median pairwise distance among ``samples`` over that among ``real`` (both >= 2 rows).
+
+    1 means the samples spread as much as real clips do; near 0, they are all alike.
+    """
+    return _median_spread(samples) / max(_median_spread(real), 1e-12)
+
+
+def nearest_ratio(samples: np.ndarray, train: np.ndarray, val: np.ndarray) -> float:
+    """How far samples lie from their nearest training clip, relative to real held-out clips.
+
+    ``median_i min_j |s_i - t_j|`` over ``median_k min_j |v_k - t_j|``: about 1 when samples
+    are as new as real clips the model never saw, near 0 when they copy training clips.
+    """
+    sample_near = _pairwise(samples, train).min(axis=1)
+    val_near = _pairwise(val, train).min(axis=1)
+    return float(np.median(sample_near) / max(float(np.median(val_near)), 1e-12))
+
+
+def panns_embeddings(waves: np.ndarray, sample_rate: int, checkpoint: Path, *,
+                     device: str = "cpu", batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """PANNs Cnn14 clip embeddings and top AudioSet class of each waveform.
+
+    The embedding is the 2048-d output of the model's ``fc1`` layer (after its ReLU), averaged
+    over time; the top class is the arg-max of the clip-wise scores.
+
+    Parameters
+    ----------
+    waves : np.ndarray [shape=(N, n_samples)]
+    sample_rate : int
+        Resampled to PANNs' 32 kHz when different.
+    checkpoint : Path
+        ``detect.checkpoint`` (see :func:`animalvae.panns.load_model`).
+    device : str
+    batch_size : int
+
+    Returns
+    -------
+    embeddings : np.ndarray [shape=(N, 2048)]
+    top : np.ndarray [shape=(N,), int]
+        AudioSet class indices.
+
+    Raises
+    ------
+    ConfigError
+        When the checkpoint is missing or not a Cnn14_DecisionLevelMax.
+    """
+    import torch
+    import torchaudio
+
+    from .. import panns
+
+    model = panns.load_model(checkpoint, device)
+    captured: list[torch.Tensor] = []
+    hook = model.fc1.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    embeddings, top = [], []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(waves), batch_size):
+                x = torch.as_tensor(np.asarray(waves[start:start + batch_size]),
+                                    dtype=torch.float32)
+                if sample_rate != panns.SAMPLE_RATE:
+                    x = torchaudio.functional.resample(x, sample_rate, panns.SAMPLE_RATE)
+                captured.clear()
+                out = model(x.to(device))
+                embeddings.append(torch.relu(captured[0]).mean(dim=1).cpu().numpy())
+                top.append(out["clipwise_output"].argmax(dim=1).cpu().numpy())
+    finally:
+        hook.remove()
+    return np.concatenate(embeddings), np.concatenate(top)
+
+
+def _accuracy(judge, features: np.ndarray, labels: np.ndarray) -> float:
+    return float((judge.predict(features) == labels).mean()) if len(labels) else float("nan")
+
+
+def _share(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def quality_report(*, groups: Sequence[str], sample_rate: int,
+                   train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                   samples: tuple[np.ndarray, np.ndarray],
+                   reconstructions: np.ndarray,
+                   panns: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every quality figure of a run, per group and overall.
+
+    Parameters
+    ----------
+    groups : list of str
+        Group names; labels index into it.
+    sample_rate : int
+    train, val : (waves, labels)
+        Real clips through the representation and Griffin-Lim: ``(N, n)`` float and ``(N,)``
+        int. ``train`` fits the judge; ``val`` gives the ceiling and the references.
+    samples : (waves, labels)
+        Generated clips.
+    reconstructions : np.ndarray [shape=(N_val, n)]
+        The model's reconstructions of the ``val`` clips, in the same order.
+    panns : dict or None
+        ``{"checkpoint": Path, "device": str, "classes": {group: [AudioSet indices]}}`` for
+        the PANNs figures; None leaves them out.
+
+    Returns
+    -------
+    dict
+        ``{"overall": {...}, "groups": {name: {...}}, "frechet": {...}}`` (and ``"panns"``):
+        accuracies (``ceiling``, ``samples``, ``reconstructions`` and their ratios to the
+        ceiling), ``diversity``, ``nearest_training``, ``sharpness_samples``,
+        ``sharpness_reconstructions``; overall ratios are means over the groups.
+    """
+    (train_w, train_y), (val_w, val_y), (gen_w, gen_y) = train, val, samples
+    feats = {name: logmel_stats(w, sample_rate) for name, w in
+             (("train", train_w), ("val", val_w), ("gen", gen_w), ("rec", reconstructions))}
+    judge = fit_judge(feats["train"], train_y)
+    scaled = {k: judge[0].transform(v) for k, v in feats.items()}
+    contrast = {k: spectral_contrast(w, sample_rate) for k, w in
+                (("train", train_w), ("val", val_w), ("gen", gen_w), ("rec", reconstructions))}
+    real_contrast = np.concatenate([contrast["train"], contrast["val"]])
+    real_y = np.concatenate([train_y, val_y])
+    real_scaled = np.concatenate([scaled["train"], scaled["val"]])
+
+    per_group: dict[str, dict[str, float]] = {}
+    for g, name in enumerate(groups):
+        tr, va, ge, re = train_y == g, val_y == g, gen_y == g, real_y == g
+        if not (va.any() and ge.any()):
+            continue
+        ceiling = _accuracy(judge, feats["val"][va], val_y[va])
+        row = {
+            "ceiling": ceiling,
+            "samples": _accuracy(judge, feats["gen"][ge], gen_y[ge]),
+            "reconstructions": _accuracy(judge, feats["rec"][va], val_y[va]),
+            "sharpness_samples": float(contrast["gen"][ge].mean()
+                                       / real_contrast[re].mean()),
+            "sharpness_reconstructions": float(contrast["rec"][va].mean()
+                                               / contrast["val"][va].mean()),
+        }
+        if ge.sum() >= 2 and re.sum() >= 2:
+            row["diversity"] = diversity_ratio(scaled["gen"][ge], real_scaled[re])
+        if tr.any():
+            row["nearest_training"] = nearest_ratio(scaled["gen"][ge], scaled["train"][tr],
+                                                    scaled["val"][va])
+        per_group[name] = row
+
+    overall: dict[str, float] = {
+        "ceiling": _accuracy(judge, feats["val"], val_y),
+        "samples": _accuracy(judge, feats["gen"], gen_y),
+        "reconstructions": _accuracy(judge, feats["rec"], val_y),
+    }
+    for key in ("diversity", "nearest_training", "sharpness_samples",
+                "sharpness_reconstructions"):
+        overall[key] = _share([row[key] for row in per_group.values() if key in row])
+    for key in ("samples", "reconstructions"):
+        overall[f"{key}_vs_ceiling"] = overall[key] / max(overall["ceiling"], 1e-12)
+    frechet = {"samples": frechet_distance(scaled["gen"], scaled["val"]),
+               "reconstructions": frechet_distance(scaled["rec"], scaled["val"]),
+               "real_train": frechet_distance(scaled["train"], scaled["val"])}
+    report: dict[str, Any] = {"samples_per_group": int(np.bincount(gen_y).max()),
+                              "overall": overall, "groups": per_group, "frechet": frechet}
+    if panns is not None:
+        report["panns"] = _panns_figures(panns, groups, sample_rate, train_w, val_w,
+                                         (gen_w, gen_y), reconstructions)
+    return report
+
+
+def _panns_figures(panns: dict[str, Any], groups: Sequence[str], sample_rate: int,
+                   train_w: np.ndarray, val_w: np.ndarray,
+                   samples: tuple[np.ndarray, np.ndarray],
+                   reconstructions: np.ndarray) -> dict[str, Any]:
+    """FAD on PANNs embeddings and the share of samples whose top class fits their group."""
+    gen_w, gen_y = samples
+    embed = {}
+    tops = None
+    for name, w in (("train", train_w), ("val", val_w), ("gen", gen_w),
+                    ("rec", reconstructions)):
+        embed[name], top = panns_embeddings(w, sample_rate, panns["checkpoint"],
+                                            device=panns.get("device", "cpu"))
+        if name == "gen":
+            tops = top
+    share = {}
+    for g, name in enumerate(groups):
+        mask = gen_y == g
+        if mask.any():
+            allowed = set(panns["classes"].get(name, ()))
+            share[name] = float(np.mean([int(t) in allowed for t in tops[mask]]))
+    return {"fad_samples": frechet_distance(embed["gen"], embed["val"]),
+            "fad_reconstructions": frechet_distance(embed["rec"], embed["val"]),
+            "fad_real_train": frechet_distance(embed["train"], embed["val"]),
+            "top_class_share": share,
+            "top_class_share_overall": _share(list(share.values()))}
