@@ -111,6 +111,44 @@ def _metrics_table(path: Path) -> str:
     return f"<h2>Evaluation (metrics.json)</h2><table>{rows}</table>" if rows else ""
 
 
+# The quality figures' columns: (key in metrics.json's "quality" rows, heading).
+_QUALITY_COLUMNS = (
+    ("ceiling", "accuracy, real held-out"), ("samples", "accuracy, samples"),
+    ("reconstructions", "accuracy, reconstructions"), ("diversity", "diversity"),
+    ("nearest_training", "nearest-training ratio"), ("sharpness_samples", "sharpness, samples"),
+    ("sharpness_reconstructions", "sharpness, reconstructions"))
+
+
+def _quality_table(path: Path) -> str:
+    """The per-group sample-quality table of metrics.json (see animalvae.vae.quality)."""
+    try:
+        quality = json.loads(path.read_text(encoding="utf-8"))["quality"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in _QUALITY_COLUMNS)
+    rows = "".join(
+        f"<tr><th>{html.escape(str(name))}</th>"
+        + "".join(f"<td>{html.escape(_fmt(row.get(key, float('nan'))))}</td>"
+                  for key, _ in _QUALITY_COLUMNS)
+        + "</tr>"
+        for name, row in [*quality.get("groups", {}).items(), ("all", quality.get("overall", {}))])
+    frechet = quality.get("frechet", {})
+    note = (f"Judged on {quality.get('samples_per_group', '?')} samples per group. Accuracy: "
+            "a classifier of log-mel statistics fit on the run's real training clips. "
+            "Diversity, nearest-training ratio and sharpness are relative to real clips through "
+            "the same Griffin-Lim (1 = like real clips). Fréchet distance to real held-out "
+            f"clips: samples {_fmt(frechet.get('samples'))}, reconstructions "
+            f"{_fmt(frechet.get('reconstructions'))}, real training clips "
+            f"{_fmt(frechet.get('real_train'))}.")
+    if "panns" in quality:
+        p = quality["panns"]
+        note += (f" PANNs: FAD samples {_fmt(p['fad_samples'])} (real training clips "
+                 f"{_fmt(p['fad_real_train'])}); share of samples whose top AudioSet class is "
+                 f"one of their group's {_fmt(p['top_class_share_overall'])}.")
+    return (f"<h2>Sample quality</h2><table><tr><th>group</th>{head}</tr>{rows}</table>"
+            f"<p class=\"note\">{html.escape(note)}</p>")
+
+
 def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -146,6 +184,7 @@ def write_gallery(run_dir: Path, *, title: str = "") -> Path:
     if (run_dir / "loss.png").is_file():
         sections.append('<h2>Training</h2><img src="loss.png" alt="loss curves" '
                         'style="max-width: 100%">')
+    sections.append(_quality_table(run_dir / "metrics.json"))
     sections.append(_metrics_table(run_dir / "metrics.json"))
     name = html.escape(title or run_dir.name)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -43,6 +43,8 @@ N_MELS = 64
 #: of two in samples): about 46 ms, a usual size for animal calls.
 FRAME_SECONDS = 0.046
 _FLOOR_DB = 80.0   # log-mel values are clipped this far below each clip's peak
+_CONTRAST_FMIN = 200.0  # Hz, the lower edge of the first spectral-contrast octave
+_CONTRAST_FRAMES = 5    # frames (hops of FRAME_SECONDS / 4) the power is averaged over
 
 
 def _frame(sample_rate: int) -> tuple[int, int]:
@@ -83,8 +85,9 @@ def logmel_stats(waves: np.ndarray, sample_rate: int) -> np.ndarray:
 def spectral_contrast(waves: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mean spectral contrast of each waveform (dB; higher is sharper).
 
-    ``librosa.feature.spectral_contrast`` (6 octave bands and the rest, peak minus valley of
-    each band per frame) averaged over bands and over the frames that hold sound (within 60 dB
+    ``librosa.feature.spectral_contrast`` (octave bands from 200 Hz, 6 or as many as fit below
+    Nyquist, and the rest; peak minus valley of each band per frame, on the power averaged
+    over 5 frames, about 60 ms) averaged over bands and over the frames that hold sound (within 60 dB
     of the clip's loudest frame), so trailing silence does not count.
 
     Parameters
@@ -100,9 +103,17 @@ def spectral_contrast(waves: np.ndarray, sample_rate: int) -> np.ndarray:
 
     waves = np.asarray(waves, dtype=np.float32)
     n_fft, hop = _frame(sample_rate)
-    mag = np.abs(librosa.stft(waves, n_fft=n_fft, hop_length=hop))        # (N, F, T)
-    contrast = librosa.feature.spectral_contrast(S=mag, sr=sample_rate, n_fft=n_fft,
-                                                 hop_length=hop).mean(axis=1)  # (N, T)
+    from scipy.ndimage import uniform_filter1d
+
+    power = np.abs(librosa.stft(waves, n_fft=n_fft, hop_length=hop)) ** 2  # (N, F, T)
+    # averaged over a few frames: the random fluctuation of a noisy spectrum (which Griffin-Lim
+    # adds to any magnitude) evens out, while harmonics and other lasting peaks stay
+    mag = np.sqrt(uniform_filter1d(power, _CONTRAST_FRAMES, axis=-1, mode="nearest"))
+    # librosa's default 6 octaves from 200 Hz, fewer where they would pass Nyquist
+    n_bands = min(6, math.ceil(math.log2(sample_rate / 2 / _CONTRAST_FMIN)))
+    contrast = librosa.feature.spectral_contrast(
+        S=mag, sr=sample_rate, n_fft=n_fft, hop_length=hop, fmin=_CONTRAST_FMIN,
+        n_bands=n_bands).mean(axis=1)                                     # (N, T)
     energy = 10.0 * np.log10(np.maximum((mag ** 2).sum(axis=1), 1e-20))  # (N, T)
     loud = energy >= energy.max(axis=1, keepdims=True) - 60.0
     return (contrast * loud).sum(axis=1) / np.maximum(loud.sum(axis=1), 1)

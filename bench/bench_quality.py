@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Sample quality on real recordings: stages 2-4, then train and evaluate each model variant.
+
+``--audio DIR`` holds real recordings in ``<group>/`` folders (wav/mp3/flac/ogg/m4a; any file
+beside the group folders is ignored). In a work folder (temporary unless ``--work``), the
+pipeline runs as a user would run it: ``video_to_audio.py`` with the folder as
+``extract.extra_audio_dirs``, ``animal_sound_detector.py`` with ``detect.backend: energy`` (the
+loudest 3 s window; no PANNs checkpoint needed), ``preprocess_audio_vae.py`` at the defaults.
+Then, for each variant, ``vae.py train`` (timed, wall clock) and ``vae.py evaluate`` at the
+defaults plus the variant's settings, and the figures of ``metrics.json``'s ``quality``
+(:mod:`animalvae.vae.quality`): the judge's accuracy on real held-out clips (the ceiling), on
+samples and on reconstructions; diversity, nearest-training ratio and sharpness (worst group);
+the Fréchet distance of samples to real held-out clips (real training clips give the floor).
+
+Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the previous release:
+batch 32, no mixture prior, samples from N(0, I)), and one per lever that was measured
+(``--variants`` picks; ``--list`` shows them). Every variant trains on the same split.
+
+``--figure PATH`` draws, per group, a real held-out spectrogram beside generated ones of the
+first variant (docs/quality_spectrograms.png).
+
+Prints a Markdown section and writes it to ``bench/results/quality.md``. Without ``--audio``
+(as ``bench/run_all.py`` calls it) the environment variable ``BENCH_AUDIO`` names the folder;
+without either it says so and leaves the results file as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a"}
+#: Settings of each variant on top of config.yaml.
+VARIANTS: dict[str, list[str]] = {
+    "defaults": [],
+    "before": ["train.batch_size=32", "train.prior_components=0", "generate.prior=normal"],
+    "before+mixture": ["train.batch_size=32"],
+    "normal-prior": ["generate.prior=normal"],
+    "epochs60": ["train.epochs=60"],
+}
+
+
+def run(argv: list[str], log: Path) -> float:
+    """Run a root script with the venv's Python; its output goes to ``log``. Wall seconds."""
+    start = time.perf_counter()
+    with log.open("a") as fh:
+        fh.write(f"$ {' '.join(argv)}\n")
+        fh.flush()
+        proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=fh, stderr=fh)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(argv[:2])} failed (exit {proc.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def describe(audio: Path) -> tuple[list[str], str]:
+    """The group folders of ``audio`` and a line describing the recordings (no path)."""
+    import soundfile as sf
+
+    groups, parts, rates = [], [], set()
+    for folder in sorted(p for p in audio.iterdir() if p.is_dir()):
+        files = [f for f in folder.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES]
+        if not files:
+            continue
+        seconds = 0.0
+        for f in files:
+            try:
+                info = sf.info(f)
+                seconds += info.duration
+                rates.add(info.samplerate)
+            except RuntimeError:
+                pass
+        groups.append(folder.name)
+        parts.append(f"{len(files)} {folder.name} ({seconds / 60:.1f} min)")
+    rate = ", ".join(f"{r / 1000:g} kHz" for r in sorted(rates)) or "compressed"
+    return groups, f"{', '.join(parts)}; recordings of 1-10 s at {rate}"
+
+
+def prepare(audio: Path, work: Path, groups: list[str], log: Path) -> list[str]:
+    """Stages 2-4 in ``work``; returns the --set arguments that point every stage there."""
+    src = work / "recordings"
+    src.mkdir(parents=True, exist_ok=True)
+    for g in groups:  # only the group folders: a manifest or notes beside them stay out
+        if not (src / g).exists():
+            (src / g).symlink_to((audio / g).resolve(), target_is_directory=True)
+    paths = [f"paths.{key}={work / key}" for key in
+             ("clips", "audio", "detections", "spectrograms", "runs")]
+    (work / "clips").mkdir(exist_ok=True)
+    common = [a for p in paths for a in ("--set", p)] + ["-q"]
+    run(["video_to_audio.py", *common, "--set", f"extract.extra_audio_dirs=[{src}]"], log)
+    run(["animal_sound_detector.py", *common, "--set", "detect.backend=energy"], log)
+    run(["preprocess_audio_vae.py", *common], log)
+    return common
+
+
+def figures(quality: dict) -> dict[str, float]:
+    """The bench's columns from metrics.json's quality section."""
+    overall, per_group = quality["overall"], quality["groups"].values()
+    worst = {key: min(row.get(key, float("nan")) for row in per_group)
+             for key in ("diversity", "nearest_training", "sharpness_samples",
+                         "sharpness_reconstructions", "samples", "reconstructions")}
+    return {"ceiling": overall["ceiling"], "samples": overall["samples"],
+            "reconstructions": overall["reconstructions"],
+            "samples_vs": overall["samples_vs_ceiling"],
+            "reconstructions_vs": overall["reconstructions_vs_ceiling"],
+            "worst_group_samples": worst["samples"], **{f"min_{k}": v for k, v in worst.items()
+                                                       if k not in ("samples",
+                                                                    "reconstructions")},
+            "frechet": quality["frechet"]["samples"],
+            "frechet_rec": quality["frechet"]["reconstructions"],
+            "frechet_real": quality["frechet"]["real_train"]}
+
+
+def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
+    """Per group: one real held-out spectrogram and ``per_group`` samples (generate's way)."""
+    import torch
+    from matplotlib.figure import Figure
+
+    from animalvae.config import load_config
+    from animalvae.plots import show_spectrogram
+    from animalvae.vae.dataset import read_array, read_split
+    from animalvae.vae.generate import sample_latents
+    from animalvae.vae.model import load_model
+
+    config = load_config(ROOT / "config.yaml")
+    trained = load_model(run_dir / "model.pth")
+    _, val = read_split(run_dir)
+    fig = Figure(figsize=(3.0 * (1 + per_group), 2.3 * len(trained.groups)), layout="constrained")
+    axes = fig.subplots(len(trained.groups), 1 + per_group, squeeze=False)
+    for g, name in enumerate(trained.groups):
+        real = next(it for it in val if it.group == name)
+        show_spectrogram(axes[g, 0], read_array(Path(real.source), trained.spec.shape)
+                         .astype(np.float32), trained.spec, xlabel=g == len(trained.groups) - 1)
+        axes[g, 0].set_title(f"{name}: real (held out)", fontsize=9)
+        labels = torch.full((per_group,), g)
+        z = sample_latents(trained, labels, prior=config.generate.prior,
+                           temperature=config.generate.temperature, seed=config.generate.seed)
+        with torch.no_grad():
+            x = trained.model.decode(z, labels)[:, 0].numpy()
+        for k in range(per_group):
+            show_spectrogram(axes[g, 1 + k], x[k], trained.spec, ylabel=False,
+                             xlabel=g == len(trained.groups) - 1)
+            axes[g, 1 + k].set_title(f"{name}: generated {k + 1}", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+
+
+def table(results: dict[str, dict[str, float]], seconds: dict[str, float]) -> str:
+    head = ("| variant | train s | real held-out acc. (ceiling) | samples acc. (÷ ceiling) | "
+            "reconstructions acc. (÷ ceiling) | worst group: samples acc. | diversity "
+            "(min group) | nearest-training (min) | sharpness samples (min) | sharpness "
+            "reconstructions (min) | Fréchet samples / reconstructions / real |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for name, f in results.items():
+        rows.append(f"| {name} | {seconds[name]:.0f} | {f['ceiling']:.2f} | {f['samples']:.2f} "
+                    f"({f['samples_vs']:.2f}) | {f['reconstructions']:.2f} "
+                    f"({f['reconstructions_vs']:.2f}) | {f['worst_group_samples']:.2f} | "
+                    f"{f['min_diversity']:.2f} | {f['min_nearest_training']:.2f} | "
+                    f"{f['min_sharpness_samples']:.2f} | {f['min_sharpness_reconstructions']:.2f}"
+                    f" | {f['frechet']:.0f} / {f['frechet_rec']:.0f} / {f['frechet_real']:.0f} |")
+    return head + "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--audio", type=Path, default=os.environ.get("BENCH_AUDIO") or None,
+                   help="folder of real recordings in <group>/ folders (default: $BENCH_AUDIO)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="keep the pipeline's outputs here (default: a temporary folder); a "
+                        "rerun reuses stages 2-4")
+    p.add_argument("--variants", default="before,defaults",
+                   help="comma-separated variants to train and evaluate (default: "
+                        "before,defaults); --list shows them all")
+    p.add_argument("--list", action="store_true", help="list the variants and exit")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="draw real vs generated spectrograms per group of the first variant")
+    args = p.parse_args(argv)
+    if args.list:
+        for name, sets in VARIANTS.items():
+            print(f"{name}: {' '.join(sets) or '(config.yaml)'}")
+        return 0
+    if args.audio is None:
+        print("bench_quality: skipped, it needs real recordings: --audio DIR or BENCH_AUDIO "
+              "(bench/results/quality.md is left as it is)")
+        return 0
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not args.audio.is_dir():
+        p.error(f"unknown variant(s) {unknown}" if unknown else f"{args.audio} is not a folder")
+    groups, data = describe(args.audio)
+    if len(groups) < 2:
+        p.error(f"{args.audio} needs at least two <group>/ folders of recordings")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = (args.work or Path(tmp)).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        log = work / "bench.log"
+        print(f"stages 2-4 on {data} (log: {log})", flush=True)
+        common = prepare(args.audio, work, groups, log)
+        results, seconds = {}, {}
+        for name in names:
+            sets = [a for s in VARIANTS[name] for a in ("--set", s)]
+            variant = [*common, *sets, "--set", f"train.name={name}"]
+            seconds[name] = run(["vae.py", "train", "--force", *variant], log)
+            run(["vae.py", "evaluate", *variant], log)
+            quality = json.loads((work / "runs" / name / "metrics.json").read_text())["quality"]
+            results[name] = figures(quality)
+            print(f"{name}: trained in {seconds[name]:.0f} s; {json.dumps(results[name])}",
+                  flush=True)
+        if args.figure:
+            draw(work / "runs" / names[0], args.figure)
+            print(f"figure: {args.figure}")
+
+    section = (
+        "## quality: generated sounds vs real recordings\n\n"
+        f"Data: {data}; through stages 2 (extra audio), 3 (energy: the loudest 3 s window) "
+        "and 4 at the defaults, then `vae.py train` and `vae.py evaluate` per variant on the "
+        "same split (10 % of each group held out). Figures from `metrics.json` "
+        "(`animalvae/vae/quality.py`): accuracy of a log-mel-statistics classifier fit on the "
+        "run's real training clips, on real held-out clips (the ceiling), on "
+        f"{quality['samples_per_group']} samples per group and on reconstructions of the "
+        "held-out clips; diversity, nearest-training ratio and sharpness relative to real "
+        "clips through the same Griffin-Lim (1 = like real clips; the worst group shown); "
+        "Fréchet distance to the real held-out clips, in the classifier's standardised "
+        "features (real training clips give the floor). Training time is wall clock on this "
+        "shared machine.\n\n"
+        + table(results, seconds) + "\n\nVariants: "
+        + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in names)
+        + ".\n\nCommand: `python bench/bench_quality.py --audio DIR --variants "
+        + ",".join(names) + "`\n")
+    print(section)
+    (ROOT / "bench" / "results" / "quality.md").write_text(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

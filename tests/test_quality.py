@@ -1,0 +1,219 @@
+"""Sample-quality measures (animalvae.vae.quality) and the mixture prior (animalvae.vae.prior).
+
+The measures run on generated calls whose answer is known: low vs high tone stacks for the
+judge, a harmonic stack vs the same band of noise for sharpness, shifted Gaussians for the
+Fréchet distance. The PANNs path uses a random-weight Cnn14 saved to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vae
+from animalvae.vae import quality
+from animalvae.vae.model import load_model
+from animalvae.vae.prior import PRIOR, fit_prior, sample_prior
+from test_vae import write_tiny_config
+
+SR = 8000
+
+
+def calls(rng: np.random.Generator, n: int, f0: float, *, noise: bool = False) -> np.ndarray:
+    """``n`` 1 s calls around ``f0`` Hz: a 4-harmonic stack (or noise in the same band),
+    each with its own pitch, onset and length, over faint background noise."""
+    t = np.arange(SR) / SR
+    out = np.empty((n, SR), np.float32)
+    for i in range(n):
+        f = f0 * rng.uniform(0.9, 1.1)
+        start, length = rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.6)
+        env = ((t >= start) & (t < start + length)).astype(float)
+        if noise:  # white noise band-passed by FFT to the stack's range
+            spectrum = np.fft.rfft(rng.standard_normal(SR))
+            freqs = np.fft.rfftfreq(SR, 1 / SR)
+            spectrum[(freqs < f * 0.8) | (freqs > f * 4.2)] = 0
+            y = np.fft.irfft(spectrum, SR)
+        else:
+            y = sum(np.sin(2 * np.pi * f * k * t) / k for k in range(1, 5))
+        y = y * env + 0.003 * rng.standard_normal(SR)
+        out[i] = y / np.abs(y).max()
+    return out
+
+
+def test_features_are_deterministic_and_the_judge_tells_groups_apart(rng):
+    train = np.concatenate([calls(rng, 12, 300.0), calls(rng, 12, 900.0)])
+    val = np.concatenate([calls(rng, 6, 300.0), calls(rng, 6, 900.0)])
+    labels = np.repeat([0, 1], 12)
+    features = quality.logmel_stats(train, SR)
+    assert features.shape == (24, 3 * quality.N_MELS)
+    assert np.array_equal(features, quality.logmel_stats(train, SR))
+    judge = quality.fit_judge(features, labels)
+    assert (judge.predict(quality.logmel_stats(val, SR)) == np.repeat([0, 1], 6)).all()
+
+
+def blur(waves: np.ndarray, bins: int) -> np.ndarray:
+    """The waves with their STFT magnitude smoothed over ``bins`` frequency bins."""
+    import librosa
+    from scipy.ndimage import uniform_filter1d
+
+    stft = librosa.stft(waves, n_fft=512, hop_length=128)
+    mag = uniform_filter1d(np.abs(stft), bins, axis=-2)
+    return librosa.istft(mag * np.exp(1j * np.angle(stft)), hop_length=128,
+                         length=waves.shape[-1])
+
+
+def test_sharpness_falls_with_blur_and_is_higher_for_harmonics_than_noise(rng):
+    waves = calls(rng, 6, 400.0)
+    sharp = quality.spectral_contrast(waves, SR)
+    assert sharp.shape == (6,)
+    assert quality.spectral_contrast(blur(waves, 5), SR).mean() < 0.95 * sharp.mean()
+    assert quality.spectral_contrast(blur(waves, 15), SR).mean() < 0.8 * sharp.mean()
+    noise = quality.spectral_contrast(calls(rng, 6, 400.0, noise=True), SR)
+    assert sharp.mean() > 1.2 * noise.mean()
+
+
+def test_frechet_distance_of_shifted_gaussians(rng):
+    a = rng.standard_normal((4000, 3))
+    assert quality.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # same covariance, means 2 apart in each of 3 dimensions: 3 * 2**2
+    assert quality.frechet_distance(a, a + 2.0) == pytest.approx(12.0, rel=1e-6)
+    assert quality.frechet_distance(a, 3.0 * a) == pytest.approx(3 * (3 - 1) ** 2, rel=0.05)
+    # more dimensions than rows: singular covariances still give a finite distance
+    assert np.isfinite(quality.frechet_distance(a[:5, :2].repeat(4, 1), a[5:9, :2].repeat(4, 1)))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        quality.frechet_distance(a[:1], a)
+
+
+def test_diversity_and_nearest_training_ratios(rng):
+    real = rng.standard_normal((40, 5))
+    train, val = real[:30], real[30:]
+    assert quality.diversity_ratio(real, real) == pytest.approx(1.0)
+    assert quality.diversity_ratio(np.repeat(real[:1], 10, 0), real) == 0.0   # collapse
+    assert quality.diversity_ratio(0.5 * real, real) == pytest.approx(0.5)
+    assert quality.nearest_ratio(train[:8], train, val) == 0.0                # copies
+    fresh = rng.standard_normal((200, 5))
+    assert 0.6 < quality.nearest_ratio(fresh, train, val) < 1.6               # as new as val
+
+
+def test_report_rates_copies_of_real_clips_like_real_clips(rng):
+    def group_set(n):
+        return (np.concatenate([calls(rng, n, 300.0), calls(rng, n, 900.0)]),
+                np.repeat([0, 1], n))
+
+    train, val = group_set(10), group_set(5)
+    fresh = group_set(6)
+    report = quality.quality_report(groups=["low", "high"], sample_rate=SR, train=train,
+                                    val=val, samples=fresh, reconstructions=val[0])
+    overall = report["overall"]
+    assert overall["ceiling"] == 1.0 and overall["samples"] == 1.0
+    assert overall["reconstructions_vs_ceiling"] == 1.0
+    assert overall["sharpness_reconstructions"] == pytest.approx(1.0)
+    for row in report["groups"].values():
+        assert 0.7 < row["sharpness_samples"] < 1.3
+        assert 0.5 < row["diversity"] < 2.0 and row["nearest_training"] > 0.5
+    assert report["samples_per_group"] == 6 and "panns" not in report
+    # blurred samples of the wrong group: accuracy, sharpness and distance all say so
+    wrong = (np.concatenate([calls(rng, 6, 900.0, noise=True), calls(rng, 6, 300.0,
+                                                                     noise=True)]), fresh[1])
+    bad = quality.quality_report(groups=["low", "high"], sample_rate=SR, train=train, val=val,
+                                 samples=wrong, reconstructions=val[0])
+    assert bad["overall"]["samples"] < 0.5
+    assert bad["overall"]["sharpness_samples"] < overall["sharpness_samples"]
+    assert bad["frechet"]["samples"] > report["frechet"]["samples"]
+
+
+@pytest.fixture
+def panns_checkpoint(tmp_path, monkeypatch):
+    """A random-weight Cnn14_DecisionLevelMax, with HOME in tmp (the labels go there)."""
+    from animalvae import panns
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(panns, "MIN_CHECKPOINT_BYTES", 1)
+    torch.manual_seed(0)
+    path = tmp_path / "cnn14.pth"
+    torch.save({"model": panns.build_model().state_dict()}, path)
+    yield path
+    panns.clear_model_cache()
+
+
+def test_panns_embeddings_and_report(rng, panns_checkpoint):
+    waves = np.concatenate([calls(rng, 4, 300.0), calls(rng, 4, 900.0)])
+    emb, top = quality.panns_embeddings(waves, SR, panns_checkpoint, batch_size=3)
+    assert emb.shape == (8, 2048) and (emb >= 0).all() and top.shape == (8,)
+    assert ((0 <= top) & (top < 527)).all()
+    labels = np.repeat([0, 1], 4)
+    report = quality.quality_report(
+        groups=["low", "high"], sample_rate=SR, train=(waves, labels), val=(waves, labels),
+        samples=(waves, labels), reconstructions=waves,
+        panns={"checkpoint": panns_checkpoint, "classes": {"low": [int(top[0])], "high": []}})
+    figures = report["panns"]
+    assert figures["fad_samples"] == pytest.approx(0.0, abs=1e-3)
+    assert figures["top_class_share"]["high"] == 0.0
+    assert figures["top_class_share"]["low"] == np.mean(top[:4] == top[0])
+
+
+# --------------------------------------------------------------------------------------------
+# The mixture prior
+# --------------------------------------------------------------------------------------------
+
+def test_prior_fits_each_group_and_samples_from_its_own(rng):
+    centres = {0: np.array([5.0, 0.0]), 1: np.array([-5.0, 3.0])}
+    codes = np.concatenate([centres[g] + 0.1 * rng.standard_normal((50, 2)) for g in (0, 1)])
+    labels = np.repeat([0, 1], 50)
+    prior = fit_prior(codes, labels, n_groups=3, components=2, seed=0)
+    assert prior["weights"].shape == (3, 2) and prior["means"].shape == (3, 2, 2)
+    assert torch.allclose(prior["weights"].sum(1), torch.ones(3))
+    assert prior["weights"][2].tolist() == [1.0, 0.0]          # no codes: N(0, I)
+    y = torch.tensor([0] * 100 + [1] * 100)
+    z = sample_prior(prior, y, generator=torch.Generator().manual_seed(1))
+    again = sample_prior(prior, y, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(z, again)
+    for g in (0, 1):
+        mean = z[y == g].mean(0).numpy()
+        assert np.abs(mean - centres[g]).max() < 0.1
+        assert z[y == g].std(0).max() < 0.3
+    # fewer codes than components: one component per code
+    few = fit_prior(codes[:1], labels[:1], n_groups=1, components=4, seed=0)
+    assert few["weights"][0].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=4)
+    assert vae.main(["train", "--config", str(config), "-q"]) == 0
+    run = tmp_path / "runs" / "default"
+    data = torch.load(run / "model.pth", weights_only=True)
+    assert set(data[PRIOR]) == {"weights", "means", "variances"}
+    assert data[PRIOR]["means"].shape == (2, 4, 8)
+    assert load_model(run / "model.pth").prior is not None
+    argv = ["evaluate", "--config", str(config), "--set", "generate.eval_samples=4", "-q"]
+    assert vae.main(argv) == 0
+    first = json.loads((run / "metrics.json").read_text())["quality"]
+    assert vae.main(argv) == 0
+    assert json.loads((run / "metrics.json").read_text())["quality"] == first   # seeded
+    assert first["samples_per_group"] == 4 and set(first["groups"]) == {"birds", "dogs"}
+    for key in ("ceiling", "samples", "reconstructions", "diversity", "nearest_training",
+                "sharpness_samples", "sharpness_reconstructions"):
+        assert np.isfinite(first["overall"][key]), key
+    assert first["frechet"]["samples"] >= 0
+    page = (run / "index.html").read_text()
+    assert "Sample quality" in page and "sharpness" in page
+
+
+def test_a_model_without_prior_still_loads_and_generates(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=2)
+    assert vae.main(["train", "--config", str(config), "-q"]) == 0
+    run = tmp_path / "runs" / "default"
+    data = torch.load(run / "model.pth", weights_only=True)
+    del data[PRIOR]                       # as written before the prior existed
+    torch.save(data, run / "model.pth")
+    assert load_model(run / "model.pth").prior is None
+    assert vae.main(["generate", "--config", str(config), "--count", "1"]) == 0
+    assert "sampling z ~ N(0, I)" in capsys.readouterr().err
+    assert (run / "samples" / "dogs_0.wav").is_file()
+    data[PRIOR] = {"weights": torch.ones(5, 1)}
+    torch.save(data, run / "model.pth")
+    assert vae.main(["generate", "--config", str(config), "-q"]) == 2
+    assert "its prior does not fit the model" in capsys.readouterr().err
