@@ -6,7 +6,8 @@ Sub-commands:
   generate     model.pth -> samples/<group>_<k>.wav + .png, index.html gallery
   reconstruct  held-out spectrograms -> original vs reconstruction pairs
   interpolate  two real files -> the latent line between them, as audio
-  evaluate     validation ELBO, log-spectral distance, spectral convergence -> metrics.json
+  evaluate     validation ELBO, log-spectral distance, spectral convergence, and the quality
+               of samples and reconstructions against real clips -> metrics.json
 """
 
 import argparse
@@ -84,8 +85,12 @@ def build_parser():
     i.add_argument("--steps", type=int, default=8, help="points on the line (default: 8)")
     command("evaluate", "metrics on the validation set",
             "Validation ELBO, log-spectral distance, spectral convergence after Griffin-Lim, "
-            "KL per latent dimension and active units on the run's held-out files -> "
-            "metrics.json.",
+            "KL per latent dimension and active units on the run's held-out files; and the "
+            "quality of generate.eval_samples samples per group and of the reconstructions: "
+            "group accuracy by a classifier fit on the run's real training clips (beside its "
+            "accuracy on real held-out clips), Fréchet distance, diversity, nearest-training "
+            "ratio, sharpness (and PANNs FAD when detect.checkpoint exists) -> metrics.json "
+            "and index.html.",
             limit_help="use at most N held-out files")
     return p
 

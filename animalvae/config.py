@@ -283,8 +283,8 @@ class TrainConfig:
     """Stage 5: the training run (written to ``paths.runs/<name>``)."""
 
     name: str = "default"           # run folder name
-    epochs: int = 30
-    batch_size: int = 32
+    epochs: int = 20
+    batch_size: int = 8
     lr: float = 1e-3                # AdamW peak learning rate
     weight_decay: float = 1e-4
     warmup_steps: int = 100         # linear LR warm-up, then cosine decay

@@ -13,7 +13,7 @@ samples and on reconstructions; diversity, nearest-training ratio and sharpness 
 the Fréchet distance of samples to real held-out clips (real training clips give the floor).
 
 Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the previous release:
-batch 32, no mixture prior, samples from N(0, I)), and one per lever that was measured
+batch 32, 30 epochs, no mixture prior, samples from N(0, I)), and one per lever that was measured
 (``--variants`` picks; ``--list`` shows them). Every variant trains on the same split.
 
 ``--figure PATH`` draws, per group, a real held-out spectrogram beside generated ones of the
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,23 +45,31 @@ AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a"}
 #: Settings of each variant on top of config.yaml.
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],
-    "before": ["train.batch_size=32", "train.prior_components=0", "generate.prior=normal"],
-    "before+mixture": ["train.batch_size=32"],
+    "before": ["train.batch_size=32", "train.epochs=30", "train.prior_components=0",
+               "generate.prior=normal"],
+    "before+mixture": ["train.batch_size=32", "train.epochs=30"],
     "normal-prior": ["generate.prior=normal"],
-    "epochs60": ["train.epochs=60"],
+    "batch8-epochs30": ["train.epochs=30"],
 }
 
 
-def run(argv: list[str], log: Path) -> float:
-    """Run a root script with the venv's Python; its output goes to ``log``. Wall seconds."""
+def run(argv: list[str], log: Path) -> tuple[float, float]:
+    """Run a root script with the venv's Python; its output goes to ``log``.
+
+    Returns (wall seconds, CPU seconds of the process and its threads): on a shared machine
+    the CPU time is the steadier measure of work, the wall time what a user waits.
+    """
     start = time.perf_counter()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("a") as fh:
         fh.write(f"$ {' '.join(argv)}\n")
         fh.flush()
         proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=fh, stderr=fh)
     if proc.returncode:
         raise SystemExit(f"{' '.join(argv[:2])} failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (time.perf_counter() - start,
+            after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime)
 
 
 def describe(audio: Path) -> tuple[list[str], str]:
@@ -155,15 +164,17 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
     fig.savefig(path, dpi=80)
 
 
-def table(results: dict[str, dict[str, float]], seconds: dict[str, float]) -> str:
-    head = ("| variant | train s | real held-out acc. (ceiling) | samples acc. (÷ ceiling) | "
+def table(results: dict[str, dict[str, float]],
+          seconds: dict[str, tuple[float, float]]) -> str:
+    head = ("| variant | train s, wall / CPU | real held-out acc. (ceiling) | samples acc. (÷ ceiling) | "
             "reconstructions acc. (÷ ceiling) | worst group: samples acc. | diversity "
             "(min group) | nearest-training (min) | sharpness samples (min) | sharpness "
             "reconstructions (min) | Fréchet samples / reconstructions / real |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for name, f in results.items():
-        rows.append(f"| {name} | {seconds[name]:.0f} | {f['ceiling']:.2f} | {f['samples']:.2f} "
+        wall, cpu = seconds[name]
+        rows.append(f"| {name} | {wall:.0f} / {cpu:.0f} | {f['ceiling']:.2f} | {f['samples']:.2f} "
                     f"({f['samples_vs']:.2f}) | {f['reconstructions']:.2f} "
                     f"({f['reconstructions_vs']:.2f}) | {f['worst_group_samples']:.2f} | "
                     f"{f['min_diversity']:.2f} | {f['min_nearest_training']:.2f} | "
@@ -179,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None,
                    help="keep the pipeline's outputs here (default: a temporary folder); a "
                         "rerun reuses stages 2-4")
-    p.add_argument("--variants", default="before,defaults",
+    p.add_argument("--variants", default="defaults,before",
                    help="comma-separated variants to train and evaluate (default: "
-                        "before,defaults); --list shows them all")
+                        "defaults,before); --list shows them all")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--figure", type=Path, default=None,
                    help="draw real vs generated spectrograms per group of the first variant")
@@ -216,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             run(["vae.py", "evaluate", *variant], log)
             quality = json.loads((work / "runs" / name / "metrics.json").read_text())["quality"]
             results[name] = figures(quality)
-            print(f"{name}: trained in {seconds[name]:.0f} s; {json.dumps(results[name])}",
-                  flush=True)
+            print(f"{name}: trained in {seconds[name][0]:.0f} s ({seconds[name][1]:.0f} s of "
+                  f"CPU); {json.dumps(results[name])}", flush=True)
         if args.figure:
             draw(work / "runs" / names[0], args.figure)
             print(f"figure: {args.figure}")
@@ -233,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "held-out clips; diversity, nearest-training ratio and sharpness relative to real "
         "clips through the same Griffin-Lim (1 = like real clips; the worst group shown); "
         "Fréchet distance to the real held-out clips, in the classifier's standardised "
-        "features (real training clips give the floor). Training time is wall clock on this "
-        "shared machine.\n\n"
+        "features (real training clips give the floor). Training time: wall clock and CPU "
+        "time (all threads) of `vae.py train` on this shared machine.\n\n"
         + table(results, seconds) + "\n\nVariants: "
         + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in names)
         + ".\n\nCommand: `python bench/bench_quality.py --audio DIR --variants "

@@ -7,7 +7,10 @@ and writes into the run folder (``paths.runs/<train.name>``):
   ``train.seed``); ``reconstruct`` and ``evaluate`` use the ``val`` rows only;
 - ``model.pth``: the weights with the best validation loss so far, plus everything needed to
   use them (see :mod:`animalvae.vae.model`); ``last.pth``: the latest state, for ``--resume``;
-- ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect.
+- ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect;
+- at the end, with ``train.prior_components`` > 0, a Gaussian mixture per group fit on the
+  training clips' codes under the best weights, stored in ``model.pth``
+  (:mod:`animalvae.vae.prior`), which ``generate`` samples from.
 
 Finding, splitting and loading the data is :mod:`animalvae.vae.dataset`; saving, resuming and
 clearing the run folder is :mod:`animalvae.vae.checkpoint`.
