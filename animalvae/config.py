@@ -268,6 +268,7 @@ class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])  # stride-2 convs
     conditional: bool = True        # label embedding into encoder and decoder
     embed_dim: int = 16             # size of the group embedding
+    decoder_norm: Literal["channel", "group"] = "channel"  # per position over channels | GroupNorm
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -330,6 +331,7 @@ class GenerateConfig:
     momentum: float = 0.99
     seed: int = 0
     eval_samples: int = 20          # samples per group that vae.py evaluate judges
+    eval_real_per_group: int = 200  # real training clips per group the judge is fit on
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -337,6 +339,7 @@ class GenerateConfig:
         _positive(problems, "generate.temperature", self.temperature)
         _positive(problems, "generate.griffin_lim_iters", self.griffin_lim_iters)
         _positive(problems, "generate.eval_samples", self.eval_samples)
+        _positive(problems, "generate.eval_real_per_group", self.eval_real_per_group)
         if not 0 <= self.momentum < 1:
             problems.append(f"generate.momentum={self.momentum} must be in [0, 1)")
         return problems

@@ -13,7 +13,8 @@ samples and on reconstructions; diversity, nearest-training ratio and sharpness 
 the Fréchet distance of samples to real held-out clips (real training clips give the floor).
 
 Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the previous release:
-batch 32, 30 epochs, no mixture prior, samples from N(0, I)), and one per lever that was measured
+batch 32, 30 epochs, GroupNorm in the decoder, no mixture prior, samples from N(0, I)), and one
+per lever that was measured
 (``--variants`` picks; ``--list`` shows them). Every variant trains on the same split.
 
 ``--figure PATH`` draws, per group, a real held-out spectrogram beside generated ones of the
@@ -46,8 +47,9 @@ AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a"}
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     "before": ["train.batch_size=32", "train.epochs=30", "train.prior_components=0",
-               "generate.prior=normal"],
-    "before+mixture": ["train.batch_size=32", "train.epochs=30"],
+               "generate.prior=normal", "model.decoder_norm=group"],
+    "before+mixture": ["train.batch_size=32", "train.epochs=30", "model.decoder_norm=group"],
+    "groupnorm": ["model.decoder_norm=group"],
     "normal-prior": ["generate.prior=normal"],
     "batch8-epochs30": ["train.epochs=30"],
 }

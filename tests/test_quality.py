@@ -217,3 +217,46 @@ def test_a_model_without_prior_still_loads_and_generates(tmp_path, capsys):
     torch.save(data, run / "model.pth")
     assert vae.main(["generate", "--config", str(config), "-q"]) == 2
     assert "its prior does not fit the model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# The decoder's normalisation (the dark-patch artifact)
+# --------------------------------------------------------------------------------------------
+
+def test_channel_norm_keeps_positions_independent():
+    from animalvae.vae.model import ChannelNorm
+
+    norm = ChannelNorm(6)
+    x = torch.randn(2, 6, 5, 4)
+    y = norm(x)
+    assert torch.allclose(y.mean(dim=1), torch.zeros(2, 5, 4), atol=1e-5)
+    assert torch.allclose(y.var(dim=1, unbiased=False), torch.ones(2, 5, 4), atol=1e-3)
+    spiked = x.clone()
+    spiked[:, :, 0, 0] *= 1000.0          # a spike at one position changes no other position
+    assert torch.allclose(norm(spiked)[:, :, 1:], y[:, :, 1:])
+    group = torch.nn.GroupNorm(2, 6)
+    assert not torch.allclose(group(spiked)[:, :, 1:], group(x)[:, :, 1:], atol=1e-3)
+
+
+def test_a_model_from_before_decoder_norm_loads_with_group_norm(tmp_path):
+    import dataclasses
+
+    from animalvae.config import ModelConfig
+    from animalvae.spectrogram import SpectrogramSpec
+    from animalvae.vae.model import VAE, checkpoint_payload
+
+    config = ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, decoder_norm="group")
+    spec = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64,
+                           n_frames=32)
+    model = VAE(config, spec.shape, 2)
+    payload = checkpoint_payload(model, spec=spec, groups=["a", "b"], config={})
+    old = {k: v for k, v in dataclasses.asdict(config).items() if k != "decoder_norm"}
+    payload["model_config"] = old           # as model.pth files were written before
+    torch.save(payload, tmp_path / "model.pth")
+    loaded = load_model(tmp_path / "model.pth")
+    assert loaded.model.config.decoder_norm == "group"
+    assert isinstance(loaded.model.decoder.ups[0][1], torch.nn.GroupNorm)
+    z = torch.randn(3, 8)
+    y = torch.tensor([0, 1, 0])
+    with torch.no_grad():
+        assert torch.equal(loaded.model.decode(z, y), model.eval().decode(z, y))

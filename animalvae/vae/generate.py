@@ -591,7 +591,8 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
              val: SpectrogramSet) -> dict[str, Any]:
     """The sample-quality figures of :func:`animalvae.vae.quality.quality_report` for a run.
 
-    Real training and held-out spectrograms, ``generate.eval_samples`` samples per group (as
+    Real training spectrograms (the first ``generate.eval_real_per_group`` of each group in
+    ``split.csv``) and held-out ones, ``generate.eval_samples`` samples per group (as
     ``generate`` draws them) and the reconstructions of the held-out files all go through the
     same Griffin-Lim (``generate.griffin_lim_iters``, peak-normalised) before they are judged.
     With ``detect.checkpoint`` present, PANNs figures are added.
@@ -600,7 +601,11 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
 
     gc = config.generate
     device, model, spec = _device(trained), trained.model, trained.spec
-    train_items, _ = read_split(run_dir)
+    by_group: dict[str, list[Item]] = {}
+    for item in read_split(run_dir)[0]:  # the first eval_real_per_group of each group
+        by_group.setdefault(item.group, []).append(item)
+    train_items = [it for members in by_group.values()
+                   for it in members[:gc.eval_real_per_group]]
     missing = [it for it in train_items if not Path(it.source).is_file()]
     if missing:
         raise ConfigError(f"{missing[0].source} (a training file in "

@@ -8,7 +8,8 @@ Shapes (B: batch, H x W = n_bins x n_frames, N = len(model.channels), L = latent
 
 The encoder is N stride-2 3x3 convolutions (GroupNorm, LeakyReLU), flattened, then one linear
 layer to (mu, logvar); the decoder mirrors it with one linear layer and N stride-2 transposed
-convolutions, the last one to one channel and a sigmoid. With ``model.conditional`` each half
+convolutions (each normalised per position over its channels, :class:`ChannelNorm`, see there
+why not GroupNorm), the last one to one channel and a sigmoid. With ``model.conditional`` each half
 has its own embedding of the group, concatenated to the flattened features (encoder) and to
 ``z`` (decoder), so the decoder can be asked for a given group. Layer sizes are derived with a
 dummy forward pass; H and W must be divisible by ``2 ** N``.
@@ -56,11 +57,39 @@ class _Down(nn.Sequential):
                          nn.LeakyReLU(0.2))
 
 
-class _Up(nn.Sequential):
-    """Stride-2 4x4 transposed conv, GroupNorm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
+class ChannelNorm(nn.Module):
+    """Normalise each position over its channels, with a learned gain and bias per channel.
 
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), _norm(c_out),
+    (B, C, H, W) -> same shape. Unlike GroupNorm, no statistic spans positions: a decoder
+    with GroupNorm learns to put one strong, localised spike in every output to steer the
+    per-sample mean and variance, which shows as a dark patch at the same place in every
+    sample (the "droplet" artifact of Karras et al. 2020, StyleGAN2); this norm gives it
+    nothing to steer.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class _Up(nn.Sequential):
+    """Stride-2 4x4 transposed conv, norm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, 2H, 2W).
+
+    ``norm`` is ``model.decoder_norm``: ``channel`` (:class:`ChannelNorm`) or ``group``
+    (GroupNorm, as models trained before ``decoder_norm`` existed).
+    """
+
+    def __init__(self, c_in: int, c_out: int, norm: str = "channel"):
+        super().__init__(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1),
+                         ChannelNorm(c_out) if norm == "channel" else _norm(c_out),
                          nn.LeakyReLU(0.2))
 
 
@@ -120,7 +149,8 @@ class Decoder(nn.Module):
         cond = config.embed_dim if config.conditional else 0
         self.from_z = nn.Linear(config.latent_dim + cond, math.prod(self.feature_shape))
         widths = list(reversed(config.channels))
-        self.ups = nn.Sequential(*[_Up(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.ups = nn.Sequential(*[_Up(a, b, config.decoder_norm)
+                                   for a, b in zip(widths[:-1], widths[1:])])
         self.to_image = nn.ConvTranspose2d(widths[-1], 1, 4, stride=2, padding=1)
 
     def condition(self, y: Tensor | None) -> Tensor | None:
@@ -332,7 +362,8 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> TrainedMode
     """
     data = read_checkpoint(path, what=Path(path).name)
     try:
-        config = ModelConfig(**data["model_config"])
+        # a model.pth from before model.decoder_norm existed has GroupNorm in its decoder
+        config = ModelConfig(**{"decoder_norm": "group", **data["model_config"]})
         spec = SpectrogramSpec.from_dict(data["spec"])
         if problems := config._check():
             raise ConfigError("; ".join(problems))
