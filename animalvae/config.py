@@ -268,7 +268,7 @@ class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])  # stride-2 convs
     conditional: bool = True        # label embedding into encoder and decoder
     embed_dim: int = 16             # size of the group embedding
-    decoder_norm: Literal["channel", "group"] = "channel"  # per position over channels | GroupNorm
+    decoder_norm: Literal["group", "channel"] = "group"  # GroupNorm | per position over channels
 
     def _check(self) -> list[str]:
         problems: list[str] = []

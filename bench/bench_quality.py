@@ -13,8 +13,7 @@ samples and on reconstructions; diversity, nearest-training ratio and sharpness 
 the Fréchet distance of samples to real held-out clips (real training clips give the floor).
 
 Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the previous release:
-batch 32, 30 epochs, GroupNorm in the decoder, no mixture prior, samples from N(0, I)), and one
-per lever that was measured
+batch 32, 30 epochs, no mixture prior, samples from N(0, I)), and one per lever that was measured
 (``--variants`` picks; ``--list`` shows them). Every variant trains on the same split.
 
 ``--figure PATH`` draws, per group, a real held-out spectrogram beside generated ones of the
@@ -47,9 +46,9 @@ AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a"}
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     "before": ["train.batch_size=32", "train.epochs=30", "train.prior_components=0",
-               "generate.prior=normal", "model.decoder_norm=group"],
-    "before+mixture": ["train.batch_size=32", "train.epochs=30", "model.decoder_norm=group"],
-    "groupnorm": ["model.decoder_norm=group"],
+               "generate.prior=normal"],
+    "before+mixture": ["train.batch_size=32", "train.epochs=30"],
+    "channelnorm": ["model.decoder_norm=channel"],
     "normal-prior": ["generate.prior=normal"],
     "batch8-epochs30": ["train.epochs=30"],
 }
@@ -185,6 +184,28 @@ def table(results: dict[str, dict[str, float]],
     return head + "\n".join(rows)
 
 
+def section(data: str, results: dict[str, dict[str, float]],
+            seconds: dict[str, tuple[float, float]], samples_per_group: int) -> str:
+    """The Markdown section of bench/results/quality.md."""
+    return (
+        "## quality: generated sounds vs real recordings\n\n"
+        f"Data: {data}; through stages 2 (extra audio), 3 (energy: the loudest 3 s window) "
+        "and 4 at the defaults, then `vae.py train` and `vae.py evaluate` per variant on the "
+        "same split (10 % of each group held out). Figures from `metrics.json` "
+        "(`animalvae/vae/quality.py`): accuracy of a log-mel-statistics classifier fit on the "
+        "run's real training clips, on real held-out clips (the ceiling), on "
+        f"{samples_per_group} samples per group and on reconstructions of the "
+        "held-out clips; diversity, nearest-training ratio and sharpness relative to real "
+        "clips through the same Griffin-Lim (1 = like real clips; the worst group shown); "
+        "Fréchet distance to the real held-out clips, in the classifier's standardised "
+        "features (real training clips give the floor). Training time: wall clock and CPU "
+        "time (all threads) of `vae.py train` on this shared machine.\n\n"
+        + table(results, seconds) + "\n\nVariants: "
+        + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in results)
+        + ".\n\nCommand: `python bench/bench_quality.py --audio DIR --variants "
+        + ",".join(results) + "`\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--audio", type=Path, default=os.environ.get("BENCH_AUDIO") or None,
@@ -231,29 +252,13 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = figures(quality)
             print(f"{name}: trained in {seconds[name][0]:.0f} s ({seconds[name][1]:.0f} s of "
                   f"CPU); {json.dumps(results[name])}", flush=True)
-        if args.figure:
-            draw(work / "runs" / names[0], args.figure)
-            print(f"figure: {args.figure}")
-
-    section = (
-        "## quality: generated sounds vs real recordings\n\n"
-        f"Data: {data}; through stages 2 (extra audio), 3 (energy: the loudest 3 s window) "
-        "and 4 at the defaults, then `vae.py train` and `vae.py evaluate` per variant on the "
-        "same split (10 % of each group held out). Figures from `metrics.json` "
-        "(`animalvae/vae/quality.py`): accuracy of a log-mel-statistics classifier fit on the "
-        "run's real training clips, on real held-out clips (the ceiling), on "
-        f"{quality['samples_per_group']} samples per group and on reconstructions of the "
-        "held-out clips; diversity, nearest-training ratio and sharpness relative to real "
-        "clips through the same Griffin-Lim (1 = like real clips; the worst group shown); "
-        "Fréchet distance to the real held-out clips, in the classifier's standardised "
-        "features (real training clips give the floor). Training time: wall clock and CPU "
-        "time (all threads) of `vae.py train` on this shared machine.\n\n"
-        + table(results, seconds) + "\n\nVariants: "
-        + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in names)
-        + ".\n\nCommand: `python bench/bench_quality.py --audio DIR --variants "
-        + ",".join(names) + "`\n")
-    print(section)
-    (ROOT / "bench" / "results" / "quality.md").write_text(section)
+            # after every variant, so a long comparison stopped early keeps what it measured
+            (ROOT / "bench" / "results" / "quality.md").write_text(
+                section(data, results, seconds, quality["samples_per_group"]))
+            if args.figure and name == names[0]:
+                draw(work / "runs" / name, args.figure)
+                print(f"figure: {args.figure}", flush=True)
+    print(section(data, results, seconds, quality["samples_per_group"]))
     return 0
 
 
