@@ -167,7 +167,8 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
 
 def table(results: dict[str, dict[str, float]],
           seconds: dict[str, tuple[float, float]]) -> str:
-    head = ("| variant | train s, wall / CPU | real held-out acc. (ceiling) | samples acc. (÷ ceiling) | "
+    head = ("| variant | train s, wall / CPU | real held-out acc. (ceiling) | samples acc. "
+            "(÷ ceiling) | "
             "reconstructions acc. (÷ ceiling) | worst group: samples acc. | diversity "
             "(min group) | nearest-training (min) | sharpness samples (min) | sharpness "
             "reconstructions (min) | Fréchet samples / reconstructions / real |\n"

@@ -12,12 +12,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_vae import write_tiny_config
 
 import vae
 from animalvae.vae import quality
 from animalvae.vae.model import load_model
 from animalvae.vae.prior import PRIOR, fit_prior, sample_prior
-from test_vae import write_tiny_config
 
 SR = 8000
 

@@ -87,8 +87,8 @@ def spectral_contrast(waves: np.ndarray, sample_rate: int) -> np.ndarray:
 
     ``librosa.feature.spectral_contrast`` (octave bands from 200 Hz, 6 or as many as fit below
     Nyquist, and the rest; peak minus valley of each band per frame, on the power averaged
-    over 5 frames, about 60 ms) averaged over bands and over the frames that hold sound (within 60 dB
-    of the clip's loudest frame), so trailing silence does not count.
+    over 5 frames, about 60 ms), averaged over bands and over the frames that hold sound
+    (within 60 dB of the clip's loudest frame), so trailing silence does not count.
 
     Parameters
     ----------
