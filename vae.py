@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 from animalvae import cli
+from animalvae.stage import StageOptions
 
 _EXIT_CODES = ("Exit codes: 0 done, 1 {diverged}a system error such as a full disk, 2 bad "
                "settings or input, 130 interrupted.")
@@ -93,7 +94,7 @@ def build_parser():
 def run(args) -> int:
     config = cli.config_from_args(args, input_key="paths.spectrograms")
     run_dir = args.run.resolve() if args.run else config.paths.runs / config.train.name
-    options = cli.StageOptions(force=getattr(args, "force", False),
+    options = StageOptions(force=getattr(args, "force", False),
                                limit=getattr(args, "limit", None), progress=not args.quiet)
     if args.command == "train":
         from animalvae.vae import train

@@ -20,7 +20,6 @@ retried one clip at a time, so only a clip that fails on its own is recorded as 
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import difflib
 import logging
@@ -33,7 +32,6 @@ import numpy as np
 import soundfile as sf
 
 from . import detect, frames, panns
-from .cli import StageOptions, default_workers
 from .config import Config, DetectConfig, config_to_dict
 from .device import pick_device
 from .errors import ConfigError, ItemFailed
@@ -42,12 +40,17 @@ from .stage import (
     Item,
     Outcome,
     Stage,
+    StageOptions,
     Summary,
     atomic_path,
+    attempt,
+    default_workers,
+    drain,
     list_items,
     outcome_from_exception,
+    prefetch,
     run_stage,
-    sigint_deferred,
+    shutdown_pools,
     write_settings,
 )
 
@@ -66,6 +69,7 @@ def _warn_unused_classes(audioset_classes: Mapping[str, Any], groups: set[str]) 
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 _PREFETCH_BATCHES = 2  # batches read ahead of the model
+_WRITE_BEHIND_BATCHES = 2  # batches of finished clips that may wait for their writes
 # The reason of a low-score skip; should_retry reads the backend back from it.
 _LOW_SCORE = "no {what} sound (score {score:.2f})"
 
@@ -230,24 +234,23 @@ class DetectStage(Stage):
         Clips are taken shortest first, so a batch holds clips of equal (or similar) length:
         no padding, hence scores that do not depend on which clips share a batch, and no
         compute spent on padding. An unreadable file fails alone: the rest of its batch
-        goes on; so does a clip the model fails on (see :meth:`score`).
+        goes on; so does a clip the model fails on (see :meth:`score`). Both sides are
+        bounded: at most ``_PREFETCH_BATCHES`` batches are read ahead, and scoring waits
+        while ``_WRITE_BEHIND_BATCHES`` batches of finished clips (audio and scores in
+        memory) are still being written.
         """
         cap_us = int(self.settings.max_seconds * 1_000_000)
         work = sorted(work, key=lambda pair: min(_duration_us(pair[0]), cap_us))
         size = self.settings.batch_size
-        batches = collections.deque(work[i:i + size] for i in range(0, len(work), size))
         readers = cf.ThreadPoolExecutor(self.io_workers, thread_name_prefix="detect-read")
         writers = cf.ThreadPoolExecutor(self.io_workers, thread_name_prefix="detect-write")
-        reading: collections.deque[list[tuple[Item, Path, cf.Future]]] = collections.deque()
         writing: dict[cf.Future, Clip] = {}
+        loaded = prefetch(readers, lambda pair: attempt(self.load, *pair), work,
+                          ahead=_PREFETCH_BATCHES * size)
         try:
-            while batches or reading:
-                while batches and len(reading) < _PREFETCH_BATCHES:
-                    reading.append([(item, output, readers.submit(self.load, item, output))
-                                    for item, output in batches.popleft()])
+            for batch in _batched(loaded, size):
                 clips = []
-                for item, _output, future in reading.popleft():
-                    clip = _result(future)
+                for (item, _output), clip in batch:
                     if isinstance(clip, Outcome):
                         yield item, clip
                     else:
@@ -257,16 +260,13 @@ class DetectStage(Stage):
                         yield clip.item, scores
                     else:
                         writing[writers.submit(self.finish, clip, scores)] = clip
-                for future in [f for f in writing if f.done()]:
-                    yield self._written(writing.pop(future), future)
-            for future in cf.as_completed(list(writing)):
-                yield self._written(writing.pop(future), future)
+                for clip, future in drain(writing, keep=_WRITE_BEHIND_BATCHES * size):
+                    yield self._written(clip, future)
+            for clip, future in drain(writing, keep=0):
+                yield self._written(clip, future)
         finally:
-            # Ctrl-C or an error: drop queued work, let running writes finish atomically (a
-            # second Ctrl-C is ignored meanwhile).
-            with sigint_deferred():
-                readers.shutdown(wait=True, cancel_futures=True)
-                writers.shutdown(wait=True, cancel_futures=True)
+            loaded.close()
+            shutdown_pools(readers, writers)
 
     def score(self, clips: list[Clip]) -> list[np.ndarray | Outcome]:
         """The scorer's output for each clip, or the Outcome of a clip it failed on.
@@ -406,18 +406,21 @@ def _as_float(y: np.ndarray) -> np.ndarray:
     return y.astype(np.float32, copy=False)
 
 
-def _result(future: cf.Future) -> Any:
-    """The future's value, or the Outcome its item-level error stands for."""
-    try:
-        return future.result()
-    except ITEM_ERRORS as exc:
-        log.debug("detect: item failed", exc_info=True)
-        return outcome_from_exception(exc)
+def _batched(pairs: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of ``size`` consecutive elements (the last one shorter)."""
+    batch: list[Any] = []
+    for pair in pairs:
+        batch.append(pair)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _outcome(future: cf.Future) -> Outcome:
     """The Outcome of a :meth:`DetectStage.finish` future (its row, skip or error)."""
-    result = _result(future)
+    result = attempt(future.result)
     if isinstance(result, Outcome):
         return result
     note = result.pop("_note", "")

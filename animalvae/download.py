@@ -43,16 +43,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import cli
 from .config import Config, DownloadConfig, config_to_dict
 from .download_plan import plan
 from .errors import AnimalVAEError, ConfigError, ItemFailed
 from .stage import (
     Item,
     Stage,
+    StageOptions,
     atomic_path,
     outcome_from_exception,
     read_manifest,
+    require_binaries,
+    resolve_workers,
     run_stage,
     write_manifest,
     write_settings,
@@ -505,14 +507,14 @@ def _interrupt_on_ctrl_c(stage: DownloadStage) -> Iterator[None]:
 # Running
 # --------------------------------------------------------------------------------------------
 
-def run(config: Config, options: cli.StageOptions, *, from_dir: Path | None = None,
+def run(config: Config, options: StageOptions, *, from_dir: Path | None = None,
         retry_failed: bool = False) -> int:
     """Run stage 1: fetch (or take from ``from_dir``) the selected clips into ``paths.clips``.
 
     Parameters
     ----------
     config : Config
-    options : cli.StageOptions
+    options : StageOptions
         ``--force``, ``--limit``, ``--workers`` (default ``download.workers``), progress bar.
     from_dir : Path or None
         Take ``<ytid>_<start:06d>.mp4`` files found under this folder instead of downloading;
@@ -540,7 +542,7 @@ def run(config: Config, options: cli.StageOptions, *, from_dir: Path | None = No
         raise ConfigError(f"download.cookies_file={settings.cookies_file} not found: export a "
                           "cookies.txt (Netscape format) from a signed-in browser, or set it to "
                           "null")
-    cli.require_binaries("ffmpeg", "ffprobe")
+    require_binaries("ffmpeg", "ffprobe")
     if from_dir is None:
         _require_yt_dlp()
 
@@ -568,7 +570,7 @@ def run(config: Config, options: cli.StageOptions, *, from_dir: Path | None = No
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(output_dir)
     write_settings(output_dir, config_to_dict(settings))
-    workers = cli.resolve_workers(options.workers, settings.workers)
+    workers = resolve_workers(options.workers, settings.workers)
     try:
         with ctrl_c:
             summary = run_stage(stage, items, output_dir, force=options.force,

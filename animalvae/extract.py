@@ -34,16 +34,18 @@ import ffmpeg
 import numpy as np
 import soundfile as sf
 
-from . import cli
 from .config import Config, ExtractConfig, config_to_dict
 from .errors import ConfigError, ItemFailed, ItemSkipped
 from .stage import (
     MANIFEST,
     Item,
     Stage,
+    StageOptions,
     Summary,
     atomic_path,
     list_items,
+    require_binaries,
+    resolve_workers,
     run_stage,
     write_settings,
 )
@@ -412,14 +414,14 @@ def list_sources(config: Config) -> list[Item]:
     return items
 
 
-def run(config: Config, options: cli.StageOptions) -> Summary:
+def run(config: Config, options: StageOptions) -> Summary:
     """Convert every clip and extra recording to ``paths.audio/<group>/<id>.wav``.
 
     Parameters
     ----------
     config : Config
         Uses ``paths.clips``, ``paths.audio`` and the ``extract`` section.
-    options : cli.StageOptions
+    options : StageOptions
         ``force``, ``limit``, ``workers`` (default ``extract.workers``; 0 = one per core),
         ``progress``.
 
@@ -432,10 +434,10 @@ def run(config: Config, options: cli.StageOptions) -> Summary:
     ConfigError
         ffmpeg/ffprobe not installed, or no input at all; raised before any work starts.
     """
-    cli.require_binaries("ffmpeg", "ffprobe")
+    require_binaries("ffmpeg", "ffprobe")
     items = list_sources(config)
     output_dir = config.paths.audio
-    workers = cli.resolve_workers(options.workers, config.extract.workers)
+    workers = resolve_workers(options.workers, config.extract.workers)
     manifest = output_dir / MANIFEST
     last_run = manifest.stat().st_mtime if manifest.is_file() else None
     write_settings(output_dir, config_to_dict(config.extract))

@@ -29,7 +29,6 @@ N arrays (:func:`animalvae.features_check.round_trip_check`).
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import contextlib
 import dataclasses
@@ -37,14 +36,13 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import cli
 from .config import Config, config_to_dict
 from .device import pick_device
 from .errors import ConfigError
@@ -53,17 +51,19 @@ from .features_check import render_preview, round_trip_check
 from .segments import load_segment
 from .spectrogram import NORMALIZER, Spectrogram, SpectrogramSpec, load_spec, save_spec
 from .stage import (
-    ITEM_ERRORS,
     Item,
     Outcome,
     Stage,
+    StageOptions,
     Summary,
     atomic_path,
+    attempt,
     list_items,
-    outcome_from_exception,
+    prefetch,
     read_manifest,
+    resolve_workers,
     run_stage,
-    sigint_deferred,
+    shutdown_pools,
     write_settings,
 )
 
@@ -198,12 +198,11 @@ class FeaturesStage(Stage):
         return tuple(shape) == self.spec.shape and dtype == self.dtype
 
     def _load(self, item: Item) -> tuple[np.ndarray | None, Outcome]:
-        try:
-            y, info = load_segment(Path(item.source), self.spec, silence_dbfs=self.silence_dbfs,
-                                   pad=self.pad)
-        except ITEM_ERRORS as exc:   # recorded as run_stage records them
-            log.debug("item %s: %s", item.id, type(exc).__name__, exc_info=True)
-            return None, outcome_from_exception(exc)
+        result = attempt(load_segment, Path(item.source), self.spec,
+                         silence_dbfs=self.silence_dbfs, pad=self.pad)
+        if isinstance(result, Outcome):
+            return None, result
+        y, info = result
         return y, Outcome("ok", "", info)
 
     def process_stream(self, work: list[tuple[Item, Path]]) -> Iterator[tuple[Item, Outcome]]:
@@ -222,15 +221,13 @@ class FeaturesStage(Stage):
             # on top of that would wait at barriers for descheduled threads.
             torch.set_num_threads(1)
         try:
-            for _, outcomes in _prefetch(pool, self._process_chunk, chunks,
-                                         ahead=2 * self.workers):
+            for _, outcomes in prefetch(pool, self._process_chunk, chunks,
+                                        ahead=2 * self.workers):
                 yield from outcomes
         finally:
-            # Ctrl-C or an early close: queued chunks are dropped, running ones finish their
-            # atomic writes (a second Ctrl-C is ignored meanwhile). Their outcomes are not
-            # recorded, so a rerun redoes them (``is_done`` needs a manifest row).
-            with sigint_deferred():
-                pool.shutdown(wait=True, cancel_futures=True)
+            # Outcomes of chunks that finish during the shutdown are not recorded, so a rerun
+            # redoes them (``is_done`` needs a manifest row).
+            shutdown_pools(pool)
             torch.set_num_threads(threads)
 
     def _process_chunk(self, chunk: list[tuple[Item, Path]]) -> list[tuple[Item, Outcome]]:
@@ -282,22 +279,6 @@ def _save(output: Path, array: np.ndarray, finite: bool, fields: dict[str, Any])
     return Outcome("ok", "", fields)
 
 
-def _prefetch(pool: cf.Executor, fn, work: Sequence, *, ahead: int) -> Iterator:
-    """``(w, fn(w))`` for each ``w`` of ``work`` in order, at most ``ahead`` in flight."""
-    pending: collections.deque = collections.deque()
-    queue = iter(work)
-    for w in queue:
-        pending.append((w, pool.submit(fn, w)))
-        if len(pending) >= ahead:
-            break
-    while pending:
-        w, future = pending.popleft()
-        nxt = next(queue, None)
-        if nxt is not None:
-            pending.append((nxt, pool.submit(fn, nxt)))
-        yield w, future.result()
-
-
 # --------------------------------------------------------------------------------------------
 # Running it
 # --------------------------------------------------------------------------------------------
@@ -314,7 +295,7 @@ class FeaturesSummary(Summary):
         return float(np.median(self.convergence)) if self.convergence else None
 
 
-def run(config: Config, options: cli.StageOptions, *, check: int = 0) -> FeaturesSummary:
+def run(config: Config, options: StageOptions, *, check: int = 0) -> FeaturesSummary:
     """Make a spectrogram of every segment in ``paths.detections``.
 
     Parameters
@@ -322,7 +303,7 @@ def run(config: Config, options: cli.StageOptions, *, check: int = 0) -> Feature
     config : Config
         Uses ``paths.detections``, ``paths.spectrograms``, ``features``,
         ``extract.sample_rate`` and ``extract.silence_dbfs``, ``detect.segment_seconds``.
-    options : cli.StageOptions
+    options : StageOptions
         ``force``, ``limit``, ``workers`` (threads; default ``features.workers``),
         ``progress``.
     check : int
@@ -352,7 +333,7 @@ def run(config: Config, options: cli.StageOptions, *, check: int = 0) -> Feature
                                 "silence_dbfs": config.extract.silence_dbfs})
     stage = FeaturesStage(spec, dtype=config.features.dtype,
                           batch_size=config.features.batch_size,
-                          workers=cli.resolve_workers(options.workers, config.features.workers),
+                          workers=resolve_workers(options.workers, config.features.workers),
                           silence_dbfs=config.extract.silence_dbfs, pad=config.features.pad,
                           device=device)
     base = run_stage(stage, items, output_dir, force=options.force, limit=options.limit,

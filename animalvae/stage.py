@@ -19,13 +19,14 @@ import csv
 import logging
 import os
 import re
+import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from tqdm.auto import tqdm
@@ -33,8 +34,9 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, ItemFailed, ItemSkipped
 
 __all__ = [
-    "Item", "Outcome", "Stage", "Summary", "run_stage", "run_one", "outcome_from_exception",
-    "ITEM_ERRORS", "list_items", "atomic_path", "sigint_deferred",
+    "Item", "Outcome", "Stage", "StageOptions", "Summary", "run_stage", "run_one", "attempt",
+    "outcome_from_exception", "ITEM_ERRORS", "list_items", "atomic_path", "sigint_deferred",
+    "shutdown_pools", "prefetch", "drain", "resolve_workers", "default_workers", "require_binaries",
     "atomic_write_text", "read_manifest", "write_manifest", "write_settings", "MANIFEST",
     "BASE_COLUMNS",
 ]
@@ -45,11 +47,49 @@ MANIFEST = "manifest.csv"
 SETTINGS = "settings.yaml"
 BASE_COLUMNS = ("id", "label", "group", "source", "output", "status", "reason")
 Status = Literal["ok", "skipped", "failed"]
+T = TypeVar("T")
+W = TypeVar("W")
 
 _TEMP_RE = re.compile(r"^\..+\.tmp\d+(\.[^./]+)?$")
 #: Exceptions that mean "this item's data is bad", not "this code is wrong": recorded in the
 #: manifest, never raised. Batched stages catch these around one item (or one batch) too.
 ITEM_ERRORS = (ItemSkipped, ItemFailed, OSError, ValueError, RuntimeError, EOFError)
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """The run-time flags every stage takes besides the config (``--force``, ``--limit``,
+    ``--workers``, and ``--quiet`` as ``progress=False``)."""
+
+    force: bool = False
+    limit: int | None = None
+    workers: int | None = None   # None: the stage's config value
+    progress: bool = True
+
+
+def require_binaries(*names: str) -> None:
+    """Stop with a clear message when an external program (e.g. ffmpeg) is not installed."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} not found on PATH: install ffmpeg (Debian/Ubuntu: "
+            "sudo apt-get install ffmpeg; macOS: brew install ffmpeg; conda: conda install "
+            "-c conda-forge ffmpeg)")
+
+
+def resolve_workers(option: int | None, configured: int) -> int:
+    """``--workers`` when given, else the config value; either way 0 means one per CPU core."""
+    return default_workers(configured if option is None else option)
+
+
+def default_workers(configured: int) -> int:
+    """``configured`` when positive, else the number of CPU cores this process may use."""
+    if configured > 0:
+        return configured
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -146,23 +186,35 @@ class Stage:
 
 def run_one(stage: Stage, item: Item, output: Path) -> Outcome:
     """Run ``stage.process`` on one item, turning an item-level error into an Outcome."""
+    result = attempt(stage.process, item, output)
+    return result if isinstance(result, Outcome) else Outcome("ok", "", result or {})
+
+
+def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | Outcome:
+    """``fn(*args, **kwargs)``, or the Outcome of the item-level error it raised (:data:`ITEM_ERRORS`).
+
+    The one place where an item's exception becomes its manifest outcome; any other
+    exception (a bug) propagates.
+    """
     try:
-        return Outcome("ok", "", stage.process(item, output) or {})
+        return fn(*args, **kwargs)
     except ITEM_ERRORS as exc:
-        log.debug("item %s: %s", item.id, type(exc).__name__, exc_info=True)
+        log.debug("%s: %s", getattr(fn, "__qualname__", fn), type(exc).__name__,
+                  exc_info=True)
         return outcome_from_exception(exc)
 
 
 def outcome_from_exception(exc: BaseException) -> Outcome:
     """The Outcome an item-level exception stands for (one of :data:`ITEM_ERRORS`).
 
-    ``ItemSkipped`` -> skipped, ``ItemFailed`` -> failed with its message; any other item
-    error -> failed with the exception's type name in front of its one-line message.
+    ``ItemSkipped`` -> skipped, ``ItemFailed`` -> failed, each with its message and its
+    manifest ``fields``; any other item error -> failed with the exception's type name in
+    front of its one-line message.
     """
     if isinstance(exc, ItemSkipped):
-        return Outcome("skipped", _one_line(exc))
+        return Outcome("skipped", _one_line(exc), dict(exc.fields))
     if isinstance(exc, ItemFailed):
-        return Outcome("failed", _one_line(exc))
+        return Outcome("failed", _one_line(exc), dict(exc.fields))
     return Outcome("failed", f"{type(exc).__name__}: {_one_line(exc)}")
 
 
@@ -479,6 +531,50 @@ def sigint_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def shutdown_pools(*pools: cf.Executor) -> None:
+    """Stop pools after Ctrl-C or an error: queued work is dropped, running work finishes
+    (atomic writes complete), and a second Ctrl-C is ignored meanwhile (interrupting a
+    pool's shutdown hangs it)."""
+    with sigint_deferred():
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prefetch(pool: cf.Executor, fn: Callable[[W], T], work: Iterable[W], *,
+             ahead: int) -> Iterator[tuple[W, T]]:
+    """``(w, fn(w))`` for each ``w`` of ``work``, in order, with at most ``ahead`` in flight.
+
+    Bounded read-ahead: results wait for the consumer, so memory holds at most ``ahead``
+    of them. ``fn`` raising propagates at its turn.
+    """
+    pending: collections.deque[tuple[W, cf.Future]] = collections.deque()
+    queue = iter(work)
+    for w in queue:
+        pending.append((w, pool.submit(fn, w)))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        w, future = pending.popleft()
+        for nxt in queue:
+            pending.append((nxt, pool.submit(fn, nxt)))
+            break
+        yield w, future.result()
+
+
+def drain(pending: dict[cf.Future, W], *, keep: int) -> Iterator[tuple[W, cf.Future]]:
+    """Pop and yield the finished futures of ``pending``, waiting until at most ``keep`` remain.
+
+    Bounded write-behind: a producer that calls this after each submission never has more
+    than ``keep`` tasks (and the data they hold) in flight; ``keep=0`` waits for all.
+    """
+    while True:
+        for future in [f for f in pending if f.done()]:
+            yield pending.pop(future), future
+        if len(pending) <= keep:
+            return
+        cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+
+
 def _ignore_sigint() -> None:
     # Pool workers finish their current item on Ctrl-C; the parent stops handing out new ones.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -504,11 +600,8 @@ def _execute(stage: Stage, todo: list[tuple[Item, Path]], workers: int,
             reported.add(future)
             yield futures[future], future.result()
     finally:
-        # On Ctrl-C or an error: drop queued items, let running ones finish atomically (a
-        # second Ctrl-C is ignored meanwhile: interrupting the pool's shutdown hangs it)...
-        with sigint_deferred():
-            pool.shutdown(wait=True, cancel_futures=True)
-        # ... and hand their successes to the caller, so the manifest records them too (a
+        shutdown_pools(pool)
+        # Hand their successes to the caller, so the manifest records them too (a
         # failure at that moment may be the interruption itself: the next run retries it).
         for future in futures:
             if future not in reported and future.done() and not future.cancelled() \

@@ -31,8 +31,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from media import make_wav, tone  # noqa: E402
 
-from animalvae import cli, detect, detect_stage, panns  # noqa: E402
+from animalvae import detect, detect_stage, panns  # noqa: E402
 from animalvae.config import load_config  # noqa: E402
+from animalvae.stage import StageOptions  # noqa: E402
 
 N_CLIPS = 16
 CLIP_SECONDS = 10.0
@@ -110,7 +111,7 @@ def time_one_at_a_time(clips: list[Path], model: torch.nn.Module, out: Path,
 def time_ours(config) -> tuple[float, float]:
     panns.clear_model_cache()  # a fresh run loads the model once, and that counts
     with Timer() as t:
-        summary = detect_stage.run(config, cli.StageOptions(force=True, progress=False))
+        summary = detect_stage.run(config, StageOptions(force=True, progress=False))
     assert summary.ok == N_CLIPS, summary.line()
     return t.scaled(1)
 

@@ -26,11 +26,17 @@ from media import make_colour_video, make_wav, tone
 
 import animal_sound_detector
 from animalvae import detect, detect_stage, frames, panns
-from animalvae.cli import StageOptions, default_workers
 from animalvae.config import load_config
 from animalvae.detect_stage import DetectStage, PannsScorer, run
 from animalvae.errors import ConfigError
-from animalvae.stage import Item, read_manifest, run_stage, write_manifest
+from animalvae.stage import (
+    Item,
+    StageOptions,
+    default_workers,
+    read_manifest,
+    run_stage,
+    write_manifest,
+)
 
 # The AudioSet "Animal" subtree, indices 72-136, as given in the issue.
 ANIMAL_NAMES = [

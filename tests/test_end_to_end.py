@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from animalvae.config import DEFAULT_CONFIG, load_config
 from animalvae.demo import data as demo_data
 from animalvae.demo import pipeline, synth
 from animalvae.demo import server as local_server
-from animalvae.config import DEFAULT_CONFIG, load_config
 from animalvae.errors import ConfigError
 from animalvae.stage import read_manifest
 

@@ -15,10 +15,9 @@ from media import make_clip, make_wav, tone
 
 import video_to_audio
 from animalvae import extract
-from animalvae.cli import StageOptions
 from animalvae.config import load_config
 from animalvae.errors import ConfigError, ItemFailed
-from animalvae.stage import Item, read_manifest
+from animalvae.stage import Item, StageOptions, read_manifest
 
 SR = 32000
 DASH = "-leading dash"        # must never be read as an ffmpeg option

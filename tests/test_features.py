@@ -13,11 +13,10 @@ from media import animal_call, make_wav
 
 import preprocess_audio_vae
 from animalvae import features, features_check, segments
-from animalvae.cli import StageOptions
 from animalvae.config import load_config
 from animalvae.errors import ConfigError
 from animalvae.spectrogram import NORMALIZER, Spectrogram, SpectrogramSpec, load_spec
-from animalvae.stage import list_items, read_manifest, write_manifest
+from animalvae.stage import StageOptions, list_items, read_manifest, write_manifest
 
 OPTS = StageOptions(progress=False)
 

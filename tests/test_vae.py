@@ -19,13 +19,13 @@ import soundfile as sf
 import torch
 
 import vae
-from animalvae.vae import dataset as dataset_mod
-from animalvae.vae import train as train_mod
 from animalvae.config import ModelConfig, load_config
 from animalvae.errors import ConfigError
-from animalvae.vae.model import VAE, kl_divergence, load_model
 from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import Item
+from animalvae.vae import dataset as dataset_mod
+from animalvae.vae import train as train_mod
+from animalvae.vae.model import VAE, kl_divergence, load_model
 
 SPEC = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64, n_frames=32)
 BANDS = {"birds": slice(40, 56), "dogs": slice(4, 16)}   # rows that are bright, per group

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from . import synth
 from ..errors import AnimalVAEError
 from ..stage import atomic_path
+from . import synth
 
 __all__ = ["SampleClip", "DemoFailed", "plan_dataset", "write_csv", "render_clip",
            "build_dataset", "DEMO_LABELS", "OTHER_ROWS", "SERVED_SECONDS", "CLIP_SECONDS",

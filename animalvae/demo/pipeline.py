@@ -40,10 +40,10 @@ from pathlib import Path
 
 from .. import cli
 from ..config import Config, load_config
-from .data import OTHER_ROWS, DemoFailed, build_dataset
 from ..errors import ConfigError
+from ..stage import default_workers, read_manifest, require_binaries
+from .data import OTHER_ROWS, DemoFailed, build_dataset
 from .server import serve
-from ..stage import read_manifest
 
 __all__ = ["DemoFailed", "stage_commands", "run_step", "main"]
 
@@ -233,9 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: demo_out/ in the repository)")
     p.add_argument("--config", type=Path, default=DEMO_CONFIG, metavar="PATH",
                    help="settings for the five scripts (default: configs/demo.yaml)")
-    p.add_argument("--clips-per-group", type=cli._positive_int, default=10, metavar="N",
+    p.add_argument("--clips-per-group", type=cli.int_at_least(1), default=10, metavar="N",
                    help="sample videos per group: dogs, cats, birds (default: 10)")
-    p.add_argument("--epochs", type=cli._positive_int, default=None, metavar="N",
+    p.add_argument("--epochs", type=cli.int_at_least(1), default=None, metavar="N",
                    help="training epochs (default: train.epochs of the config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting passed to every script, e.g. --set train.max_steps=5 "
@@ -271,7 +271,7 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     """The demo for parsed arguments; returns the exit code."""
     start = time.monotonic()
-    cli.require_binaries("ffmpeg", "ffprobe")
+    require_binaries("ffmpeg", "ffprobe")
     out = args.out.expanduser().resolve()
     config_path = args.config.expanduser().resolve()
     sets = list(args.set)
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
              "birds chirp), and a VGGSound-format CSV", args.clips_per_group)
     csv_path = config.paths.vggsound_csv
     videos, missing = build_dataset(csv_path, args.clips_per_group, seed=args.seed,
-                                    workers=cli.default_workers(0))
+                                    workers=default_workers(0))
     log.info("      %s lists them plus %d rows of other classes (not selected) and one "
              "video the server does not have (%s): like the ~20 %% of VGGSound that is gone "
              "from YouTube, stage 1 records it as failed and carries on",

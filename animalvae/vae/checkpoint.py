@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dataset import SPLIT
 from ..errors import ConfigError
-from .gallery import GALLERY, SAMPLES
 from ..stage import atomic_path
+from .dataset import SPLIT
+from .gallery import GALLERY, SAMPLES
 
 __all__ = ["rng_state", "set_rng_state", "seed_everything", "save_checkpoint", "check_run_dir",
            "clear_run_dir", "MODEL", "LAST", "METRICS", "LOSS_PLOT"]

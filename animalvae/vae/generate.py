@@ -24,14 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import MODEL
-from ..cli import StageOptions
 from ..config import Config
-from .dataset import SpectrogramSet, iter_batches, read_array, read_split
 from ..device import pick_device
 from ..errors import ConfigError
-from .gallery import SAMPLES, write_gallery
-from .model import TrainedModel, kl_divergence, load_model
 from ..spectrogram import (
     NORMALIZER,
     InverseSpectrogram,
@@ -40,7 +35,11 @@ from ..spectrogram import (
     load_spec,
     spectral_convergence,
 )
-from ..stage import Item, atomic_path, atomic_write_text
+from ..stage import Item, StageOptions, atomic_path, atomic_write_text
+from .checkpoint import MODEL
+from .dataset import SpectrogramSet, iter_batches, read_array, read_split
+from .gallery import SAMPLES, write_gallery
+from .model import TrainedModel, kl_divergence, load_model
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
            "log_spectral_distance", "PEAK_DBFS", "UNCONDITIONAL"]

@@ -45,6 +45,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..config import Config, config_to_dict
+from ..device import pick_device
+from ..errors import AnimalVAEError, ConfigError
+from ..spectrogram import SpectrogramSpec
+from ..stage import StageOptions, atomic_path, write_settings
 from .checkpoint import (
     LAST,
     LOSS_PLOT,
@@ -57,8 +62,6 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from ..cli import StageOptions
-from ..config import Config, config_to_dict
 from .dataset import (
     SPLIT,
     SpectrogramSet,
@@ -71,11 +74,7 @@ from .dataset import (
     split_items,
     write_split,
 )
-from ..device import pick_device
-from ..errors import AnimalVAEError, ConfigError
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
-from ..spectrogram import SpectrogramSpec
-from ..stage import atomic_path, write_settings
 
 __all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at"]
 
