@@ -69,20 +69,20 @@ def build_parser():
                 "samples/<group>_<k>.wav + .png and index.html.")
     g.add_argument("--group", action="append", default=None, metavar="NAME",
                    help="only these groups (repeatable; default: every group)")
-    g.add_argument("--count", type=int, default=None, metavar="N",
+    g.add_argument("--count", type=cli.int_at_least(1), default=None, metavar="N",
                    help="samples per group (default: generate.count)")
     r = command("reconstruct", "original vs reconstruction of held-out files",
                 "Encode held-out files (the run's split.csv) and decode them again; writes "
                 "samples/reconstruct/<group>/<id>_original|_reconstruction.wav + .png and "
                 "index.html.")
-    r.add_argument("--count", type=int, default=None, metavar="N",
+    r.add_argument("--count", type=cli.int_at_least(1), default=None, metavar="N",
                    help="held-out files per group (default: generate.count)")
     i = command("interpolate", "walk the latent line between two files",
                 "Encode two files and decode points on the line between them; writes "
                 "samples/interpolate/<a>__<b>/<k>.wav + .png and index.html.")
     i.add_argument("a", type=Path, help="first spectrogram (.npy) or segment (.wav)")
     i.add_argument("b", type=Path, help="second spectrogram (.npy) or segment (.wav)")
-    i.add_argument("--steps", type=int, default=8, help="points on the line (default: 8)")
+    i.add_argument("--steps", type=cli.int_at_least(2, "both ends are included"), default=8, help="points on the line (default: 8)")
     command("evaluate", "metrics on the validation set",
             "Validation ELBO, log-spectral distance, spectral convergence after Griffin-Lim, "
             "KL per latent dimension and active units on the run's held-out files -> "

@@ -32,6 +32,7 @@ import numpy as np
 import soundfile as sf
 
 from . import detect, frames, panns
+from .audio import as_float32, pad_audio, read_mono, resample
 from .config import Config, DetectConfig, config_to_dict
 from .device import pick_device
 from .errors import ConfigError, ItemFailed
@@ -293,30 +294,14 @@ class DetectStage(Stage):
     def load(self, item: Item, output: Path) -> Clip:
         """Read one clip (up to ``detect.max_seconds``) as mono, pad it to a window, and
         resample a copy for the model if needed."""
-        with sf.SoundFile(str(Path(item.source).resolve())) as fh:
-            sr = fh.samplerate
-            max_frames = int(round(self.settings.max_seconds * sr))
-            note = (f"scored the first {self.settings.max_seconds:g} s of "
-                    f"{fh.frames / sr:.1f} s" if fh.frames > max_frames else "")
-            y = fh.read(min(fh.frames, max_frames), always_2d=True,
-                        dtype="int16" if fh.subtype == "PCM_16" else "float32")
-        if y.shape[0] == 0:
-            raise ItemFailed("empty audio file")
-        if y.shape[1] > 1:  # stage 2 writes mono; a user's own files may not be
-            y = _as_float(y).mean(axis=1, dtype=np.float32)
-        else:
-            y = y[:, 0]
-        if y.dtype != np.int16 and not np.isfinite(y).all():
-            raise ItemFailed("audio has NaN or infinite samples")
-        segment_samples = int(round(self.settings.segment_seconds * sr))
-        y = detect.pad_audio(y, segment_samples, mode=self.settings.pad)
-        x = _as_float(y)
-        rate = self.scorer.sample_rate
-        if rate is not None and sr != rate:
-            import torch
-            import torchaudio.functional as AF
-
-            x = AF.resample(torch.from_numpy(x), sr, rate).numpy()
+        max_s = self.settings.max_seconds
+        y, sr, total = read_mono(Path(item.source).resolve(), keep_int16=True,
+                                 max_frames=lambda rate: int(round(max_s * rate)))
+        note = f"scored the first {max_s:g} s of {total / sr:.1f} s" if total > len(y) else ""
+        y = pad_audio(y, int(round(self.settings.segment_seconds * sr)), mode=self.settings.pad)
+        x = as_float32(y)
+        if self.scorer.sample_rate is not None:
+            x = resample(x, sr, self.scorer.sample_rate)
         return Clip(item, output, y, sr, x, note)
 
     def finish(self, clip: Clip, probs: np.ndarray) -> dict[str, Any] | Outcome:
@@ -397,13 +382,6 @@ def _duration_us(item: Item) -> int:
     except (OSError, RuntimeError, ValueError):  # it fails properly when loaded
         return 0
     return int(info.frames * 1_000_000 // max(info.samplerate, 1))
-
-
-def _as_float(y: np.ndarray) -> np.ndarray:
-    """PCM int16 -> float32 in [-1, 1) (exact: /32768); float input as float32."""
-    if y.dtype == np.int16:
-        return y.astype(np.float32) / 32768.0
-    return y.astype(np.float32, copy=False)
 
 
 def _batched(pairs: Iterator[Any], size: int) -> Iterator[list[Any]]:

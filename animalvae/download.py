@@ -52,11 +52,9 @@ from .stage import (
     StageOptions,
     atomic_path,
     outcome_from_exception,
-    read_manifest,
     require_binaries,
     resolve_workers,
     run_stage,
-    write_manifest,
     write_settings,
 )
 from .vggsound_csv import Row
@@ -335,9 +333,15 @@ class _ClipStage(Stage):
     def __init__(self, rows: Mapping[str, Row]):
         self.rows = rows
 
-    def _fields(self, row: Row, output: Path, duration: float) -> dict[str, Any]:
-        return {"ytid": row.ytid, "start": row.start_s, "split": row.split,
-                "bytes": output.stat().st_size, "duration": round(duration, 3)}
+    def item_fields(self, item: Item) -> dict[str, Any]:
+        """The clip's CSV row (``ytid, start, split``), in every row of the item."""
+        row = self.rows.get(item.id)
+        return {} if row is None else {"ytid": row.ytid, "start": row.start_s,
+                                       "split": row.split}
+
+    @staticmethod
+    def _fields(output: Path, duration: float) -> dict[str, Any]:
+        return {"bytes": output.stat().st_size, "duration": round(duration, 3)}
 
 
 class DownloadStage(_ClipStage):
@@ -377,7 +381,7 @@ class DownloadStage(_ClipStage):
             os.replace(clip, output)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
-        return self._fields(row, output, duration)
+        return self._fields(output, duration)
 
     def interrupt(self) -> None:
         """Ctrl-C: wake the threads sleeping in a pause or backoff, so that the pool stops now.
@@ -476,7 +480,7 @@ class LocalCopyStage(_ClipStage):
                 os.link(source, tmp)
             except OSError:  # another file system, or no hard links there
                 shutil.copyfile(source, tmp)
-        return self._fields(self.rows[item.id], output, duration)
+        return self._fields(output, duration)
 
 
 @contextlib.contextmanager
@@ -578,8 +582,6 @@ def run(config: Config, options: StageOptions, *, from_dir: Path | None = None,
     except RateLimited as exc:
         log.error("%s", exc)
         return 1
-    finally:
-        _complete_manifest(output_dir, rows, stage.columns)
     return summary.exit_code
 
 def _require_yt_dlp() -> None:
@@ -594,17 +596,3 @@ def _remove_stale_temp_dirs(output_dir: Path) -> None:
     for path in output_dir.glob("*/.*.tmp*"):
         if path.is_dir() and _TEMP_DIR_RE.fullmatch(path.name):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _complete_manifest(output_dir: Path, rows: Mapping[str, Row],
-                       columns: tuple[str, ...]) -> None:
-    """Fill ``ytid, start, split`` of failed rows too (the machinery records only a reason)."""
-    manifest = read_manifest(output_dir)
-    changed = False
-    for clip_id_, entry in manifest.items():
-        row = rows.get(clip_id_)
-        if row is not None and not entry.get("ytid"):
-            entry.update(ytid=row.ytid, start=str(row.start_s), split=row.split)
-            changed = True
-    if changed:
-        write_manifest(output_dir, manifest.values(), columns)

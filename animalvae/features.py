@@ -46,7 +46,6 @@ import torch
 from .config import Config, config_to_dict
 from .device import pick_device
 from .errors import ConfigError
-from .extract import silent_level
 from .features_check import render_preview, round_trip_check
 from .segments import load_segment
 from .spectrogram import NORMALIZER, Spectrogram, SpectrogramSpec, load_spec, save_spec
@@ -61,6 +60,7 @@ from .stage import (
     list_items,
     prefetch,
     read_manifest,
+    recorded_float,
     resolve_workers,
     run_stage,
     shutdown_pools,
@@ -175,7 +175,7 @@ class FeaturesStage(Stage):
         """Retry failures; revisit a ``silent (L dBFS)`` skip once ``silence_dbfs`` is below
         ``L`` (the rule of stage 2, :meth:`animalvae.extract.ExtractStage.should_retry`)."""
         if row.get("status") == "skipped":
-            level = silent_level(row.get("reason", ""))
+            level = recorded_float(row, "rms_dbfs")
             return level is not None and self.silence_dbfs < level
         return super().should_retry(row)
 

@@ -38,7 +38,7 @@ __all__ = [
     "outcome_from_exception", "ITEM_ERRORS", "list_items", "atomic_path", "sigint_deferred",
     "shutdown_pools", "prefetch", "drain", "resolve_workers", "default_workers", "require_binaries",
     "atomic_write_text", "read_manifest", "write_manifest", "write_settings", "MANIFEST",
-    "BASE_COLUMNS",
+    "BASE_COLUMNS", "recorded_float",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,11 @@ class Stage:
         """
         output.unlink(missing_ok=True)
 
+    def item_fields(self, item: Item) -> dict[str, Any]:
+        """Manifest columns known before any work (e.g. a clip's CSV row): every row of the
+        item gets them, whatever its outcome, adopted orphans included."""
+        return {}
+
     def should_retry(self, row: Mapping[str, str]) -> bool:
         """Whether an item that failed or was skipped in an earlier run is tried again.
 
@@ -191,7 +196,7 @@ def run_one(stage: Stage, item: Item, output: Path) -> Outcome:
 
 
 def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | Outcome:
-    """``fn(*args, **kwargs)``, or the Outcome of the item-level error it raised (:data:`ITEM_ERRORS`).
+    """``fn(*args, **kwargs)``, or the Outcome of the item error it raised (:data:`ITEM_ERRORS`).
 
     The one place where an item's exception becomes its manifest outcome; any other
     exception (a bug) propagates.
@@ -451,7 +456,7 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
         prev = rows.get(item.id)
         if not force and _keep_previous(stage, prev, output):
             if prev is None:  # output exists but the manifest lost its row (e.g. SIGKILL)
-                rows[item.id] = _row(item, rel, Outcome("ok"))
+                rows[item.id] = _row(stage, item, rel, Outcome("ok"))
             if prev is None or prev.get("status") == "ok":
                 summary.already_done += 1
             else:
@@ -469,7 +474,7 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
 
     def record(item: Item, outcome: Outcome) -> None:
         rel = stage.output_path(item)
-        rows[item.id] = _row(item, rel, outcome)
+        rows[item.id] = _row(stage, item, rel, outcome)
         summary.add(outcome)
         if outcome.status != "ok":
             with contextlib.suppress(OSError):  # e.g. a read-only folder: nothing to remove
@@ -512,10 +517,20 @@ def _keep_previous(stage: Stage, prev: Mapping[str, str] | None, output: Path) -
     return not stage.should_retry(prev)
 
 
-def _row(item: Item, rel: Path, outcome: Outcome) -> dict[str, Any]:
+def recorded_float(row: Mapping[str, str], column: str) -> float | None:
+    """A number an earlier run recorded in a manifest ``column`` (None when absent or not a
+    number): how a stage reads back the fact that decided a skip or a failure."""
+    try:
+        return float(row.get(column) or "")
+    except ValueError:
+        return None
+
+
+def _row(stage: Stage, item: Item, rel: Path, outcome: Outcome) -> dict[str, Any]:
     return {"id": item.id, "label": item.label, "group": item.group, "source": str(item.source),
             "output": rel.as_posix() if outcome.status == "ok" else "",
-            "status": outcome.status, "reason": outcome.reason, **outcome.fields}
+            "status": outcome.status, "reason": outcome.reason, **stage.item_fields(item),
+            **outcome.fields}
 
 
 @contextlib.contextmanager

@@ -382,9 +382,11 @@ def test_interpolate_between_a_spectrogram_and_a_wav(trained, tmp_path, capsys):
     assert sorted(p.name for p in folder.glob("*.wav")) == [f"{k}.wav" for k in range(5)]
     for path in folder.glob("*.wav"):
         read_wav(path)
-    code, err = run_vae(["interpolate", "--config", str(config), str(wav), str(wav),
-                         "--steps", "1"], capsys)
-    assert code == 2 and "--steps=1 must be >= 2" in err
+    with pytest.raises(SystemExit) as stopped:   # argparse rejects it before any work
+        run_vae(["interpolate", "--config", str(config), str(wav), str(wav), "--steps", "1"],
+                capsys)
+    assert stopped.value.code == 2
+    assert "--steps: 1 must be >= 2 (both ends are included)" in capsys.readouterr().err
     stray = tmp_path / "elsewhere" / "x.npy"
     stray.parent.mkdir()
     np.save(stray, np.zeros((64, 32), np.float16))

@@ -200,13 +200,6 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
     return val
 
 
-def _count(value: int | None, default: int, flag: str) -> int:
-    count = default if value is None else value
-    if count < 1:
-        raise ConfigError(f"{flag}={count} must be >= 1")
-    return count
-
-
 # --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
@@ -240,7 +233,7 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
         No usable ``model.pth``, an unknown group, or groups for an unconditional model.
     """
     gc = config.generate
-    count = _count(count, gc.count, "--count")
+    count = gc.count if count is None else count
     trained = _load_run(config, run_dir)
     device = _device(trained)
     if trained.model.config.conditional:
@@ -295,7 +288,7 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
         or settings differ from the model's.
     """
     gc = config.generate
-    count = _count(count, gc.count, "--count")
+    count = gc.count if count is None else count
     trained = _load_run(config, run_dir)
     device = _device(trained)
     items = _held_out(run_dir, trained, per_group=count)
@@ -374,11 +367,9 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
     Raises
     ------
     ConfigError
-        Missing or unreadable files, a wrong-shaped array, an unknown group, or steps < 2.
+        Missing or unreadable files, a wrong-shaped array, or an unknown group.
     """
     gc = config.generate
-    if steps < 2:
-        raise ConfigError(f"--steps={steps} must be >= 2 (both ends are included)")
     trained = _load_run(config, run_dir)
     device = _device(trained)
     x = torch.stack([_read_input(a, trained), _read_input(b, trained)])[:, None]  # (2,1,H,W)
