@@ -82,7 +82,8 @@ def build_parser():
                 "samples/interpolate/<a>__<b>/<k>.wav + .png and index.html.")
     i.add_argument("a", type=Path, help="first spectrogram (.npy) or segment (.wav)")
     i.add_argument("b", type=Path, help="second spectrogram (.npy) or segment (.wav)")
-    i.add_argument("--steps", type=cli.int_at_least(2, "both ends are included"), default=8, help="points on the line (default: 8)")
+    i.add_argument("--steps", type=cli.int_at_least(2, "both ends are included"), default=8,
+                   help="points on the line, both ends included (default: 8)")
     command("evaluate", "metrics on the validation set",
             "Validation ELBO, log-spectral distance, spectral convergence after Griffin-Lim, "
             "KL per latent dimension and active units on the run's held-out files -> "

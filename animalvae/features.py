@@ -48,7 +48,14 @@ from .device import pick_device
 from .errors import ConfigError
 from .features_check import render_preview, round_trip_check
 from .segments import load_segment
-from .spectrogram import NORMALIZER, Spectrogram, SpectrogramSpec, load_spec, save_spec
+from .spectrogram import (
+    NORMALIZER,
+    Spectrogram,
+    SpectrogramSpec,
+    describe_differences,
+    load_spec,
+    save_spec,
+)
 from .stage import (
     Item,
     Outcome,
@@ -96,24 +103,10 @@ def spec_fingerprint(spec: SpectrogramSpec, dtype: str, pad: str = "zeros") -> s
     from the current one were made with other settings. ``n_mels`` counts only for mel
     spectrograms.
     """
-    text = json.dumps({**_spec_dict(spec), "dtype": np.dtype(dtype).name, "pad": pad},
+    text = json.dumps({**spec.to_dict(defining_only=True), "dtype": np.dtype(dtype).name,
+                       "pad": pad},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _spec_dict(spec: SpectrogramSpec) -> dict[str, Any]:
-    """``spec.to_dict()`` without the settings its kind does not use (n_mels of an stft)."""
-    fields = spec.to_dict()
-    if spec.kind == "stft":
-        fields.pop("n_mels", None)
-    return fields
-
-
-def _same_spec(a: SpectrogramSpec, b: SpectrogramSpec) -> bool:
-    """Equal in every setting that shapes the arrays (an stft's n_mels does not)."""
-    if a.kind == b.kind == "stft":
-        return dataclasses.replace(a, n_mels=b.n_mels) == b
-    return a == b
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,11 +372,7 @@ def _check_previous_spec(output_dir: Path, spec: SpectrogramSpec, *, force: bool
     if force or not (output_dir / NORMALIZER).is_file():
         return
     previous = load_spec(output_dir)
-    if not _same_spec(previous, spec):
-        changed = ", ".join(f"{k}: {getattr(previous, k)} -> {getattr(spec, k)}"
-                            for k in (f.name for f in dataclasses.fields(spec))
-                            if getattr(previous, k) != getattr(spec, k)
-                            and not (k == "n_mels" and previous.kind == spec.kind == "stft"))
+    if changed := describe_differences(previous.differences(spec)):
         raise ConfigError(f"{output_dir / NORMALIZER}: the arrays there were made with other "
                           f"settings ({changed}); rerun with --force to redo them all, or "
                           "write to another folder with --output")
