@@ -99,7 +99,7 @@ def run(args) -> int:
                                limit=getattr(args, "limit", None), progress=not args.quiet)
     if args.command == "train":
         from animalvae.vae import train
-        from animalvae.vae.checkpoint import LAST
+        from animalvae.vae.run_folder import LAST
         try:
             train.train(config, run_dir, resume=args.resume, options=options)
         except train.TrainingDiverged as exc:

@@ -14,8 +14,9 @@ ffmpeg/ffprobe run was stopped by a signal (a Ctrl-C reaches them too; recorded 
 
 Manifest columns besides the base ones: ``video`` (absolute path of the source when it has a
 video stream, for stage 3's frames; else empty), ``duration`` (seconds), ``sample_rate`` (Hz)
-and ``rms_dbfs`` (dB relative to a full-scale square wave); empty on failed and skipped rows,
-whose reason carries the measured value that decided them.
+and ``rms_dbfs`` (dB relative to a full-scale square wave). A silent skip records its
+``rms_dbfs`` and a too-short failure its ``duration``: the values a later run's
+:meth:`ExtractStage.should_retry` reads back; other failed rows leave the columns empty.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ representation and its inverse live in :mod:`animalvae.spectrogram`; the spec is
 ``normalizer.json`` beside the arrays, and stage 5 reads it from there.
 
 How it runs (executor "stream"): a pool of ``features.workers`` threads each takes a chunk of
-``features.batch_size`` segments (on CPU: 4, which stay in cache) through the whole job: read
+``features.batch_size`` segments (on CPU at most ``_CPU_CHUNK``) through the whole job: read
 each as the transform needs it (:func:`animalvae.segments.load_segment`: mono, resampled with
 soxr when the file has another rate, padded per ``features.pad`` or cut), run one batched torch
 transform on the chunk, and write each array atomically. No thread waits on another's
@@ -80,9 +80,8 @@ __all__ = ["FeaturesStage", "FeaturesSummary", "run", "spec_from_config", "spec_
 log = logging.getLogger(__name__)
 
 PREVIEW = "preview.png"
-#: Segments per chunk on CPU: a 3 s STFT is ~1 MB of complex64, so a few stay in cache. On 2
-#: cores, chunks of 4 ran 1.2-1.5x faster than chunks of 1 (fewer small torch calls per
-#: segment); 8 and 16 were no faster. Small chunks also keep every thread busy to the end.
+#: Segments per chunk on CPU: a 3 s STFT is ~1 MB of complex64, so a few stay in cache, and
+#: small chunks keep every thread busy to the end (see docs/benchmarks.md for the sizes tried).
 _CPU_CHUNK = 4
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -129,7 +128,7 @@ class FeaturesStage(Stage):
         Storage type of the arrays.
     batch_size : int
         Segments per chunk: read, transformed together and written by one thread (on CPU at
-        most 4, see ``_CPU_CHUNK``).
+        most ``_CPU_CHUNK``).
     workers : int
         Threads, each taking one chunk at a time.
     silence_dbfs : float
@@ -156,8 +155,6 @@ class FeaturesStage(Stage):
         self.silence_dbfs = silence_dbfs
         self.pad = pad
         self.device = device or torch.device("cpu")
-        # On CPU a large batch's STFT falls out of the cache and is slower per segment; on a
-        # GPU one call takes the whole batch.
         self.batch_size = batch_size if self.device.type != "cpu" else min(batch_size,
                                                                            _CPU_CHUNK)
         self.transform = Spectrogram(spec).to(self.device)

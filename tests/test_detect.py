@@ -286,6 +286,7 @@ def test_checkpoint_with_other_pickled_objects_is_refused_in_one_line(tmp_path, 
         assert "\n" not in message and "--download-models" in message
 
 
+@pytest.mark.slow
 def test_scorer_batches_clips_of_different_lengths(checkpoint):
     scorer = PannsScorer(panns.load_model(checkpoint, "cpu"), "cpu")
     lengths = [64000, 32000 + 123, 80000]  # 2 s, ~1 s, 2.5 s at 32 kHz
@@ -305,6 +306,7 @@ class Clip_:
         self.model_input = x
 
 
+@pytest.mark.slow
 def test_stage_with_random_weights_batches_pads_resamples_and_resumes(
         checkpoint, tmp_path, write_config):
     audio = tmp_path / "audio" / "dogs"

@@ -185,6 +185,7 @@ def demo_run(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_says_where_things_are(demo_run):
     out, proc = demo_run
     log = proc.stderr
@@ -286,6 +287,7 @@ def test_stage5_model_samples_and_gallery(demo_run):
         assert wav.name in html
 
 
+@pytest.mark.slow
 def test_second_run_reuses_everything(demo_run):
     out, _ = demo_run
     before = {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*")

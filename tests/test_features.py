@@ -181,6 +181,7 @@ def test_plain_folder_input(tmp_path, config):
     assert summary.ok == 1 and (cfg.paths.spectrograms / "owls/hoot.npy").is_file()
 
 
+@pytest.mark.slow
 def test_check_prints_the_median_spectral_convergence_once(config, capsys):
     cfg = config()
     code = preprocess_audio_vae.main(["--config", str(cfg.source), "--check", "2"])

@@ -99,6 +99,7 @@ def test_griffin_lim_round_trip_of_an_animal_like_call():
     assert sc.shape == (2,) and sc.max() < 0.10, sc
 
 
+@pytest.mark.slow
 def test_mel_inverse_is_consistent_with_the_filterbank():
     y = calls(1, MEL)
     fw, inv = Spectrogram(MEL), InverseSpectrogram(MEL, n_iter=1)

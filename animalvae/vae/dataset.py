@@ -28,6 +28,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..spectrogram import SpectrogramSpec, load_spec
 from ..stage import Item, atomic_path, list_items
+from .run_folder import SPLIT
 
 __all__ = ["SpectrogramSet", "find_spectrograms", "split_items", "write_split", "read_split",
            "read_array", "iter_batches", "epoch_order", "rank_and_world", "is_main_process",
@@ -35,7 +36,6 @@ __all__ = ["SpectrogramSet", "find_spectrograms", "split_items", "write_split", 
 
 log = logging.getLogger(__name__)
 
-SPLIT = "split.csv"
 _MEMORY_SHARE = 0.5         # hold the data in memory when it needs less than this share
 _MEMINFO = "/proc/meminfo"  # Linux; elsewhere _available_bytes falls back to sysconf
 

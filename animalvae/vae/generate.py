@@ -39,10 +39,10 @@ from ..spectrogram import (
     unit_to_magnitude,
 )
 from ..stage import Item, StageOptions, atomic_path, atomic_write_text
-from .checkpoint import MODEL
 from .dataset import SpectrogramSet, iter_batches, read_array, read_split
-from .gallery import SAMPLES, write_gallery
+from .gallery import write_gallery
 from .model import TrainedModel, kl_divergence, load_model
+from .run_folder import EVALUATION, MODEL, SAMPLES
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
            "log_spectral_distance", "PEAK_DBFS", "UNCONDITIONAL"]
@@ -508,7 +508,7 @@ def evaluate(config: Config, run_dir: Path, *,
         "kl_per_dim": [round(v, 6) for v in cat["kl_dims"].mean(dim=0).tolist()],
         "mu_variance_per_dim": [round(v, 6) for v in mu_var.tolist()],
     }
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / EVALUATION
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     write_gallery(run_dir)
     log.info("evaluate on %d held-out file(s): ELBO %.1f nats, recon %.4f, KL %.2f nats, "

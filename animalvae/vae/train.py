@@ -51,10 +51,6 @@ from ..errors import AnimalVAEError, ConfigError
 from ..spectrogram import SpectrogramSpec
 from ..stage import StageOptions, atomic_path, write_settings
 from .checkpoint import (
-    LAST,
-    LOSS_PLOT,
-    METRICS,
-    MODEL,
     check_run_dir,
     clear_run_dir,
     rng_state,
@@ -63,7 +59,6 @@ from .checkpoint import (
     set_rng_state,
 )
 from .dataset import (
-    SPLIT,
     SpectrogramSet,
     epoch_order,
     find_spectrograms,
@@ -75,6 +70,7 @@ from .dataset import (
     write_split,
 )
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
+from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
 
 __all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at"]
 
@@ -310,17 +306,18 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     best_val, rows = math.inf, []
     sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "n": 0}
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, batch, step = state["epoch"], state["batch"], state["step"]
-        best_val, rows, sums = state["best_val"], list(state["metrics"]), dict(state["sums"])
-        set_rng_state(state["rng"])
+        # every compatibility check before any state is loaded
         if state["steps_per_epoch"] != steps_per_epoch:
             raise ConfigError(f"--resume: train.batch_size={tc.batch_size} differs from the run "
                               f"being resumed; keep the batch size, or start over with --force")
         if state["scheduler"] != schedule:
             log.warning("--resume with other train.epochs/lr/warmup_steps than the run so far: "
                         "the learning-rate curve changes from here on")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, batch, step = state["epoch"], state["batch"], state["step"]
+        best_val, rows, sums = state["best_val"], list(state["metrics"]), dict(state["sums"])
+        set_rng_state(state["rng"])
         log.info("resuming at epoch %d, step %d (best validation loss %.5g)", epoch + 1, step,
                  best_val)
     if epoch >= tc.epochs or (tc.max_steps and step >= tc.max_steps):
@@ -361,11 +358,12 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                     x_hat, mu, logvar = model(x, y)
                 terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
                                  recon_loss=tc.recon_loss, beta=beta, free_bits=tc.free_bits)
-                loss = terms.loss.item()  # a CPU-GPU sync point, needed for the checks below
+                # the step's one CPU-GPU sync: the logged numbers, needed for the check below
+                loss, recon, kl = torch.stack([terms.loss, terms.recon, terms.kl]).detach().tolist()
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"training diverged: the loss is {loss} at epoch {epoch + 1}, step "
-                        f"{step + 1} (recon {terms.recon.item():.4g}, kl {terms.kl.item():.4g});"
+                        f"{step + 1} (recon {recon:.4g}, kl {kl:.4g});"
                         f" lower train.lr={tc.lr} or set train.grad_clip, then train again "
                         "with --force (or --resume from the last good epoch)")
 
@@ -385,13 +383,12 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                 # log
                 n = len(x)
                 sums["loss"] += loss * n
-                sums["recon"] += terms.recon.item() * n
-                sums["kl"] += terms.kl.item() * n
+                sums["recon"] += recon * n
+                sums["kl"] += kl * n
                 sums["n"] += n
                 bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}",
-                                recon=f"{terms.recon.item():.4f}",
-                                kl=f"{terms.kl.item():.1f}", refresh=False)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", recon=f"{recon:.4f}",
+                                kl=f"{kl:.1f}", refresh=False)
                 if tc.max_steps and step >= tc.max_steps:
                     stop = True
                     break
@@ -425,7 +422,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                 best_val=best_val, metrics=rows, sums=sums, optimizer=optimizer.state_dict(),
                 scheduler=schedule, rng=rng_state()))
             _write_metrics(run_dir, rows)
-            # drawing takes ~0.5 s: not after every epoch of a fast run, but always at the end
+            # drawing is slow next to a small epoch: at most every _PLOT_EVERY_S, and at the end
             if stop or epoch >= tc.epochs or time.monotonic() - last_plot >= _PLOT_EVERY_S:
                 _plot_losses(run_dir / LOSS_PLOT, rows)
                 last_plot = time.monotonic()
