@@ -46,7 +46,6 @@ import torch
 from torch import Tensor
 
 from ..config import Config, config_to_dict
-from ..device import pick_device
 from ..errors import AnimalVAEError, ConfigError
 from ..spectrogram import SpectrogramSpec
 from ..stage import StageOptions, atomic_path, write_settings
@@ -62,13 +61,12 @@ from .dataset import (
     SpectrogramSet,
     epoch_order,
     find_spectrograms,
-    is_main_process,
     iter_batches,
-    rank_and_world,
     read_split,
     split_items,
     write_split,
 )
+from .distributed import DistContext, distributed
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
 from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
 
@@ -184,27 +182,30 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, device: torch.device,
+def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistContext,
               recon_loss: str, beta: float, seed: int) -> dict[str, float]:
-    """Mean recon, KL and loss (full beta, no free bits) over ``data``.
+    """Mean recon, KL and loss (full beta, no free bits) over ``data``, on every rank.
 
     The reparameterisation noise comes from its own generator, seeded the same every time:
-    epochs are compared on equal terms and the training RNG is left untouched.
+    epochs are compared on equal terms and the training RNG is left untouched. Under
+    torchrun each rank scores its share of every batch and the sums are added up.
     """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    sums = {"recon": 0.0, "kl": 0.0, "loss": 0.0}
+    sums = torch.zeros(3, dtype=torch.float64)                   # recon, kl, loss (x n)
     for idx in iter_batches(len(data), batch_size):
-        x, y = data.batch(idx, device)
         noise = torch.randn(len(idx), model.config.latent_dim, generator=gen)
-        with _autocast(device):
-            x_hat, mu, logvar = model(x, y, noise=noise)
+        part, weight = dist.shard(len(idx))
+        x, y = data.batch(idx[part], dist.device)
+        with _autocast(dist.device):
+            x_hat, mu, logvar = model(x, y, noise=noise[part])
         terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(), recon_loss=recon_loss,
                          beta=beta)
-        for key in sums:
-            sums[key] += getattr(terms, key).item() * len(idx)
+        n = len(part) if weight else 0
+        sums += torch.stack([terms.recon, terms.kl, terms.loss]).double().cpu() * n
     model.train()
-    return {k: v / len(data) for k, v in sums.items()}
+    recon, kl, loss = (dist.sum(sums).cpu() / len(data)).tolist()
+    return {"recon": recon, "kl": kl, "loss": loss}
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +215,10 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, device: torc
 def train(config: Config, run_dir: Path, *, resume: bool = False,
           options: StageOptions | None = None) -> Path:
     """Train the VAE on ``config.paths.spectrograms``; write the run folder.
+
+    Under ``torchrun`` every process calls this; they train one model together with
+    DistributedDataParallel (see :mod:`animalvae.vae.distributed`) and rank 0 writes the run
+    folder.
 
     Parameters
     ----------
@@ -225,6 +230,8 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
         Continue from ``run_dir/last.pth`` exactly: weights, optimiser, schedule position,
         epoch and batch, RNG states, best validation loss, metrics so far; the data split is
         the recorded ``split.csv``. The current config's ``train.epochs``/``max_steps`` apply.
+        Under another number of processes than the run so far, the global batches, their
+        order and the noise stay the same, so training goes on equal within float rounding.
     options : StageOptions
         ``limit`` caps the number of files (fresh runs; a smoke test), ``force`` starts over
         in a folder that holds a run (its model, checkpoints, metrics, ``samples/`` and
@@ -244,16 +251,19 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     TrainingDiverged
         When the loss becomes NaN or Inf (naming the epoch and step).
     """
+    with distributed(config.train.device) as dist:
+        return _train(config, Path(run_dir), dist, resume=resume,
+                      options=options or StageOptions())
+
+
+def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
+           options: StageOptions) -> Path:
+    """:func:`train` in one process of the job ``dist`` (the only one without torchrun)."""
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    options = options or StageOptions()
     tc = config.train
-    run_dir = Path(run_dir)
-    device = pick_device(tc.device, key="train.device")
-    if rank_and_world()[1] > 1:
-        raise ConfigError("WORLD_SIZE > 1: multi-process (torchrun/DDP) training is not "
-                          "supported yet; run vae.py train as one process")
+    device = dist.device
     check_run_dir(run_dir, resume=resume, force=options.force)
 
     # -- data: a fresh split, or the recorded one when resuming --------------------------------
@@ -278,9 +288,10 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
         groups = sorted({it.group for it in items})
     seed_everything(tc.seed)  # before the model, so its initial weights are repeatable
     model = build_model(config.model, spec, groups).to(device)  # ConfigError on a bad shape
+    replicas = dist.wrap(model)  # the model in DDP under torchrun: forward through it to train
     train_set = SpectrogramSet(train_items, groups, spec.shape, progress=options.progress)
     val_set = SpectrogramSet(val_items, groups, spec.shape, progress=options.progress)
-    if is_main_process():
+    if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             clear_run_dir(run_dir)  # only now: a bad --input or setting leaves the old run be
@@ -307,6 +318,12 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "n": 0}
     if state is not None:
         # every compatibility check before any state is loaded
+        if state.get("world_size", 1) != dist.world_size and dist.is_main:
+            log.warning("--resume: the run so far trained on %d process(es), this one on %d: "
+                        "the same global batches (train.batch_size=%d), order and noise, "
+                        "shared out anew, so it goes on equal within float rounding, "
+                        "not bit for bit", state.get("world_size", 1), dist.world_size,
+                        tc.batch_size)
         if state["steps_per_epoch"] != steps_per_epoch:
             raise ConfigError(f"--resume: train.batch_size={tc.batch_size} differs from the run "
                               f"being resumed; keep the batch size, or start over with --force")
@@ -336,7 +353,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     # -- the loop ------------------------------------------------------------------------------
     model.train()
     bar = tqdm(total=total_steps_this_run, initial=step, desc="train", unit="step",
-               disable=not options.progress or not is_main_process(), dynamic_ncols=True)
+               disable=not options.progress or not dist.is_main, dynamic_ncols=True)
     stop = False
     last_plot = time.monotonic()
     with bar, logging_redirect_tqdm():
@@ -351,15 +368,23 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                     group["lr"] = lr
                 beta = beta_at(step, beta=tc.beta, warmup_steps=kl_warmup_steps)
 
+                # this step's global batch and noise, drawn alike on every rank; this rank's share
+                idx = order[batch * tc.batch_size:(batch + 1) * tc.batch_size]
+                noise = torch.randn(len(idx), model.config.latent_dim)        # (B, L)
+                part, weight = dist.shard(len(idx))
+
                 # forward, in bf16 on CUDA; the loss in float32
-                x, y = train_set.batch(order[batch * tc.batch_size:(batch + 1) * tc.batch_size],
-                                       device)
+                x, y = train_set.batch(idx[part], device)
                 with _autocast(device):
-                    x_hat, mu, logvar = model(x, y)
+                    x_hat, mu, logvar = replicas(x, y, noise=noise[part])
                 terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
                                  recon_loss=tc.recon_loss, beta=beta, free_bits=tc.free_bits)
-                # the step's one CPU-GPU sync: the logged numbers, needed for the check below
-                loss, recon, kl = torch.stack([terms.loss, terms.recon, terms.kl]).detach().tolist()
+                # the step's one CPU-GPU sync: the batch means over all ranks, logged and
+                # needed for the check below
+                n = len(idx)
+                totals = dist.sum(torch.stack([terms.loss, terms.recon, terms.kl]).detach()
+                                  * (len(part) if weight else 0))
+                loss, recon, kl = (totals / n).tolist()
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"training diverged: the loss is {loss} at epoch {epoch + 1}, step "
@@ -367,9 +392,9 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                         f" lower train.lr={tc.lr} or set train.grad_clip, then train again "
                         "with --force (or --resume from the last good epoch)")
 
-                # backward, clip, step
+                # backward (DDP averages the ranks' gradients), clip, step
                 optimizer.zero_grad(set_to_none=True)
-                terms.loss.backward()
+                (terms.loss * weight).backward()
                 if tc.grad_clip > 0:
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                     if not torch.isfinite(norm):
@@ -381,7 +406,6 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                 batch += 1
 
                 # log
-                n = len(x)
                 sums["loss"] += loss * n
                 sums["recon"] += recon * n
                 sums["kl"] += kl * n
@@ -394,7 +418,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                     break
 
             # end of epoch (or of a run stopped by max_steps): validate, log, checkpoint
-            val = _validate(model, val_set, batch_size=tc.batch_size, device=device,
+            val = _validate(model, val_set, batch_size=tc.batch_size, dist=dist,
                             recon_loss=tc.recon_loss, beta=tc.beta, seed=tc.seed)
             done = batch >= steps_per_epoch
             count = max(1, sums["n"])
@@ -411,7 +435,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
             if done:
                 epoch, batch = epoch + 1, 0
                 sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "n": 0}
-            if not is_main_process():
+            if not dist.is_main:
                 continue
             if val["loss"] < best_val:
                 best_val = val["loss"]
@@ -420,7 +444,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
             save_checkpoint(run_dir / LAST, checkpoint(
                 epoch=epoch, batch=batch, step=step, steps_per_epoch=steps_per_epoch,
                 best_val=best_val, metrics=rows, sums=sums, optimizer=optimizer.state_dict(),
-                scheduler=schedule, rng=rng_state()))
+                scheduler=schedule, rng=rng_state(), world_size=dist.world_size))
             _write_metrics(run_dir, rows)
             # drawing is slow next to a small epoch: at most every _PLOT_EVERY_S, and at the end
             if stop or epoch >= tc.epochs or time.monotonic() - last_plot >= _PLOT_EVERY_S:
