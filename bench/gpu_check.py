@@ -90,7 +90,8 @@ def check_features(device: torch.device, spec: SpectrogramSpec, batch: int,
         s_gl = timed(lambda: inverse(x), device=device, repeats=repeats)
     return [f"| 4 features: STFT to [0, 1], {spec.shape}, batch {batch} | {batch / s:.0f} "
             "clips/s |",
-            f"| 5 generate: Griffin-Lim, 32 iterations, batch 16 | {16 / s_gl:.1f} clips/s |"]
+            f"| 5 generate: Griffin-Lim, 32 iterations, batch {len(x)} | {len(x) / s_gl:.1f} "
+            "clips/s |"]
 
 
 def check_training(device: torch.device, spec: SpectrogramSpec, model_config: ModelConfig,
