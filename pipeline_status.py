@@ -14,13 +14,6 @@ from pathlib import Path
 from animalvae import cli
 
 
-def _at_least_1(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog="pipeline_status.py", description=__doc__,
@@ -31,7 +24,7 @@ def build_parser():
         parents=[cli.common_parent(input_help=None, output_help=None, limit_help=None,
                                    workers_help=None, force_help=None)])
     p.add_argument("--by-group", action="store_true", help="one line per stage and group")
-    p.add_argument("--reasons", type=_at_least_1, default=3, metavar="N",
+    p.add_argument("--reasons", type=cli.int_at_least(1), default=3, metavar="N",
                    help="the N commonest reasons per stage for skips and failures (default: 3)")
     p.add_argument("--run", type=Path, default=None, metavar="DIR",
                    help="training run folder (default: paths.runs/<train.name>)")

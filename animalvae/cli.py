@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import Config, config_to_dict, load_config
 from .errors import ConfigError
+from .shards import parse_shard
 from .stage import StageOptions
 
 __all__ = ["stage_parser", "common_parent", "add_verbosity", "main", "config_from_args",
@@ -37,11 +38,15 @@ _EPILOG_COMMON = (
 _LIMIT_HELP = "process at most N items that still need work (a rerun continues)"
 _WORKERS_HELP = "parallel workers; 0 = one per CPU core (default: from config)"
 _FORCE_HELP = "redo items that are already done, skipped or failed for good"
+_SHARD_HELP = ("only shard K of N (1 <= K <= N): the items whose id hashes to it, the same "
+               "split in every run and on every machine; N processes (a Slurm job array, one "
+               "per GPU) share one output folder, each writing manifest.shard-K-of-N.csv, and "
+               "a later plain run merges them")
 
 
 def common_parent(*, input_help: str | None, output_help: str | None,
                   limit_help: str | None = _LIMIT_HELP, workers_help: str | None = _WORKERS_HELP,
-                  force_help: str | None = _FORCE_HELP,
+                  force_help: str | None = _FORCE_HELP, shard_help: str | None = None,
                   verbosity_defaults: bool = True) -> argparse.ArgumentParser:
     """A parent parser with the flags every script shares (used by sub-commands too).
 
@@ -69,6 +74,8 @@ def common_parent(*, input_help: str | None, output_help: str | None,
                        help=workers_help)
     if force_help:
         g.add_argument("--force", action="store_true", help=force_help)
+    if shard_help:
+        g.add_argument("--shard", type=parse_shard, default=None, metavar="K/N", help=shard_help)
     add_verbosity(g, defaults=verbosity_defaults)
     return p
 
@@ -91,7 +98,8 @@ def stage_parser(prog: str, description: str, *, input_help: str | None,
         prog=prog, description=description,
         epilog=(epilog + "\n\n" if epilog else "") + textwrap.fill(_EPILOG_COMMON, width=79),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common_parent(input_help=input_help, output_help=output_help)])
+        parents=[common_parent(input_help=input_help, output_help=output_help,
+                               shard_help=_SHARD_HELP)])
 
 
 def int_at_least(least: int, meaning: str = "") -> Callable[[str], int]:
@@ -208,4 +216,4 @@ def _check_output_folder(folder: Path, *, flag: str) -> None:
 def options_from_args(args: argparse.Namespace) -> StageOptions:
     """The :class:`StageOptions` given by the common flags."""
     return StageOptions(force=args.force, limit=args.limit, workers=args.workers,
-                        progress=not args.quiet)
+                        progress=not args.quiet, shard=args.shard)

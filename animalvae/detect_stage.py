@@ -469,4 +469,4 @@ def run(config: Config, options: StageOptions) -> Summary:
     write_settings(output_dir, {**config_to_dict(settings), "frames_per_s": detect.FRAMES_PER_S,
                                 "device_used": str(device or "cpu")})
     return run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
-                     progress=options.progress)
+                     progress=options.progress, shard=options.shard)

@@ -578,7 +578,8 @@ def run(config: Config, options: StageOptions, *, from_dir: Path | None = None,
     try:
         with ctrl_c:
             summary = run_stage(stage, items, output_dir, force=options.force,
-                                limit=options.limit, workers=workers, progress=options.progress)
+                                limit=options.limit, workers=workers, progress=options.progress,
+                                shard=options.shard)
     except RateLimited as exc:
         log.error("%s", exc)
         return 1

@@ -399,4 +399,4 @@ def run(config: Config, options: StageOptions) -> Summary:
     stage = ExtractStage.from_config(config.extract, last_run=last_run)
     return run_stage(stage, items, output_dir,
                      force=options.force, limit=options.limit, workers=workers,
-                     progress=options.progress)
+                     progress=options.progress, shard=options.shard)

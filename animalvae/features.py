@@ -327,7 +327,7 @@ def run(config: Config, options: StageOptions, *, check: int = 0) -> FeaturesSum
                           silence_dbfs=config.extract.silence_dbfs, pad=config.features.pad,
                           device=device)
     base = run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
-                     progress=options.progress)
+                     progress=options.progress, shard=options.shard)
     summary = FeaturesSummary(**{f.name: getattr(base, f.name)
                                  for f in dataclasses.fields(base)})
     rows = _current_rows(output_dir, stage.fingerprint)

@@ -32,13 +32,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, ItemFailed, ItemSkipped
+from .shards import FolderLock, Shard, manifest_parts, part_name
 
 __all__ = [
     "Item", "Outcome", "Stage", "StageOptions", "Summary", "run_stage", "run_one", "attempt",
     "outcome_from_exception", "ITEM_ERRORS", "list_items", "atomic_path", "sigint_deferred",
     "shutdown_pools", "prefetch", "drain", "resolve_workers", "default_workers", "require_binaries",
     "atomic_write_text", "read_manifest", "write_manifest", "write_settings", "MANIFEST",
-    "BASE_COLUMNS", "recorded_float",
+    "BASE_COLUMNS", "recorded_float", "reason_kind",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class StageOptions:
     limit: int | None = None
     workers: int | None = None   # None: the stage's config value
     progress: bool = True
+    shard: Shard | None = None   # --shard K/N: only the items of this shard
 
 
 def require_binaries(*names: str) -> None:
@@ -271,8 +273,18 @@ def _remove_stale_temps(folder: Path) -> int:
 # --------------------------------------------------------------------------------------------
 
 def read_manifest(folder: Path) -> dict[str, dict[str, str]]:
-    """The rows of ``folder/manifest.csv`` keyed by id (empty when there is none)."""
-    path = Path(folder) / MANIFEST
+    """The rows of ``folder/manifest.csv`` keyed by id (empty when there is none).
+
+    Rows that shards wrote to their own parts (:mod:`animalvae.shards`) are merged in, the
+    most recently written part last, so a reader sees every shard's work.
+    """
+    rows = _read_manifest_file(Path(folder) / MANIFEST)
+    for part in manifest_parts(folder):
+        rows.update(_read_manifest_file(part))
+    return rows
+
+
+def _read_manifest_file(path: Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     try:
@@ -288,9 +300,15 @@ def read_manifest(folder: Path) -> dict[str, dict[str, str]]:
 
 
 def write_manifest(folder: Path, rows: Iterable[Mapping[str, Any]],
-                   columns: tuple[str, ...] = ()) -> Path:
-    """Write ``rows`` (sorted by group, id) to ``folder/manifest.csv`` atomically."""
-    path = Path(folder) / MANIFEST
+                   columns: tuple[str, ...] = (), *, shard: Shard | None = None) -> Path:
+    """Write ``rows`` (sorted by group, id) to ``folder/manifest.csv`` atomically.
+
+    With ``shard``, only the shard's own rows, to its part (``manifest.shard-K-of-N.csv``);
+    without, every row, and the parts (read into ``rows`` by :func:`read_manifest`) go.
+    """
+    path = Path(folder) / (MANIFEST if shard is None else part_name(shard))
+    if shard is not None:
+        rows = [r for r in rows if shard.owns(str(r.get("id", "")))]
     header = list(BASE_COLUMNS) + [c for c in columns if c not in BASE_COLUMNS]
     ordered = sorted(rows, key=lambda r: (str(r.get("group", "")), str(r.get("id", ""))))
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
@@ -298,6 +316,9 @@ def write_manifest(folder: Path, rows: Iterable[Mapping[str, Any]],
         writer.writeheader()
         for row in ordered:
             writer.writerow({k: _cell(row.get(k, "")) for k in header})
+    if shard is None:
+        for part in manifest_parts(folder):
+            part.unlink(missing_ok=True)
     return path
 
 
@@ -383,7 +404,7 @@ class Summary:
     def add(self, outcome: Outcome) -> None:
         setattr(self, outcome.status, getattr(self, outcome.status) + 1)
         if outcome.status != "ok" and outcome.reason:
-            self.reasons[_reason_kind(outcome.reason)] += 1
+            self.reasons[reason_kind(outcome.reason)] += 1
 
     def line(self) -> str:
         """``ok N · skipped N · failed N`` (this run), earlier results kept, common reasons."""
@@ -404,7 +425,7 @@ class Summary:
         return 1 if not usable and (self.failed or self.kept_unfinished) else 0
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """Group reasons that differ only in numbers or quoted names (``too short (0.4 s)``)."""
     kind = re.sub(r"\(.*?\)|'.*?'|\d+(\.\d+)?", "…", reason)
     kind = re.sub(r"…(\s*…)+", "…", kind)  # "not found (…) (…)" reads "not found …"
@@ -412,7 +433,8 @@ def _reason_kind(reason: str) -> str:
 
 
 def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: bool = False,
-              limit: int | None = None, workers: int = 1, progress: bool = True) -> Summary:
+              limit: int | None = None, workers: int = 1, progress: bool = True,
+              shard: Shard | None = None) -> Summary:
     """Run ``stage`` over ``items``, writing into ``output_dir`` and its ``manifest.csv``.
 
     Parameters
@@ -429,19 +451,36 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
         Pool size for ``process``/``thread`` stages (1 = in this process).
     progress : bool
         Show a tqdm progress bar.
+    shard : Shard or None
+        Only the items of this shard, with its own manifest part (:mod:`animalvae.shards`).
 
     Returns
     -------
     Summary
         Also logged as the closing line. Ctrl-C writes the manifest of finished items
         and re-raises ``KeyboardInterrupt``.
+
+    Raises
+    ------
+    ConfigError
+        When another live run works in ``output_dir`` on items this run would do too.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if (stale := _remove_stale_temps(output_dir)):
+    with FolderLock(output_dir, shard) as lock:
+        if shard is not None:
+            items = [item for item in items if shard.owns(item.id)]
+        return _run_stage(stage, items, output_dir, force=force, limit=limit, workers=workers,
+                          progress=progress, shard=shard, alone=lock.alone)
+
+
+def _run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: bool,
+               limit: int | None, workers: int, progress: bool, shard: Shard | None,
+               alone: bool) -> Summary:
+    # Other runs' temporary files are work in progress: only a run alone removes leftovers.
+    if alone and (stale := _remove_stale_temps(output_dir)):
         log.info("removed %d temporary file(s) left by an interrupted run", stale)
     rows = read_manifest(output_dir)
-    summary = Summary(stage.name)
+    summary = Summary(stage.name if shard is None else f"{stage.name} (shard {shard})")
     start = time.monotonic()
 
     todo: list[tuple[Item, Path]] = []
@@ -493,7 +532,7 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
             bar.set_postfix(ok=summary.ok, skipped=summary.skipped, failed=summary.failed,
                             refresh=False)
             if time.monotonic() - last_flush > 10:  # a crash loses at most 10 s of rows
-                write_manifest(output_dir, rows.values(), stage.columns)
+                write_manifest(output_dir, rows.values(), stage.columns, shard=shard)
                 last_flush = time.monotonic()
     finally:
         with sigint_deferred():  # a second Ctrl-C must not lose the manifest
@@ -501,7 +540,8 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
                 record(item, outcome)
             bar.close()
             summary.seconds = time.monotonic() - start
-            summary.manifest = write_manifest(output_dir, rows.values(), stage.columns)
+            summary.manifest = write_manifest(output_dir, rows.values(), stage.columns,
+                                              shard=shard)
     # The closing line is shown even with --quiet (the scripts' promise: "... and the summary").
     log.log(logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING, "%s",
             summary.line())

@@ -21,7 +21,7 @@ import pandas as pd
 
 from .config import Config
 from .errors import ConfigError
-from .stage import _reason_kind, read_manifest
+from .stage import read_manifest, reason_kind
 
 __all__ = ["StageState", "collect", "status_table", "top_reasons", "training_line", "report",
            "STATUSES"]
@@ -124,7 +124,7 @@ def top_reasons(states: list[StageState], *, n: int = 3) -> pd.DataFrame:
     rows = rows[rows["status"].isin(["skipped", "failed"])]
     if rows.empty:
         return pd.DataFrame(columns=["stage", "status", "reason", "count"])
-    rows = rows.assign(reason=rows["reason"].map(_reason_kind))
+    rows = rows.assign(reason=rows["reason"].map(reason_kind))
     counts = (rows.groupby(["stage", "status", "reason"]).size().rename("count").reset_index()
               .sort_values(["stage", "count"], ascending=[True, False], kind="stable"))
     return counts.groupby("stage").head(n).reset_index(drop=True)

@@ -70,7 +70,7 @@ def check_detection(device: torch.device, batch: int, seconds: float, repeats: i
     x = torch.randn(batch, int(seconds * panns.SAMPLE_RATE), device=device) * 0.1
     rows = []
     for bf16 in (False, True):
-        def forward() -> None:
+        def forward(bf16: bool = bf16) -> None:
             with torch.inference_mode(), autocast(device, bf16):
                 model(x)
         s = timed(forward, device=device, repeats=repeats)
@@ -94,25 +94,32 @@ def check_features(device: torch.device, spec: SpectrogramSpec, batch: int,
             "clips/s |"]
 
 
+def _train_step(device: torch.device, spec: SpectrogramSpec, model_config: ModelConfig,
+                batch: int, bf16: bool) -> Callable[[], None]:
+    """One optimiser step of a fresh VAE, as ``vae.py train`` takes it."""
+    torch.manual_seed(0)
+    model = VAE(model_config, spec.shape, 3).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.rand(batch, 1, *spec.shape, device=device)
+    y = torch.randint(0, 3, (batch,), device=device)
+
+    def step() -> None:
+        with autocast(device, bf16):
+            x_hat, mu, logvar = model(x, y)
+        terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(), recon_loss="l1",
+                         beta=1.0)
+        optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        optimizer.step()
+    return step
+
+
 def check_training(device: torch.device, spec: SpectrogramSpec, model_config: ModelConfig,
                    batch: int, repeats: int) -> list[str]:
     rows = []
     for bf16 in (False, True):
-        torch.manual_seed(0)
-        model = VAE(model_config, spec.shape, 3).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        x = torch.rand(batch, 1, *spec.shape, device=device)
-        y = torch.randint(0, 3, (batch,), device=device)
-
-        def step() -> None:
-            with autocast(device, bf16):
-                x_hat, mu, logvar = model(x, y)
-            terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(), recon_loss="l1",
-                             beta=1.0)
-            optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            optimizer.step()
-        s = timed(step, device=device, repeats=repeats)
+        s = timed(_train_step(device, spec, model_config, batch, bf16), device=device,
+                  repeats=repeats)
         rows.append(f"| 5 train: one step, {spec.shape}, batch {batch}, "
                     f"{'bf16 autocast' if bf16 else 'float32'} | {batch / s:.0f} "
                     "spectrograms/s |")

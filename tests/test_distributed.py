@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_vae import make_data, read_metrics, write_tiny_config
 
 import vae
 from animalvae.vae.distributed import DistContext
-from test_vae import make_data, read_metrics, write_tiny_config
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 STEPS = ["--set", "train.batch_size=5", "--set", "train.epochs=2"]
