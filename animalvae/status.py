@@ -65,7 +65,7 @@ def _selected(config: Config) -> pd.DataFrame | None:
     try:
         selected = plan(config).selected
     except ConfigError as exc:
-        log.info("stage 1's waiting items are not counted: %s", exc.problems[0])
+        log.debug("stage 1's waiting items are not counted: %s", exc.problems[0])
         return None
     return pd.DataFrame([(clip_id(row.ytid, row.start_s), group) for group, row in selected],
                         columns=["id", "group"])
@@ -149,8 +149,8 @@ def report(config: Config, *, run_dir: Path, by_group: bool = False, reasons: in
     """The whole picture as text: the status table, the top reasons, the training run."""
     states = collect(config)
     table = status_table(states, by_group=by_group)
-    lines = [f"where the run stands ({config.source}):", "",
-             table.to_string(na_rep="?"), ""]
+    shown = table.astype(object).where(table.notna(), "?")  # pandas' <NA> reads as an error
+    lines = [f"where the run stands ({config.source}):", "", shown.to_string(), ""]
     top = top_reasons(states, n=reasons)
     if not top.empty:
         lines += [f"top {reasons} reasons per stage (skipped and failed):", "",
