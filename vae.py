@@ -116,6 +116,8 @@ def run(args) -> int:
             raise
         return 0
     from animalvae.vae import generate
+    from animalvae.vae.distributed import require_one_process
+    require_one_process(f"vae.py {args.command}")
     if args.command == "generate":
         generate.generate(config, run_dir, groups=args.group, count=args.count, options=options)
     elif args.command == "reconstruct":

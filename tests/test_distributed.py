@@ -106,6 +106,15 @@ def test_resume_under_another_world_size_says_so_and_goes_on(runs, tmp_path, cap
     assert_same(weights(half / "last.pth"), weights(runs["single"] / "last.pth"), atol=1e-5)
 
 
+def test_other_commands_refuse_to_run_under_torchrun(runs, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code = vae.main(["generate", "--config", str(runs["config"]), "--run", str(runs["ddp"])])
+    err = capsys.readouterr().err
+    assert code == 2 and "vae.py generate runs as one process, but torchrun started 2" in err
+    assert not (runs["ddp"] / "samples").exists()
+
+
 @pytest.mark.parametrize("n, world, expected", [
     (5, 2, [([0, 2, 4], 1.2), ([1, 3], 0.8)]),
     (1, 2, [([0], 2.0), ([0], 0.0)]),        # rank 1 joins with a zero-weight row

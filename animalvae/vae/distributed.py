@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..device import pick_device
 from ..errors import ConfigError
 
-__all__ = ["DistContext", "distributed", "rank_and_world"]
+__all__ = ["DistContext", "distributed", "rank_and_world", "require_one_process"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,20 @@ log = logging.getLogger(__name__)
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world_size)`` of this process, from torchrun's variables; ``(0, 1)`` without."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def require_one_process(command: str) -> None:
+    """Refuse ``command`` (``vae.py generate``, ...) under torchrun: only training is shared out.
+
+    Raises
+    ------
+    ConfigError
+        When torchrun started this process as one of several.
+    """
+    world = rank_and_world()[1]
+    if world > 1:
+        raise ConfigError(f"{command} runs as one process, but torchrun started {world}; "
+                          f"only vae.py train uses several: run python {command}")
 
 
 @dataclass(frozen=True)
