@@ -37,12 +37,12 @@ from .audio import wav_rms_dbfs
 from .config import Config, ExtractConfig, config_to_dict
 from .errors import ConfigError, ItemFailed, ItemSkipped
 from .stage import (
-    MANIFEST,
     Item,
     Stage,
     StageOptions,
     Summary,
     atomic_path,
+    last_manifest_write,
     list_items,
     recorded_float,
     require_binaries,
@@ -393,8 +393,7 @@ def run(config: Config, options: StageOptions) -> Summary:
     items = list_sources(config)
     output_dir = config.paths.audio
     workers = resolve_workers(options.workers, config.extract.workers)
-    manifest = output_dir / MANIFEST
-    last_run = manifest.stat().st_mtime if manifest.is_file() else None
+    last_run = last_manifest_write(output_dir)
     write_settings(output_dir, config_to_dict(config.extract))
     stage = ExtractStage.from_config(config.extract, last_run=last_run)
     return run_stage(stage, items, output_dir,

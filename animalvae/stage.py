@@ -39,7 +39,7 @@ __all__ = [
     "outcome_from_exception", "ITEM_ERRORS", "list_items", "atomic_path", "sigint_deferred",
     "shutdown_pools", "prefetch", "drain", "resolve_workers", "default_workers", "require_binaries",
     "atomic_write_text", "read_manifest", "write_manifest", "write_settings", "MANIFEST",
-    "BASE_COLUMNS", "recorded_float", "reason_kind",
+    "BASE_COLUMNS", "recorded_float", "reason_kind", "last_manifest_write",
 ]
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,13 @@ def read_manifest(folder: Path) -> dict[str, dict[str, str]]:
     for part in manifest_parts(folder):
         rows.update(_read_manifest_file(part))
     return rows
+
+
+def last_manifest_write(folder: Path) -> float | None:
+    """When a run last wrote ``folder``'s manifest or a shard's part (epoch s; None: never)."""
+    times = [p.stat().st_mtime for p in [Path(folder) / MANIFEST, *manifest_parts(folder)]
+             if p.is_file()]
+    return max(times, default=None)
 
 
 def _read_manifest_file(path: Path) -> dict[str, dict[str, str]]:
