@@ -132,7 +132,9 @@ def top_reasons(states: list[StageState], *, n: int = 3) -> pd.DataFrame:
 
 def training_line(run_dir: Path, *, epochs: int) -> str:
     """Stage 5 in one line: epoch, step and best validation loss from ``metrics.csv``."""
-    metrics = run_dir / "metrics.csv"
+    from .vae.checkpoint import METRICS
+
+    metrics = run_dir / METRICS
     if not metrics.is_file():
         return f"5 train: not started ({run_dir})"
     with metrics.open(newline="", encoding="utf-8") as fh:
@@ -150,7 +152,8 @@ def report(config: Config, *, run_dir: Path, by_group: bool = False, reasons: in
     states = collect(config)
     table = status_table(states, by_group=by_group)
     shown = table.astype(object).where(table.notna(), "?")  # pandas' <NA> reads as an error
-    lines = [f"where the run stands ({config.source}):", "", shown.to_string(), ""]
+    lines = [f"where the run stands ({config.source}):", "",
+             shown.to_string() if not shown.empty else "no stage has any item yet", ""]
     top = top_reasons(states, n=reasons)
     if not top.empty:
         lines += [f"top {reasons} reasons per stage (skipped and failed):", "",
