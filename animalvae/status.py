@@ -22,6 +22,7 @@ import pandas as pd
 from .config import Config
 from .errors import ConfigError
 from .stage import read_manifest, reason_kind
+from .vae.run_folder import METRICS
 
 __all__ = ["StageState", "collect", "status_table", "top_reasons", "training_line", "report",
            "STATUSES"]
@@ -132,8 +133,6 @@ def top_reasons(states: list[StageState], *, n: int = 3) -> pd.DataFrame:
 
 def training_line(run_dir: Path, *, epochs: int) -> str:
     """Stage 5 in one line: epoch, step and best validation loss from ``metrics.csv``."""
-    from .vae.checkpoint import METRICS
-
     metrics = run_dir / METRICS
     if not metrics.is_file():
         return f"5 train: not started ({run_dir})"

@@ -63,6 +63,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_two_ranks_hold_equal_weights_equal_to_one_process(runs):
     ddp, single = runs["ddp"], runs["single"]
     rank0, rank1 = weights(ddp / "rank0.pt"), weights(ddp / "rank1.pt")
@@ -78,6 +79,7 @@ def test_two_ranks_hold_equal_weights_equal_to_one_process(runs):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_the_run_folder(runs):
     names = sorted(p.name for p in runs["ddp"].iterdir())
     assert names == sorted(["last.pth", "loss.png", "metrics.csv", "model.pth", "rank0.pt",
@@ -85,6 +87,7 @@ def test_only_rank_0_writes_the_run_folder(runs):
     assert not [p for p in runs["ddp"].iterdir() if p.name.startswith(".")]  # no temp files
 
 
+@pytest.mark.slow
 def test_resume_under_the_same_world_size_continues_exactly(runs, tmp_path):
     half = tmp_path / "half"
     subprocess.run(["cp", "-r", str(runs["half"]), str(half)], check=True)
@@ -94,6 +97,7 @@ def test_resume_under_the_same_world_size_continues_exactly(runs, tmp_path):
     assert_same(weights(half / "rank1.pt"), weights(half / "rank0.pt"), atol=0)
 
 
+@pytest.mark.slow
 def test_resume_under_another_world_size_says_so_and_goes_on(runs, tmp_path, capsys):
     half = tmp_path / "half"
     subprocess.run(["cp", "-r", str(runs["half"]), str(half)], check=True)
@@ -106,6 +110,7 @@ def test_resume_under_another_world_size_says_so_and_goes_on(runs, tmp_path, cap
     assert_same(weights(half / "last.pth"), weights(runs["single"] / "last.pth"), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_other_commands_refuse_to_run_under_torchrun(runs, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
