@@ -54,7 +54,10 @@ def build_parser():
 
     t = command("train", "train the VAE",
                 "Train the VAE; writes model.pth (best by validation), last.pth, metrics.csv, "
-                "loss.png and split.csv into the run folder.",
+                "loss.png and split.csv into the run folder. Under torchrun (torchrun "
+                "--nproc_per_node N vae.py -- train ...) the N processes train one model with "
+                "DistributedDataParallel, train.batch_size being the global batch, and rank 0 "
+                "writes the run folder.",
                 input_help="stage-4 folder of spectrograms (default: paths.spectrograms)",
                 limit_help="train on at most N spectrograms, taken from every group (a smoke "
                            "test)",

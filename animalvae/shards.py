@@ -138,6 +138,8 @@ class _Holder:
     def describe(self) -> str:
         since = datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc)
         what = "a plain run" if self.shard is None else f"shard {self.shard}"
+        if self.pid < 0:  # see _read_holder: a lock file that cannot be read
+            return f"{what} holds it (its lock file, written {since:%H:%M:%S} UTC, is unreadable)"
         return (f"{what} ({self.command}) holds it: pid {self.pid} on {self.host} since "
                 f"{since:%Y-%m-%d %H:%M:%S} UTC")
 

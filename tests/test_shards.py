@@ -194,6 +194,12 @@ def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
     with pytest.raises(ConfigError, match=r"plain run \(video_to_audio.py\) holds it: pid 1 "
                                           r"on elsewhere since"):
         run_stage(Slow(), items, out, progress=False)
+    (out / ".lock").write_text('{"host": "half-writ')      # killed while writing it
+    with pytest.raises(ConfigError, match=r"its lock file, written .* UTC, is unreadable"):
+        run_stage(Slow(), items, out, progress=False)
+    old = time.time() - STALE_AFTER_S - 60
+    os.utime(out / ".lock", (old, old))
+    assert run_stage(Slow(), items, out, progress=False).already_done == 25
 
 
 def test_a_shard_leaves_other_runs_temporary_files_alone(tmp_path):
