@@ -315,19 +315,22 @@ def run(config: Config, options: StageOptions, *, check: int = 0) -> FeaturesSum
     device = pick_device(config.features.device, key="features.device")
     output_dir = config.paths.spectrograms
     items = list_items(config.paths.detections, [".wav"], what="segments")
-    _check_previous_spec(output_dir, spec, force=options.force)
-    save_spec(output_dir, spec)
-    write_settings(output_dir, {"features": config_to_dict(config.features),
-                                "sample_rate": config.extract.sample_rate,
-                                "segment_seconds": config.detect.segment_seconds,
-                                "silence_dbfs": config.extract.silence_dbfs})
+
+    def prepare() -> None:  # holding the folder: normalizer.json is every array's key
+        _check_previous_spec(output_dir, spec, force=options.force)
+        save_spec(output_dir, spec)
+        write_settings(output_dir, {"features": config_to_dict(config.features),
+                                    "sample_rate": config.extract.sample_rate,
+                                    "segment_seconds": config.detect.segment_seconds,
+                                    "silence_dbfs": config.extract.silence_dbfs})
+
     stage = FeaturesStage(spec, dtype=config.features.dtype,
                           batch_size=config.features.batch_size,
                           workers=resolve_workers(options.workers, config.features.workers),
                           silence_dbfs=config.extract.silence_dbfs, pad=config.features.pad,
                           device=device)
     base = run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
-                     progress=options.progress, shard=options.shard)
+                     progress=options.progress, shard=options.shard, prepare=prepare)
     summary = FeaturesSummary(**{f.name: getattr(base, f.name)
                                  for f in dataclasses.fields(base)})
     rows = _current_rows(output_dir, stage.fingerprint)

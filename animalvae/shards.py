@@ -172,8 +172,9 @@ class FolderLock:
 
     Use as a context manager: entering takes the lock or raises :class:`ConfigError`;
     leaving removes the lock file. ``alone`` tells whether no other run (e.g. another shard)
-    was working in the folder when the lock was taken: only then may the run remove what
-    interrupted runs left behind (their temporary files).
+    was working in the folder when the lock was taken, and ``taken_at`` when that was, as the
+    folder's filesystem tells time (the lock file's mtime): a run alone may remove what
+    interrupted runs left behind before that moment (their temporary files).
 
     Parameters
     ----------
@@ -193,6 +194,7 @@ class FolderLock:
         self.shard = shard
         self.path = self.folder / _lock_name(shard)
         self.alone = False
+        self.taken_at = 0.0
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -201,6 +203,7 @@ class FolderLock:
         self._refuse(self._holders())     # a live holder of our own lock name is refused too
         self.path.unlink(missing_ok=True)  # so whatever is left there is a dead run's
         started = self._create()
+        self.taken_at = self.path.stat().st_mtime
         # Two runs that started at the same instant both got this far: the earlier one wins.
         others = [h for h in self._holders() if h.path != self.path]
         me = (started, socket.gethostname(), os.getpid())

@@ -258,13 +258,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _remove_stale_temps(folder: Path) -> int:
-    """Delete temp files a killed run left behind (Ctrl-C cleans up; SIGKILL cannot)."""
+def _remove_stale_temps(folder: Path, *, before: float) -> int:
+    """Delete temp files a killed run left behind (Ctrl-C cleans up; SIGKILL cannot).
+
+    Only those last written before ``before`` (a file time of the same filesystem): a run
+    that started since then writes its own.
+    """
     count = 0
     for path in folder.rglob(".*.tmp*"):
-        if path.is_file() and _TEMP_RE.match(path.name):
-            path.unlink(missing_ok=True)
-            count += 1
+        if not _TEMP_RE.match(path.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # finished (renamed) meanwhile
+            if path.is_file() and path.stat().st_mtime < before:
+                path.unlink()
+                count += 1
     return count
 
 
@@ -441,7 +448,7 @@ def reason_kind(reason: str) -> str:
 
 def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: bool = False,
               limit: int | None = None, workers: int = 1, progress: bool = True,
-              shard: Shard | None = None) -> Summary:
+              shard: Shard | None = None, prepare: Callable[[], None] | None = None) -> Summary:
     """Run ``stage`` over ``items``, writing into ``output_dir`` and its ``manifest.csv``.
 
     Parameters
@@ -460,6 +467,10 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
         Show a tqdm progress bar.
     shard : Shard or None
         Only the items of this shard, with its own manifest part (:mod:`animalvae.shards`).
+    prepare : callable or None
+        Called once the folder is held, before any item: checks against and writes to the
+        files the folder's items share (stage 4's ``normalizer.json``), so that a run refused
+        because another one works there has changed nothing.
 
     Returns
     -------
@@ -474,18 +485,21 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
     """
     output_dir = Path(output_dir)
     with FolderLock(output_dir, shard) as lock:
+        if prepare is not None:
+            prepare()
         if shard is not None:
             items = [item for item in items if shard.owns(item.id)]
+        # Other runs' temporary files are work in progress: only a run that was alone when
+        # it took the folder removes leftovers, and only those older than its lock.
+        if lock.alone and (stale := _remove_stale_temps(output_dir, before=lock.taken_at)):
+            log.info("removed %d temporary file(s) left by an interrupted run", stale)
         return _run_stage(stage, items, output_dir, force=force, limit=limit, workers=workers,
-                          progress=progress, shard=shard, alone=lock.alone)
+                          progress=progress, shard=shard)
 
 
 def _run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: bool,
-               limit: int | None, workers: int, progress: bool, shard: Shard | None,
-               alone: bool) -> Summary:
-    # Other runs' temporary files are work in progress: only a run alone removes leftovers.
-    if alone and (stale := _remove_stale_temps(output_dir)):
-        log.info("removed %d temporary file(s) left by an interrupted run", stale)
+               limit: int | None, workers: int, progress: bool,
+               shard: Shard | None) -> Summary:
     rows = read_manifest(output_dir)
     summary = Summary(stage.name if shard is None else f"{stage.name} (shard {shard})")
     start = time.monotonic()

@@ -150,9 +150,11 @@ def test_the_folder_lock(tmp_path, held, wanted, refused):
         assert ready.wait(60)
         shard = Shard(*wanted) if wanted else None
         if refused:
+            shared_file = tmp_path / "out" / "normalizer.json"
             with pytest.raises(ConfigError) as exc:
                 run_stage(Slow(), make_items(tmp_path), tmp_path / "out", progress=False,
-                          shard=shard)
+                          shard=shard, prepare=lambda: shared_file.write_text("mine"))
+            assert not shared_file.exists()      # refused before touching the shared files
             message = str(exc.value)
             assert "is in use" in message and f"pid {holder.pid} on {socket.gethostname()}" \
                 in message and "UTC" in message and "\n" not in message
@@ -207,6 +209,7 @@ def test_a_shard_leaves_other_runs_temporary_files_alone(tmp_path):
     (out / "dogs").mkdir(parents=True)
     other = out / "dogs" / ".clip000_000000.tmp4242.txt"   # another shard's file in progress
     other.write_text("half")
+    os.utime(other, (time.time() - 60, time.time() - 60))
     ctx = mp.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
     holder = ctx.Process(target=_hold_lock, args=(str(out), (2, 3), ready, release))
@@ -220,6 +223,17 @@ def test_a_shard_leaves_other_runs_temporary_files_alone(tmp_path):
         holder.join(60)
     run_stage(Slow(), make_items(tmp_path), out, progress=False)   # alone: cleans up
     assert not other.exists()
+
+
+def test_a_run_alone_keeps_temporary_files_newer_than_its_lock(tmp_path):
+    # a shard that started after this run took the folder writes its own temporary files
+    out = tmp_path / "out"
+    newer = out / "dogs" / ".clip000_000000.tmp4242.txt"
+    newer.parent.mkdir(parents=True)
+    newer.write_text("half")
+    os.utime(newer, (time.time() + 60, time.time() + 60))
+    run_stage(Slow(), make_items(tmp_path), out, progress=False, shard=Shard(1, 3))
+    assert newer.exists()
 
 
 def test_three_stage_2_scripts_at_once_equal_one_plain_run(tmp_path):
