@@ -4,7 +4,9 @@
 Reads   the segments listed in paths.detections/manifest.csv (stage 3), or any folder of WAV
         files with one sub-folder per group (--input DIR).
 Writes  paths.spectrograms/<group>/<id>.npy (values in [0, 1], shape in features.*),
-        normalizer.json (how to undo the scaling), manifest.csv and preview.png.
+        normalizer.json (how to undo the scaling), manifest.csv and preview.png; and each
+        segment's video frame (plus features.extra_image_dirs) as
+        paths.spectrograms/images/<group>/<id>.png, features.image_size square, RGB.
 """
 
 import sys

@@ -7,6 +7,13 @@ Sub-commands:
   reconstruct  held-out spectrograms -> original vs reconstruction pairs
   interpolate  two real files -> the latent line between them, as audio
   evaluate     validation ELBO, log-spectral distance, spectral convergence -> metrics.json
+
+Sound -> image (one latent space for spectrograms and video frames; in runs/<name>/images/):
+  train-images     spectrograms + stage 4's frames -> images/model.pth, metrics.csv
+  sound-to-image   recordings (wav, mp3, mp4), or the held-out pairs -> N images each
+  image-to-sound   pictures -> a sound each
+  sample-images    per group: a sound and its picture from one latent sample
+  evaluate-images  retrieval R@1/R@5, group accuracy, Frechet distance -> images/metrics.json
 """
 
 import argparse
@@ -50,7 +57,7 @@ def build_parser():
     def command(name: str, summary: str, description: str, **parents: str | None):
         return sub.add_parser(name, parents=_parents(**parents), help=summary,
                               description=description, epilog=_EXIT_CODES.format(
-                                  diverged=_DIVERGED if name == "train" else ""))
+                                  diverged=_DIVERGED if name in ("train", "train-images") else ""))
 
     t = command("train", "train the VAE",
                 "Train the VAE; writes model.pth (best by validation), last.pth, metrics.csv, "
@@ -92,7 +99,48 @@ def build_parser():
             "KL per latent dimension and active units on the run's held-out files -> "
             "metrics.json.",
             limit_help="use at most N held-out files")
+    _image_commands(command)
     return p
+
+
+def _image_commands(command) -> None:
+    """The sound <-> image sub-commands (their model lives in <run>/images/)."""
+    folder = "; the model is in <run>/images/ (--run names the run folder)"
+    t = command("train-images", "train the sound <-> image model",
+                "Train one latent space for spectrograms and images (a product-of-experts VAE) "
+                "on stage 4's pairs (each spectrogram and its video frame, same id), unpaired "
+                "sounds and unpaired images; writes images/model.pth (best by validation), "
+                "last.pth, metrics.csv and split.csv" + folder + ".",
+                input_help="stage-4 folder: spectrograms, and images/ (default: "
+                           "paths.spectrograms)",
+                limit_help="train on at most N pairs (a smoke test)",
+                force_help="start over in a folder that already holds a sound <-> image model")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from images/last.pth (the epoch after the last finished one)")
+    s = command("sound-to-image", "images from sounds",
+                "Encode each sound alone (no group label) and decode images: for each FILE "
+                "(anything ffmpeg reads: wav, mp3, an mp4's audio; its loudest segment-long "
+                "window) -> images/samples/files/<name>/; without FILE, every held-out pair -> "
+                "images/samples/val/<group>/<id>/ beside its true frame. Rebuilds "
+                "images/index.html" + folder + ".",
+                limit_help="without FILE: at most N held-out pairs")
+    s.add_argument("files", nargs="*", type=Path, metavar="FILE", help="recordings")
+    s.add_argument("--count", type=int, default=None, metavar="N",
+                   help="images per sound (default: sound_image.count)")
+    i = command("image-to-sound", "sounds from pictures",
+                "Encode each picture alone and decode a spectrogram, then Griffin-Lim -> "
+                "images/samples/from_images/<name>/" + folder + ".")
+    i.add_argument("files", nargs="+", type=Path, metavar="FILE", help="pictures (jpg, png, ...)")
+    p = command("sample-images", "a sound and its picture per group",
+                "Draw z from each group's fitted code distribution and decode both halves -> "
+                "images/samples/prior/<group>_<k>/" + folder + ".")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="samples per group (default: sound_image.count)")
+    command("evaluate-images", "sound -> image metrics",
+            "On the held-out pairs: sound -> image retrieval (R@1, R@5 among K, chance beside), "
+            "group accuracy of images generated from the sounds (a classifier fit on real "
+            "training frames; its accuracy on real held-out frames beside) and a Frechet "
+            "distance on image features -> images/metrics.json" + folder + ".")
 
 
 def run(args) -> int:
@@ -118,6 +166,8 @@ def run(args) -> int:
             print(f"vae.py: {hint}", file=sys.stderr)
             raise
         return 0
+    if args.command.endswith("images") or args.command in ("sound-to-image", "image-to-sound"):
+        return _run_images(args, config, run_dir, options)
     from animalvae.vae import generate
     from animalvae.vae.distributed import require_one_process
     require_one_process(f"vae.py {args.command}")
@@ -129,6 +179,30 @@ def run(args) -> int:
         generate.interpolate(config, run_dir, args.a, args.b, steps=args.steps, options=options)
     else:
         generate.evaluate(config, run_dir, options=options)
+    return 0
+
+
+def _run_images(args, config, run_dir: Path, options) -> int:
+    from animalvae.vae.run_folder import IMAGE_RUN
+    image_dir = run_dir / IMAGE_RUN
+    if args.command == "train-images":
+        from animalvae.vae import train, train_images
+        try:
+            train_images.train_images(config, image_dir, resume=args.resume, options=options)
+        except train.TrainingDiverged as exc:
+            print(f"vae.py: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    from animalvae.vae import sound_image
+    if args.command == "sound-to-image":
+        sound_image.sound_to_image(config, image_dir, args.files, count=args.count,
+                                   options=options)
+    elif args.command == "image-to-sound":
+        sound_image.image_to_sound(config, image_dir, args.files, options=options)
+    elif args.command == "sample-images":
+        sound_image.sample_images(config, image_dir, count=args.count, options=options)
+    else:
+        sound_image.evaluate_images(config, image_dir, options=options)
     return 0
 
 

@@ -24,7 +24,8 @@ a full-scale square wave), ``padded_s`` (seconds appended to a short segment), `
 type: a rerun redoes every array whose ``spec_id`` is not the current one, so an interrupted
 or ``--limit`` run with ``--force`` and new settings never leaves a mix behind). After the run:
 ``preview.png`` (a few spectrograms per group), and with ``check=N`` a Griffin-Lim round trip of
-N arrays (:func:`animalvae.features_check.round_trip_check`).
+N arrays (:func:`animalvae.features_check.round_trip_check`). The segments' video frames (and
+``features.extra_image_dirs``) are prepared beside the arrays by :mod:`animalvae.images`.
 """
 
 from __future__ import annotations
@@ -333,6 +334,10 @@ def run(config: Config, options: StageOptions, *, check: int = 0) -> FeaturesSum
                      progress=options.progress, shard=options.shard, prepare=prepare)
     summary = FeaturesSummary(**{f.name: getattr(base, f.name)
                                  for f in dataclasses.fields(base)})
+    from . import images  # the frames of the sound -> image model, beside the arrays
+    images.run(config, force=options.force, limit=options.limit,
+               workers=resolve_workers(options.workers, config.features.workers),
+               progress=options.progress)
     rows = _current_rows(output_dir, stage.fingerprint)
     if rows and (summary.ok or not (output_dir / PREVIEW).is_file()):
         render_preview(output_dir, rows, spec, output_dir / PREVIEW)

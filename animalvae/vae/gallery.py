@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..stage import atomic_write_text
-from .run_folder import EVALUATION, GALLERY, LOSS_PLOT, SAMPLES
+from .run_folder import EVALUATION, GALLERY, IMAGE_RUN, LOSS_PLOT, SAMPLES
 
 __all__ = ["write_gallery", "GALLERY", "SAMPLES"]
 
@@ -142,6 +142,9 @@ def write_gallery(run_dir: Path, *, title: str = "") -> Path:
                 sections.append(f"<h2>{heading}</h2>{''.join(parts)}")
     if not sections:
         sections.append("<p>No samples yet: run <code>vae.py generate</code>.</p>")
+    if (run_dir / IMAGE_RUN / GALLERY).is_file():   # the sound -> image model's own page
+        sections.append(f'<h2>Sound → image</h2><p><a href="{IMAGE_RUN}/{GALLERY}">Images '
+                        "made from sounds, and sounds from pictures</a></p>")
     if (run_dir / LOSS_PLOT).is_file():
         sections.append(f'<h2>Training</h2><img src="{LOSS_PLOT}" alt="loss curves" '
                         'style="max-width: 100%">')

@@ -8,6 +8,8 @@
 ``metrics.json``  ``vae.py evaluate``'s figures
 ``samples/``      generated, reconstructed and interpolated sounds with their pictures
 ``index.html``    the gallery over ``samples/``
+``images/``       the sound <-> image model (``vae.py train-images``), a run folder of its
+                  own with the same names: :mod:`animalvae.vae.train_images`
 ================  ====================================================================
 
 ``settings.yaml`` (the settings in effect) is written by every stage under one name,
@@ -15,7 +17,7 @@
 """
 
 __all__ = ["MODEL", "LAST", "SPLIT", "METRICS", "LOSS_PLOT", "EVALUATION", "SAMPLES",
-           "GALLERY", "RUN_FILES"]
+           "GALLERY", "IMAGE_RUN", "RUN_FILES"]
 
 MODEL = "model.pth"
 LAST = "last.pth"
@@ -25,6 +27,7 @@ LOSS_PLOT = "loss.png"
 EVALUATION = "metrics.json"
 SAMPLES = "samples"
 GALLERY = "index.html"
+IMAGE_RUN = "images"
 
 #: The files a fresh run (``--force``) removes with the old run's ``samples/``, so that
 #: neither ``--resume`` nor the gallery can mix an old model's files with the new one's.
