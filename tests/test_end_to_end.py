@@ -296,6 +296,7 @@ def test_stage5_model_samples_and_gallery(demo_run):
         assert wav.name in html
 
 
+@pytest.mark.slow
 def test_images_from_held_out_sounds_show_their_group(demo_run):
     out, proc = demo_run
     run = out / "runs" / "demo" / "images"
