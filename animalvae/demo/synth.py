@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["CALLS", "GROUP_STYLES", "bark", "meow", "chirp", "pink_noise", "clip_audio",
-           "video_frame"]
+__all__ = ["CALLS", "CALL_MARGIN_S", "GROUP_STYLES", "bark", "meow", "chirp", "pink_noise",
+           "clip_audio", "video_frame"]
 
 
 def _envelope(n: int, *, attack: int, release: int) -> np.ndarray:
@@ -225,10 +225,13 @@ def clip_audio(group: str, *, seconds: float, sr: int, rng: np.random.Generator,
     return np.clip(y, -1.0, 1.0).astype(np.float32), start / sr, (start + call.size) / sr
 
 
-#: Per group: sky colour, ground colour, shape colour (RGB) and shape.
+#: Seconds before and after a call during which the scene shows the animal calling.
+CALL_MARGIN_S = 0.3
+#: Per group: sky colour, ground colour, shape colour (RGB) and shape; the three scenes
+#: differ in every colour, so a picture's group shows at any size.
 GROUP_STYLES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int],
                               tuple[int, int, int], str]] = {
-    "dogs": ((150, 190, 230), (70, 140, 60), (140, 90, 40), "square"),
+    "dogs": ((235, 200, 150), (150, 110, 70), (140, 60, 30), "square"),
     "cats": ((60, 60, 100), (120, 110, 100), (230, 230, 230), "disc"),
     "birds": ((120, 200, 250), (40, 110, 50), (250, 210, 30), "triangle"),
 }
@@ -266,7 +269,9 @@ def video_frame(group: str, t_s: float, *, call_s: tuple[float, float], width: i
     horizon = int(height * 0.65)
     frame[:horizon] = np.array(sky) * rows[:horizon]
     frame[horizon:] = np.array(ground) * rows[horizon:]
-    calling = call_s[0] <= t_s <= call_s[1]
+    # A moment's margin each side: the frame picked at a call's loudest instant may be one
+    # video frame before its first burst or after its last.
+    calling = call_s[0] - CALL_MARGIN_S <= t_s <= call_s[1] + CALL_MARGIN_S
     size = int(height * ((0.2 + 0.25 * pitch) if calling else 0.2))
     # It walks along, and stands in the middle while it calls (so the frame at the call shows
     # what the sound tells: the group and, by its size, the pitch).
