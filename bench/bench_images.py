@@ -15,7 +15,8 @@ timed steps (weights, optimiser state, activations, autograd buffers), so torch'
 import is not counted.
 
 Configurations: ``configs/demo.yaml`` (256 x 128 spectrograms, 32 px images, batch 8) and
-``config.yaml`` (512 x 256, 64 px, batch 32). Prints a Markdown section and writes it to
+``config.yaml`` (512 x 256, 64 px, batch 32), each with the torch threads its
+``sound_image.threads`` sets (the baseline alike). Prints a Markdown section and writes it to
 ``bench/results/images.md``.
 """
 
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 STEPS = 3
-ROUNDS = 2
+ROUNDS = 3
 
 
 def _measure(config_path: str, kind: str) -> dict:
@@ -47,6 +48,8 @@ def _measure(config_path: str, kind: str) -> dict:
 
     config = load_config(ROOT / config_path)
     si, f = config.sound_image, config.features
+    if si.threads:                     # as vae.py train-images runs it (both methods alike)
+        torch.set_num_threads(si.threads)
     shape = (f.n_fft // 2 if f.kind == "stft" else f.n_mels, f.n_frames)
     size, batch = f.image_size, si.batch_size
     torch.manual_seed(0)
@@ -101,10 +104,11 @@ def main() -> int:
                         ("default (`config.yaml`)", "config.yaml")):
         pairs, alone = _run(path, "pairs"), _run(path, "sound")
         rows.append((label, pairs, alone))
-    threads = rows[0][1]["threads"]
+    threads = ", ".join(f"{label.split(' ')[0]} {p['threads']}" for label, p, _ in rows)
     lines = ["## Stage 5: sound -> image training throughput and memory (vae.py train-images)",
              "",
-             f"Training steps on the CPU ({threads} thread(s)): forward of three posteriors, "
+             f"Training steps on the CPU (torch threads: {threads}, as `sound_image.threads` "
+             "sets them): forward of three posteriors, "
              "loss, backward, clip, AdamW step on random pairs in memory; best of "
              f"{ROUNDS} rounds of {STEPS} steps after a warm-up. Peak memory: growth of the "
              "process's peak resident set from before the model is built to the end (torch's "
@@ -126,7 +130,7 @@ def main() -> int:
               "decodes two spectrograms (from the joint and the sound-only posterior) and three "
               "images, and the spectrogram decodes are the larger part.",
               "",
-              f"Measured on {threads} CPU thread(s) shared with other work: timings are noisy "
+              "Measured on a CPU shared with other work: timings are noisy "
               f"(this run took {time.monotonic() - start:.0f} s).",
               "",
               "Command: `.venv/bin/python bench/bench_images.py`"]
