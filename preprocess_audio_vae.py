@@ -4,23 +4,14 @@
 Reads   the segments listed in paths.detections/manifest.csv (stage 3), or any folder of WAV
         files with one sub-folder per group (--input DIR).
 Writes  paths.spectrograms/<group>/<id>.npy (values in [0, 1], shape in features.*),
-        normalizer.json (how to undo the scaling), manifest.csv and preview.png.
+        normalizer.json (how to undo the scaling), manifest.csv and preview.png; and each
+        segment's video frame (plus features.extra_image_dirs) as
+        paths.spectrograms/images/<group>/<id>.png, features.image_size square, RGB.
 """
 
-import argparse
 import sys
 
 from animalvae import cli
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0 = no check)")
-    return value
 
 
 def build_parser():
@@ -29,7 +20,7 @@ def build_parser():
         input_help="stage 3 folder, or any folder of <group>/<id>.wav (default: paths.detections)",
         output_help="folder for the spectrograms (default: paths.spectrograms)")
     g = p.add_argument_group("preprocess options")
-    g.add_argument("--check", type=_count, default=0, metavar="N",
+    g.add_argument("--check", type=cli.int_at_least(0, "0 = no check"), default=0, metavar="N",
                    help="after the run, invert N spectrograms with Griffin-Lim and print the "
                         "median spectral convergence (lower is better; 0 = skip)")
     return p

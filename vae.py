@@ -8,6 +8,13 @@ Sub-commands:
   interpolate  two real files -> the latent line between them, as audio
   evaluate     validation ELBO, log-spectral distance, spectral convergence, and the quality
                of samples and reconstructions against real clips -> metrics.json
+
+Sound -> image (one latent space for spectrograms and video frames; in runs/<name>/images/):
+  train-images     spectrograms + stage 4's frames -> images/model.pth, metrics.csv
+  sound-to-image   recordings (wav, mp3, mp4), or the held-out pairs -> N images each
+  image-to-sound   pictures -> a sound each
+  sample-images    per group: a sound and its picture from one latent sample
+  evaluate-images  retrieval R@1/R@5, group accuracy, Frechet distance -> images/metrics.json
 """
 
 import argparse
@@ -16,6 +23,7 @@ import textwrap
 from pathlib import Path
 
 from animalvae import cli
+from animalvae.stage import StageOptions
 
 _EXIT_CODES = ("Exit codes: 0 done, 1 {diverged}a system error such as a full disk, 2 bad "
                "settings or input, 130 interrupted.")
@@ -50,11 +58,14 @@ def build_parser():
     def command(name: str, summary: str, description: str, **parents: str | None):
         return sub.add_parser(name, parents=_parents(**parents), help=summary,
                               description=description, epilog=_EXIT_CODES.format(
-                                  diverged=_DIVERGED if name == "train" else ""))
+                                  diverged=_DIVERGED if name in ("train", "train-images") else ""))
 
     t = command("train", "train the VAE",
                 "Train the VAE; writes model.pth (best by validation), last.pth, metrics.csv, "
-                "loss.png and split.csv into the run folder.",
+                "loss.png and split.csv into the run folder. Under torchrun (torchrun "
+                "--nproc_per_node N vae.py -- train ...) the N processes train one model with "
+                "DistributedDataParallel, train.batch_size being the global batch, and rank 0 "
+                "writes the run folder.",
                 input_help="stage-4 folder of spectrograms (default: paths.spectrograms)",
                 limit_help="train on at most N spectrograms, taken from every group (a smoke "
                            "test)",
@@ -69,20 +80,21 @@ def build_parser():
                 "samples/<group>_<k>.wav + .png and index.html.")
     g.add_argument("--group", action="append", default=None, metavar="NAME",
                    help="only these groups (repeatable; default: every group)")
-    g.add_argument("--count", type=int, default=None, metavar="N",
+    g.add_argument("--count", type=cli.int_at_least(1), default=None, metavar="N",
                    help="samples per group (default: generate.count)")
     r = command("reconstruct", "original vs reconstruction of held-out files",
                 "Encode held-out files (the run's split.csv) and decode them again; writes "
                 "samples/reconstruct/<group>/<id>_original|_reconstruction.wav + .png and "
                 "index.html.")
-    r.add_argument("--count", type=int, default=None, metavar="N",
+    r.add_argument("--count", type=cli.int_at_least(1), default=None, metavar="N",
                    help="held-out files per group (default: generate.count)")
     i = command("interpolate", "walk the latent line between two files",
                 "Encode two files and decode points on the line between them; writes "
                 "samples/interpolate/<a>__<b>/<k>.wav + .png and index.html.")
     i.add_argument("a", type=Path, help="first spectrogram (.npy) or segment (.wav)")
     i.add_argument("b", type=Path, help="second spectrogram (.npy) or segment (.wav)")
-    i.add_argument("--steps", type=int, default=8, help="points on the line (default: 8)")
+    i.add_argument("--steps", type=cli.int_at_least(2, "both ends are included"), default=8,
+                   help="points on the line, both ends included (default: 8)")
     command("evaluate", "metrics on the validation set",
             "Validation ELBO, log-spectral distance, spectral convergence after Griffin-Lim, "
             "KL per latent dimension and active units on the run's held-out files; and the "
@@ -92,17 +104,58 @@ def build_parser():
             "ratio, sharpness (and PANNs FAD when detect.checkpoint exists) -> metrics.json "
             "and index.html.",
             limit_help="use at most N held-out files")
+    _image_commands(command)
     return p
+
+
+def _image_commands(command) -> None:
+    """The sound <-> image sub-commands (their model lives in <run>/images/)."""
+    folder = "; the model is in <run>/images/ (--run names the run folder)"
+    t = command("train-images", "train the sound <-> image model",
+                "Train one latent space for spectrograms and images (a product-of-experts VAE) "
+                "on stage 4's pairs (each spectrogram and its video frame, same id), unpaired "
+                "sounds and unpaired images; writes images/model.pth (best by validation), "
+                "last.pth, metrics.csv and split.csv" + folder + ".",
+                input_help="stage-4 folder: spectrograms, and images/ (default: "
+                           "paths.spectrograms)",
+                limit_help="train on at most N pairs (a smoke test)",
+                force_help="start over in a folder that already holds a sound <-> image model")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from images/last.pth (the epoch after the last finished one)")
+    s = command("sound-to-image", "images from sounds",
+                "Encode each sound alone (no group label) and decode images: for each FILE "
+                "(anything ffmpeg reads: wav, mp3, an mp4's audio; its loudest segment-long "
+                "window) -> images/samples/files/<name>/; without FILE, every held-out pair -> "
+                "images/samples/val/<group>/<id>/ beside its true frame. Rebuilds "
+                "images/index.html" + folder + ".",
+                limit_help="without FILE: at most N held-out pairs")
+    s.add_argument("files", nargs="*", type=Path, metavar="FILE", help="recordings")
+    s.add_argument("--count", type=int, default=None, metavar="N",
+                   help="images per sound (default: sound_image.count)")
+    i = command("image-to-sound", "sounds from pictures",
+                "Encode each picture alone and decode a spectrogram, then Griffin-Lim -> "
+                "images/samples/from_images/<name>/" + folder + ".")
+    i.add_argument("files", nargs="+", type=Path, metavar="FILE", help="pictures (jpg, png, ...)")
+    p = command("sample-images", "a sound and its picture per group",
+                "Draw z from each group's fitted code distribution and decode both halves -> "
+                "images/samples/prior/<group>_<k>/" + folder + ".")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="samples per group (default: sound_image.count)")
+    command("evaluate-images", "sound -> image metrics",
+            "On the held-out pairs: sound -> image retrieval (R@1, R@5 among K, chance beside), "
+            "group accuracy of images generated from the sounds (a classifier fit on real "
+            "training frames; its accuracy on real held-out frames beside) and a Frechet "
+            "distance on image features -> images/metrics.json" + folder + ".")
 
 
 def run(args) -> int:
     config = cli.config_from_args(args, input_key="paths.spectrograms")
     run_dir = args.run.resolve() if args.run else config.paths.runs / config.train.name
-    options = cli.StageOptions(force=getattr(args, "force", False),
+    options = StageOptions(force=getattr(args, "force", False),
                                limit=getattr(args, "limit", None), progress=not args.quiet)
     if args.command == "train":
         from animalvae.vae import train
-        from animalvae.vae.checkpoint import LAST
+        from animalvae.vae.run_folder import LAST
         try:
             train.train(config, run_dir, resume=args.resume, options=options)
         except train.TrainingDiverged as exc:
@@ -118,7 +171,11 @@ def run(args) -> int:
             print(f"vae.py: {hint}", file=sys.stderr)
             raise
         return 0
+    if args.command.endswith("images") or args.command in ("sound-to-image", "image-to-sound"):
+        return _run_images(args, config, run_dir, options)
     from animalvae.vae import generate
+    from animalvae.vae.distributed import require_one_process
+    require_one_process(f"vae.py {args.command}")
     if args.command == "generate":
         generate.generate(config, run_dir, groups=args.group, count=args.count, options=options)
     elif args.command == "reconstruct":
@@ -127,6 +184,30 @@ def run(args) -> int:
         generate.interpolate(config, run_dir, args.a, args.b, steps=args.steps, options=options)
     else:
         generate.evaluate(config, run_dir, options=options)
+    return 0
+
+
+def _run_images(args, config, run_dir: Path, options) -> int:
+    from animalvae.vae.run_folder import IMAGE_RUN
+    image_dir = run_dir / IMAGE_RUN
+    if args.command == "train-images":
+        from animalvae.vae import train, train_images
+        try:
+            train_images.train_images(config, image_dir, resume=args.resume, options=options)
+        except train.TrainingDiverged as exc:
+            print(f"vae.py: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    from animalvae.vae import sound_image
+    if args.command == "sound-to-image":
+        sound_image.sound_to_image(config, image_dir, args.files, count=args.count,
+                                   options=options)
+    elif args.command == "image-to-sound":
+        sound_image.image_to_sound(config, image_dir, args.files, options=options)
+    elif args.command == "sample-images":
+        sound_image.sample_images(config, image_dir, count=args.count, options=options)
+    else:
+        sound_image.evaluate_images(config, image_dir, options=options)
     return 0
 
 

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import shutil
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -19,10 +18,11 @@ from pathlib import Path
 
 from .config import Config, config_to_dict, load_config
 from .errors import ConfigError
+from .shards import parse_shard
+from .stage import StageOptions
 
 __all__ = ["stage_parser", "common_parent", "add_verbosity", "main", "config_from_args",
-           "require_binaries", "default_workers", "resolve_workers", "StageOptions",
-           "options_from_args"]
+           "options_from_args", "int_at_least"]
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +35,18 @@ _EPILOG_COMMON = (
     "full disk), 2 bad settings or input, 130 interrupted.")
 
 
-@dataclasses.dataclass(frozen=True)
-class StageOptions:
-    """The run-time flags every stage takes (besides the config)."""
-
-    force: bool = False
-    limit: int | None = None
-    workers: int | None = None   # None: the stage's config value
-    progress: bool = True
-
-
 _LIMIT_HELP = "process at most N items that still need work (a rerun continues)"
 _WORKERS_HELP = "parallel workers; 0 = one per CPU core (default: from config)"
 _FORCE_HELP = "redo items that are already done, skipped or failed for good"
+_SHARD_HELP = ("only shard K of N (1 <= K <= N): the items whose id hashes to it, the same "
+               "split in every run and on every machine; N processes (a Slurm job array, one "
+               "per GPU) share one output folder, each writing manifest.shard-K-of-N.csv, and "
+               "a later plain run merges them")
 
 
 def common_parent(*, input_help: str | None, output_help: str | None,
                   limit_help: str | None = _LIMIT_HELP, workers_help: str | None = _WORKERS_HELP,
-                  force_help: str | None = _FORCE_HELP,
+                  force_help: str | None = _FORCE_HELP, shard_help: str | None = None,
                   verbosity_defaults: bool = True) -> argparse.ArgumentParser:
     """A parent parser with the flags every script shares (used by sub-commands too).
 
@@ -73,12 +67,15 @@ def common_parent(*, input_help: str | None, output_help: str | None,
     if output_help:
         g.add_argument("--output", type=Path, default=None, metavar="DIR", help=output_help)
     if limit_help:
-        g.add_argument("--limit", type=_positive_int, default=None, metavar="N", help=limit_help)
+        g.add_argument("--limit", type=int_at_least(1), default=None, metavar="N",
+                       help=limit_help)
     if workers_help:
-        g.add_argument("--workers", type=_workers_int, default=None, metavar="N",
+        g.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
                        help=workers_help)
     if force_help:
         g.add_argument("--force", action="store_true", help=force_help)
+    if shard_help:
+        g.add_argument("--shard", type=parse_shard, default=None, metavar="K/N", help=shard_help)
     add_verbosity(g, defaults=verbosity_defaults)
     return p
 
@@ -101,25 +98,28 @@ def stage_parser(prog: str, description: str, *, input_help: str | None,
         prog=prog, description=description,
         epilog=(epilog + "\n\n" if epilog else "") + textwrap.fill(_EPILOG_COMMON, width=79),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common_parent(input_help=input_help, output_help=output_help)])
+        parents=[common_parent(input_help=input_help, output_help=output_help,
+                               shard_help=_SHARD_HELP)])
 
 
-def _positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
+def int_at_least(least: int, meaning: str = "") -> Callable[[str], int]:
+    """An argparse ``type`` for an integer flag that must be ``>= least``.
 
+    ``meaning`` is added to the error, e.g. ``int_at_least(0, "0 = no check")``.
+    """
+    note = f" ({meaning})" if meaning else ""
 
-def _workers_int(text: str) -> int:
-    return _int_at_least(text, 0)   # 0 = one per CPU core, as in the config
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {least}{note}")
+        return value
 
-
-def _int_at_least(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"{value} must be >= {least}")
-    return value
+    parse.__name__ = "integer"  # argparse names the type in "invalid <name> value"
+    return parse
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -216,29 +216,4 @@ def _check_output_folder(folder: Path, *, flag: str) -> None:
 def options_from_args(args: argparse.Namespace) -> StageOptions:
     """The :class:`StageOptions` given by the common flags."""
     return StageOptions(force=args.force, limit=args.limit, workers=args.workers,
-                        progress=not args.quiet)
-
-
-def require_binaries(*names: str) -> None:
-    """Stop with a clear message when an external program (e.g. ffmpeg) is not installed."""
-    missing = [n for n in names if shutil.which(n) is None]
-    if missing:
-        raise ConfigError(
-            f"{' and '.join(missing)} not found on PATH: install ffmpeg (Debian/Ubuntu: "
-            "sudo apt-get install ffmpeg; macOS: brew install ffmpeg; conda: conda install "
-            "-c conda-forge ffmpeg)")
-
-
-def resolve_workers(option: int | None, configured: int) -> int:
-    """``--workers`` when given, else the config value; either way 0 means one per CPU core."""
-    return default_workers(configured if option is None else option)
-
-
-def default_workers(configured: int) -> int:
-    """``configured`` when positive, else the number of CPU cores this process may use."""
-    if configured > 0:
-        return configured
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+                        progress=not args.quiet, shard=args.shard)

@@ -29,7 +29,7 @@ from .vggsound import ALL_ANIMALS, ANIMAL_LABELS
 
 __all__ = [
     "Config", "PathsConfig", "DownloadConfig", "ExtractConfig", "DetectConfig",
-    "FeaturesConfig", "ModelConfig", "TrainConfig", "GenerateConfig",
+    "FeaturesConfig", "ModelConfig", "TrainConfig", "GenerateConfig", "SoundImageConfig",
     "load_config", "apply_overrides", "config_to_dict", "DEFAULT_CONFIG",
 ]
 
@@ -236,9 +236,17 @@ class FeaturesConfig:
     batch_size: int = 32            # segments per batched transform on a GPU (CPU: 4)
     workers: int = 0                # threads: read, resample, transform, write; 0 = one per core
     device: str = "auto"            # transforms and --check: auto | cpu | cuda | cuda:N | mps
+    image_size: int = 64            # px: frames are centre-cropped and resized to this square
+    extra_image_dirs: list[Path] = field(default_factory=list)  # <dir>/<group>/*.jpg|png: unpaired
 
     def _check(self) -> list[str]:
         problems: list[str] = []
+        if not _power_of_two(self.image_size) or self.image_size < 16:
+            problems.append(f"features.image_size={self.image_size} must be a power of two "
+                            ">= 16 (pixels)")
+        for i, folder in enumerate(self.extra_image_dirs):
+            if not folder.is_dir():
+                problems.append(f"features.extra_image_dirs[{i}]={folder} is not a folder")
         if not _power_of_two(self.n_fft):
             problems.append(f"features.n_fft={self.n_fft} must be a power of two")
         if self.kind == "mel" and self.n_mels > self.n_fft // 2:
@@ -346,6 +354,39 @@ class GenerateConfig:
 
 
 @dataclass(frozen=True)
+class SoundImageConfig:
+    """Stage 5: the sound <-> image model (one latent space; ``vae.py train-images``)."""
+
+    latent_dim: int = 64            # size of the shared z
+    sound_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])
+    image_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    epochs: int = 60
+    batch_size: int = 32            # pairs per step (plus as many unpaired sounds and images)
+    lr: float = 1e-3                # AdamW peak learning rate (warm-up and cosine of train.*)
+    beta: float = 1.0               # KL weight; KL per value of both halves, like train.beta
+    kl_warmup_epochs: int = 5
+    image_weight: float = 1.0       # weight of the image reconstruction against the sound's
+    count: int = 4                  # images per sound (sound-to-image), samples per group
+    temperature: float = 1.0        # spread of the sampled z around the posterior mean
+    candidates: int = 100           # retrieval: K candidate frames per validation sound
+    threads: int = 0                # torch CPU threads while training; 0 = torch's default
+
+    def _check(self) -> list[str]:
+        problems: list[str] = []
+        _positive(problems, "sound_image.latent_dim", self.latent_dim)
+        for key in ("sound_channels", "image_channels"):
+            channels = getattr(self, key)
+            if not channels or any(c <= 0 for c in channels):
+                problems.append(f"sound_image.{key}={channels} must be a non-empty list of "
+                                "ints > 0")
+        for key in ("epochs", "batch_size", "lr", "count", "temperature", "candidates"):
+            _positive(problems, f"sound_image.{key}", getattr(self, key))
+        for key in ("beta", "kl_warmup_epochs", "image_weight", "threads"):
+            _positive(problems, f"sound_image.{key}", getattr(self, key), allow_zero=True)
+        return problems
+
+
+@dataclass(frozen=True)
 class Config:
     """All settings, one section per stage; ``source`` is the file they came from."""
 
@@ -357,6 +398,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    sound_image: SoundImageConfig = field(default_factory=SoundImageConfig)
     source: Path | None = field(default=None, compare=False)
 
     def _check(self, skip: frozenset[str] = frozenset()) -> list[str]:
@@ -374,6 +416,9 @@ class Config:
         if not skip & {"detect", "extract", "features", "model"} and \
                 not any(p.startswith(("features.", "model.")) for p in problems):
             problems += self._check_shapes()
+        if not skip & {"features", "sound_image"} and \
+                not any(p.startswith(("features.", "sound_image.")) for p in problems):
+            problems += self._check_sound_image_shapes()
         return problems
 
     def _check_shapes(self) -> list[str]:
@@ -400,6 +445,24 @@ class Config:
                 problems.append(
                     f"{key}={size} must be divisible by 2**len(model.channels)={stride} "
                     "(each conv block halves it): use fewer model.channels or a larger size")
+        return problems
+
+
+    def _check_sound_image_shapes(self) -> list[str]:
+        """The sound <-> image model's strides must fit the spectrogram and the image."""
+        f, si = self.features, self.sound_image
+        n_bins = f.n_mels if f.kind == "mel" else f.n_fft // 2
+        problems = []
+        stride = 2 ** len(si.sound_channels)
+        if n_bins % stride or f.n_frames % stride:
+            problems.append(f"sound_image.sound_channels has {len(si.sound_channels)} stride-2 "
+                            f"blocks, so the spectrogram's {n_bins} x {f.n_frames} must divide "
+                            f"by {stride}: use fewer entries")
+        if f.image_size % 2 ** len(si.image_channels) or \
+                f.image_size < 2 ** len(si.image_channels):
+            problems.append(f"sound_image.image_channels has {len(si.image_channels)} stride-2 "
+                            f"blocks, so features.image_size={f.image_size} must divide by "
+                            f"{2 ** len(si.image_channels)}: use fewer entries")
         return problems
 
 

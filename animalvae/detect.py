@@ -10,13 +10,12 @@ highest mean score in O(n) with a cumulative sum.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 
 __all__ = [
     "FRAMES_PER_S", "ENERGY_FLOOR_DB", "n_frames", "frame_scores", "best_window", "peak_frame",
-    "top_labels", "pad_audio", "energy_scores", "window_samples",
+    "top_labels", "energy_scores", "window_samples",
 ]
 
 FRAMES_PER_S = 100  # PANNs: hop 320 samples at 32 kHz; the energy backend uses the same rate
@@ -124,34 +123,6 @@ def window_samples(start_frame: int, *, segment_samples: int, n_samples: int, sr
     """
     start = int(round(start_frame * sr / FRAMES_PER_S))
     return max(0, min(start, n_samples - segment_samples))
-
-
-def pad_audio(y: np.ndarray, length: int, *, mode: Literal["zeros", "repeat"] = "zeros"
-              ) -> np.ndarray:
-    """``y`` padded at the end to ``length`` samples (returned unchanged when long enough).
-
-    Parameters
-    ----------
-    y : np.ndarray [shape=(n,)], any dtype
-    length : int
-    mode : {"zeros", "repeat"}
-        ``zeros``: silence after the clip; ``repeat``: the clip again (looped).
-
-    Returns
-    -------
-    np.ndarray [shape=(max(n, length),), same dtype]
-    """
-    if y.shape[0] >= length:
-        return y
-    if mode == "repeat":
-        if y.shape[0] == 0:
-            raise ValueError("cannot repeat an empty clip")
-        return np.resize(y, length)  # np.resize tiles the data
-    if mode != "zeros":
-        raise ValueError(f"pad mode {mode!r} must be 'zeros' or 'repeat'")
-    out = np.zeros(length, dtype=y.dtype)
-    out[:y.shape[0]] = y
-    return out
 
 
 def energy_scores(y: np.ndarray, sr: int, *, floor_db: float = ENERGY_FLOOR_DB) -> np.ndarray:

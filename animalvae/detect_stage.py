@@ -20,7 +20,6 @@ retried one clip at a time, so only a clip that fails on its own is recorded as 
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import difflib
 import logging
@@ -33,7 +32,7 @@ import numpy as np
 import soundfile as sf
 
 from . import detect, frames, panns
-from .cli import StageOptions, default_workers
+from .audio import as_float32, pad_audio, read_mono, resample
 from .config import Config, DetectConfig, config_to_dict
 from .device import pick_device
 from .errors import ConfigError, ItemFailed
@@ -42,12 +41,17 @@ from .stage import (
     Item,
     Outcome,
     Stage,
+    StageOptions,
     Summary,
     atomic_path,
+    attempt,
+    default_workers,
+    drain,
     list_items,
     outcome_from_exception,
+    prefetch,
     run_stage,
-    sigint_deferred,
+    shutdown_pools,
     write_settings,
 )
 
@@ -66,6 +70,7 @@ def _warn_unused_classes(audioset_classes: Mapping[str, Any], groups: set[str]) 
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 _PREFETCH_BATCHES = 2  # batches read ahead of the model
+_WRITE_BEHIND_BATCHES = 2  # batches of finished clips that may wait for their writes
 # The reason of a low-score skip; should_retry reads the backend back from it.
 _LOW_SCORE = "no {what} sound (score {score:.2f})"
 
@@ -230,24 +235,23 @@ class DetectStage(Stage):
         Clips are taken shortest first, so a batch holds clips of equal (or similar) length:
         no padding, hence scores that do not depend on which clips share a batch, and no
         compute spent on padding. An unreadable file fails alone: the rest of its batch
-        goes on; so does a clip the model fails on (see :meth:`score`).
+        goes on; so does a clip the model fails on (see :meth:`score`). Both sides are
+        bounded: at most ``_PREFETCH_BATCHES`` batches are read ahead, and scoring waits
+        while ``_WRITE_BEHIND_BATCHES`` batches of finished clips (audio and scores in
+        memory) are still being written.
         """
         cap_us = int(self.settings.max_seconds * 1_000_000)
         work = sorted(work, key=lambda pair: min(_duration_us(pair[0]), cap_us))
         size = self.settings.batch_size
-        batches = collections.deque(work[i:i + size] for i in range(0, len(work), size))
         readers = cf.ThreadPoolExecutor(self.io_workers, thread_name_prefix="detect-read")
         writers = cf.ThreadPoolExecutor(self.io_workers, thread_name_prefix="detect-write")
-        reading: collections.deque[list[tuple[Item, Path, cf.Future]]] = collections.deque()
         writing: dict[cf.Future, Clip] = {}
+        loaded = prefetch(readers, lambda pair: attempt(self.load, *pair), work,
+                          ahead=_PREFETCH_BATCHES * size)
         try:
-            while batches or reading:
-                while batches and len(reading) < _PREFETCH_BATCHES:
-                    reading.append([(item, output, readers.submit(self.load, item, output))
-                                    for item, output in batches.popleft()])
+            for batch in _batched(loaded, size):
                 clips = []
-                for item, _output, future in reading.popleft():
-                    clip = _result(future)
+                for (item, _output), clip in batch:
                     if isinstance(clip, Outcome):
                         yield item, clip
                     else:
@@ -257,16 +261,13 @@ class DetectStage(Stage):
                         yield clip.item, scores
                     else:
                         writing[writers.submit(self.finish, clip, scores)] = clip
-                for future in [f for f in writing if f.done()]:
-                    yield self._written(writing.pop(future), future)
-            for future in cf.as_completed(list(writing)):
-                yield self._written(writing.pop(future), future)
+                for clip, future in drain(writing, keep=_WRITE_BEHIND_BATCHES * size):
+                    yield self._written(clip, future)
+            for clip, future in drain(writing, keep=0):
+                yield self._written(clip, future)
         finally:
-            # Ctrl-C or an error: drop queued work, let running writes finish atomically (a
-            # second Ctrl-C is ignored meanwhile).
-            with sigint_deferred():
-                readers.shutdown(wait=True, cancel_futures=True)
-                writers.shutdown(wait=True, cancel_futures=True)
+            loaded.close()
+            shutdown_pools(readers, writers)
 
     def score(self, clips: list[Clip]) -> list[np.ndarray | Outcome]:
         """The scorer's output for each clip, or the Outcome of a clip it failed on.
@@ -293,30 +294,14 @@ class DetectStage(Stage):
     def load(self, item: Item, output: Path) -> Clip:
         """Read one clip (up to ``detect.max_seconds``) as mono, pad it to a window, and
         resample a copy for the model if needed."""
-        with sf.SoundFile(str(Path(item.source).resolve())) as fh:
-            sr = fh.samplerate
-            max_frames = int(round(self.settings.max_seconds * sr))
-            note = (f"scored the first {self.settings.max_seconds:g} s of "
-                    f"{fh.frames / sr:.1f} s" if fh.frames > max_frames else "")
-            y = fh.read(min(fh.frames, max_frames), always_2d=True,
-                        dtype="int16" if fh.subtype == "PCM_16" else "float32")
-        if y.shape[0] == 0:
-            raise ItemFailed("empty audio file")
-        if y.shape[1] > 1:  # stage 2 writes mono; a user's own files may not be
-            y = _as_float(y).mean(axis=1, dtype=np.float32)
-        else:
-            y = y[:, 0]
-        if y.dtype != np.int16 and not np.isfinite(y).all():
-            raise ItemFailed("audio has NaN or infinite samples")
-        segment_samples = int(round(self.settings.segment_seconds * sr))
-        y = detect.pad_audio(y, segment_samples, mode=self.settings.pad)
-        x = _as_float(y)
-        rate = self.scorer.sample_rate
-        if rate is not None and sr != rate:
-            import torch
-            import torchaudio.functional as AF
-
-            x = AF.resample(torch.from_numpy(x), sr, rate).numpy()
+        max_s = self.settings.max_seconds
+        y, sr, total = read_mono(Path(item.source).resolve(), keep_int16=True,
+                                 max_frames=lambda rate: int(round(max_s * rate)))
+        note = f"scored the first {max_s:g} s of {total / sr:.1f} s" if total > len(y) else ""
+        y = pad_audio(y, int(round(self.settings.segment_seconds * sr)), mode=self.settings.pad)
+        x = as_float32(y)
+        if self.scorer.sample_rate is not None:
+            x = resample(x, sr, self.scorer.sample_rate)
         return Clip(item, output, y, sr, x, note)
 
     def finish(self, clip: Clip, probs: np.ndarray) -> dict[str, Any] | Outcome:
@@ -399,25 +384,21 @@ def _duration_us(item: Item) -> int:
     return int(info.frames * 1_000_000 // max(info.samplerate, 1))
 
 
-def _as_float(y: np.ndarray) -> np.ndarray:
-    """PCM int16 -> float32 in [-1, 1) (exact: /32768); float input as float32."""
-    if y.dtype == np.int16:
-        return y.astype(np.float32) / 32768.0
-    return y.astype(np.float32, copy=False)
-
-
-def _result(future: cf.Future) -> Any:
-    """The future's value, or the Outcome its item-level error stands for."""
-    try:
-        return future.result()
-    except ITEM_ERRORS as exc:
-        log.debug("detect: item failed", exc_info=True)
-        return outcome_from_exception(exc)
+def _batched(pairs: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of ``size`` consecutive elements (the last one shorter)."""
+    batch: list[Any] = []
+    for pair in pairs:
+        batch.append(pair)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _outcome(future: cf.Future) -> Outcome:
     """The Outcome of a :meth:`DetectStage.finish` future (its row, skip or error)."""
-    result = _result(future)
+    result = attempt(future.result)
     if isinstance(result, Outcome):
         return result
     note = result.pop("_note", "")
@@ -488,4 +469,4 @@ def run(config: Config, options: StageOptions) -> Summary:
     write_settings(output_dir, {**config_to_dict(settings), "frames_per_s": detect.FRAMES_PER_S,
                                 "device_used": str(device or "cpu")})
     return run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
-                     progress=options.progress)
+                     progress=options.progress, shard=options.shard)

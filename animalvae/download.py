@@ -43,18 +43,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import cli
 from .config import Config, DownloadConfig, config_to_dict
 from .download_plan import plan
 from .errors import AnimalVAEError, ConfigError, ItemFailed
 from .stage import (
     Item,
     Stage,
+    StageOptions,
     atomic_path,
     outcome_from_exception,
-    read_manifest,
+    require_binaries,
+    resolve_workers,
     run_stage,
-    write_manifest,
     write_settings,
 )
 from .vggsound_csv import Row
@@ -333,9 +333,15 @@ class _ClipStage(Stage):
     def __init__(self, rows: Mapping[str, Row]):
         self.rows = rows
 
-    def _fields(self, row: Row, output: Path, duration: float) -> dict[str, Any]:
-        return {"ytid": row.ytid, "start": row.start_s, "split": row.split,
-                "bytes": output.stat().st_size, "duration": round(duration, 3)}
+    def item_fields(self, item: Item) -> dict[str, Any]:
+        """The clip's CSV row (``ytid, start, split``), in every row of the item."""
+        row = self.rows.get(item.id)
+        return {} if row is None else {"ytid": row.ytid, "start": row.start_s,
+                                       "split": row.split}
+
+    @staticmethod
+    def _fields(output: Path, duration: float) -> dict[str, Any]:
+        return {"bytes": output.stat().st_size, "duration": round(duration, 3)}
 
 
 class DownloadStage(_ClipStage):
@@ -375,7 +381,7 @@ class DownloadStage(_ClipStage):
             os.replace(clip, output)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
-        return self._fields(row, output, duration)
+        return self._fields(output, duration)
 
     def interrupt(self) -> None:
         """Ctrl-C: wake the threads sleeping in a pause or backoff, so that the pool stops now.
@@ -474,7 +480,7 @@ class LocalCopyStage(_ClipStage):
                 os.link(source, tmp)
             except OSError:  # another file system, or no hard links there
                 shutil.copyfile(source, tmp)
-        return self._fields(self.rows[item.id], output, duration)
+        return self._fields(output, duration)
 
 
 @contextlib.contextmanager
@@ -505,14 +511,14 @@ def _interrupt_on_ctrl_c(stage: DownloadStage) -> Iterator[None]:
 # Running
 # --------------------------------------------------------------------------------------------
 
-def run(config: Config, options: cli.StageOptions, *, from_dir: Path | None = None,
+def run(config: Config, options: StageOptions, *, from_dir: Path | None = None,
         retry_failed: bool = False) -> int:
     """Run stage 1: fetch (or take from ``from_dir``) the selected clips into ``paths.clips``.
 
     Parameters
     ----------
     config : Config
-    options : cli.StageOptions
+    options : StageOptions
         ``--force``, ``--limit``, ``--workers`` (default ``download.workers``), progress bar.
     from_dir : Path or None
         Take ``<ytid>_<start:06d>.mp4`` files found under this folder instead of downloading;
@@ -540,7 +546,7 @@ def run(config: Config, options: cli.StageOptions, *, from_dir: Path | None = No
         raise ConfigError(f"download.cookies_file={settings.cookies_file} not found: export a "
                           "cookies.txt (Netscape format) from a signed-in browser, or set it to "
                           "null")
-    cli.require_binaries("ffmpeg", "ffprobe")
+    require_binaries("ffmpeg", "ffprobe")
     if from_dir is None:
         _require_yt_dlp()
 
@@ -568,16 +574,15 @@ def run(config: Config, options: cli.StageOptions, *, from_dir: Path | None = No
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(output_dir)
     write_settings(output_dir, config_to_dict(settings))
-    workers = cli.resolve_workers(options.workers, settings.workers)
+    workers = resolve_workers(options.workers, settings.workers)
     try:
         with ctrl_c:
             summary = run_stage(stage, items, output_dir, force=options.force,
-                                limit=options.limit, workers=workers, progress=options.progress)
+                                limit=options.limit, workers=workers, progress=options.progress,
+                                shard=options.shard)
     except RateLimited as exc:
         log.error("%s", exc)
         return 1
-    finally:
-        _complete_manifest(output_dir, rows, stage.columns)
     return summary.exit_code
 
 def _require_yt_dlp() -> None:
@@ -592,17 +597,3 @@ def _remove_stale_temp_dirs(output_dir: Path) -> None:
     for path in output_dir.glob("*/.*.tmp*"):
         if path.is_dir() and _TEMP_DIR_RE.fullmatch(path.name):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _complete_manifest(output_dir: Path, rows: Mapping[str, Row],
-                       columns: tuple[str, ...]) -> None:
-    """Fill ``ytid, start, split`` of failed rows too (the machinery records only a reason)."""
-    manifest = read_manifest(output_dir)
-    changed = False
-    for clip_id_, entry in manifest.items():
-        row = rows.get(clip_id_)
-        if row is not None and not entry.get("ytid"):
-            entry.update(ytid=row.ytid, start=str(row.start_s), split=row.split)
-            changed = True
-    if changed:
-        write_manifest(output_dir, manifest.values(), columns)

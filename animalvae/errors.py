@@ -18,9 +18,18 @@ class ConfigError(AnimalVAEError):
         super().__init__("\n".join(self.problems))
 
 
-class ItemFailed(AnimalVAEError):
+class _ItemOutcome(AnimalVAEError):
+    """An item's outcome other than ok: a one-line reason, plus manifest ``fields`` (the
+    facts that decided it, e.g. ``rms_dbfs`` of a silent clip) for a later run to read."""
+
+    def __init__(self, reason: str, **fields: object):
+        super().__init__(reason)
+        self.fields = fields
+
+
+class ItemFailed(_ItemOutcome):
     """One work item could not be processed; the message is the one-line manifest reason."""
 
 
-class ItemSkipped(AnimalVAEError):
+class ItemSkipped(_ItemOutcome):
     """One work item was deliberately not processed (e.g. silent audio); the message says why."""

@@ -14,15 +14,15 @@ ffmpeg/ffprobe run was stopped by a signal (a Ctrl-C reaches them too; recorded 
 
 Manifest columns besides the base ones: ``video`` (absolute path of the source when it has a
 video stream, for stage 3's frames; else empty), ``duration`` (seconds), ``sample_rate`` (Hz)
-and ``rms_dbfs`` (dB relative to a full-scale square wave); empty on failed and skipped rows,
-whose reason carries the measured value that decided them.
+and ``rms_dbfs`` (dB relative to a full-scale square wave). A silent skip records its
+``rms_dbfs`` and a too-short failure its ``duration``: the values a later run's
+:meth:`ExtractStage.should_retry` reads back; other failed rows leave the columns empty.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import subprocess
 from collections.abc import Mapping
@@ -31,25 +31,27 @@ from pathlib import Path
 from typing import Any
 
 import ffmpeg
-import numpy as np
 import soundfile as sf
 
-from . import cli
+from .audio import wav_rms_dbfs
 from .config import Config, ExtractConfig, config_to_dict
 from .errors import ConfigError, ItemFailed, ItemSkipped
 from .stage import (
-    MANIFEST,
     Item,
     Stage,
+    StageOptions,
     Summary,
     atomic_path,
+    last_manifest_write,
     list_items,
+    recorded_float,
+    require_binaries,
+    resolve_workers,
     run_stage,
     write_settings,
 )
 
-__all__ = ["ExtractStage", "run", "list_sources", "rms_dbfs", "ffmpeg_reason", "silent_level",
-           "interrupted_reason",
+__all__ = ["ExtractStage", "run", "list_sources", "ffmpeg_reason", "interrupted_reason",
            "CLIP_EXTENSIONS", "AUDIO_EXTENSIONS"]
 
 log = logging.getLogger(__name__)
@@ -66,14 +68,10 @@ _GENERIC_LINES = (
 _LOG_PREFIX_RE = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*")
 # How run_stage records an exception that is not ItemFailed: "OSError: [Errno 28] ...".
 _EXCEPTION_REASON_RE = re.compile(r"^[A-Z]\w*(Error|Exception): ")
-# A failed or skipped row has no stage columns (run_stage records only the reason), so the
-# measured value that decided it lives in the reason, written and read back by this module.
-_SILENT_RE = re.compile(r"^silent \((-inf|-?\d+(?:\.\d+)?) dBFS\)$")
 # A tool run that ended because of a signal (a terminal Ctrl-C reaches ffmpeg/ffprobe too): the
 # file was not judged, so the failure is recorded as "interrupted: ..." and always retried.
 _INTERRUPTED = "interrupted: "
 _RECEIVED_SIGNAL_RE = re.compile(r"received signal (\d+)")
-_TOO_SHORT_RE = re.compile(r"^too short \((\d+(?:\.\d+)?) s\)$")
 # A decode that comes out shorter than the declared duration by more than this is a partial
 # file (when ffmpeg also reported errors); small differences are codec padding.
 _PARTIAL_TOLERANCE_S = 0.1
@@ -82,30 +80,6 @@ _PARTIAL_TOLERANCE_S = 0.1
 # --------------------------------------------------------------------------------------------
 # Pure helpers
 # --------------------------------------------------------------------------------------------
-
-def rms_dbfs(y: np.ndarray) -> float:
-    """RMS level of a signal in dBFS (0 dBFS = RMS of a full-scale square wave).
-
-    Parameters
-    ----------
-    y : np.ndarray [shape=(n,) or (n, channels), float in [-1, 1]]
-
-    Returns
-    -------
-    float
-        ``20 * log10(rms)``; ``-inf`` for digital silence or an empty signal; NaN or +inf
-        when a sample is NaN or Inf (so callers can tell bad input from silence).
-    """
-    # float64 squares cannot overflow; np.square rather than a dot product, which would wake
-    # OpenBLAS threads that spin on the cores the worker threads need (stage 4).
-    return _dbfs(float(np.sum(np.square(y, dtype=np.float64))), np.size(y))
-
-
-def _dbfs(sum_squares: float, n: int) -> float:
-    if n == 0 or sum_squares <= 0:
-        return -math.inf
-    return 10.0 * math.log10(sum_squares / n)
-
 
 def ffmpeg_reason(stderr: bytes | str, path: Path | str | None = None) -> str:
     """The one line of ffmpeg/ffprobe error output that says what is wrong with a file.
@@ -139,16 +113,6 @@ def ffmpeg_reason(stderr: bytes | str, path: Path | str | None = None) -> str:
     return chosen[-1] if chosen else "ffmpeg failed"
 
 
-def silent_level(reason: str) -> float | None:
-    """The level ``L`` of a ``silent (L dBFS)`` skip reason (``-inf`` possible); else None.
-
-    Shared with the later stages that skip silent audio with the same reason, so a skip is
-    revisited by the same rule: once the threshold is below ``L``.
-    """
-    match = _SILENT_RE.match(reason)
-    return float(match[1]) if match else None
-
-
 def interrupted_reason(tool: str, returncode: int, stderr: bytes | str) -> str | None:
     """``"interrupted: ..."`` when ``tool`` ended because of a signal, else None.
 
@@ -166,8 +130,8 @@ def interrupted_reason(tool: str, returncode: int, stderr: bytes | str) -> str |
 
 
 def _round_ms(duration_s: float) -> float:
-    # The too-short test and its reason use the same rounded value, so a retry decided from
-    # the reason (should_retry) agrees with the test it repeats.
+    # The too-short test and the duration it records use the same rounded value, so a retry
+    # decided from the row (should_retry) agrees with the test it repeats.
     return round(duration_s, 3)
 
 
@@ -248,8 +212,10 @@ class ExtractStage(Stage):
         decided it changes (or ``--force``):
 
         - the source file was modified since the last run: always redone;
-        - skipped as ``silent (L dBFS)``: revisited when ``silence_dbfs`` is now below ``L``;
-        - failed as ``too short (D s)``: retried when ``min_seconds`` is now at most ``D``;
+        - skipped as silent (the row's ``rms_dbfs`` L): revisited when ``silence_dbfs`` is now
+          below ``L``;
+        - failed as too short (the only failure that records a ``duration`` D): retried when
+          ``min_seconds`` is now at most ``D``;
         - failed as ``interrupted: ...`` (ffmpeg/ffprobe stopped by a signal, e.g. Ctrl-C):
           always retried;
         - any other failure: retried only when it was an unexpected error (recorded as
@@ -269,10 +235,10 @@ class ExtractStage(Stage):
         if self._source_changed(row) or reason.startswith(_INTERRUPTED):
             return True
         if row.get("status") == "skipped":
-            level = silent_level(reason)
+            level = recorded_float(row, "rms_dbfs")
             return level is not None and self.silence_dbfs < level
-        if (short := _TOO_SHORT_RE.match(reason)):
-            return float(short[1]) >= self.min_seconds
+        if (duration_s := recorded_float(row, "duration")) is not None:
+            return duration_s >= self.min_seconds
         return _EXCEPTION_REASON_RE.match(reason) is not None
 
     def _source_changed(self, row: Mapping[str, str]) -> bool:
@@ -314,9 +280,9 @@ class ExtractStage(Stage):
                 raise ItemFailed(f"corrupt: decoded {duration_s:.1f} of {declared_s:.1f} s "
                                  f"({ffmpeg_reason(errors, source)})")
             self._check_length(duration_s)
-            level = _round_db(_wav_rms_dbfs(tmp))
+            level = _round_db(wav_rms_dbfs(tmp))
             if level < self.silence_dbfs:
-                raise ItemSkipped(f"silent ({level:.2f} dBFS)")  # read back by should_retry
+                raise ItemSkipped(f"silent ({level:.2f} dBFS)", rms_dbfs=level)
             if errors:
                 log.debug("%s: ffmpeg reported (output kept): %s", source,
                           ffmpeg_reason(errors, source))
@@ -324,9 +290,9 @@ class ExtractStage(Stage):
                 "sample_rate": self.sr, "rms_dbfs": level}
 
     def _check_length(self, duration_s: float) -> None:
-        """Raise ``ItemFailed("too short (D s)")`` (read back by should_retry) if too short."""
-        if _round_ms(duration_s) < self.min_seconds:
-            raise ItemFailed(f"too short ({_round_ms(duration_s):.3f} s)")
+        """Raise ``ItemFailed("too short (D s)")``, recording ``duration`` D, if too short."""
+        if (rounded := _round_ms(duration_s)) < self.min_seconds:
+            raise ItemFailed(f"too short ({rounded:.3f} s)", duration=rounded)
 
     def _convert(self, source: Path, target: Path, declared_s: float | None) -> bytes:
         """Run ffmpeg: first audio stream -> mono PCM16 WAV at ``self.sr``; return its stderr.
@@ -369,15 +335,6 @@ def _check_run(tool: str, proc: subprocess.CompletedProcess, source: Path) -> No
         raise ItemFailed(ffmpeg_reason(proc.stderr, source))
 
 
-def _wav_rms_dbfs(path: Path, *, block_frames: int = 1 << 16) -> float:
-    """RMS level (dBFS) of a WAV file, read in blocks so long recordings fit in memory."""
-    total, n = 0.0, 0
-    for block in sf.blocks(str(path), blocksize=block_frames, dtype="float64"):
-        total += float(np.sum(block * block))
-        n += block.size
-    return _dbfs(total, n)
-
-
 # --------------------------------------------------------------------------------------------
 # Running the stage
 # --------------------------------------------------------------------------------------------
@@ -412,14 +369,14 @@ def list_sources(config: Config) -> list[Item]:
     return items
 
 
-def run(config: Config, options: cli.StageOptions) -> Summary:
+def run(config: Config, options: StageOptions) -> Summary:
     """Convert every clip and extra recording to ``paths.audio/<group>/<id>.wav``.
 
     Parameters
     ----------
     config : Config
         Uses ``paths.clips``, ``paths.audio`` and the ``extract`` section.
-    options : cli.StageOptions
+    options : StageOptions
         ``force``, ``limit``, ``workers`` (default ``extract.workers``; 0 = one per core),
         ``progress``.
 
@@ -432,14 +389,13 @@ def run(config: Config, options: cli.StageOptions) -> Summary:
     ConfigError
         ffmpeg/ffprobe not installed, or no input at all; raised before any work starts.
     """
-    cli.require_binaries("ffmpeg", "ffprobe")
+    require_binaries("ffmpeg", "ffprobe")
     items = list_sources(config)
     output_dir = config.paths.audio
-    workers = cli.resolve_workers(options.workers, config.extract.workers)
-    manifest = output_dir / MANIFEST
-    last_run = manifest.stat().st_mtime if manifest.is_file() else None
+    workers = resolve_workers(options.workers, config.extract.workers)
+    last_run = last_manifest_write(output_dir)
     write_settings(output_dir, config_to_dict(config.extract))
     stage = ExtractStage.from_config(config.extract, last_run=last_run)
     return run_stage(stage, items, output_dir,
                      force=options.force, limit=options.limit, workers=workers,
-                     progress=options.progress)
+                     progress=options.progress, shard=options.shard)

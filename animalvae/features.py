@@ -7,7 +7,7 @@ representation and its inverse live in :mod:`animalvae.spectrogram`; the spec is
 ``normalizer.json`` beside the arrays, and stage 5 reads it from there.
 
 How it runs (executor "stream"): a pool of ``features.workers`` threads each takes a chunk of
-``features.batch_size`` segments (on CPU: 4, which stay in cache) through the whole job: read
+``features.batch_size`` segments (on CPU at most ``_CPU_CHUNK``) through the whole job: read
 each as the transform needs it (:func:`animalvae.segments.load_segment`: mono, resampled with
 soxr when the file has another rate, padded per ``features.pad`` or cut), run one batched torch
 transform on the chunk, and write each array atomically. No thread waits on another's
@@ -24,12 +24,12 @@ a full-scale square wave), ``padded_s`` (seconds appended to a short segment), `
 type: a rerun redoes every array whose ``spec_id`` is not the current one, so an interrupted
 or ``--limit`` run with ``--force`` and new settings never leaves a mix behind). After the run:
 ``preview.png`` (a few spectrograms per group), and with ``check=N`` a Griffin-Lim round trip of
-N arrays (:func:`animalvae.features_check.round_trip_check`).
+N arrays (:func:`animalvae.features_check.round_trip_check`). The segments' video frames (and
+``features.extra_image_dirs``) are prepared beside the arrays by :mod:`animalvae.images`.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import contextlib
 import dataclasses
@@ -37,33 +37,41 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import cli
 from .config import Config, config_to_dict
 from .device import pick_device
 from .errors import ConfigError
-from .extract import silent_level
 from .features_check import render_preview, round_trip_check
 from .segments import load_segment
-from .spectrogram import NORMALIZER, Spectrogram, SpectrogramSpec, load_spec, save_spec
+from .spectrogram import (
+    NORMALIZER,
+    Spectrogram,
+    SpectrogramSpec,
+    describe_differences,
+    load_spec,
+    save_spec,
+)
 from .stage import (
-    ITEM_ERRORS,
     Item,
     Outcome,
     Stage,
+    StageOptions,
     Summary,
     atomic_path,
+    attempt,
     list_items,
-    outcome_from_exception,
+    prefetch,
     read_manifest,
+    recorded_float,
+    resolve_workers,
     run_stage,
-    sigint_deferred,
+    shutdown_pools,
     write_settings,
 )
 
@@ -73,9 +81,8 @@ __all__ = ["FeaturesStage", "FeaturesSummary", "run", "spec_from_config", "spec_
 log = logging.getLogger(__name__)
 
 PREVIEW = "preview.png"
-#: Segments per chunk on CPU: a 3 s STFT is ~1 MB of complex64, so a few stay in cache. On 2
-#: cores, chunks of 4 ran 1.2-1.5x faster than chunks of 1 (fewer small torch calls per
-#: segment); 8 and 16 were no faster. Small chunks also keep every thread busy to the end.
+#: Segments per chunk on CPU: a 3 s STFT is ~1 MB of complex64, so a few stay in cache, and
+#: small chunks keep every thread busy to the end (see docs/benchmarks.md for the sizes tried).
 _CPU_CHUNK = 4
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -96,24 +103,10 @@ def spec_fingerprint(spec: SpectrogramSpec, dtype: str, pad: str = "zeros") -> s
     from the current one were made with other settings. ``n_mels`` counts only for mel
     spectrograms.
     """
-    text = json.dumps({**_spec_dict(spec), "dtype": np.dtype(dtype).name, "pad": pad},
+    text = json.dumps({**spec.to_dict(defining_only=True), "dtype": np.dtype(dtype).name,
+                       "pad": pad},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _spec_dict(spec: SpectrogramSpec) -> dict[str, Any]:
-    """``spec.to_dict()`` without the settings its kind does not use (n_mels of an stft)."""
-    fields = spec.to_dict()
-    if spec.kind == "stft":
-        fields.pop("n_mels", None)
-    return fields
-
-
-def _same_spec(a: SpectrogramSpec, b: SpectrogramSpec) -> bool:
-    """Equal in every setting that shapes the arrays (an stft's n_mels does not)."""
-    if a.kind == b.kind == "stft":
-        return dataclasses.replace(a, n_mels=b.n_mels) == b
-    return a == b
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,7 +129,7 @@ class FeaturesStage(Stage):
         Storage type of the arrays.
     batch_size : int
         Segments per chunk: read, transformed together and written by one thread (on CPU at
-        most 4, see ``_CPU_CHUNK``).
+        most ``_CPU_CHUNK``).
     workers : int
         Threads, each taking one chunk at a time.
     silence_dbfs : float
@@ -163,8 +156,6 @@ class FeaturesStage(Stage):
         self.silence_dbfs = silence_dbfs
         self.pad = pad
         self.device = device or torch.device("cpu")
-        # On CPU a large batch's STFT falls out of the cache and is slower per segment; on a
-        # GPU one call takes the whole batch.
         self.batch_size = batch_size if self.device.type != "cpu" else min(batch_size,
                                                                            _CPU_CHUNK)
         self.transform = Spectrogram(spec).to(self.device)
@@ -175,7 +166,7 @@ class FeaturesStage(Stage):
         """Retry failures; revisit a ``silent (L dBFS)`` skip once ``silence_dbfs`` is below
         ``L`` (the rule of stage 2, :meth:`animalvae.extract.ExtractStage.should_retry`)."""
         if row.get("status") == "skipped":
-            level = silent_level(row.get("reason", ""))
+            level = recorded_float(row, "rms_dbfs")
             return level is not None and self.silence_dbfs < level
         return super().should_retry(row)
 
@@ -198,12 +189,11 @@ class FeaturesStage(Stage):
         return tuple(shape) == self.spec.shape and dtype == self.dtype
 
     def _load(self, item: Item) -> tuple[np.ndarray | None, Outcome]:
-        try:
-            y, info = load_segment(Path(item.source), self.spec, silence_dbfs=self.silence_dbfs,
-                                   pad=self.pad)
-        except ITEM_ERRORS as exc:   # recorded as run_stage records them
-            log.debug("item %s: %s", item.id, type(exc).__name__, exc_info=True)
-            return None, outcome_from_exception(exc)
+        result = attempt(load_segment, Path(item.source), self.spec,
+                         silence_dbfs=self.silence_dbfs, pad=self.pad)
+        if isinstance(result, Outcome):
+            return None, result
+        y, info = result
         return y, Outcome("ok", "", info)
 
     def process_stream(self, work: list[tuple[Item, Path]]) -> Iterator[tuple[Item, Outcome]]:
@@ -222,15 +212,13 @@ class FeaturesStage(Stage):
             # on top of that would wait at barriers for descheduled threads.
             torch.set_num_threads(1)
         try:
-            for _, outcomes in _prefetch(pool, self._process_chunk, chunks,
-                                         ahead=2 * self.workers):
+            for _, outcomes in prefetch(pool, self._process_chunk, chunks,
+                                        ahead=2 * self.workers):
                 yield from outcomes
         finally:
-            # Ctrl-C or an early close: queued chunks are dropped, running ones finish their
-            # atomic writes (a second Ctrl-C is ignored meanwhile). Their outcomes are not
-            # recorded, so a rerun redoes them (``is_done`` needs a manifest row).
-            with sigint_deferred():
-                pool.shutdown(wait=True, cancel_futures=True)
+            # Outcomes of chunks that finish during the shutdown are not recorded, so a rerun
+            # redoes them (``is_done`` needs a manifest row).
+            shutdown_pools(pool)
             torch.set_num_threads(threads)
 
     def _process_chunk(self, chunk: list[tuple[Item, Path]]) -> list[tuple[Item, Outcome]]:
@@ -282,22 +270,6 @@ def _save(output: Path, array: np.ndarray, finite: bool, fields: dict[str, Any])
     return Outcome("ok", "", fields)
 
 
-def _prefetch(pool: cf.Executor, fn, work: Sequence, *, ahead: int) -> Iterator:
-    """``(w, fn(w))`` for each ``w`` of ``work`` in order, at most ``ahead`` in flight."""
-    pending: collections.deque = collections.deque()
-    queue = iter(work)
-    for w in queue:
-        pending.append((w, pool.submit(fn, w)))
-        if len(pending) >= ahead:
-            break
-    while pending:
-        w, future = pending.popleft()
-        nxt = next(queue, None)
-        if nxt is not None:
-            pending.append((nxt, pool.submit(fn, nxt)))
-        yield w, future.result()
-
-
 # --------------------------------------------------------------------------------------------
 # Running it
 # --------------------------------------------------------------------------------------------
@@ -314,7 +286,7 @@ class FeaturesSummary(Summary):
         return float(np.median(self.convergence)) if self.convergence else None
 
 
-def run(config: Config, options: cli.StageOptions, *, check: int = 0) -> FeaturesSummary:
+def run(config: Config, options: StageOptions, *, check: int = 0) -> FeaturesSummary:
     """Make a spectrogram of every segment in ``paths.detections``.
 
     Parameters
@@ -322,7 +294,7 @@ def run(config: Config, options: cli.StageOptions, *, check: int = 0) -> Feature
     config : Config
         Uses ``paths.detections``, ``paths.spectrograms``, ``features``,
         ``extract.sample_rate`` and ``extract.silence_dbfs``, ``detect.segment_seconds``.
-    options : cli.StageOptions
+    options : StageOptions
         ``force``, ``limit``, ``workers`` (threads; default ``features.workers``),
         ``progress``.
     check : int
@@ -344,21 +316,28 @@ def run(config: Config, options: cli.StageOptions, *, check: int = 0) -> Feature
     device = pick_device(config.features.device, key="features.device")
     output_dir = config.paths.spectrograms
     items = list_items(config.paths.detections, [".wav"], what="segments")
-    _check_previous_spec(output_dir, spec, force=options.force)
-    save_spec(output_dir, spec)
-    write_settings(output_dir, {"features": config_to_dict(config.features),
-                                "sample_rate": config.extract.sample_rate,
-                                "segment_seconds": config.detect.segment_seconds,
-                                "silence_dbfs": config.extract.silence_dbfs})
+
+    def prepare() -> None:  # holding the folder: normalizer.json is every array's key
+        _check_previous_spec(output_dir, spec, force=options.force)
+        save_spec(output_dir, spec)
+        write_settings(output_dir, {"features": config_to_dict(config.features),
+                                    "sample_rate": config.extract.sample_rate,
+                                    "segment_seconds": config.detect.segment_seconds,
+                                    "silence_dbfs": config.extract.silence_dbfs})
+
     stage = FeaturesStage(spec, dtype=config.features.dtype,
                           batch_size=config.features.batch_size,
-                          workers=cli.resolve_workers(options.workers, config.features.workers),
+                          workers=resolve_workers(options.workers, config.features.workers),
                           silence_dbfs=config.extract.silence_dbfs, pad=config.features.pad,
                           device=device)
     base = run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
-                     progress=options.progress)
+                     progress=options.progress, shard=options.shard, prepare=prepare)
     summary = FeaturesSummary(**{f.name: getattr(base, f.name)
                                  for f in dataclasses.fields(base)})
+    from . import images  # the frames of the sound -> image model, beside the arrays
+    images.run(config, force=options.force, limit=options.limit,
+               workers=resolve_workers(options.workers, config.features.workers),
+               progress=options.progress)
     rows = _current_rows(output_dir, stage.fingerprint)
     if rows and (summary.ok or not (output_dir / PREVIEW).is_file()):
         render_preview(output_dir, rows, spec, output_dir / PREVIEW)
@@ -398,11 +377,7 @@ def _check_previous_spec(output_dir: Path, spec: SpectrogramSpec, *, force: bool
     if force or not (output_dir / NORMALIZER).is_file():
         return
     previous = load_spec(output_dir)
-    if not _same_spec(previous, spec):
-        changed = ", ".join(f"{k}: {getattr(previous, k)} -> {getattr(spec, k)}"
-                            for k in (f.name for f in dataclasses.fields(spec))
-                            if getattr(previous, k) != getattr(spec, k)
-                            and not (k == "n_mels" and previous.kind == spec.kind == "stft"))
+    if changed := describe_differences(previous.differences(spec)):
         raise ConfigError(f"{output_dir / NORMALIZER}: the arrays there were made with other "
                           f"settings ({changed}); rerun with --force to redo them all, or "
                           "write to another folder with --output")

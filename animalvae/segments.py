@@ -12,12 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
-import soxr
 
-from .detect import pad_audio
-from .errors import ItemFailed, ItemSkipped
-from .extract import rms_dbfs
+from .audio import pad_audio, read_mono, resample, rms_dbfs
+from .errors import ItemSkipped
 from .spectrogram import SpectrogramSpec
 
 __all__ = ["load_segment"]
@@ -52,7 +49,7 @@ def load_segment(path: Path, spec: SpectrogramSpec, *, silence_dbfs: float = -60
         RMS level (dBFS) below which the segment counts as silent.
     pad : {"zeros", "repeat"}
         How a short segment is brought to ``spec.n_samples``: zeros after it, or the segment
-        looped (:func:`animalvae.detect.pad_audio`).
+        looped (:func:`animalvae.audio.pad_audio`).
 
     Returns
     -------
@@ -66,30 +63,16 @@ def load_segment(path: Path, spec: SpectrogramSpec, *, silence_dbfs: float = -60
     ItemFailed
         Unreadable, empty, or NaN/Inf samples.
     ItemSkipped
-        Silent (RMS below ``silence_dbfs``, or all zeros).
+        Silent (RMS below ``silence_dbfs``, or all zeros); records ``rms_dbfs``.
     """
-    try:
-        with sf.SoundFile(str(path)) as fh:
-            rate = fh.samplerate
-            data = fh.read(_frames_to_read(rate, spec), dtype="float32",
-                           always_2d=True)                          # (n, channels)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise ItemFailed(f"cannot read audio: {' '.join(str(exc).split())}") from None
-    if data.size == 0:
-        raise ItemFailed("no samples")
-    y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if rate != spec.sample_rate:
-        # soxr rather than torchaudio's Resample: about half the CPU time at 44.1 -> 32 kHz.
-        y = soxr.resample(y, rate, spec.sample_rate, quality="HQ")
+    y, rate, _ = read_mono(path, max_frames=lambda sr: _frames_to_read(sr, spec))
+    y = resample(y, rate, spec.sample_rate)
     y = y[:spec.n_samples]
-    rms = rms_dbfs(y)     # of what is kept, before any padding; NaN if a sample is NaN/Inf
-    if math.isnan(rms) or rms == math.inf:
-        raise ItemFailed("non-finite samples (NaN or Inf)")
-    if round(rms, 2) < silence_dbfs:   # the rounded level: the one the reason records
-        # Stage 2's format, read back by FeaturesStage.should_retry (extract.silent_level).
-        raise ItemSkipped(f"silent ({rms:.2f} dBFS)")
+    rms = round(rms_dbfs(y), 2)   # of what is kept, before any padding
+    if rms < silence_dbfs:   # the rounded level: the one the row records
+        raise ItemSkipped(f"silent ({rms:.2f} dBFS)", rms_dbfs=rms)
     missing = spec.n_samples - y.shape[0]
     y = pad_audio(y, spec.n_samples, mode=pad)
-    info = {"rms_dbfs": round(rms, 2), "padded_s": round(max(missing, 0) / spec.sample_rate, 4),
+    info = {"rms_dbfs": rms, "padded_s": round(max(missing, 0) / spec.sample_rate, 4),
             "source_rate": rate}
     return np.ascontiguousarray(y, dtype=np.float32), info

@@ -67,7 +67,8 @@ if TYPE_CHECKING:
     from .config import FeaturesConfig
 
 __all__ = ["SpectrogramSpec", "Spectrogram", "InverseSpectrogram", "spectral_convergence",
-           "save_spec", "load_spec", "NORMALIZER", "AMIN", "PEAK_FLOOR_DB"]
+           "unit_to_magnitude", "describe_differences", "save_spec", "load_spec", "NORMALIZER",
+           "AMIN", "PEAK_FLOOR_DB"]
 
 #: File name of the saved spec, beside the arrays.
 NORMALIZER = "normalizer.json"
@@ -145,9 +146,14 @@ class SpectrogramSpec:
                    hop_length=features.hop_length, n_mels=features.n_mels,
                    n_frames=features.n_frames, top_db=float(features.top_db))
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict: the fields plus the format tag, shape and normalisation formula."""
-        return {"format": _FORMAT, **dataclasses.asdict(self), "shape": list(self.shape),
+    def to_dict(self, *, defining_only: bool = False) -> dict[str, Any]:
+        """A JSON-able dict: the fields plus the format tag, shape and normalisation formula.
+
+        ``defining_only`` leaves out the fields the kind does not use
+        (:meth:`defining_fields`), for a fingerprint of the representation.
+        """
+        fields = self.defining_fields() if defining_only else dataclasses.asdict(self)
+        return {"format": _FORMAT, **fields, "shape": list(self.shape),
                 "n_samples": self.n_samples, "normalization": _NORMALIZATION}
 
     @classmethod
@@ -176,6 +182,29 @@ class SpectrogramSpec:
             raise ConfigError(f"spectrogram spec shape={d['shape']} does not match its fields "
                               f"(expected {list(spec.shape)})")
         return spec
+
+    def defining_fields(self) -> dict[str, Any]:
+        """The settings that shape the arrays: every field, less ``n_mels`` for an stft."""
+        fields = dataclasses.asdict(self)
+        if self.kind == "stft":
+            del fields["n_mels"]
+        return fields
+
+    def differences(self, other: SpectrogramSpec) -> dict[str, tuple[Any, Any]]:
+        """``{setting: (self's, other's)}`` for each setting in which the two make different
+        arrays; empty when they are the same representation. The one comparison of specs
+        (stage 4's folder check and stage 5's data checks both use it).
+
+        Examples
+        --------
+        >>> SpectrogramSpec(n_mels=64).differences(SpectrogramSpec(n_mels=128))  # stft
+        {}
+        >>> SpectrogramSpec(hop_length=250).differences(SpectrogramSpec())
+        {'hop_length': (250, 375)}
+        """
+        mine, theirs = self.defining_fields(), other.defining_fields()
+        return {k: (mine.get(k), theirs.get(k)) for k in dict.fromkeys([*mine, *theirs])
+                if mine.get(k) != theirs.get(k)}
 
     @property
     def n_bins(self) -> int:
@@ -354,7 +383,7 @@ class InverseSpectrogram(torch.nn.Module):
         if tuple(x.shape[-2:]) != self.spec.shape:
             raise ValueError(f"expected (..., {self.spec.n_bins}, {self.spec.n_frames}), "
                              f"got shape {tuple(x.shape)}")
-        S = torch.pow(10.0, (x.float().clamp(0.0, 1.0) - 1.0) * (self.spec.top_db / 20.0))
+        S = unit_to_magnitude(x.float(), top_db=self.spec.top_db)
         if self.mel_pinv is not None:
             return torch.relu(self.mel_pinv @ S)  # (..., n_freqs, n_frames)
         return torch.nn.functional.pad(S, (0, 0, 0, 1))  # Nyquist bin re-added as 0
@@ -372,6 +401,33 @@ class InverseSpectrogram(torch.nn.Module):
             S, self.window, n_fft=self.spec.n_fft, hop_length=self.spec.hop_length,
             win_length=self.spec.n_fft, power=1.0, n_iter=self.n_iter,
             momentum=self.momentum, length=self.spec.n_samples, rand_init=True)
+
+
+def unit_to_magnitude(x: Tensor, *, top_db: float) -> Tensor:
+    """Undo the normalisation: ``x`` in [0, 1] -> linear magnitude in the array's own bins.
+
+    ``S = 10 ** ((x - 1) * top_db / 20)``: ``x = 1`` is 0 dB (a full-scale sine's peak bin),
+    ``x = 0`` is ``top_db`` below it; values outside [0, 1] are clipped first.
+
+    Parameters
+    ----------
+    x : Tensor [shape=(..., n_bins, n_frames)]
+    top_db : float
+        The spec's ``top_db``.
+
+    Returns
+    -------
+    Tensor [shape=(..., n_bins, n_frames), in [10 ** (-top_db / 20), 1]]
+    """
+    return torch.pow(10.0, (x.clamp(0.0, 1.0) - 1.0) * (top_db / 20.0))
+
+
+def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:
+    """``"n_fft: 1024 -> 2048, hop_length: 375 -> 250"`` for :meth:`SpectrogramSpec.differences`
+    (a setting one side does not use reads ``-``)."""
+    def show(value: Any) -> str:
+        return "-" if value is None else str(value)
+    return ", ".join(f"{k}: {show(a)} -> {show(b)}" for k, (a, b) in differences.items())
 
 
 def spectral_convergence(reference: Tensor, estimate: Tensor) -> Tensor:

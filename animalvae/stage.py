@@ -19,24 +19,27 @@ import csv
 import logging
 import os
 import re
+import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, ItemFailed, ItemSkipped
+from .shards import FolderLock, Shard, manifest_parts, part_name
 
 __all__ = [
-    "Item", "Outcome", "Stage", "Summary", "run_stage", "run_one", "outcome_from_exception",
-    "ITEM_ERRORS", "list_items", "atomic_path", "sigint_deferred",
+    "Item", "Outcome", "Stage", "StageOptions", "Summary", "run_stage", "run_one", "attempt",
+    "outcome_from_exception", "ITEM_ERRORS", "list_items", "atomic_path", "sigint_deferred",
+    "shutdown_pools", "prefetch", "drain", "resolve_workers", "default_workers", "require_binaries",
     "atomic_write_text", "read_manifest", "write_manifest", "write_settings", "MANIFEST",
-    "BASE_COLUMNS",
+    "BASE_COLUMNS", "recorded_float", "reason_kind", "last_manifest_write",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,11 +48,50 @@ MANIFEST = "manifest.csv"
 SETTINGS = "settings.yaml"
 BASE_COLUMNS = ("id", "label", "group", "source", "output", "status", "reason")
 Status = Literal["ok", "skipped", "failed"]
+T = TypeVar("T")
+W = TypeVar("W")
 
 _TEMP_RE = re.compile(r"^\..+\.tmp\d+(\.[^./]+)?$")
 #: Exceptions that mean "this item's data is bad", not "this code is wrong": recorded in the
 #: manifest, never raised. Batched stages catch these around one item (or one batch) too.
 ITEM_ERRORS = (ItemSkipped, ItemFailed, OSError, ValueError, RuntimeError, EOFError)
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """The run-time flags every stage takes besides the config (``--force``, ``--limit``,
+    ``--workers``, and ``--quiet`` as ``progress=False``)."""
+
+    force: bool = False
+    limit: int | None = None
+    workers: int | None = None   # None: the stage's config value
+    progress: bool = True
+    shard: Shard | None = None   # --shard K/N: only the items of this shard
+
+
+def require_binaries(*names: str) -> None:
+    """Stop with a clear message when an external program (e.g. ffmpeg) is not installed."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} not found on PATH: install ffmpeg (Debian/Ubuntu: "
+            "sudo apt-get install ffmpeg; macOS: brew install ffmpeg; conda: conda install "
+            "-c conda-forge ffmpeg)")
+
+
+def resolve_workers(option: int | None, configured: int) -> int:
+    """``--workers`` when given, else the config value; either way 0 means one per CPU core."""
+    return default_workers(configured if option is None else option)
+
+
+def default_workers(configured: int) -> int:
+    """``configured`` when positive, else the number of CPU cores this process may use."""
+    if configured > 0:
+        return configured
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -119,6 +161,11 @@ class Stage:
         """
         output.unlink(missing_ok=True)
 
+    def item_fields(self, item: Item) -> dict[str, Any]:
+        """Manifest columns known before any work (e.g. a clip's CSV row): every row of the
+        item gets them, whatever its outcome, adopted orphans included."""
+        return {}
+
     def should_retry(self, row: Mapping[str, str]) -> bool:
         """Whether an item that failed or was skipped in an earlier run is tried again.
 
@@ -146,23 +193,35 @@ class Stage:
 
 def run_one(stage: Stage, item: Item, output: Path) -> Outcome:
     """Run ``stage.process`` on one item, turning an item-level error into an Outcome."""
+    result = attempt(stage.process, item, output)
+    return result if isinstance(result, Outcome) else Outcome("ok", "", result or {})
+
+
+def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | Outcome:
+    """``fn(*args, **kwargs)``, or the Outcome of the item error it raised (:data:`ITEM_ERRORS`).
+
+    The one place where an item's exception becomes its manifest outcome; any other
+    exception (a bug) propagates.
+    """
     try:
-        return Outcome("ok", "", stage.process(item, output) or {})
+        return fn(*args, **kwargs)
     except ITEM_ERRORS as exc:
-        log.debug("item %s: %s", item.id, type(exc).__name__, exc_info=True)
+        log.debug("%s: %s", getattr(fn, "__qualname__", fn), type(exc).__name__,
+                  exc_info=True)
         return outcome_from_exception(exc)
 
 
 def outcome_from_exception(exc: BaseException) -> Outcome:
     """The Outcome an item-level exception stands for (one of :data:`ITEM_ERRORS`).
 
-    ``ItemSkipped`` -> skipped, ``ItemFailed`` -> failed with its message; any other item
-    error -> failed with the exception's type name in front of its one-line message.
+    ``ItemSkipped`` -> skipped, ``ItemFailed`` -> failed, each with its message and its
+    manifest ``fields``; any other item error -> failed with the exception's type name in
+    front of its one-line message.
     """
     if isinstance(exc, ItemSkipped):
-        return Outcome("skipped", _one_line(exc))
+        return Outcome("skipped", _one_line(exc), dict(exc.fields))
     if isinstance(exc, ItemFailed):
-        return Outcome("failed", _one_line(exc))
+        return Outcome("failed", _one_line(exc), dict(exc.fields))
     return Outcome("failed", f"{type(exc).__name__}: {_one_line(exc)}")
 
 
@@ -199,13 +258,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _remove_stale_temps(folder: Path) -> int:
-    """Delete temp files a killed run left behind (Ctrl-C cleans up; SIGKILL cannot)."""
+def _remove_stale_temps(folder: Path, *, before: float) -> int:
+    """Delete temp files a killed run left behind (Ctrl-C cleans up; SIGKILL cannot).
+
+    Only those last written before ``before`` (a file time of the same filesystem): a run
+    that started since then writes its own.
+    """
     count = 0
     for path in folder.rglob(".*.tmp*"):
-        if path.is_file() and _TEMP_RE.match(path.name):
-            path.unlink(missing_ok=True)
-            count += 1
+        if not _TEMP_RE.match(path.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # finished (renamed) meanwhile
+            if path.is_file() and path.stat().st_mtime < before:
+                path.unlink()
+                count += 1
     return count
 
 
@@ -214,8 +280,25 @@ def _remove_stale_temps(folder: Path) -> int:
 # --------------------------------------------------------------------------------------------
 
 def read_manifest(folder: Path) -> dict[str, dict[str, str]]:
-    """The rows of ``folder/manifest.csv`` keyed by id (empty when there is none)."""
-    path = Path(folder) / MANIFEST
+    """The rows of ``folder/manifest.csv`` keyed by id (empty when there is none).
+
+    Rows that shards wrote to their own parts (:mod:`animalvae.shards`) are merged in, the
+    most recently written part last, so a reader sees every shard's work.
+    """
+    rows = _read_manifest_file(Path(folder) / MANIFEST)
+    for part in manifest_parts(folder):
+        rows.update(_read_manifest_file(part))
+    return rows
+
+
+def last_manifest_write(folder: Path) -> float | None:
+    """When a run last wrote ``folder``'s manifest or a shard's part (epoch s; None: never)."""
+    times = [p.stat().st_mtime for p in [Path(folder) / MANIFEST, *manifest_parts(folder)]
+             if p.is_file()]
+    return max(times, default=None)
+
+
+def _read_manifest_file(path: Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     try:
@@ -231,9 +314,15 @@ def read_manifest(folder: Path) -> dict[str, dict[str, str]]:
 
 
 def write_manifest(folder: Path, rows: Iterable[Mapping[str, Any]],
-                   columns: tuple[str, ...] = ()) -> Path:
-    """Write ``rows`` (sorted by group, id) to ``folder/manifest.csv`` atomically."""
-    path = Path(folder) / MANIFEST
+                   columns: tuple[str, ...] = (), *, shard: Shard | None = None) -> Path:
+    """Write ``rows`` (sorted by group, id) to ``folder/manifest.csv`` atomically.
+
+    With ``shard``, only the shard's own rows, to its part (``manifest.shard-K-of-N.csv``);
+    without, every row, and the parts (read into ``rows`` by :func:`read_manifest`) go.
+    """
+    path = Path(folder) / (MANIFEST if shard is None else part_name(shard))
+    if shard is not None:
+        rows = [r for r in rows if shard.owns(str(r.get("id", "")))]
     header = list(BASE_COLUMNS) + [c for c in columns if c not in BASE_COLUMNS]
     ordered = sorted(rows, key=lambda r: (str(r.get("group", "")), str(r.get("id", ""))))
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
@@ -241,6 +330,9 @@ def write_manifest(folder: Path, rows: Iterable[Mapping[str, Any]],
         writer.writeheader()
         for row in ordered:
             writer.writerow({k: _cell(row.get(k, "")) for k in header})
+    if shard is None:
+        for part in manifest_parts(folder):
+            part.unlink(missing_ok=True)
     return path
 
 
@@ -326,7 +418,7 @@ class Summary:
     def add(self, outcome: Outcome) -> None:
         setattr(self, outcome.status, getattr(self, outcome.status) + 1)
         if outcome.status != "ok" and outcome.reason:
-            self.reasons[_reason_kind(outcome.reason)] += 1
+            self.reasons[reason_kind(outcome.reason)] += 1
 
     def line(self) -> str:
         """``ok N · skipped N · failed N`` (this run), earlier results kept, common reasons."""
@@ -347,7 +439,7 @@ class Summary:
         return 1 if not usable and (self.failed or self.kept_unfinished) else 0
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """Group reasons that differ only in numbers or quoted names (``too short (0.4 s)``)."""
     kind = re.sub(r"\(.*?\)|'.*?'|\d+(\.\d+)?", "…", reason)
     kind = re.sub(r"…(\s*…)+", "…", kind)  # "not found (…) (…)" reads "not found …"
@@ -355,7 +447,8 @@ def _reason_kind(reason: str) -> str:
 
 
 def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: bool = False,
-              limit: int | None = None, workers: int = 1, progress: bool = True) -> Summary:
+              limit: int | None = None, workers: int = 1, progress: bool = True,
+              shard: Shard | None = None, prepare: Callable[[], None] | None = None) -> Summary:
     """Run ``stage`` over ``items``, writing into ``output_dir`` and its ``manifest.csv``.
 
     Parameters
@@ -372,19 +465,43 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
         Pool size for ``process``/``thread`` stages (1 = in this process).
     progress : bool
         Show a tqdm progress bar.
+    shard : Shard or None
+        Only the items of this shard, with its own manifest part (:mod:`animalvae.shards`).
+    prepare : callable or None
+        Called once the folder is held, before any item: checks against and writes to the
+        files the folder's items share (stage 4's ``normalizer.json``), so that a run refused
+        because another one works there has changed nothing.
 
     Returns
     -------
     Summary
         Also logged as the closing line. Ctrl-C writes the manifest of finished items
         and re-raises ``KeyboardInterrupt``.
+
+    Raises
+    ------
+    ConfigError
+        When another live run works in ``output_dir`` on items this run would do too.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if (stale := _remove_stale_temps(output_dir)):
-        log.info("removed %d temporary file(s) left by an interrupted run", stale)
+    with FolderLock(output_dir, shard) as lock:
+        if prepare is not None:
+            prepare()
+        if shard is not None:
+            items = [item for item in items if shard.owns(item.id)]
+        # Other runs' temporary files are work in progress: only a run that was alone when
+        # it took the folder removes leftovers, and only those older than its lock.
+        if lock.alone and (stale := _remove_stale_temps(output_dir, before=lock.taken_at)):
+            log.info("removed %d temporary file(s) left by an interrupted run", stale)
+        return _run_stage(stage, items, output_dir, force=force, limit=limit, workers=workers,
+                          progress=progress, shard=shard)
+
+
+def _run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: bool,
+               limit: int | None, workers: int, progress: bool,
+               shard: Shard | None) -> Summary:
     rows = read_manifest(output_dir)
-    summary = Summary(stage.name)
+    summary = Summary(stage.name if shard is None else f"{stage.name} (shard {shard})")
     start = time.monotonic()
 
     todo: list[tuple[Item, Path]] = []
@@ -399,7 +516,7 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
         prev = rows.get(item.id)
         if not force and _keep_previous(stage, prev, output):
             if prev is None:  # output exists but the manifest lost its row (e.g. SIGKILL)
-                rows[item.id] = _row(item, rel, Outcome("ok"))
+                rows[item.id] = _row(stage, item, rel, Outcome("ok"))
             if prev is None or prev.get("status") == "ok":
                 summary.already_done += 1
             else:
@@ -417,7 +534,7 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
 
     def record(item: Item, outcome: Outcome) -> None:
         rel = stage.output_path(item)
-        rows[item.id] = _row(item, rel, outcome)
+        rows[item.id] = _row(stage, item, rel, outcome)
         summary.add(outcome)
         if outcome.status != "ok":
             with contextlib.suppress(OSError):  # e.g. a read-only folder: nothing to remove
@@ -436,7 +553,7 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
             bar.set_postfix(ok=summary.ok, skipped=summary.skipped, failed=summary.failed,
                             refresh=False)
             if time.monotonic() - last_flush > 10:  # a crash loses at most 10 s of rows
-                write_manifest(output_dir, rows.values(), stage.columns)
+                write_manifest(output_dir, rows.values(), stage.columns, shard=shard)
                 last_flush = time.monotonic()
     finally:
         with sigint_deferred():  # a second Ctrl-C must not lose the manifest
@@ -444,7 +561,8 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
                 record(item, outcome)
             bar.close()
             summary.seconds = time.monotonic() - start
-            summary.manifest = write_manifest(output_dir, rows.values(), stage.columns)
+            summary.manifest = write_manifest(output_dir, rows.values(), stage.columns,
+                                              shard=shard)
     # The closing line is shown even with --quiet (the scripts' promise: "... and the summary").
     log.log(logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING, "%s",
             summary.line())
@@ -460,10 +578,20 @@ def _keep_previous(stage: Stage, prev: Mapping[str, str] | None, output: Path) -
     return not stage.should_retry(prev)
 
 
-def _row(item: Item, rel: Path, outcome: Outcome) -> dict[str, Any]:
+def recorded_float(row: Mapping[str, str], column: str) -> float | None:
+    """A number an earlier run recorded in a manifest ``column`` (None when absent or not a
+    number): how a stage reads back the fact that decided a skip or a failure."""
+    try:
+        return float(row.get(column) or "")
+    except ValueError:
+        return None
+
+
+def _row(stage: Stage, item: Item, rel: Path, outcome: Outcome) -> dict[str, Any]:
     return {"id": item.id, "label": item.label, "group": item.group, "source": str(item.source),
             "output": rel.as_posix() if outcome.status == "ok" else "",
-            "status": outcome.status, "reason": outcome.reason, **outcome.fields}
+            "status": outcome.status, "reason": outcome.reason, **stage.item_fields(item),
+            **outcome.fields}
 
 
 @contextlib.contextmanager
@@ -477,6 +605,50 @@ def sigint_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def shutdown_pools(*pools: cf.Executor) -> None:
+    """Stop pools after Ctrl-C or an error: queued work is dropped, running work finishes
+    (atomic writes complete), and a second Ctrl-C is ignored meanwhile (interrupting a
+    pool's shutdown hangs it)."""
+    with sigint_deferred():
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prefetch(pool: cf.Executor, fn: Callable[[W], T], work: Iterable[W], *,
+             ahead: int) -> Iterator[tuple[W, T]]:
+    """``(w, fn(w))`` for each ``w`` of ``work``, in order, with at most ``ahead`` in flight.
+
+    Bounded read-ahead: results wait for the consumer, so memory holds at most ``ahead``
+    of them. ``fn`` raising propagates at its turn.
+    """
+    pending: collections.deque[tuple[W, cf.Future]] = collections.deque()
+    queue = iter(work)
+    for w in queue:
+        pending.append((w, pool.submit(fn, w)))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        w, future = pending.popleft()
+        for nxt in queue:
+            pending.append((nxt, pool.submit(fn, nxt)))
+            break
+        yield w, future.result()
+
+
+def drain(pending: dict[cf.Future, W], *, keep: int) -> Iterator[tuple[W, cf.Future]]:
+    """Pop and yield the finished futures of ``pending``, waiting until at most ``keep`` remain.
+
+    Bounded write-behind: a producer that calls this after each submission never has more
+    than ``keep`` tasks (and the data they hold) in flight; ``keep=0`` waits for all.
+    """
+    while True:
+        for future in [f for f in pending if f.done()]:
+            yield pending.pop(future), future
+        if len(pending) <= keep:
+            return
+        cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
 
 
 def _ignore_sigint() -> None:
@@ -504,11 +676,8 @@ def _execute(stage: Stage, todo: list[tuple[Item, Path]], workers: int,
             reported.add(future)
             yield futures[future], future.result()
     finally:
-        # On Ctrl-C or an error: drop queued items, let running ones finish atomically (a
-        # second Ctrl-C is ignored meanwhile: interrupting the pool's shutdown hangs it)...
-        with sigint_deferred():
-            pool.shutdown(wait=True, cancel_futures=True)
-        # ... and hand their successes to the caller, so the manifest records them too (a
+        shutdown_pools(pool)
+        # Hand their successes to the caller, so the manifest records them too (a
         # failure at that moment may be the interruption itself: the next run retries it).
         for future in futures:
             if future not in reported and future.done() and not future.cancelled() \

@@ -25,8 +25,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from media import make_clip  # noqa: E402
 
-from animalvae import cli, extract  # noqa: E402
+from animalvae import extract  # noqa: E402
 from animalvae.config import load_config  # noqa: E402
+from animalvae.stage import StageOptions, default_workers  # noqa: E402
 
 N_CLIPS = 24
 CLIP_SECONDS = 10.0
@@ -52,7 +53,7 @@ def time_cli(clips: list[Path], out: Path) -> float:
 
 def time_ours(config, workers: int) -> float:
     start = time.perf_counter()
-    summary = extract.run(config, cli.StageOptions(force=True, workers=workers, progress=False))
+    summary = extract.run(config, StageOptions(force=True, workers=workers, progress=False))
     elapsed = time.perf_counter() - start
     assert summary.ok == N_CLIPS, summary.line()
     return elapsed
@@ -60,7 +61,7 @@ def time_ours(config, workers: int) -> float:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
-    workers = cli.default_workers(0)
+    workers = default_workers(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clips = make_clips(tmp / "clips")

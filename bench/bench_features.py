@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from animalvae import cli, features  # noqa: E402
+from animalvae import features  # noqa: E402
 from animalvae.config import load_config  # noqa: E402
-from animalvae.stage import list_items, run_stage  # noqa: E402
+from animalvae.stage import StageOptions, default_workers, list_items, run_stage  # noqa: E402
 
 SOURCE_RATE = 44100
 RATE = 32000
@@ -136,7 +136,7 @@ def scenario(folder: Path, count: int, rate: int, repeats: int) -> tuple[dict, d
     data = folder / f"segments-{rate}"
     paths = make_segments(data, count, rate)
     config = load_config(None, [f"paths.detections={data}", "features.device=cpu"])
-    workers = cli.default_workers(config.features.workers)
+    workers = default_workers(config.features.workers)
     spec = features.spec_from_config(config)
     items = list_items(data, [".wav"])
 
@@ -150,7 +150,7 @@ def scenario(folder: Path, count: int, rate: int, repeats: int) -> tuple[dict, d
     def ours_run(out: Path) -> None:
         cfg = dataclasses.replace(config, paths=dataclasses.replace(config.paths,
                                                                     spectrograms=out))
-        summary = features.run(cfg, cli.StageOptions(progress=False))
+        summary = features.run(cfg, StageOptions(progress=False))
         assert summary.ok == count, summary.line()
 
     methods = {"stage": ours_stage, "run": ours_run,

@@ -4,8 +4,9 @@ import argparse
 
 import pytest
 
-from animalvae import cli
+from animalvae import cli, stage
 from animalvae.errors import ConfigError
+from animalvae.stage import StageOptions
 
 
 def parse(argv, **kw):
@@ -28,8 +29,8 @@ def test_input_and_output_are_relative_to_the_working_directory(write_config, tm
 
 def test_options_from_args():
     _, args = parse(["--limit", "3", "--workers", "2", "--force", "--quiet"])
-    assert cli.options_from_args(args) == cli.StageOptions(force=True, limit=3, workers=2,
-                                                           progress=False)
+    assert cli.options_from_args(args) == StageOptions(force=True, limit=3, workers=2,
+                                                       progress=False)
 
 
 @pytest.mark.parametrize(("flag", "value", "least"),
@@ -61,12 +62,12 @@ def test_main_maps_errors_to_exit_codes(capsys):
 def test_missing_binary_says_how_to_install(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ConfigError, match=r"ffmpeg and ffprobe not found on PATH: install ffmpeg"):
-        cli.require_binaries("ffmpeg", "ffprobe")
+        stage.require_binaries("ffmpeg", "ffprobe")
 
 
 def test_default_workers():
-    assert cli.default_workers(3) == 3
-    assert cli.default_workers(0) >= 1
+    assert stage.default_workers(3) == 3
+    assert stage.default_workers(0) >= 1
 
 
 def test_workers_zero_on_the_command_line_means_one_per_core_as_in_the_config(monkeypatch):
@@ -75,10 +76,10 @@ def test_workers_zero_on_the_command_line_means_one_per_core_as_in_the_config(mo
     option = cli.options_from_args(args).workers
     assert option == 0
     cores = 7
-    assert cli.resolve_workers(option, configured=3) == cores      # 0 beats the config's 3
-    assert cli.resolve_workers(None, configured=3) == 3            # no flag: the config
-    assert cli.resolve_workers(None, configured=0) == cores
-    assert cli.resolve_workers(5, configured=0) == 5
+    assert stage.resolve_workers(option, configured=3) == cores      # 0 beats the config's 3
+    assert stage.resolve_workers(None, configured=3) == 3            # no flag: the config
+    assert stage.resolve_workers(None, configured=0) == cores
+    assert stage.resolve_workers(5, configured=0) == 5
 
 
 def test_output_that_is_a_file_is_a_settings_error(write_config, tmp_path):

@@ -164,7 +164,7 @@ def test_scripts_report_bad_config_by_key_with_exit_2(script, write_config):
 
 @pytest.mark.parametrize("script", ["download_video.py", "video_to_audio.py",
                                     "animal_sound_detector.py", "preprocess_audio_vae.py",
-                                    "vae.py"])
+                                    "vae.py", "pipeline_status.py"])
 def test_every_script_has_help(script):
     proc = subprocess.run([sys.executable, str(ROOT / script), "--help"],
                           capture_output=True, text=True)

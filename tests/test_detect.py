@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -26,11 +27,17 @@ from media import make_colour_video, make_wav, tone
 
 import animal_sound_detector
 from animalvae import detect, detect_stage, frames, panns
-from animalvae.cli import StageOptions, default_workers
 from animalvae.config import load_config
 from animalvae.detect_stage import DetectStage, PannsScorer, run
 from animalvae.errors import ConfigError
-from animalvae.stage import Item, read_manifest, run_stage, write_manifest
+from animalvae.stage import (
+    Item,
+    StageOptions,
+    default_workers,
+    read_manifest,
+    run_stage,
+    write_manifest,
+)
 
 # The AudioSet "Animal" subtree, indices 72-136, as given in the issue.
 ANIMAL_NAMES = [
@@ -180,13 +187,6 @@ def test_frame_scores_take_the_max_over_the_chosen_classes():
     assert detect.top_labels(probs, ["a", "b", "c"], k=2) == ["a", "c"]
 
 
-def test_pad_audio_zeros_and_repeat():
-    y = np.array([1, 2, 3], dtype=np.int16)
-    np.testing.assert_array_equal(detect.pad_audio(y, 7, mode="zeros"), [1, 2, 3, 0, 0, 0, 0])
-    np.testing.assert_array_equal(detect.pad_audio(y, 7, mode="repeat"), [1, 2, 3, 1, 2, 3, 1])
-    assert detect.pad_audio(y, 2) is y
-
-
 def test_energy_scores_map_dbfs_to_unit_range():
     sr = 22050  # not a multiple of 100 or 320: frames still 10 ms apart
     y = np.zeros(sr, dtype=np.float32)
@@ -286,6 +286,7 @@ def test_checkpoint_with_other_pickled_objects_is_refused_in_one_line(tmp_path, 
         assert "\n" not in message and "--download-models" in message
 
 
+@pytest.mark.slow
 def test_scorer_batches_clips_of_different_lengths(checkpoint):
     scorer = PannsScorer(panns.load_model(checkpoint, "cpu"), "cpu")
     lengths = [64000, 32000 + 123, 80000]  # 2 s, ~1 s, 2.5 s at 32 kHz
@@ -305,6 +306,7 @@ class Clip_:
         self.model_input = x
 
 
+@pytest.mark.slow
 def test_stage_with_random_weights_batches_pads_resamples_and_resumes(
         checkpoint, tmp_path, write_config):
     audio = tmp_path / "audio" / "dogs"
@@ -453,6 +455,41 @@ def test_a_failing_batch_is_retried_one_clip_at_a_time(tmp_path, write_config, c
     assert rows["a"]["status"] == rows["c"]["status"] == "ok"
     assert not (tmp_path / "det/segments/dogs/bad.wav").exists()
     assert "a batch of 3 clips failed (RuntimeError: CUDA out of memory" in caplog.text
+
+
+def test_slow_writes_hold_back_scoring_so_memory_stays_bounded(tmp_path, write_config,
+                                                                monkeypatch):
+    """Write-behind is bounded: with a writer far slower than the model, scoring waits, so at
+    most (_WRITE_BEHIND_BATCHES + 1) batches of finished clips are held, and none is lost."""
+    items = [Item(f"c{k:02d}", "dogs", make_wav(tmp_path / "audio" / "dogs" / f"c{k:02d}.wav",
+                                                 tone(3.0)))
+             for k in range(12)]
+    config = detect_config(write_config, tmp_path, batch_size=2, workers=1)
+    stage = DetectStage(config.detect, scorer=FixedScorer(np.full(301, 0.5)))
+    held, most = [0], [0]
+    lock = threading.Lock()
+    score, finish = stage.score, stage.finish
+
+    def counting_score(clips):
+        with lock:
+            held[0] += len(clips)
+            most[0] = max(most[0], held[0])
+        return score(clips)
+
+    def slow_finish(clip, probs):
+        time.sleep(0.05)
+        try:
+            return finish(clip, probs)
+        finally:
+            with lock:
+                held[0] -= 1
+
+    monkeypatch.setattr(stage, "score", counting_score)
+    monkeypatch.setattr(stage, "finish", slow_finish)
+    summary = run_stage(stage, items, tmp_path / "det", progress=False)
+    assert summary.ok == 12 and len(read_manifest(tmp_path / "det")) == 12
+    assert len(list((tmp_path / "det/segments/dogs").glob("*.wav"))) == 12
+    assert most[0] <= 3 * 2   # (_WRITE_BEHIND_BATCHES + 1) batches of 2; unbounded: 12
 
 
 class RampScorer:

@@ -23,10 +23,9 @@ from media import make_clip
 
 import download_video
 from animalvae import download
-from animalvae.cli import StageOptions
 from animalvae.config import load_config
 from animalvae.errors import ConfigError
-from animalvae.stage import read_manifest
+from animalvae.stage import StageOptions, read_manifest
 from animalvae.vggsound import ANIMAL_LABELS
 from animalvae.vggsound_csv import Row, parse_csv, read_csv, select_rows
 

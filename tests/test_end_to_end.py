@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from animalvae.config import DEFAULT_CONFIG, load_config
 from animalvae.demo import data as demo_data
 from animalvae.demo import pipeline, synth
 from animalvae.demo import server as local_server
-from animalvae.config import DEFAULT_CONFIG, load_config
 from animalvae.errors import ConfigError
 from animalvae.stage import read_manifest
 
@@ -185,6 +185,7 @@ def demo_run(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_says_where_things_are(demo_run):
     out, proc = demo_run
     log = proc.stderr
@@ -242,7 +243,8 @@ def test_stage3_finds_the_call_and_its_frame(demo_run):
         _, call_start, call_end = synth.clip_audio(
             clip.group, seconds=demo_data.SERVED_SECONDS, sr=demo_data.AUDIO_SR,
             rng=np.random.default_rng(clip.seed),
-            call_between_s=(clip.start + 0.5, clip.start + demo_data.CLIP_SECONDS - 0.5))
+            call_between_s=(clip.start + 0.5, clip.start + demo_data.CLIP_SECONDS - 0.5),
+            pitch=clip.pitch)
         call = (call_start - clip.start, call_end - clip.start)       # seconds in the clip
         window = (float(row["window_start"]), float(row["window_end"]))
         overlap = min(call[1], window[1]) - max(call[0], window[0])
@@ -270,6 +272,14 @@ def test_stage4_spectrograms(demo_run):
         assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     json.loads((spec / "normalizer.json").read_text())
     assert (spec / "preview.png").stat().st_size > 0
+    images = _ok(read_manifest(spec / "images"))          # each segment's frame, same id
+    assert set(images) == set(ok)
+    for row in images.values():
+        assert row["paired"] == "yes" and row["size"] == f"{DEMO.features.image_size}x" \
+            f"{DEMO.features.image_size}"
+        import cv2
+        assert cv2.imread(str(spec / "images" / row["output"])).shape == \
+            (DEMO.features.image_size, DEMO.features.image_size, 3)
 
 
 def test_stage5_model_samples_and_gallery(demo_run):
@@ -286,6 +296,26 @@ def test_stage5_model_samples_and_gallery(demo_run):
         assert wav.name in html
 
 
+@pytest.mark.slow
+def test_images_from_held_out_sounds_show_their_group(demo_run):
+    out, proc = demo_run
+    run = out / "runs" / "demo" / "images"
+    for step in ("vae.py train-images", "vae.py sound-to-image", "vae.py evaluate-images"):
+        assert step in proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["pairs"] == 3 and metrics["retrieval_candidates"] == 3
+    assert metrics["group_accuracy_generated"] >= 0.9, metrics
+    assert metrics["retrieval_r1"] >= 2 * metrics["chance_r1"], metrics
+    entries = [p for p in (run / "samples" / "val").glob("*/*") if p.is_dir()]
+    assert len(entries) == 3
+    page = (run / "index.html").read_text()
+    for entry in entries:
+        assert {"sound.wav", "frame.png", "generated_0.png"} <= {p.name for p in entry.iterdir()}
+        assert entry.name in page
+    assert "retrieval R@1" in proc.stderr and "images from sounds" in proc.stderr
+
+
+@pytest.mark.slow
 def test_second_run_reuses_everything(demo_run):
     out, _ = demo_run
     before = {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*")

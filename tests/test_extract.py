@@ -15,10 +15,9 @@ from media import make_clip, make_wav, tone
 
 import video_to_audio
 from animalvae import extract
-from animalvae.cli import StageOptions
 from animalvae.config import load_config
 from animalvae.errors import ConfigError, ItemFailed
-from animalvae.stage import Item, read_manifest
+from animalvae.stage import Item, StageOptions, read_manifest
 
 SR = 32000
 DASH = "-leading dash"        # must never be read as an ffmpeg option
@@ -206,23 +205,24 @@ def test_too_short_failure_is_retried_once_min_seconds_allows_it(config_for, med
     assert float(read_manifest(tmp_path / "audio")["short"]["duration"]) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("status, reason, changed, retry", [
-    ("skipped", "silent (-21.07 dBFS)", False, True),    # silence_dbfs -60 is below it
-    ("skipped", "silent (-70.00 dBFS)", False, False),
-    ("skipped", "silent (-inf dBFS)", False, False),     # digital silence stays silent
-    ("skipped", "silent (-70.00 dBFS)", True, True),     # a replaced file is looked at again
-    ("failed", "too short (0.999 s)", False, False),     # min_seconds is 1.0
-    ("failed", "too short (1.000 s)", False, True),
-    ("failed", "too short (0.500 s)", True, True),
-    ("failed", "moov atom not found", False, False),     # the file, until it changes
-    ("failed", "moov atom not found", True, True),
-    ("failed", "OSError: [Errno 28] No space left on device", False, True),
+@pytest.mark.parametrize("status, reason, fields, changed, retry", [
+    ("skipped", "silent (-21.07 dBFS)", {"rms_dbfs": "-21.07"}, False, True),  # -60 is below
+    ("skipped", "silent (-70.00 dBFS)", {"rms_dbfs": "-70"}, False, False),
+    ("skipped", "silent (-inf dBFS)", {"rms_dbfs": "-inf"}, False, False),  # stays silent
+    ("skipped", "silent (-70.00 dBFS)", {"rms_dbfs": "-70"}, True, True),   # a replaced file
+    ("skipped", "silent (-21.07 dBFS)", {}, False, False),   # no level recorded: kept
+    ("failed", "too short (0.999 s)", {"duration": "0.999"}, False, False),  # min_seconds 1.0
+    ("failed", "too short (1.000 s)", {"duration": "1"}, False, True),
+    ("failed", "too short (0.500 s)", {"duration": "0.5"}, True, True),
+    ("failed", "moov atom not found", {}, False, False),     # the file, until it changes
+    ("failed", "moov atom not found", {}, True, True),
+    ("failed", "OSError: [Errno 28] No space left on device", {}, False, True),
 ])
-def test_should_retry(tmp_path, status, reason, changed, retry):
+def test_should_retry(tmp_path, status, reason, fields, changed, retry):
     source = make_wav(tmp_path / "a.wav", tone(0.1))
     last_run = source.stat().st_mtime + (-10 if changed else 10)
     stage = extract.ExtractStage(sr=SR, min_seconds=1.0, silence_dbfs=-60.0, last_run=last_run)
-    row = {"source": str(source), "status": status, "reason": reason}
+    row = {"source": str(source), "status": status, "reason": reason, **fields}
     assert stage.should_retry(row) is retry
 
 
@@ -302,13 +302,6 @@ def test_root_script_exit_codes(media, write_config, tmp_path, capsys):
 ])
 def test_ffmpeg_reason_picks_the_specific_line(stderr, reason):
     assert extract.ffmpeg_reason(stderr, "/x/-a.mp4") == reason
-
-
-def test_rms_dbfs():
-    assert extract.rms_dbfs(np.zeros(100)) == -np.inf
-    assert extract.rms_dbfs(np.zeros(0)) == -np.inf
-    assert extract.rms_dbfs(np.ones(10)) == pytest.approx(0.0)
-    assert extract.rms_dbfs(tone(1.0, amplitude=1.0)) == pytest.approx(-3.01, abs=0.01)
 
 
 @pytest.mark.parametrize("returncode, stderr, expected", [

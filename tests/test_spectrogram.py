@@ -1,5 +1,6 @@
 """The representation and its inverse: shapes, range, librosa agreement, round trips, spec files."""
 
+import dataclasses
 import json
 
 import librosa
@@ -15,6 +16,7 @@ from animalvae.spectrogram import (
     InverseSpectrogram,
     Spectrogram,
     SpectrogramSpec,
+    describe_differences,
     load_spec,
     save_spec,
     spectral_convergence,
@@ -97,6 +99,7 @@ def test_griffin_lim_round_trip_of_an_animal_like_call():
     assert sc.shape == (2,) and sc.max() < 0.10, sc
 
 
+@pytest.mark.slow
 def test_mel_inverse_is_consistent_with_the_filterbank():
     y = calls(1, MEL)
     fw, inv = Spectrogram(MEL), InverseSpectrogram(MEL, n_iter=1)
@@ -172,3 +175,13 @@ def test_load_spec_errors_name_the_file(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_spec(tmp_path)
     assert str(tmp_path / NORMALIZER) in str(info.value)
+
+
+def test_differences_is_the_one_comparison_of_representations():
+    stft = SpectrogramSpec()
+    assert stft.differences(dataclasses.replace(stft, n_mels=64)) == {}   # stft: n_mels unused
+    assert stft.differences(dataclasses.replace(stft, hop_length=250)) == {
+        "hop_length": (375, 250)}
+    mel = SpectrogramSpec(kind="mel", n_mels=128)
+    assert mel.differences(dataclasses.replace(mel, n_mels=64)) == {"n_mels": (128, 64)}
+    assert describe_differences(stft.differences(mel)) == "kind: stft -> mel, n_mels: - -> 128"

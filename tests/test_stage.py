@@ -1,6 +1,8 @@
 """The stage machinery: skip-done, --force, failures, Ctrl-C and resume, atomic writes, listing."""
 
 import csv
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -172,6 +174,7 @@ def test_stale_temp_files_are_removed(tmp_path):
     stale = tmp_path / "out/dogs/.a.tmp12345.txt"
     stale.parent.mkdir(parents=True)
     stale.write_text("half")
+    os.utime(stale, (time.time() - 60, time.time() - 60))  # left by a run killed a minute ago
     keep = tmp_path / "out/dogs/.notes.txt"
     keep.write_text("mine")
     run_stage(Upper(), make_items(tmp_path, ["a"]), tmp_path / "out", progress=False)

@@ -19,13 +19,13 @@ import soundfile as sf
 import torch
 
 import vae
-from animalvae.vae import dataset as dataset_mod
-from animalvae.vae import train as train_mod
 from animalvae.config import ModelConfig, load_config
 from animalvae.errors import ConfigError
-from animalvae.vae.model import VAE, kl_divergence, load_model
 from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import Item
+from animalvae.vae import dataset as dataset_mod
+from animalvae.vae import train as train_mod
+from animalvae.vae.model import VAE, kl_divergence, load_model
 
 SPEC = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64, n_frames=32)
 BANDS = {"birds": slice(40, 56), "dogs": slice(4, 16)}   # rows that are bright, per group
@@ -382,9 +382,11 @@ def test_interpolate_between_a_spectrogram_and_a_wav(trained, tmp_path, capsys):
     assert sorted(p.name for p in folder.glob("*.wav")) == [f"{k}.wav" for k in range(5)]
     for path in folder.glob("*.wav"):
         read_wav(path)
-    code, err = run_vae(["interpolate", "--config", str(config), str(wav), str(wav),
-                         "--steps", "1"], capsys)
-    assert code == 2 and "--steps=1 must be >= 2" in err
+    with pytest.raises(SystemExit) as stopped:   # argparse rejects it before any work
+        run_vae(["interpolate", "--config", str(config), str(wav), str(wav), "--steps", "1"],
+                capsys)
+    assert stopped.value.code == 2
+    assert "--steps: 1 must be >= 2 (both ends are included)" in capsys.readouterr().err
     stray = tmp_path / "elsewhere" / "x.npy"
     stray.parent.mkdir()
     np.save(stray, np.zeros((64, 32), np.float16))
@@ -489,13 +491,35 @@ def test_mismatched_spectrograms_are_a_clear_error(trained, tmp_path, capsys):
                                                         hop_length=32, n_frames=32))
     rewrite_split(other, data, moved)
     code, err = run_vae(["evaluate", "--config", str(config), "--run", str(other)], capsys)
-    assert code == 2 and "but the model was trained on stft (64, 32)" in err
+    assert code == 2 and ("made with other settings than the model's (model -> data: "
+                          "hop_length: 64 -> 32)") in err, err
     assert "Traceback" not in err
     # interpolate checks a .npy against its data folder's normalizer.json too
     npy = sorted(moved.glob("*/*.npy"))[0]
     code, err = run_vae(["interpolate", "--config", str(config), str(npy), str(npy)], capsys)
-    assert code == 2 and "but the model was trained on stft (64, 32)" in err, err
+    assert code == 2 and "(model -> data: hop_length: 64 -> 32)" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_an_stft_folder_whose_n_mels_differs_is_the_same_representation(trained, tmp_path,
+                                                                         capsys):
+    """Stage 4 ignores n_mels for stft arrays; reconstruct and interpolate agree with it."""
+    config, run = trained
+    data = run.parent.parent / "spectrograms"
+    normalizer = data / "normalizer.json"
+    saved = normalizer.read_text()
+    spec = json.loads(saved)
+    assert spec["kind"] == "stft"
+    normalizer.write_text(json.dumps({**spec, "n_mels": spec["n_mels"] // 2}))
+    try:
+        code, err = run_vae(["reconstruct", "--config", str(config), "--count", "1"], capsys)
+        assert code == 0, err
+        npy = sorted(data.glob("dogs/*.npy"))[0]
+        code, err = run_vae(["interpolate", "--config", str(config), str(npy), str(npy),
+                             "--steps", "2"], capsys)
+        assert code == 0, err
+    finally:
+        normalizer.write_text(saved)
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".wav"])
@@ -512,7 +536,9 @@ def test_interpolate_refuses_nan_or_inf_input(trained, tmp_path, capsys, suffix)
         y[10] = np.inf
         sf.write(bad, y, 8000, subtype="FLOAT")
     code, err = run_vae(["interpolate", "--config", str(config), str(bad), str(bad)], capsys)
-    assert code == 2 and f"{bad} holds NaN or Inf" in err, err
+    assert code == 2 and (f"{bad} holds NaN or Inf" in err if suffix == ".npy" else
+                          f"{bad}: not usable as a spectrogram (.npy) or a segment (non-finite"
+                          in err), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 

@@ -3,7 +3,8 @@
 #  1. a virtual environment keyed by a hash of the requirements (reused across clones),
 #     linked as ./.venv;
 #  2. `pip install -r` every time, so a missing requirement is always caught;
-#  3. ffmpeg + ffprobe: installed with apt-get when running as root, else a one-line how-to.
+#  3. ffmpeg + ffprobe: installed with apt-get when running as root, else a one-line how-to;
+#  4. chromium + chromedriver (the gallery's browser test), the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,19 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
   else
     echo "setup: ffmpeg/ffprobe not found; install ffmpeg (Debian/Ubuntu: sudo apt-get install ffmpeg, macOS: brew install ffmpeg) and rerun" >&2
     exit 1
+  fi
+fi
+# A real browser for the gallery test (tests/test_sound_image.py): Debian's chromium and its
+# driver, as root only (like ffmpeg); without them that one test is skipped.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium and chromium-driver with apt-get (the gallery's browser test)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+      chromium-driver >/dev/null
+  else
+    echo "setup: chromium/chromedriver not found; the gallery's browser test will be skipped" \
+         "(Debian/Ubuntu: sudo apt-get install chromium chromium-driver)" >&2
   fi
 fi
 echo "setup: ok ($venv, $(ffmpeg -version | head -n1 | cut -d' ' -f1-3))"

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from . import synth
 from ..errors import AnimalVAEError
 from ..stage import atomic_path
+from . import synth
 
 __all__ = ["SampleClip", "DemoFailed", "plan_dataset", "write_csv", "render_clip",
            "build_dataset", "DEMO_LABELS", "OTHER_ROWS", "SERVED_SECONDS", "CLIP_SECONDS",
@@ -67,6 +67,7 @@ class SampleClip:
     split: str
     group: str
     seed: int
+    pitch: float          # in [0, 1]: the call's pitch, shown as the animal's size
 
 
 def _ytid(rng: np.random.Generator, *, dash: bool = False) -> str:
@@ -99,7 +100,7 @@ def plan_dataset(clips_per_group: int, *, seed: int = 0) -> list[SampleClip]:
                 start=int(rng.integers(0, int(SERVED_SECONDS - CLIP_SECONDS) + 1)),
                 label=labels[k % len(labels)],
                 split="test" if k % 5 == 4 else "train",
-                group=group, seed=int(rng.integers(2 ** 31))))
+                group=group, seed=int(rng.integers(2 ** 31)), pitch=float(rng.uniform())))
     return clips
 
 
@@ -142,9 +143,9 @@ def render_clip(clip: SampleClip, path: Path) -> tuple[float, float]:
     rng = np.random.default_rng(clip.seed)
     y, call_start, call_end = synth.clip_audio(
         clip.group, seconds=SERVED_SECONDS, sr=AUDIO_SR, rng=rng,
-        call_between_s=(clip.start + 0.5, clip.start + CLIP_SECONDS - 0.5))
+        call_between_s=(clip.start + 0.5, clip.start + CLIP_SECONDS - 0.5), pitch=clip.pitch)
     frames = np.stack([synth.video_frame(clip.group, i / FPS, call_s=(call_start, call_end),
-                                         width=WIDTH, height=HEIGHT)
+                                         width=WIDTH, height=HEIGHT, pitch=clip.pitch)
                        for i in range(int(SERVED_SECONDS * FPS))])   # (n, h, w, 3)
     with tempfile.TemporaryDirectory(prefix="animalvae-demo-") as tmpdir, \
             atomic_path(path) as tmp:

@@ -40,10 +40,10 @@ from pathlib import Path
 
 from .. import cli
 from ..config import Config, load_config
-from .data import OTHER_ROWS, DemoFailed, build_dataset
 from ..errors import ConfigError
+from ..stage import default_workers, read_manifest, require_binaries
+from .data import OTHER_ROWS, DemoFailed, build_dataset
 from .server import serve
-from ..stage import read_manifest
 
 __all__ = ["DemoFailed", "stage_commands", "run_step", "main"]
 
@@ -76,12 +76,14 @@ def _path_overrides(config: Config, out: Path) -> list[str]:
 
 
 def stage_commands(config_path: Path, sets: Sequence[str], *, backend: str = "energy",
-                   resume_training: bool = False) -> list[tuple[str, list[str]]]:
+                   resume_training: bool = False,
+                   resume_images: bool = False) -> list[tuple[str, list[str]]]:
     """The demo's steps: a title and the command line of each root script, in order.
 
     ``backend`` is ``detect.backend`` (named in stage 3's title); ``resume_training``
     continues an earlier run's ``last.pth`` (``vae.py train --resume``: it does nothing when
-    that run already finished).
+    that run already finished), ``resume_images`` the sound -> image model's
+    (``train-images --resume``).
     """
     detector = ("detect.backend: energy, the model-free fallback: the PANNs checkpoint is not "
                 "available offline" if backend == "energy" else f"detect.backend: {backend}")
@@ -105,6 +107,14 @@ def stage_commands(config_path: Path, sets: Sequence[str], *, backend: str = "en
           *common]),
         ("[5/5] vae.py generate: model.pth -> new sounds + gallery",
          [python, str(ROOT / "vae.py"), "generate", *common]),
+        ("[5/5] vae.py train-images: spectrograms + their video frames -> one latent space"
+         + (" (continuing the earlier run)" if resume_images else ""),
+         [python, str(ROOT / "vae.py"), "train-images",
+          *(["--resume"] if resume_images else []), *common]),
+        ("[5/5] vae.py sound-to-image: each held-out sound alone -> images + gallery",
+         [python, str(ROOT / "vae.py"), "sound-to-image", *common]),
+        ("[5/5] vae.py evaluate-images: retrieval and group accuracy -> metrics.json",
+         [python, str(ROOT / "vae.py"), "evaluate-images", *common]),
     ]
 
 
@@ -211,6 +221,10 @@ def _report(config: Config, total_s: float, *, show_run: bool) -> str:
              f"  generated sounds        {rel(run_dir / 'samples')}/ ({len(samples)} wav files "
              "+ a spectrogram png each)",
              f"  gallery (open it)       {(run_dir / 'index.html').resolve().as_uri()}",
+             f"  sound -> image model    {rel(run_dir / 'images' / 'model.pth')}",
+             f"  images from sounds      {(run_dir / 'images' / 'index.html').resolve().as_uri()}",
+             f"  sound -> image metrics  {rel(run_dir / 'images' / 'metrics.json')}"
+             + _image_metrics(run_dir / "images" / "metrics.json"),
              "Each folder's manifest.csv has one row per item (status, reason, details).",
              "Next: more samples with  " + shlex.join(
                  ["python", "vae.py", "generate", "--config",
@@ -218,6 +232,18 @@ def _report(config: Config, total_s: float, *, show_run: bool) -> str:
                   *(["--run", rel(run_dir)] if show_run else []),
                   "--group", "dogs", "--count", "8"])]
     return "\n".join(lines)
+
+
+def _image_metrics(path: Path) -> str:
+    """`` (R@1 .., group accuracy ..)`` from the sound -> image model's metrics.json, or ''."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+        return (f"\n      retrieval R@1 {m['retrieval_r1']:.2f} among {m['retrieval_candidates']} "
+                f"(chance {m['chance_r1']:.2f}); group accuracy of images made from held-out "
+                f"sounds {m['group_accuracy_generated']:.2f} (real frames "
+                f"{m['group_accuracy_real_frames']:.2f})")
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: demo_out/ in the repository)")
     p.add_argument("--config", type=Path, default=DEMO_CONFIG, metavar="PATH",
                    help="settings for the five scripts (default: configs/demo.yaml)")
-    p.add_argument("--clips-per-group", type=cli._positive_int, default=10, metavar="N",
+    p.add_argument("--clips-per-group", type=cli.int_at_least(1), default=10, metavar="N",
                    help="sample videos per group: dogs, cats, birds (default: 10)")
-    p.add_argument("--epochs", type=cli._positive_int, default=None, metavar="N",
+    p.add_argument("--epochs", type=cli.int_at_least(1), default=None, metavar="N",
                    help="training epochs (default: train.epochs of the config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting passed to every script, e.g. --set train.max_steps=5 "
@@ -271,7 +297,7 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     """The demo for parsed arguments; returns the exit code."""
     start = time.monotonic()
-    cli.require_binaries("ffmpeg", "ffprobe")
+    require_binaries("ffmpeg", "ffprobe")
     out = args.out.expanduser().resolve()
     config_path = args.config.expanduser().resolve()
     sets = list(args.set)
@@ -291,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
              "birds chirp), and a VGGSound-format CSV", args.clips_per_group)
     csv_path = config.paths.vggsound_csv
     videos, missing = build_dataset(csv_path, args.clips_per_group, seed=args.seed,
-                                    workers=cli.default_workers(0))
+                                    workers=default_workers(0))
     log.info("      %s lists them plus %d rows of other classes (not selected) and one "
              "video the server does not have (%s): like the ~20 %% of VGGSound that is gone "
              "from YouTube, stage 1 records it as failed and carries on",
@@ -306,8 +332,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("      server stopped")
     run_dir = config.paths.runs / config.train.name
     resume = (run_dir / "last.pth").is_file()
+    resume_images = (run_dir / "images" / "last.pth").is_file()
     for title, argv in stage_commands(config_path, sets, backend=config.detect.backend,
-                                      resume_training=resume)[1:]:
+                                      resume_training=resume,
+                                      resume_images=resume_images)[1:]:
         run_step(title, argv)
     log.info("%s", _report(config, time.monotonic() - start, show_run=bool(path_sets)))
     return 0

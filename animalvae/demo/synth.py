@@ -11,7 +11,8 @@ Each group has a call that is easy to tell apart by ear and in a spectrogram:
 :func:`clip_audio` places one call at a random time over quieter pink background noise, so a
 detector that picks the loudest window (``detect.backend: energy``) finds the call. Calls last
 about 1.5-2.7 s, so they nearly fill a 3 s window and sit in it at similar places.
-:func:`video_frame` draws a group-coloured scene whose shape jumps while the animal calls.
+:func:`video_frame` draws a group-coloured scene whose shape jumps while the animal calls, its
+size following the call's pitch (the ``pitch`` argument of both).
 Everything is seeded through the ``rng`` argument; nothing here touches files.
 """
 
@@ -21,8 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["CALLS", "GROUP_STYLES", "bark", "meow", "chirp", "pink_noise", "clip_audio",
-           "video_frame"]
+__all__ = ["CALLS", "CALL_MARGIN_S", "GROUP_STYLES", "bark", "meow", "chirp", "pink_noise",
+           "clip_audio", "video_frame"]
 
 
 def _envelope(n: int, *, attack: int, release: int) -> np.ndarray:
@@ -58,7 +59,7 @@ def _peak_normalise(y: np.ndarray, peak: float) -> np.ndarray:
     return y * (peak / top) if top > 0 else y
 
 
-def bark(*, sr: int, rng: np.random.Generator) -> np.ndarray:
+def bark(*, sr: int, rng: np.random.Generator, pitch: float = 0.5) -> np.ndarray:
     """A dog-like bark: a run of 5-8 short, noisy harmonic bursts.
 
     Parameters
@@ -66,14 +67,16 @@ def bark(*, sr: int, rng: np.random.Generator) -> np.ndarray:
     sr : int
         Sample rate in Hz (> 16000 keeps the upper harmonics).
     rng : np.random.Generator
-        Source of all randomness (number of barks, pitch, timing).
+        Source of all randomness (number of barks, timing, roughness).
+    pitch : float
+        In [0, 1]: f0 from about 350 Hz (0) to 600 Hz (1).
 
     Returns
     -------
     np.ndarray [shape=(n,), dtype=float32]
         The call, peak 1.0, about 1.5-2.6 s long.
     """
-    f0 = rng.uniform(350, 600)
+    f0 = (350 + 250 * pitch) * rng.uniform(0.97, 1.03)
     parts = []
     for _ in range(int(rng.integers(5, 9))):
         n = int(rng.uniform(0.12, 0.2) * sr)
@@ -92,7 +95,7 @@ def bark(*, sr: int, rng: np.random.Generator) -> np.ndarray:
     return _peak_normalise(np.concatenate(parts[:-1]), 1.0).astype(np.float32)
 
 
-def meow(*, sr: int, rng: np.random.Generator) -> np.ndarray:
+def meow(*, sr: int, rng: np.random.Generator, pitch: float = 0.5) -> np.ndarray:
     """A cat-like meow: one harmonic tone whose pitch glides up and back down, with vibrato.
 
     Parameters
@@ -100,7 +103,9 @@ def meow(*, sr: int, rng: np.random.Generator) -> np.ndarray:
     sr : int
         Sample rate in Hz.
     rng : np.random.Generator
-        Source of all randomness (length, pitch contour, vibrato).
+        Source of all randomness (length, shape of the contour, vibrato).
+    pitch : float
+        In [0, 1]: the glide from about 380 to 700 Hz (0) up to 520 to 950 Hz (1).
 
     Returns
     -------
@@ -109,7 +114,8 @@ def meow(*, sr: int, rng: np.random.Generator) -> np.ndarray:
     """
     n = int(rng.uniform(1.8, 2.6) * sr)
     u = np.linspace(0.0, 1.0, n)
-    low, high = rng.uniform(380, 520), rng.uniform(700, 950)
+    low = (380 + 140 * pitch) * rng.uniform(0.97, 1.03)
+    high = (700 + 250 * pitch) * rng.uniform(0.97, 1.03)
     top_at = rng.uniform(0.3, 0.5)
     # "mi-aa-ow": up to the top of the glide, then down again, slightly below the start.
     fall = np.clip((u - top_at) / (1 - top_at), 0, 1) ** 1.5
@@ -121,7 +127,7 @@ def meow(*, sr: int, rng: np.random.Generator) -> np.ndarray:
     return _peak_normalise(y, 1.0).astype(np.float32)
 
 
-def chirp(*, sr: int, rng: np.random.Generator) -> np.ndarray:
+def chirp(*, sr: int, rng: np.random.Generator, pitch: float = 0.5) -> np.ndarray:
     """A bird-like chirp: a run of 14-20 fast frequency sweeps (2.5-7 kHz), each 40-90 ms.
 
     Parameters
@@ -129,7 +135,9 @@ def chirp(*, sr: int, rng: np.random.Generator) -> np.ndarray:
     sr : int
         Sample rate in Hz (>= 16000 for the top of the sweeps).
     rng : np.random.Generator
-        Source of all randomness (number, direction and range of the sweeps).
+        Source of all randomness (number, direction and timing of the sweeps).
+    pitch : float
+        In [0, 1]: sweeps from about 2.5 to 5 kHz (0) up to 3.5 to 7 kHz (1).
 
     Returns
     -------
@@ -140,7 +148,8 @@ def chirp(*, sr: int, rng: np.random.Generator) -> np.ndarray:
     upward = rng.random() < 0.7
     for _ in range(int(rng.integers(14, 21))):
         n = int(rng.uniform(0.04, 0.09) * sr)
-        lo, hi = rng.uniform(2500, 3500), min(rng.uniform(5000, 7000), 0.45 * sr)
+        lo = (2500 + 1000 * pitch) * rng.uniform(0.97, 1.03)
+        hi = min((5000 + 2000 * pitch) * rng.uniform(0.97, 1.03), 0.45 * sr)
         u = np.linspace(0.0, 1.0, n)
         f_hz = lo * (hi / lo) ** (u if upward else 1 - u)   # exponential sweep
         y = _harmonics(f_hz, sr=sr, amplitudes=[1.0, 0.15])
@@ -165,7 +174,7 @@ def pink_noise(n: int, *, rng: np.random.Generator) -> np.ndarray:
 
 def clip_audio(group: str, *, seconds: float, sr: int, rng: np.random.Generator,
                call_between_s: tuple[float, float] | None = None, call_peak: float = 0.5,
-               noise_dbfs: float = -42.0) -> tuple[np.ndarray, float, float]:
+               noise_dbfs: float = -42.0, pitch: float = 0.5) -> tuple[np.ndarray, float, float]:
     """A clip of background noise with one call of ``group`` at a random time.
 
     Parameters
@@ -185,6 +194,9 @@ def clip_audio(group: str, *, seconds: float, sr: int, rng: np.random.Generator,
         re-encoding (yt-dlp's exact cut) can overshoot and clip a louder call.
     noise_dbfs : float
         RMS level of the background noise in dBFS (the call's RMS is about -15 to -25 dBFS).
+    pitch : float
+        In [0, 1]: how high the call is (:func:`bark`, :func:`meow`, :func:`chirp`); the
+        demo's scene shows the same value as the animal's size (:func:`video_frame`).
 
     Returns
     -------
@@ -202,7 +214,7 @@ def clip_audio(group: str, *, seconds: float, sr: int, rng: np.random.Generator,
         raise ValueError(f"group={group!r} has no synthetic call (one of {', '.join(CALLS)})")
     n = int(round(seconds * sr))
     lo_s, hi_s = call_between_s if call_between_s is not None else (0.0, seconds)
-    call = CALLS[group](sr=sr, rng=rng) * call_peak
+    call = CALLS[group](sr=sr, rng=rng, pitch=pitch) * call_peak
     latest_s = min(hi_s, seconds) - call.size / sr
     if latest_s < max(lo_s, 0.0):
         raise ValueError(f"call_between_s={call_between_s} is too short for a "
@@ -213,18 +225,22 @@ def clip_audio(group: str, *, seconds: float, sr: int, rng: np.random.Generator,
     return np.clip(y, -1.0, 1.0).astype(np.float32), start / sr, (start + call.size) / sr
 
 
-#: Per group: sky colour, ground colour, shape colour (RGB) and shape.
+#: Seconds before and after a call during which the scene shows the animal calling.
+CALL_MARGIN_S = 0.3
+#: Per group: sky colour, ground colour, shape colour (RGB) and shape; the three scenes
+#: differ in every colour, so a picture's group shows at any size.
 GROUP_STYLES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int],
                               tuple[int, int, int], str]] = {
-    "dogs": ((150, 190, 230), (70, 140, 60), (140, 90, 40), "square"),
+    "dogs": ((235, 200, 150), (150, 110, 70), (140, 60, 30), "square"),
     "cats": ((60, 60, 100), (120, 110, 100), (230, 230, 230), "disc"),
     "birds": ((120, 200, 250), (40, 110, 50), (250, 210, 30), "triangle"),
 }
 
 
 def video_frame(group: str, t_s: float, *, call_s: tuple[float, float], width: int = 160,
-                height: int = 120) -> np.ndarray:
-    """One frame of a group's scene at time ``t_s``: a shape walks along, and jumps while calling.
+                height: int = 120, pitch: float = 0.5) -> np.ndarray:
+    """One frame of a group's scene at time ``t_s``: a shape walks along; while calling it
+    stands in the middle, raised, its size following the call's pitch.
 
     Parameters
     ----------
@@ -233,10 +249,14 @@ def video_frame(group: str, t_s: float, *, call_s: tuple[float, float], width: i
     t_s : float
         Time in the clip, seconds.
     call_s : (float, float)
-        When the call sounds (the shape is bigger and raised then, so the frame the detector
+        When the call sounds (the shape is centred and raised then, so the frame the detector
         picks at the call's peak visibly differs from the rest).
     width, height : int
         Frame size in pixels (even numbers suit H.264).
+    pitch : float
+        In [0, 1]: the call's pitch (:func:`clip_audio`). While calling, the shape's size
+        follows it (a fifth of the frame's height at 0, almost half at 1), so a picture made
+        from the sound alone can show more than the group: how high the animal called.
 
     Returns
     -------
@@ -249,9 +269,13 @@ def video_frame(group: str, t_s: float, *, call_s: tuple[float, float], width: i
     horizon = int(height * 0.65)
     frame[:horizon] = np.array(sky) * rows[:horizon]
     frame[horizon:] = np.array(ground) * rows[horizon:]
-    calling = call_s[0] <= t_s <= call_s[1]
-    size = int(height * (0.35 if calling else 0.2))
-    cx = int((0.1 + 0.8 * ((t_s / 12.0) % 1.0)) * width)
+    # A moment's margin each side: the frame picked at a call's loudest instant may be one
+    # video frame before its first burst or after its last.
+    calling = call_s[0] - CALL_MARGIN_S <= t_s <= call_s[1] + CALL_MARGIN_S
+    size = int(height * ((0.2 + 0.25 * pitch) if calling else 0.2))
+    # It walks along, and stands in the middle while it calls (so the frame at the call shows
+    # what the sound tells: the group and, by its size, the pitch).
+    cx = width // 2 if calling else int((0.1 + 0.8 * ((t_s / 12.0) % 1.0)) * width)
     cy = horizon - size // 2 - (int(height * 0.15) if calling else 0)
     yy, xx = np.mgrid[0:height, 0:width]
     dx, dy = xx - cx, yy - cy

@@ -19,20 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dataset import SPLIT
 from ..errors import ConfigError
-from .gallery import GALLERY, SAMPLES
 from ..stage import atomic_path
+from .run_folder import LAST, MODEL, RUN_FILES, SAMPLES
 
 __all__ = ["rng_state", "set_rng_state", "seed_everything", "save_checkpoint", "check_run_dir",
-           "clear_run_dir", "MODEL", "LAST", "METRICS", "LOSS_PLOT"]
+           "clear_run_dir"]
 
 log = logging.getLogger(__name__)
 
-MODEL = "model.pth"
-LAST = "last.pth"
-METRICS = "metrics.csv"
-LOSS_PLOT = "loss.png"
 
 # --------------------------------------------------------------------------------------------
 # Checkpoints: plain data (weights_only-loadable), written atomically
@@ -80,9 +75,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 # The run folder
 # --------------------------------------------------------------------------------------------
 
-# What a run folder holds from an earlier run; a fresh run (--force) removes all of it, so
-# that neither --resume nor the gallery can mix the old model's files with the new one's.
-_RUN_FILES = (MODEL, LAST, METRICS, LOSS_PLOT, SPLIT, "metrics.json", GALLERY)
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
@@ -120,8 +112,8 @@ def clear_run_dir(run_dir: Path) -> None:
     Called by a fresh run only once its data and model check out, so a bad ``--input`` or
     setting leaves the old run be.
     """
-    removed = [name for name in (*_RUN_FILES, SAMPLES) if (run_dir / name).exists()]
-    for name in _RUN_FILES:
+    removed = [name for name in (*RUN_FILES, SAMPLES) if (run_dir / name).exists()]
+    for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     if (run_dir / SAMPLES).is_dir():
         shutil.rmtree(run_dir / SAMPLES)

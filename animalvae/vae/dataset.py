@@ -6,9 +6,9 @@ in the run folder's ``split.csv``, so ``--resume``, ``reconstruct`` and ``evalua
 same files. :class:`SpectrogramSet` holds the arrays in memory (float16) when they fit and
 reads them per batch otherwise.
 
-The distributed hooks (:func:`rank_and_world`, :func:`is_main_process`, :func:`epoch_order`)
-are here so that the order of the data is a pure function of (seed, epoch, rank): single
-process today; torchrun sets ``RANK`` / ``WORLD_SIZE``.
+The order of the data is a pure function of (seed, epoch) (:func:`epoch_order`), the same in
+every process under torchrun; :mod:`animalvae.vae.distributed` gives each rank its share of
+every batch.
 """
 
 from __future__ import annotations
@@ -28,41 +28,29 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..spectrogram import SpectrogramSpec, load_spec
 from ..stage import Item, atomic_path, list_items
+from .run_folder import SPLIT
 
 __all__ = ["SpectrogramSet", "find_spectrograms", "split_items", "write_split", "read_split",
-           "read_array", "iter_batches", "epoch_order", "rank_and_world", "is_main_process",
-           "SPLIT"]
+           "read_array", "iter_batches", "epoch_order", "SPLIT"]
 
 log = logging.getLogger(__name__)
 
-SPLIT = "split.csv"
 _MEMORY_SHARE = 0.5         # hold the data in memory when it needs less than this share
 _MEMINFO = "/proc/meminfo"  # Linux; elsewhere _available_bytes falls back to sysconf
 
 
 # --------------------------------------------------------------------------------------------
-# Order and batches. Distributed hooks: single process today; torchrun sets RANK / WORLD_SIZE.
+# Order and batches
 # --------------------------------------------------------------------------------------------
 
-def rank_and_world() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process, from torchrun's variables; ``(0, 1)`` without."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """Whether this process writes files and logs (rank 0; always true without torchrun)."""
-    return rank_and_world()[0] == 0
-
-
 def epoch_order(n: int, *, seed: int, epoch: int) -> Tensor:
-    """This process's shuffled indices for ``epoch``: a function of (seed, epoch) only.
+    """The shuffled indices of ``epoch``: a function of (seed, epoch) only.
 
-    Not a stateful sampler, so resuming needs no sampler state; under DDP each rank would take
-    every ``world_size``-th index of the same permutation.
+    Not a stateful sampler, so resuming needs no sampler state, and every rank under torchrun
+    draws the same order (each then takes its share of every batch).
     """
-    rank, world = rank_and_world()
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=gen)[rank::world]
+    return torch.randperm(n, generator=gen)
 
 
 def iter_batches(n: int, batch_size: int) -> Iterator[Tensor]:

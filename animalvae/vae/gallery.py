@@ -22,11 +22,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..stage import atomic_write_text
+from .run_folder import EVALUATION, GALLERY, IMAGE_RUN, LOSS_PLOT, SAMPLES
 
 __all__ = ["write_gallery", "GALLERY", "SAMPLES"]
 
-GALLERY = "index.html"
-SAMPLES = "samples"
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; background: #fafafa; }
@@ -181,11 +180,14 @@ def write_gallery(run_dir: Path, *, title: str = "") -> Path:
                 sections.append(f"<h2>{heading}</h2>{''.join(parts)}")
     if not sections:
         sections.append("<p>No samples yet: run <code>vae.py generate</code>.</p>")
-    if (run_dir / "loss.png").is_file():
-        sections.append('<h2>Training</h2><img src="loss.png" alt="loss curves" '
+    if (run_dir / IMAGE_RUN / GALLERY).is_file():   # the sound -> image model's own page
+        sections.append(f'<h2>Sound → image</h2><p><a href="{IMAGE_RUN}/{GALLERY}">Images '
+                        "made from sounds, and sounds from pictures</a></p>")
+    if (run_dir / LOSS_PLOT).is_file():
+        sections.append(f'<h2>Training</h2><img src="{LOSS_PLOT}" alt="loss curves" '
                         'style="max-width: 100%">')
-    sections.append(_quality_table(run_dir / "metrics.json"))
-    sections.append(_metrics_table(run_dir / "metrics.json"))
+    sections.append(_quality_table(run_dir / EVALUATION))
+    sections.append(_metrics_table(run_dir / EVALUATION))
     name = html.escape(title or run_dir.name)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{name}</title><style>{_STYLE}</style></head><body>"

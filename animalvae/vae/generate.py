@@ -24,28 +24,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import MODEL
-from ..cli import StageOptions
 from ..config import Config
-from .dataset import SpectrogramSet, iter_batches, read_array, read_split
 from ..device import pick_device
-from ..errors import ConfigError
-from .gallery import SAMPLES, write_gallery
-from .model import TrainedModel, kl_divergence, load_model
-from .prior import sample_prior
+from ..errors import ConfigError, ItemFailed, ItemSkipped
+from ..segments import load_segment
 from ..spectrogram import (
     NORMALIZER,
     InverseSpectrogram,
     Spectrogram,
     SpectrogramSpec,
+    describe_differences,
     load_spec,
     spectral_convergence,
+    unit_to_magnitude,
 )
-from ..stage import Item, atomic_path, atomic_write_text
+from ..stage import Item, StageOptions, atomic_path, atomic_write_text
+from .dataset import SpectrogramSet, iter_batches, read_array, read_split
+from .gallery import write_gallery
+from .model import TrainedModel, kl_divergence, load_model
+from .prior import sample_prior
+from .run_folder import EVALUATION, MODEL, SAMPLES
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
-           "sample_latents",
-           "log_spectral_distance", "PEAK_DBFS", "UNCONDITIONAL"]
+           "sample_latents", "log_spectral_distance", "PEAK_DBFS", "UNCONDITIONAL"]
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +168,10 @@ def _check_folder_spec(folders: Sequence[Path], spec: SpectrogramSpec) -> None:
     """ConfigError when a data folder's ``normalizer.json`` (if any) differs from ``spec``."""
     for folder in sorted(set(folders)):
         if (folder / NORMALIZER).is_file():
-            data_spec = load_spec(folder)
-            if data_spec != spec:
-                raise ConfigError(
-                    f"{folder} holds spectrograms of {data_spec.kind} {data_spec.shape} "
-                    f"(n_fft={data_spec.n_fft}, hop_length={data_spec.hop_length}, "
-                    f"top_db={data_spec.top_db}), but the model was trained on {spec.kind} "
-                    f"{spec.shape} (n_fft={spec.n_fft}, hop_length={spec.hop_length}, "
-                    f"top_db={spec.top_db}); use matching features settings")
+            if changed := describe_differences(spec.differences(load_spec(folder))):
+                raise ConfigError(f"{folder / NORMALIZER}: those spectrograms were made with "
+                                  f"other settings than the model's (model -> data: {changed});"
+                                  " use the features settings the model was trained with")
 
 
 def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = None,
@@ -201,13 +198,6 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
         raise ConfigError(f"{Path(run_dir) / 'split.csv'} holds no held-out files")
     _check_data_spec(val, trained.spec)
     return val
-
-
-def _count(value: int | None, default: int, flag: str) -> int:
-    count = default if value is None else value
-    if count < 1:
-        raise ConfigError(f"{flag}={count} must be >= 1")
-    return count
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +278,7 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
         No usable ``model.pth``, an unknown group, or groups for an unconditional model.
     """
     gc = config.generate
-    count = _count(count, gc.count, "--count")
+    count = gc.count if count is None else count
     trained = _load_run(config, run_dir)
     if trained.model.config.conditional:
         names = list(dict.fromkeys(groups)) if groups else list(trained.groups)
@@ -338,7 +328,7 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
         or settings differ from the model's.
     """
     gc = config.generate
-    count = _count(count, gc.count, "--count")
+    count = gc.count if count is None else count
     trained = _load_run(config, run_dir)
     device = _device(trained)
     items = _held_out(run_dir, trained, per_group=count)
@@ -365,11 +355,9 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
     return written
 
 
-def _read_input(path: Path, trained: TrainedModel) -> Tensor:
-    """A .npy spectrogram or a .wav segment as (n_bins, n_frames) in [0, 1]."""
-    import soundfile as sf
-    import torchaudio
-
+def _read_input(path: Path, trained: TrainedModel, *, silence_dbfs: float) -> Tensor:
+    """A .npy spectrogram, or an audio file read as stage 4 reads a segment, as
+    (n_bins, n_frames) in [0, 1]."""
     spec = trained.spec
     path = Path(path)
     if not path.is_file():
@@ -379,18 +367,11 @@ def _read_input(path: Path, trained: TrainedModel) -> Tensor:
         _check_folder_spec([path.resolve().parent.parent], spec)
         return torch.from_numpy(array.astype(np.float32))
     try:
-        y, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as exc:
-        raise ConfigError(f"{path}: not a spectrogram (.npy) or readable audio file ({exc})") \
+        y, _ = load_segment(path, spec, silence_dbfs=silence_dbfs)
+    except (ItemFailed, ItemSkipped) as exc:
+        raise ConfigError(f"{path}: not usable as a spectrogram (.npy) or a segment ({exc})") \
             from None
-    if not np.isfinite(y).all():
-        raise ConfigError(f"{path} holds NaN or Inf samples: not usable audio")
-    wave = torch.from_numpy(y.mean(axis=1))                                 # (n,)
-    if sr != spec.sample_rate:
-        wave = torchaudio.functional.resample(wave, sr, spec.sample_rate)
-    if len(wave) < spec.n_samples:  # a short segment: padded with silence
-        wave = torch.nn.functional.pad(wave, (0, spec.n_samples - len(wave)))
-    return Spectrogram(spec)(wave[:spec.n_samples])                         # (H, W)
+    return Spectrogram(spec)(torch.from_numpy(y))                           # (H, W)
 
 
 def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int = 8,
@@ -404,8 +385,8 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
     Parameters
     ----------
     a, b : Path
-        Stage-4 spectrograms (.npy) or audio segments (.wav; mixed to mono, resampled to the
-        model's rate, cut or padded to its length).
+        Stage-4 spectrograms (.npy) or audio files, read as stage 4 reads a segment (mono,
+        resampled to the model's rate, cut or padded to its length; silent audio refused).
     steps : int
         Points on the line including both ends, >= 2.
 
@@ -417,14 +398,13 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
     Raises
     ------
     ConfigError
-        Missing or unreadable files, a wrong-shaped array, an unknown group, or steps < 2.
+        Missing or unreadable files, a wrong-shaped array, or an unknown group.
     """
     gc = config.generate
-    if steps < 2:
-        raise ConfigError(f"--steps={steps} must be >= 2 (both ends are included)")
     trained = _load_run(config, run_dir)
     device = _device(trained)
-    x = torch.stack([_read_input(a, trained), _read_input(b, trained)])[:, None]  # (2,1,H,W)
+    x = torch.stack([_read_input(p, trained, silence_dbfs=config.extract.silence_dbfs)
+                     for p in (a, b)])[:, None]                             # (2, 1, H, W)
     x = x.to(device)
     model = trained.model
     if model.config.conditional:
@@ -479,11 +459,6 @@ def log_spectral_distance(x: Tensor, x_hat: Tensor, *, top_db: float) -> Tensor:
     """
     diff_db = (x - x_hat) * top_db
     return diff_db.pow(2).mean(dim=-2).sqrt().mean(dim=-1)
-
-
-def _linear(x: Tensor, spec: SpectrogramSpec) -> Tensor:
-    # Normalised [0, 1] -> linear magnitude in the representation's own bins; x = 1 is 0 dB.
-    return torch.pow(10.0, (x.clamp(0, 1) - 1.0) * (spec.top_db / 20.0))
 
 
 def evaluate(config: Config, run_dir: Path, *,
@@ -544,8 +519,9 @@ def evaluate(config: Config, run_dir: Path, *,
                          momentum=gc.momentum, seed=gc.seed, peak_normalise=False).to(device)
         with torch.no_grad():                                               # (2B, n_samples)
             peak_db = forward.peak_db(waves)[:, None, None]                 # (2B, 1, 1)
-            again = _linear(forward(waves), spec) * 10 ** (peak_db / 20)    # (2B, H, W)
-        ref = _linear(x[:, 0], spec)                                        # (B, H, W)
+            again = unit_to_magnitude(forward(waves), top_db=spec.top_db) \
+                * 10 ** (peak_db / 20)                                      # (2B, H, W)
+        ref = unit_to_magnitude(x[:, 0], top_db=spec.top_db)                # (B, H, W)
         totals["sc"].append(spectral_convergence(ref, again[:len(idx)]).cpu())
         totals["sc_gl"].append(spectral_convergence(ref, again[len(idx):]).cpu())
     cat = {k: torch.cat(v) for k, v in totals.items()}
@@ -574,7 +550,7 @@ def evaluate(config: Config, run_dir: Path, *,
         "mu_variance_per_dim": [round(v, 6) for v in mu_var.tolist()],
     }
     metrics["quality"] = _quality(config, run_dir, trained, items, data)
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / EVALUATION
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     write_gallery(run_dir)
     _log_quality(metrics["quality"])

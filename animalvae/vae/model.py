@@ -87,7 +87,7 @@ class _Up(nn.Sequential):
     (GroupNorm, as models trained before ``decoder_norm`` existed).
     """
 
-    def __init__(self, c_in: int, c_out: int, norm: str = "channel"):
+    def __init__(self, c_in: int, c_out: int, norm: str = "group"):
         super().__init__(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1),
                          ChannelNorm(c_out) if norm == "channel" else _norm(c_out),
                          nn.LeakyReLU(0.2))
@@ -320,8 +320,13 @@ def _load_failure(path: Path, exc: Exception) -> str:
     return "not a PyTorch checkpoint (damaged or another format)"
 
 
-def read_checkpoint(path: Path, *, what: str = "model.pth") -> dict[str, Any]:
+def read_checkpoint(path: Path, *, what: str = "model.pth", fmt: str = FORMAT,
+                    keys: tuple[str, ...] = ("model", "model_config", "spec", "groups", "shape",
+                                             "config")) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)``, with any failure as a one-line ConfigError.
+
+    ``fmt`` is the format tag expected and ``keys`` the entries it must hold (the sound <->
+    image model, :mod:`animalvae.vae.multimodal`, has its own).
 
     Raises
     ------
@@ -340,12 +345,11 @@ def read_checkpoint(path: Path, *, what: str = "model.pth") -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - torch.load on an arbitrary user file
         raise ConfigError(f"{path} is not a {what} written by vae.py train "
                           f"({_load_failure(path, exc)})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") != fmt:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ConfigError(f"{path} is not a {what} written by this version of vae.py train "
-                          f"(format {found!r}, expected {FORMAT!r}); retrain")
-    missing = [k for k in ("model", "model_config", "spec", "groups", "shape", "config")
-               if k not in data]
+                          f"(format {found!r}, expected {fmt!r}); retrain")
+    missing = [k for k in keys if k not in data]
     if missing:
         raise ConfigError(f"{path} lacks {', '.join(missing)}: not a complete {what}; retrain")
     return data

@@ -10,8 +10,9 @@ and every input is a peak-normalised waveform at the spectrogram's sample rate:
 - **a judge** (:func:`fit_judge`): a logistic regression on standardised features, fit on the
   run's *training* clips; its accuracy on the real *validation* clips is the ceiling that the
   accuracy of samples and reconstructions is read against;
-- **Fréchet distance** (:func:`frechet_distance`, Heusel et al. 2017) between two feature
-  sets, in the judge's standardised units; with a PANNs checkpoint, the same on Cnn14's
+- **Fréchet distance** (:func:`animalvae.vae.image_quality.frechet_distance`, Heusel et al.
+  2017, shared with the image half) between two feature sets, in the judge's standardised
+  units; with a PANNs checkpoint, the same on Cnn14's
   2048-d embeddings (FAD, Kilgour et al. 2019, :func:`panns_embeddings`);
 - **diversity** (:func:`diversity_ratio`): the median pairwise distance among a group's
   samples over the same among its real clips (near 0: all samples alike);
@@ -33,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["logmel_stats", "spectral_contrast", "fit_judge", "frechet_distance",
+from .image_quality import frechet_distance
+
+__all__ = ["logmel_stats", "spectral_contrast", "fit_judge",
            "diversity_ratio", "nearest_ratio", "panns_embeddings", "quality_report",
            "N_MELS", "FRAME_SECONDS"]
 
@@ -139,37 +142,6 @@ def fit_judge(features: np.ndarray, labels: np.ndarray):
 
     judge = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
     return judge.fit(features, labels)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fit to two feature sets.
-
-    ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))``, with the matrix square root's
-    imaginary round-off dropped. Small sets give a singular covariance; the distance is still
-    defined and ranks models, but is only comparable between sets of the same sizes.
-
-    Parameters
-    ----------
-    a, b : np.ndarray [shape=(N_a, D), (N_b, D)], N_a, N_b >= 2
-
-    Returns
-    -------
-    float
-        0 for identical sets; in squared feature units.
-    """
-    from scipy import linalg
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("the Fréchet distance needs at least 2 rows in each set")
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():  # a singular product: regularise both sides a little
-        eps = 1e-6 * np.eye(len(mu_a))
-        root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * root.real))
-    return max(value, 0.0)
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -48,11 +48,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..config import Config, config_to_dict
+from ..errors import AnimalVAEError, ConfigError
+from ..spectrogram import SpectrogramSpec
+from ..stage import StageOptions, atomic_path, write_settings
 from .checkpoint import (
-    LAST,
-    LOSS_PLOT,
-    METRICS,
-    MODEL,
     check_run_dir,
     clear_run_dir,
     rng_state,
@@ -60,26 +60,19 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from ..cli import StageOptions
-from ..config import Config, config_to_dict
 from .dataset import (
-    SPLIT,
     SpectrogramSet,
     epoch_order,
     find_spectrograms,
-    is_main_process,
     iter_batches,
-    rank_and_world,
     read_split,
     split_items,
     write_split,
 )
-from ..device import pick_device
-from ..errors import AnimalVAEError, ConfigError
+from .distributed import DistContext, distributed
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
 from .prior import add_prior_to_checkpoint
-from ..spectrogram import SpectrogramSpec
-from ..stage import atomic_path, write_settings
+from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
 
 __all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at"]
 
@@ -193,27 +186,30 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, device: torch.device,
+def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistContext,
               recon_loss: str, beta: float, seed: int) -> dict[str, float]:
-    """Mean recon, KL and loss (full beta, no free bits) over ``data``.
+    """Mean recon, KL and loss (full beta, no free bits) over ``data``, on every rank.
 
     The reparameterisation noise comes from its own generator, seeded the same every time:
-    epochs are compared on equal terms and the training RNG is left untouched.
+    epochs are compared on equal terms and the training RNG is left untouched. Under
+    torchrun each rank scores its share of every batch and the sums are added up.
     """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    sums = {"recon": 0.0, "kl": 0.0, "loss": 0.0}
+    sums = torch.zeros(3, dtype=torch.float64)                   # recon, kl, loss (x n)
     for idx in iter_batches(len(data), batch_size):
-        x, y = data.batch(idx, device)
         noise = torch.randn(len(idx), model.config.latent_dim, generator=gen)
-        with _autocast(device):
-            x_hat, mu, logvar = model(x, y, noise=noise)
+        part, weight = dist.shard(len(idx))
+        x, y = data.batch(idx[part], dist.device)
+        with _autocast(dist.device):
+            x_hat, mu, logvar = model(x, y, noise=noise[part])
         terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(), recon_loss=recon_loss,
                          beta=beta)
-        for key in sums:
-            sums[key] += getattr(terms, key).item() * len(idx)
+        n = len(part) if weight else 0
+        sums += torch.stack([terms.recon, terms.kl, terms.loss]).double().cpu() * n
     model.train()
-    return {k: v / len(data) for k, v in sums.items()}
+    recon, kl, loss = (dist.sum(sums).cpu() / len(data)).tolist()
+    return {"recon": recon, "kl": kl, "loss": loss}
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,6 +219,10 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, device: torc
 def train(config: Config, run_dir: Path, *, resume: bool = False,
           options: StageOptions | None = None) -> Path:
     """Train the VAE on ``config.paths.spectrograms``; write the run folder.
+
+    Under ``torchrun`` every process calls this; they train one model together with
+    DistributedDataParallel (see :mod:`animalvae.vae.distributed`) and rank 0 writes the run
+    folder.
 
     Parameters
     ----------
@@ -234,6 +234,8 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
         Continue from ``run_dir/last.pth`` exactly: weights, optimiser, schedule position,
         epoch and batch, RNG states, best validation loss, metrics so far; the data split is
         the recorded ``split.csv``. The current config's ``train.epochs``/``max_steps`` apply.
+        Under another number of processes than the run so far, the global batches, their
+        order and the noise stay the same, so training goes on equal within float rounding.
     options : StageOptions
         ``limit`` caps the number of files (fresh runs; a smoke test), ``force`` starts over
         in a folder that holds a run (its model, checkpoints, metrics, ``samples/`` and
@@ -253,16 +255,19 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     TrainingDiverged
         When the loss becomes NaN or Inf (naming the epoch and step).
     """
+    with distributed(config.train.device) as dist:
+        return _train(config, Path(run_dir), dist, resume=resume,
+                      options=options or StageOptions())
+
+
+def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
+           options: StageOptions) -> Path:
+    """:func:`train` in one process of the job ``dist`` (the only one without torchrun)."""
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    options = options or StageOptions()
     tc = config.train
-    run_dir = Path(run_dir)
-    device = pick_device(tc.device, key="train.device")
-    if rank_and_world()[1] > 1:
-        raise ConfigError("WORLD_SIZE > 1: multi-process (torchrun/DDP) training is not "
-                          "supported yet; run vae.py train as one process")
+    device = dist.device
     check_run_dir(run_dir, resume=resume, force=options.force)
 
     # -- data: a fresh split, or the recorded one when resuming --------------------------------
@@ -287,9 +292,10 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
         groups = sorted({it.group for it in items})
     seed_everything(tc.seed)  # before the model, so its initial weights are repeatable
     model = build_model(config.model, spec, groups).to(device)  # ConfigError on a bad shape
+    replicas = dist.wrap(model)  # the model in DDP under torchrun: forward through it to train
     train_set = SpectrogramSet(train_items, groups, spec.shape, progress=options.progress)
     val_set = SpectrogramSet(val_items, groups, spec.shape, progress=options.progress)
-    if is_main_process():
+    if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             clear_run_dir(run_dir)  # only now: a bad --input or setting leaves the old run be
@@ -315,17 +321,24 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     best_val, rows = math.inf, []
     sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "n": 0}
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, batch, step = state["epoch"], state["batch"], state["step"]
-        best_val, rows, sums = state["best_val"], list(state["metrics"]), dict(state["sums"])
-        set_rng_state(state["rng"])
+        # every compatibility check before any state is loaded
+        if state.get("world_size", 1) != dist.world_size and dist.is_main:
+            log.warning("--resume: the run so far trained on %d process(es), this one on %d: "
+                        "the same global batches (train.batch_size=%d), order and noise, "
+                        "shared out anew, so it goes on equal within float rounding, "
+                        "not bit for bit", state.get("world_size", 1), dist.world_size,
+                        tc.batch_size)
         if state["steps_per_epoch"] != steps_per_epoch:
             raise ConfigError(f"--resume: train.batch_size={tc.batch_size} differs from the run "
                               f"being resumed; keep the batch size, or start over with --force")
         if state["scheduler"] != schedule:
             log.warning("--resume with other train.epochs/lr/warmup_steps than the run so far: "
                         "the learning-rate curve changes from here on")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, batch, step = state["epoch"], state["batch"], state["step"]
+        best_val, rows, sums = state["best_val"], list(state["metrics"]), dict(state["sums"])
+        set_rng_state(state["rng"])
         log.info("resuming at epoch %d, step %d (best validation loss %.5g)", epoch + 1, step,
                  best_val)
     if epoch >= tc.epochs or (tc.max_steps and step >= tc.max_steps):
@@ -344,7 +357,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     # -- the loop ------------------------------------------------------------------------------
     model.train()
     bar = tqdm(total=total_steps_this_run, initial=step, desc="train", unit="step",
-               disable=not options.progress or not is_main_process(), dynamic_ncols=True)
+               disable=not options.progress or not dist.is_main, dynamic_ncols=True)
     stop = False
     last_plot = time.monotonic()
     with bar, logging_redirect_tqdm():
@@ -359,24 +372,33 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                     group["lr"] = lr
                 beta = beta_at(step, beta=tc.beta, warmup_steps=kl_warmup_steps)
 
+                # this step's global batch and noise, drawn alike on every rank; this rank's share
+                idx = order[batch * tc.batch_size:(batch + 1) * tc.batch_size]
+                noise = torch.randn(len(idx), model.config.latent_dim)        # (B, L)
+                part, weight = dist.shard(len(idx))
+
                 # forward, in bf16 on CUDA; the loss in float32
-                x, y = train_set.batch(order[batch * tc.batch_size:(batch + 1) * tc.batch_size],
-                                       device)
+                x, y = train_set.batch(idx[part], device)
                 with _autocast(device):
-                    x_hat, mu, logvar = model(x, y)
+                    x_hat, mu, logvar = replicas(x, y, noise=noise[part])
                 terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
                                  recon_loss=tc.recon_loss, beta=beta, free_bits=tc.free_bits)
-                loss = terms.loss.item()  # a CPU-GPU sync point, needed for the checks below
+                # the step's one CPU-GPU sync: the batch means over all ranks, logged and
+                # needed for the check below
+                n = len(idx)
+                totals = dist.sum(torch.stack([terms.loss, terms.recon, terms.kl]).detach()
+                                  * (len(part) if weight else 0))
+                loss, recon, kl = (totals / n).tolist()
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"training diverged: the loss is {loss} at epoch {epoch + 1}, step "
-                        f"{step + 1} (recon {terms.recon.item():.4g}, kl {terms.kl.item():.4g});"
+                        f"{step + 1} (recon {recon:.4g}, kl {kl:.4g});"
                         f" lower train.lr={tc.lr} or set train.grad_clip, then train again "
                         "with --force (or --resume from the last good epoch)")
 
-                # backward, clip, step
+                # backward (DDP averages the ranks' gradients), clip, step
                 optimizer.zero_grad(set_to_none=True)
-                terms.loss.backward()
+                (terms.loss * weight).backward()
                 if tc.grad_clip > 0:
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                     if not torch.isfinite(norm):
@@ -388,21 +410,19 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
                 batch += 1
 
                 # log
-                n = len(x)
                 sums["loss"] += loss * n
-                sums["recon"] += terms.recon.item() * n
-                sums["kl"] += terms.kl.item() * n
+                sums["recon"] += recon * n
+                sums["kl"] += kl * n
                 sums["n"] += n
                 bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}",
-                                recon=f"{terms.recon.item():.4f}",
-                                kl=f"{terms.kl.item():.1f}", refresh=False)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", recon=f"{recon:.4f}",
+                                kl=f"{kl:.1f}", refresh=False)
                 if tc.max_steps and step >= tc.max_steps:
                     stop = True
                     break
 
             # end of epoch (or of a run stopped by max_steps): validate, log, checkpoint
-            val = _validate(model, val_set, batch_size=tc.batch_size, device=device,
+            val = _validate(model, val_set, batch_size=tc.batch_size, dist=dist,
                             recon_loss=tc.recon_loss, beta=tc.beta, seed=tc.seed)
             done = batch >= steps_per_epoch
             count = max(1, sums["n"])
@@ -419,7 +439,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
             if done:
                 epoch, batch = epoch + 1, 0
                 sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "n": 0}
-            if not is_main_process():
+            if not dist.is_main:
                 continue
             if val["loss"] < best_val:
                 best_val = val["loss"]
@@ -428,14 +448,14 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
             save_checkpoint(run_dir / LAST, checkpoint(
                 epoch=epoch, batch=batch, step=step, steps_per_epoch=steps_per_epoch,
                 best_val=best_val, metrics=rows, sums=sums, optimizer=optimizer.state_dict(),
-                scheduler=schedule, rng=rng_state()))
+                scheduler=schedule, rng=rng_state(), world_size=dist.world_size))
             _write_metrics(run_dir, rows)
-            # drawing takes ~0.5 s: not after every epoch of a fast run, but always at the end
+            # drawing is slow next to a small epoch: at most every _PLOT_EVERY_S, and at the end
             if stop or epoch >= tc.epochs or time.monotonic() - last_plot >= _PLOT_EVERY_S:
                 _plot_losses(run_dir / LOSS_PLOT, rows)
                 last_plot = time.monotonic()
 
-    if tc.prior_components and is_main_process():
+    if tc.prior_components and dist.is_main:
         add_prior_to_checkpoint(run_dir / MODEL, model, train_set,
                                 components=tc.prior_components, seed=tc.seed, device=device)
     if stop and epoch < tc.epochs:

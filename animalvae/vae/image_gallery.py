@@ -1,0 +1,100 @@
+"""``<run>/images/index.html``: the sound <-> image model's page, rebuilt from disk.
+
+One row per entry folder under ``samples/`` (:mod:`animalvae.vae.sound_image` writes them):
+the sound's player and spectrogram, the true frame or the input picture, and the generated
+images; then ``metrics.json``. Like the run's own gallery (:mod:`animalvae.vae.gallery`):
+relative, URL-quoted links, no script, no external resource, so it opens from disk and the
+folder can be moved.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from ..stage import atomic_write_text
+from .gallery import _STYLE, _link, _natural_key, write_gallery
+from .run_folder import EVALUATION, GALLERY, SAMPLES
+
+__all__ = ["write_image_gallery"]
+
+_SECTIONS = (("val", "Held-out pairs: the sound, the true frame, images made from the sound"),
+             ("files", "Your recordings: images made from each"),
+             ("from_images", "Sounds made from pictures"),
+             ("prior", "Samples per group: one z, both halves"))
+_EXTRA_STYLE = ".entry { margin-bottom: 1rem; } figure img.px { width: 128px; " \
+               "image-rendering: pixelated; }"
+
+
+def _img(path: Path, root: Path, caption: str) -> str:
+    return (f'<figure><img class="px" src="{_link(path, root)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _sound(folder: Path, root: Path) -> str:
+    wav, png = folder / "sound.wav", folder / "sound.png"
+    if not wav.is_file():
+        return ""
+    picture = (f'<img src="{_link(png, root)}" alt="spectrogram of the sound">'
+               if png.is_file() else "")
+    return (f'<figure>{picture}<audio controls preload="none" src="{_link(wav, root)}"></audio>'
+            f"<figcaption>sound</figcaption></figure>")
+
+
+def _entry(folder: Path, root: Path) -> str:
+    parts = [_sound(folder, root)]
+    for name, caption in (("frame.png", "true frame"), ("image.png", "picture")):
+        if (folder / name).is_file():
+            parts.append(_img(folder / name, root, caption))
+    for png in sorted(folder.glob("generated_*.png"), key=lambda p: _natural_key(p.stem)):
+        parts.append(_img(png, root, f"from the sound #{png.stem.rpartition('_')[2]}"))
+    return (f'<div class="entry"><h3>{html.escape(folder.relative_to(root / SAMPLES).as_posix())}'
+            f'</h3><div class="row">{"".join(parts)}</div></div>')
+
+
+def _metrics(path: Path) -> str:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>"
+        f"{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td></tr>"
+        for k, v in metrics.items() if isinstance(v, (int, float, str)))
+    return f"<h2>Evaluation (metrics.json)</h2><table>{rows}</table>"
+
+
+def write_image_gallery(run_dir: Path) -> Path:
+    """(Re)write ``run_dir/index.html`` from ``run_dir/samples/`` and ``metrics.json``.
+
+    The run folder's own page (``run_dir/../index.html``), when there is one, is rebuilt too,
+    so that it links to this one.
+
+    Returns
+    -------
+    Path
+        The page.
+    """
+    run_dir = Path(run_dir)
+    sections = []
+    for kind, heading in _SECTIONS:
+        base = run_dir / SAMPLES / kind
+        entries = sorted({p.parent for p in base.rglob("*.png")}, key=lambda p: _natural_key(
+            p.relative_to(base).as_posix())) if base.is_dir() else []
+        if entries:
+            sections.append(f"<h2>{heading}</h2>" + "".join(_entry(e, run_dir) for e in entries))
+    if not sections:
+        sections.append("<p>No images yet: run <code>vae.py sound-to-image</code>.</p>")
+    sections.append(_metrics(run_dir / EVALUATION))
+    title = f"{html.escape(run_dir.parent.name)}: sound → image"
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{title}</title><style>{_STYLE}{_EXTRA_STYLE}</style></head><body>"
+            f"<h1>{title}</h1><p class=\"note\">Images are made from the sound alone (no group "
+            "label). Spectrograms: time left to right, frequency bottom to top. Audio: "
+            f"Griffin-Lim, peak-normalised.</p>{''.join(sections)}</body></html>\n")
+    path = run_dir / GALLERY
+    atomic_write_text(path, page)
+    if (run_dir.parent / GALLERY).is_file():
+        write_gallery(run_dir.parent)
+    return path
