@@ -162,7 +162,7 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
                              xlabel=g == len(trained.groups) - 1)
             axes[g, 1 + k].set_title(f"{name}: generated {k + 1}", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=64)
 
 
 def table(results: dict[str, dict[str, float]],
