@@ -137,6 +137,7 @@ def panns_checkpoint(tmp_path, monkeypatch):
     panns.clear_model_cache()
 
 
+@pytest.mark.slow
 def test_panns_embeddings_and_report(rng, panns_checkpoint):
     waves = np.concatenate([calls(rng, 4, 300.0), calls(rng, 4, 900.0)])
     emb, top = quality.panns_embeddings(waves, SR, panns_checkpoint, batch_size=3)
