@@ -307,6 +307,11 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     max_steps: int = 0              # stop after this many optimiser steps; 0 = no limit
     prior_components: int = 4       # Gaussian mixture per group over the codes; 0 = none
+    adversarial_epochs: int = 0     # decoder vs a spectrogram discriminator afterwards; 0 = off
+    adversarial_lr: float = 1e-4    # Adam learning rate of the decoder and discriminator there
+    adversarial_weight: float = 0.1  # hinge term's weight against the reconstruction loss's 1
+    feature_matching_weight: float = 1.0  # feature matching's weight, likewise
+    discriminator_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -325,6 +330,14 @@ class TrainConfig:
             problems.append(f"train.val_fraction={self.val_fraction} must be in (0, 1)")
         _positive(problems, "train.max_steps", self.max_steps, allow_zero=True)
         _positive(problems, "train.prior_components", self.prior_components, allow_zero=True)
+        _positive(problems, "train.adversarial_epochs", self.adversarial_epochs, allow_zero=True)
+        _positive(problems, "train.adversarial_lr", self.adversarial_lr)
+        _positive(problems, "train.adversarial_weight", self.adversarial_weight, allow_zero=True)
+        _positive(problems, "train.feature_matching_weight", self.feature_matching_weight,
+                  allow_zero=True)
+        if not self.discriminator_channels or any(c <= 0 for c in self.discriminator_channels):
+            problems.append(f"train.discriminator_channels={self.discriminator_channels} must "
+                            "be a non-empty list of ints > 0")
         return problems
 
 

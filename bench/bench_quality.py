@@ -51,6 +51,7 @@ VARIANTS: dict[str, list[str]] = {
     "channelnorm": ["model.decoder_norm=channel"],
     "normal-prior": ["generate.prior=normal"],
     "batch8-epochs30": ["train.epochs=30"],
+    "adversarial": ["train.adversarial_epochs=10"],
 }
 
 

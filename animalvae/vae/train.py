@@ -41,6 +41,7 @@ import csv
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from ..config import Config, config_to_dict
 from ..errors import AnimalVAEError, ConfigError
 from ..spectrogram import SpectrogramSpec
 from ..stage import StageOptions, atomic_path, write_settings
+from .adversarial import AdversarialPhase, run_phase
 from .checkpoint import (
     check_run_dir,
     clear_run_dir,
@@ -341,7 +343,9 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
         set_rng_state(state["rng"])
         log.info("resuming at epoch %d, step %d (best validation loss %.5g)", epoch + 1, step,
                  best_val)
-    if epoch >= tc.epochs or (tc.max_steps and step >= tc.max_steps):
+    adversarial_left = (epoch >= tc.epochs and tc.adversarial_epochs
+                        > (state or {}).get("adversarial", {}).get("epoch", 0))
+    if (epoch >= tc.epochs or (tc.max_steps and step >= tc.max_steps)) and not adversarial_left:
         log.info("nothing to do: the run already reached train.epochs=%d / train.max_steps=%d",
                  tc.epochs, tc.max_steps)
         return run_dir / MODEL
@@ -455,6 +459,14 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 _plot_losses(run_dir / LOSS_PLOT, rows)
                 last_plot = time.monotonic()
 
+    if tc.adversarial_epochs and epoch >= tc.epochs:
+        _adversarial_phase(model, train_set, val_set, config=config, run_dir=run_dir, dist=dist,
+                           saved=(state or {}).get("adversarial"), rows=rows,
+                           checkpoint=checkpoint, progress=options.progress, last={
+                               "epoch": epoch, "batch": batch, "step": step,
+                               "steps_per_epoch": steps_per_epoch, "best_val": best_val,
+                               "sums": sums, "optimizer": optimizer.state_dict(),
+                               "scheduler": schedule, "world_size": dist.world_size})
     if tc.prior_components and dist.is_main:
         add_prior_to_checkpoint(run_dir / MODEL, model, train_set,
                                 components=tc.prior_components, seed=tc.seed, device=device)
@@ -464,3 +476,60 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
     log.info("best validation loss %.5g: %s (last state: %s)", best_val, run_dir / MODEL,
              run_dir / LAST)
     return run_dir / MODEL
+
+
+def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: SpectrogramSet, *,
+                       config: Config, run_dir: Path, dist: DistContext,
+                       saved: dict[str, Any] | None, rows: list[dict[str, float]],
+                       checkpoint: Callable[..., dict[str, Any]], last: dict[str, Any],
+                       progress: bool) -> None:
+    """``train.adversarial_epochs`` of :mod:`animalvae.vae.adversarial` after the VAE epochs.
+
+    Starts from the best weights (``model.pth``), or from ``saved`` (the phase's state in
+    ``last.pth``) with the weights already in ``model``. After each epoch: validation, a
+    metrics row (its ``train_*`` are the VAE loss terms of the reconstructions), ``model.pth``
+    with the current weights, and ``last.pth`` with ``last`` (the VAE phase's final state) and
+    the phase's own.
+    """
+    tc = config.train
+    if dist.world_size > 1:
+        raise ConfigError(f"train.adversarial_epochs={tc.adversarial_epochs} runs in one "
+                          "process: train without torchrun, or set it to 0")
+    phase = AdversarialPhase.create(model, channels=tc.discriminator_channels,
+                                    lr=tc.adversarial_lr, seed=tc.seed, device=dist.device)
+    if saved is not None:
+        phase.load_state_dict(saved, source=str(run_dir / LAST))
+    else:
+        model.load_state_dict(read_checkpoint(run_dir / MODEL)["model"])
+    n_pixels = math.prod(model.shape)
+    vae_step = last["step"]
+    t0 = time.monotonic()
+
+    def on_epoch(means: dict[str, float]) -> None:
+        nonlocal t0
+        val = _validate(model, val_set, batch_size=tc.batch_size, dist=dist,
+                        recon_loss=tc.recon_loss, beta=tc.beta, seed=tc.seed)
+        rows.append({"epoch": tc.epochs + phase.epoch, "step": vae_step + phase.step,
+                     "train_loss": means["recon"] + tc.beta * means["kl"] / n_pixels,
+                     "train_recon": means["recon"], "train_kl": means["kl"],
+                     "val_loss": val["loss"], "val_recon": val["recon"], "val_kl": val["kl"],
+                     "beta": tc.beta, "lr": tc.adversarial_lr,
+                     "seconds": time.monotonic() - t0})
+        log.info("adversarial epoch %d/%d: discriminator %.4f · decoder recon %.5f, hinge "
+                 "%.4f, feature matching %.4f · val recon %.5f · %.1f s", phase.epoch,
+                 tc.adversarial_epochs, means["d_loss"], means["recon"], means["adversarial"],
+                 means["matching"], val["recon"], rows[-1]["seconds"])
+        save_checkpoint(run_dir / MODEL, checkpoint(epoch=rows[-1]["epoch"],
+                                                    step=rows[-1]["step"], val_loss=val["loss"]))
+        save_checkpoint(run_dir / LAST, checkpoint(**last, metrics=rows, rng=rng_state(),
+                                                   adversarial=phase.state_dict()))
+        _write_metrics(run_dir, rows)
+        if phase.epoch >= tc.adversarial_epochs:
+            _plot_losses(run_dir / LOSS_PLOT, rows)
+        t0 = time.monotonic()
+
+    run_phase(phase, train_set, epochs=tc.adversarial_epochs, batch_size=tc.batch_size,
+              seed=tc.seed, epoch_offset=tc.epochs, recon_loss=tc.recon_loss,
+              adversarial_weight=tc.adversarial_weight,
+              feature_matching_weight=tc.feature_matching_weight, grad_clip=tc.grad_clip,
+              device=dist.device, on_epoch=on_epoch, progress=progress)
