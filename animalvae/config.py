@@ -307,7 +307,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     max_steps: int = 0              # stop after this many optimiser steps; 0 = no limit
     prior_components: int = 4       # Gaussian mixture per group over the codes; 0 = none
-    adversarial_epochs: int = 0     # decoder vs a spectrogram discriminator afterwards; 0 = off
+    adversarial_epochs: int = 10    # decoder vs a spectrogram discriminator afterwards; 0 = off
     adversarial_lr: float = 1e-4    # Adam learning rate of the decoder and discriminator there
     adversarial_weight: float = 0.1  # hinge term's weight against the reconstruction loss's 1
     feature_matching_weight: float = 1.0  # feature matching's weight, likewise

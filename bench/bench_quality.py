@@ -51,7 +51,8 @@ VARIANTS: dict[str, list[str]] = {
     "channelnorm": ["model.decoder_norm=channel"],
     "normal-prior": ["generate.prior=normal"],
     "batch8-epochs30": ["train.epochs=30"],
-    "adversarial": ["train.adversarial_epochs=10"],
+    "no-adversarial": ["train.adversarial_epochs=0"],
+    "adversarial-strong": ["train.adversarial_weight=1.0"],
 }
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_distributed import STEPS, assert_same, torchrun, weights
+from test_vae import make_data, read_metrics, run_vae, write_tiny_config
 
+import vae
 from animalvae.config import ModelConfig, TrainConfig
 from animalvae.vae.adversarial import (
     AdversarialPhase,
@@ -17,7 +20,6 @@ from animalvae.vae.adversarial import (
     generator_loss,
 )
 from animalvae.vae.model import VAE, load_model
-from tests.test_vae import make_data, read_metrics, run_vae, write_tiny_config
 
 EPOCHS = 3
 
@@ -28,7 +30,10 @@ def _split(weights: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tenso
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same data and seed trained without (``plain``) and with two adversarial epochs."""
+    """The same data and seed trained without (``plain``) and with two adversarial epochs.
+
+    The tiny config of tests/test_vae.py sets ``train.adversarial_epochs: 0``.
+    """
     tmp = tmp_path_factory.mktemp("adversarial")
     config = write_tiny_config(tmp, epochs=EPOCHS, data=make_data(tmp / "spectrograms"))
     plain, adv = tmp / "plain", tmp / "adv"
@@ -39,7 +44,6 @@ def runs(tmp_path_factory):
 
 
 def run_vae_quiet(argv: list[str]) -> int:
-    import vae
     return vae.main([*argv, "-q"])
 
 
@@ -90,9 +94,9 @@ def test_one_step_trains_the_decoder_and_discriminator_but_not_the_encoder():
 # The phase inside vae.py train
 # --------------------------------------------------------------------------------------------
 
-def test_off_by_default_the_run_has_no_phase(runs):
-    assert TrainConfig().adversarial_epochs == 0
-    _, plain, _ = runs
+def test_zero_adversarial_epochs_leave_the_vae_run_as_it_was(runs):
+    assert TrainConfig().adversarial_epochs > 0          # on by default
+    _, plain, _ = runs                                   # the tiny config sets it to 0
     last = torch.load(plain / "last.pth", weights_only=True)
     assert "adversarial" not in last
     assert [r["epoch"] for r in read_metrics(plain)] == [1, 2, 3]
@@ -149,3 +153,17 @@ def test_resume_with_another_discriminator_is_a_config_error(runs, tmp_path, cap
                          "--set", "train.adversarial_epochs=2",
                          "--set", "train.discriminator_channels=[8]"], capsys)
     assert code == 2 and "train.discriminator_channels" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_phase_gives_what_one_process_gives(tmp_path):
+    config = write_tiny_config(tmp_path, data=make_data(tmp_path / "spectrograms"))
+    base = ["train", "--config", str(config), *STEPS, "--set", "train.adversarial_epochs=2"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    torchrun(2, ddp, [*base, "--run", str(ddp)])
+    assert run_vae_quiet([*base, "--run", str(single)]) == 0
+    assert torch.load(ddp / "last.pth", weights_only=True)["adversarial"]["epoch"] == 2
+    assert_same(weights(ddp / "model.pth"), weights(single / "model.pth"), atol=1e-5)
+    assert_same(weights(ddp / "rank0.pt"), weights(ddp / "rank1.pt"), atol=1e-6)
+    assert [r["val_loss"] for r in read_metrics(ddp)] == pytest.approx(
+        [r["val_loss"] for r in read_metrics(single)], rel=1e-5)

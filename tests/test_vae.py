@@ -46,6 +46,7 @@ train:
   kl_warmup_epochs: 1
   beta: 1.0
   val_fraction: 0.2
+  adversarial_epochs: 0   # the VAE epochs alone here; tests/test_adversarial.py sets it
 generate:
   count: 2
   griffin_lim_iters: 4

@@ -8,6 +8,10 @@ and writes into the run folder (``paths.runs/<train.name>``):
 - ``model.pth``: the weights with the best validation loss so far, plus everything needed to
   use them (see :mod:`animalvae.vae.model`); ``last.pth``: the latest state, for ``--resume``;
 - ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect;
+- with ``train.adversarial_epochs`` > 0, after the VAE epochs: that many epochs that fine-tune
+  the decoder of the best weights alone against a spectrogram discriminator
+  (:mod:`animalvae.vae.adversarial`); ``model.pth`` then holds the latest of them and
+  ``last.pth`` also the discriminator and its optimiser;
 - at the end, with ``train.prior_components`` > 0, a Gaussian mixture per group fit on the
   training clips' codes under the best weights, stored in ``model.pth``
   (:mod:`animalvae.vae.prior`), which ``generate`` samples from.
@@ -462,7 +466,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
     if tc.adversarial_epochs and epoch >= tc.epochs:
         _adversarial_phase(model, train_set, val_set, config=config, run_dir=run_dir, dist=dist,
                            saved=(state or {}).get("adversarial"), rows=rows,
-                           checkpoint=checkpoint, progress=options.progress, last={
+                           checkpoint=checkpoint, progress=options.progress and dist.is_main,
+                           last={
                                "epoch": epoch, "batch": batch, "step": step,
                                "steps_per_epoch": steps_per_epoch, "best_val": best_val,
                                "sums": sums, "optimizer": optimizer.state_dict(),
@@ -489,12 +494,12 @@ def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: Spectrogr
     ``last.pth``) with the weights already in ``model``. After each epoch: validation, a
     metrics row (its ``train_*`` are the VAE loss terms of the reconstructions), ``model.pth``
     with the current weights, and ``last.pth`` with ``last`` (the VAE phase's final state) and
-    the phase's own.
+    the phase's own. Under torchrun every rank runs the phase alike on whole batches (the
+    same data, noise and initial weights, so without exchanging gradients; the phase is small
+    next to the VAE epochs), validation is shared out as in the VAE epochs, and rank 0 writes.
     """
     tc = config.train
-    if dist.world_size > 1:
-        raise ConfigError(f"train.adversarial_epochs={tc.adversarial_epochs} runs in one "
-                          "process: train without torchrun, or set it to 0")
+    dist.sum(torch.zeros(1))  # a barrier under torchrun: rank 0 has written model.pth
     phase = AdversarialPhase.create(model, channels=tc.discriminator_channels,
                                     lr=tc.adversarial_lr, seed=tc.seed, device=dist.device)
     if saved is not None:
@@ -515,10 +520,13 @@ def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: Spectrogr
                      "val_loss": val["loss"], "val_recon": val["recon"], "val_kl": val["kl"],
                      "beta": tc.beta, "lr": tc.adversarial_lr,
                      "seconds": time.monotonic() - t0})
+        t0 = time.monotonic()
         log.info("adversarial epoch %d/%d: discriminator %.4f · decoder recon %.5f, hinge "
                  "%.4f, feature matching %.4f · val recon %.5f · %.1f s", phase.epoch,
                  tc.adversarial_epochs, means["d_loss"], means["recon"], means["adversarial"],
                  means["matching"], val["recon"], rows[-1]["seconds"])
+        if not dist.is_main:
+            return
         save_checkpoint(run_dir / MODEL, checkpoint(epoch=rows[-1]["epoch"],
                                                     step=rows[-1]["step"], val_loss=val["loss"]))
         save_checkpoint(run_dir / LAST, checkpoint(**last, metrics=rows, rng=rng_state(),
@@ -526,7 +534,6 @@ def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: Spectrogr
         _write_metrics(run_dir, rows)
         if phase.epoch >= tc.adversarial_epochs:
             _plot_losses(run_dir / LOSS_PLOT, rows)
-        t0 = time.monotonic()
 
     run_phase(phase, train_set, epochs=tc.adversarial_epochs, batch_size=tc.batch_size,
               seed=tc.seed, epoch_offset=tc.epochs, recon_loss=tc.recon_loss,
