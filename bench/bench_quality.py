@@ -45,9 +45,9 @@ AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a"}
 #: Settings of each variant on top of config.yaml.
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],
-    "before": ["train.batch_size=32", "train.epochs=30", "train.prior_components=0",
-               "generate.prior=normal"],
-    "before+mixture": ["train.batch_size=32", "train.epochs=30"],
+    "before": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0",
+               "train.prior_components=0", "generate.prior=normal"],
+    "before+mixture": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0"],
     "channelnorm": ["model.decoder_norm=channel"],
     "normal-prior": ["generate.prior=normal"],
     "batch8-epochs30": ["train.epochs=30"],
