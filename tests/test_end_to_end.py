@@ -198,6 +198,7 @@ def test_demo_runs_every_stage_and_says_where_things_are(demo_run):
     assert "index.html" in log and "The demo finished" in log
 
 
+@pytest.mark.slow
 def test_stage1_clips_and_manifest(demo_run):
     out, _ = demo_run
     clips = demo_data.plan_dataset(CLIPS_PER_GROUP)
@@ -216,6 +217,7 @@ def test_stage1_clips_and_manifest(demo_run):
     assert not any(r["label"] in dict(demo_data.OTHER_ROWS) for r in rows.values())
 
 
+@pytest.mark.slow
 def test_stage2_audio(demo_run):
     out, _ = demo_run
     ok = _ok(read_manifest(out / "data" / "audio"))
@@ -229,6 +231,7 @@ def test_stage2_audio(demo_run):
         assert row["video"] and Path(row["video"]).is_file()
 
 
+@pytest.mark.slow
 def test_stage3_finds_the_call_and_its_frame(demo_run):
     out, _ = demo_run
     det = out / "data" / "detections"
@@ -260,6 +263,7 @@ def test_stage3_finds_the_call_and_its_frame(demo_run):
             synth.GROUP_STYLES[clip.group][0]
 
 
+@pytest.mark.slow
 def test_stage4_spectrograms(demo_run):
     out, _ = demo_run
     spec = out / "data" / "spectrograms"
@@ -282,6 +286,7 @@ def test_stage4_spectrograms(demo_run):
             (DEMO.features.image_size, DEMO.features.image_size, 3)
 
 
+@pytest.mark.slow
 def test_stage5_model_samples_and_gallery(demo_run):
     out, _ = demo_run
     run = out / "runs" / "demo"
