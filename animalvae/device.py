@@ -6,7 +6,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["pick_device"]
+__all__ = ["pick_device", "device_of"]
 
 
 def pick_device(name: str = "auto", *, key: str = "device") -> torch.device:
@@ -35,3 +35,8 @@ def pick_device(name: str = "auto", *, key: str = "device") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"{key}={name!r} but MPS is not available here (use auto or cpu)")
     return device
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    """The device a module's parameters live on (a loaded model's, for its inputs)."""
+    return next(module.parameters()).device

@@ -335,9 +335,8 @@ def run(config: Config, options: StageOptions, *, check: int = 0) -> FeaturesSum
     summary = FeaturesSummary(**{f.name: getattr(base, f.name)
                                  for f in dataclasses.fields(base)})
     from . import images  # the frames of the sound -> image model, beside the arrays
-    images.run(config, force=options.force, limit=options.limit,
-               workers=resolve_workers(options.workers, config.features.workers),
-               progress=options.progress)
+    images.run(config, options,
+               workers=resolve_workers(options.workers, config.features.workers))
     rows = _current_rows(output_dir, stage.fingerprint)
     if rows and (summary.ok or not (output_dir / PREVIEW).is_file()):
         render_preview(output_dir, rows, spec, output_dir / PREVIEW)

@@ -31,9 +31,10 @@ import numpy as np
 
 from .config import Config
 from .errors import ConfigError, ItemFailed
-from .stage import Item, Stage, Summary, atomic_path, read_manifest, run_stage
+from .stage import Item, Stage, StageOptions, Summary, atomic_path, read_manifest, run_stage
 
 __all__ = ["ImagesStage", "load_image", "square_resize", "list_image_items", "run", "read_image",
+           "write_png",
            "IMAGES", "IMAGE_EXTENSIONS", "MIN_SIDE", "MAX_PIXELS"]
 
 log = logging.getLogger(__name__)
@@ -188,14 +189,30 @@ class ImagesStage(Stage):
                 and super().is_done(output, row))
 
     def process(self, item: Item, output: Path) -> dict[str, Any]:
-        import cv2
 
         image = load_image(Path(item.source))
-        with atomic_path(output) as tmp:
-            if not cv2.imwrite(str(tmp), square_resize(image, self.size)[..., ::-1]):
-                raise ItemFailed(f"cannot write {output.name}")
+        write_png(output, square_resize(image, self.size))
         return {"paired": item.upstream.get("paired", "no"), "width": image.shape[1],
                 "height": image.shape[0], "mode": "RGB", "size": f"{self.size}x{self.size}"}
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an RGB picture as a PNG, atomically.
+
+    Parameters
+    ----------
+    image : np.ndarray [shape=(H, W, 3), uint8, RGB]
+
+    Raises
+    ------
+    OSError
+        When OpenCV cannot write the file.
+    """
+    import cv2
+
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(image[..., ::-1])):
+            raise OSError(f"cannot write {path}")
 
 
 def list_image_items(detections: Path, extra_dirs: list[Path]) -> list[Item]:
@@ -229,9 +246,12 @@ def list_image_items(detections: Path, extra_dirs: list[Path]) -> list[Item]:
     return sorted(items.values(), key=lambda it: (it.group, it.id))
 
 
-def run(config: Config, *, force: bool = False, limit: int | None = None, workers: int = 1,
-        progress: bool = True) -> Summary | None:
+def run(config: Config, options: StageOptions | None = None, *,
+        workers: int = 1) -> Summary | None:
     """Prepare every frame and extra picture into ``paths.spectrograms/images``.
+
+    ``options`` are stage 4's (``--force``, ``--limit``, ``--shard``: a shard prepares the
+    pictures of its own ids, so shards of stage 4 share this folder as they share the arrays').
 
     Returns
     -------
@@ -243,6 +263,8 @@ def run(config: Config, *, force: bool = False, limit: int | None = None, worker
         log.info("images: no frames in %s and no features.extra_image_dirs: the sound -> "
                  "image model has nothing to learn from", config.paths.detections)
         return None
+    options = options or StageOptions()
     return run_stage(ImagesStage(config.features.image_size), items,
-                     config.paths.spectrograms / IMAGES, force=force, limit=limit,
-                     workers=workers, progress=progress)
+                     config.paths.spectrograms / IMAGES, force=options.force,
+                     limit=options.limit, workers=workers, progress=options.progress,
+                     shard=options.shard)

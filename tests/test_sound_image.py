@@ -27,8 +27,9 @@ import vae
 from animalvae import images as images_mod
 from animalvae.config import SoundImageConfig, load_config
 from animalvae.errors import ConfigError, ItemFailed
+from animalvae.shards import parse_shard
 from animalvae.spectrogram import SpectrogramSpec, save_spec
-from animalvae.stage import read_manifest, run_stage, write_manifest
+from animalvae.stage import StageOptions, read_manifest, run_stage, write_manifest
 from animalvae.vae.image_quality import (
     candidate_sets,
     frechet_distance,
@@ -63,6 +64,8 @@ sound_image:
   count: 2
   candidates: 100
 """
+
+QUIET = StageOptions(progress=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +159,7 @@ def test_stage4_images_pair_frames_by_id_and_lose_nothing_else(tmp_path):
 paths: {{detections: {detections}, spectrograms: {spectrograms}}}
 features: {{image_size: 32, extra_image_dirs: [{extra}]}}
 """))
-    summary = images_mod.run(config, progress=False)
+    summary = images_mod.run(config, QUIET)
     assert (summary.ok, summary.failed) == (4, len(reasons))
     manifest = read_manifest(spectrograms / images_mod.IMAGES)
     assert "audio_only" not in manifest                  # no frame: stays an unpaired sound
@@ -169,13 +172,41 @@ features: {{image_size: 32, extra_image_dirs: [{extra}]}}
     for name, words in reasons.items():
         row = manifest[Path(name).stem]
         assert row["status"] == "failed" and words in row["reason"], row
-    again = images_mod.run(config, progress=False)       # a rerun redoes nothing
+    again = images_mod.run(config, QUIET)       # a rerun redoes nothing
     assert again.ok == 0 and again.already_done == 4
     bigger = load_config(_write(tmp_path / "c.yaml", f"""
 paths: {{detections: {detections}, spectrograms: {spectrograms}}}
 features: {{image_size: 64, extra_image_dirs: [{extra}]}}
 """))
-    assert images_mod.run(bigger, progress=False).ok == 4  # another size: redone
+    assert images_mod.run(bigger, QUIET).ok == 4  # another size: redone
+
+
+def test_shards_of_stage_4_prepare_the_images_of_their_own_ids(tmp_path):
+    """Under ``--shard K/N`` each shard prepares only its own ids' pictures, into its own
+    manifest part, so shards of stage 4 can run at once (a plain run would hold the folder)."""
+    detections = tmp_path / "detections"
+    (detections / "frames" / "dogs").mkdir(parents=True)
+    rows = []
+    for i in range(8):
+        cv2.imwrite(str(detections / "frames" / "dogs" / f"c{i}.jpg"),
+                    np.full((40, 40, 3), 30 * i, np.uint8))
+        rows.append({"id": f"c{i}", "label": "dogs", "group": "dogs", "source": "x",
+                     "output": f"segments/dogs/c{i}.wav", "status": "ok", "reason": "",
+                     "frame": f"frames/dogs/c{i}.jpg"})
+    write_manifest(detections, rows, ("frame",))
+    config = load_config(_write(tmp_path / "c.yaml", f"""
+paths: {{detections: {detections}, spectrograms: {tmp_path / "spectrograms"}}}
+features: {{image_size: 16}}
+"""))
+    shards = [parse_shard("1/2"), parse_shard("2/2")]
+    done = [images_mod.run(config, StageOptions(progress=False, shard=shard)).ok
+            for shard in shards]
+    folder = tmp_path / "spectrograms" / images_mod.IMAGES
+    assert sum(done) == 8 and all(done)
+    assert sorted(p.name for p in folder.glob("manifest.shard-*.csv")) == [
+        "manifest.shard-1-of-2.csv", "manifest.shard-2-of-2.csv"]
+    assert len(read_manifest(folder)) == 8
+    assert images_mod.run(config, QUIET).already_done == 8   # a plain run sees both shards
 
 
 def test_an_extra_image_with_a_segment_id_is_a_config_error(tmp_path):
@@ -343,8 +374,8 @@ def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(train_images, "_validate", interrupted)
     assert vae.main(["train-images", "--config", str(part), "-q"]) == 130
     monkeypatch.setattr(train_images, "_validate", validate)
-    assert torch.load(tmp_path / "b" / "default" / "images" / "last.pth",
-                      weights_only=True)["epoch"] == 2
+    last = tmp_path / "b" / "default" / "images" / "last.pth"
+    assert torch.load(last, weights_only=True)["epoch"] == 2
     assert vae.main(["train-images", "--resume", "--config", str(part), "-q",
                      "--set", "sound_image.latent_dim=4"]) == 2   # another model: refused
     assert vae.main(["train-images", "--resume", "--config", str(part), "-q"]) == 0

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..config import Config
-from ..device import pick_device
+from ..device import device_of, pick_device
 from ..errors import ConfigError, ItemFailed, ItemSkipped
 from ..segments import load_segment
 from ..spectrogram import (
@@ -46,7 +46,7 @@ from .prior import sample_prior
 from .run_folder import EVALUATION, MODEL, SAMPLES
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
-           "sample_latents", "log_spectral_distance", "PEAK_DBFS", "UNCONDITIONAL"]
+           "sample_latents", "log_spectral_distance", "safe_name", "PEAK_DBFS", "UNCONDITIONAL"]
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,6 @@ def _load_run(config: Config, run_dir: Path) -> TrainedModel:
              trained.spec.shape, ", ".join(trained.groups), trained.info.get("epoch", "?"))
     return trained
 
-
-def _device(trained: TrainedModel) -> torch.device:
-    return next(trained.model.parameters()).device
 
 
 @torch.no_grad()
@@ -155,7 +152,9 @@ def _clear(folder: Path, pattern: str) -> None:
             path.unlink()
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
+    """``text`` as a file name: runs of characters other than letters, digits and ``._-``
+    become ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
 
 
@@ -238,7 +237,7 @@ def _decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Te
     """Sample z for each label (``generate.prior``, ``temperature``, ``seed``) and decode it:
     (B,) CPU labels -> (B, H, W) spectrograms on the model's device."""
     gc = config.generate
-    device = _device(trained)
+    device = device_of(trained.model)
     z = sample_latents(trained, labels, prior=gc.prior, temperature=gc.temperature,
                        seed=gc.seed)
     with torch.no_grad():
@@ -330,7 +329,7 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
     gc = config.generate
     count = gc.count if count is None else count
     trained = _load_run(config, run_dir)
-    device = _device(trained)
+    device = device_of(trained.model)
     items = _held_out(run_dir, trained, per_group=count)
     data = SpectrogramSet(items, trained.groups, trained.spec.shape)
     x, y = data.batch(torch.arange(len(data)), device)                      # (N, 1, H, W), (N,)
@@ -347,7 +346,7 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
     written = []
     for i, item in enumerate(items):
         for j, kind in ((i, "original"), (i + len(items), "reconstruction")):
-            path = folder / _safe_name(item.group) / f"{_safe_name(item.id)}_{kind}.wav"
+            path = folder / safe_name(item.group) / f"{safe_name(item.id)}_{kind}.wav"
             write_sample(path, audio[j], both[j], spec=trained.spec)
             written.append(path)
     page = write_gallery(run_dir)
@@ -402,7 +401,7 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
     """
     gc = config.generate
     trained = _load_run(config, run_dir)
-    device = _device(trained)
+    device = device_of(trained.model)
     x = torch.stack([_read_input(p, trained, silence_dbfs=config.extract.silence_dbfs)
                      for p in (a, b)])[:, None]                             # (2, 1, H, W)
     x = x.to(device)
@@ -428,7 +427,7 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
     audio = to_audio(out, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)
     folder = (Path(run_dir) / SAMPLES / "interpolate"
-              / f"{_safe_name(Path(a).stem)}__{_safe_name(Path(b).stem)}")
+              / f"{safe_name(Path(a).stem)}__{safe_name(Path(b).stem)}")
     _clear(folder, "*.*")
     written = []
     width = len(str(steps - 1))
@@ -487,7 +486,7 @@ def evaluate(config: Config, run_dir: Path, *,
     """
     gc = config.generate
     trained = _load_run(config, run_dir)
-    device, model, spec = _device(trained), trained.model, trained.spec
+    device, model, spec = device_of(trained.model), trained.model, trained.spec
     run_cfg = trained.config.get("train", {})
     recon_loss = run_cfg.get("recon_loss", config.train.recon_loss)
     beta = float(run_cfg.get("beta", config.train.beta))
@@ -576,7 +575,7 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
     from . import quality
 
     gc = config.generate
-    device, model, spec = _device(trained), trained.model, trained.spec
+    device, model, spec = device_of(trained.model), trained.model, trained.spec
     by_group: dict[str, list[Item]] = {}
     for item in read_split(run_dir)[0]:  # the first eval_real_per_group of each group
         by_group.setdefault(item.group, []).append(item)

@@ -34,13 +34,13 @@ from torch import Tensor
 
 from ..config import Config
 from ..detect import best_window, energy_scores, window_samples
-from ..device import pick_device
+from ..device import device_of, pick_device
 from ..errors import ConfigError, ItemFailed
-from ..images import load_image, square_resize
+from ..images import load_image, square_resize, write_png
 from ..spectrogram import Spectrogram
-from ..stage import StageOptions, atomic_path, atomic_write_text
+from ..stage import StageOptions, atomic_write_text
 from .dataset import iter_batches
-from .generate import _safe_name, to_audio, write_sample
+from .generate import safe_name, to_audio, write_sample
 from .image_gallery import write_image_gallery
 from .image_quality import (
     accuracy,
@@ -71,9 +71,6 @@ def _load(config: Config, run_dir: Path) -> TrainedPairs:
     return trained
 
 
-def _device(trained: TrainedPairs) -> torch.device:
-    return next(trained.model.parameters()).device
-
 
 @torch.no_grad()
 def images_from_sounds(trained: TrainedPairs, sounds: Tensor, *, count: int,
@@ -92,7 +89,7 @@ def images_from_sounds(trained: TrainedPairs, sounds: Tensor, *, count: int,
     -------
     Tensor [shape=(B, count, 3, S, S), values in [0, 1], on the CPU]
     """
-    model, device = trained.model, _device(trained)
+    model, device = trained.model, device_of(trained.model)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for idx in iter_batches(len(sounds), _BATCH):
@@ -107,14 +104,10 @@ def images_from_sounds(trained: TrainedPairs, sounds: Tensor, *, count: int,
 
 def _write_png(path: Path, image: Tensor | np.ndarray) -> None:
     """One image (3, S, S) in [0, 1] (or (S, S, 3) uint8) as an RGB PNG, atomically."""
-    import cv2
-
     array = np.asarray(image)
     if array.dtype != np.uint8:
         array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), np.ascontiguousarray(array[..., ::-1])):
-            raise OSError(f"cannot write {path}")
+    write_png(path, array)
 
 
 def _reset(folder: Path) -> None:
@@ -206,7 +199,7 @@ def sound_to_image(config: Config, run_dir: Path, files: Sequence[Path] = (), *,
         _reset(samples / "files")
         names: dict[str, int] = {}
         for f, wave, xi, generated in zip(files, waves, x, images):
-            name = _safe_name(Path(f).stem)
+            name = safe_name(Path(f).stem)
             names[name] = names.get(name, 0) + 1
             folder = samples / "files" / (name if names[name] == 1 else f"{name}_{names[name]}")
             _write_sound(folder, xi[0], trained, config, audio=wave)
@@ -226,7 +219,7 @@ def sound_to_image(config: Config, run_dir: Path, files: Sequence[Path] = (), *,
                          seed=gc.seed)
         _reset(samples / "val")
         for item, xi, wave, frame, generated in zip(items, sounds, audio, frames, images):
-            folder = samples / "val" / _safe_name(item.group) / _safe_name(item.id)
+            folder = samples / "val" / safe_name(item.group) / safe_name(item.id)
             _write_sound(folder, xi[0], trained, config, audio=wave)
             _write_png(folder / "frame.png", frame)
             for k, image in enumerate(generated):
@@ -262,13 +255,13 @@ def image_to_sound(config: Config, run_dir: Path, files: Sequence[Path], *,
             raise ConfigError(f"{f}: {exc}") from None
     x = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():
-        mu, _ = trained.model.posterior(image=x.to(_device(trained)))
+        mu, _ = trained.model.posterior(image=x.to(device_of(trained.model)))
         sounds = trained.model.decode_sound(mu)[:, 0]
     samples = Path(run_dir) / SAMPLES / "from_images"
     _reset(samples)
     written = []
     for f, picture, spectrogram in zip(files, pictures, sounds):
-        folder = samples / _safe_name(Path(f).stem)
+        folder = samples / safe_name(Path(f).stem)
         _write_png(folder / "image.png", picture)
         _write_sound(folder, spectrogram, trained, config)
         written.append(folder)
@@ -300,7 +293,7 @@ def sample_images(config: Config, run_dir: Path, *, count: int | None = None,
             images = trained.model.decode_image(z).cpu()
             sounds = trained.model.decode_sound(z)[:, 0].cpu()
         for k in range(count):
-            entry = folder / f"{_safe_name(group)}_{k}"
+            entry = folder / f"{safe_name(group)}_{k}"
             _write_png(entry / "image.png", images[k])
             _write_sound(entry, sounds[k], trained, config)
             written.append(entry)
@@ -333,7 +326,7 @@ def evaluate_images(config: Config, run_dir: Path, *,
     """
     si, seed = config.sound_image, config.generate.seed
     trained = _load(config, run_dir)
-    device, model = _device(trained), trained.model
+    device, model = device_of(trained.model), trained.model
     items = read_pair_split(run_dir)
     size = model.image_size
     val = PairSet(items.val, trained.groups, trained.spec.shape, size)

@@ -80,7 +80,8 @@ from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_che
 from .prior import add_prior_to_checkpoint
 from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
 
-__all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at"]
+__all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at",
+           "make_optimizer", "write_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +152,24 @@ def beta_at(step: int, *, beta: float, warmup_steps: int) -> float:
 # Metrics files
 # --------------------------------------------------------------------------------------------
 
-def _write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
-    with atomic_path(run_dir / METRICS) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=_METRIC_COLUMNS)
+def write_metrics(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """``metrics.csv``: one row per epoch, floats to 6 significant digits, written atomically."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k])
-                             for k in _METRIC_COLUMNS})
+                             for k in columns})
+
+
+def make_optimizer(model: torch.nn.Module, *, lr: float,
+                   weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weights of convolutions and linears only (not on biases
+    and norm gains, nanoGPT's split)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
 def _plot_losses(path: Path, rows: list[dict[str, float]]) -> None:
@@ -312,10 +324,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
              ", ".join(groups), sum(p.numel() for p in model.parameters()) / 1e6, device)
 
     # -- optimiser and schedule ----------------------------------------------------------------
-    decay = [p for p in model.parameters() if p.dim() >= 2]     # weights of convs and linears
-    no_decay = [p for p in model.parameters() if p.dim() < 2]   # biases and norm gains
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
+    optimizer = make_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
     schedule = {"kind": "warmup-cosine", "lr": tc.lr, "warmup_steps": tc.warmup_steps,
@@ -457,7 +466,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 epoch=epoch, batch=batch, step=step, steps_per_epoch=steps_per_epoch,
                 best_val=best_val, metrics=rows, sums=sums, optimizer=optimizer.state_dict(),
                 scheduler=schedule, rng=rng_state(), world_size=dist.world_size))
-            _write_metrics(run_dir, rows)
+            write_metrics(run_dir / METRICS, rows, _METRIC_COLUMNS)
             # drawing is slow next to a small epoch: at most every _PLOT_EVERY_S, and at the end
             if stop or epoch >= tc.epochs or time.monotonic() - last_plot >= _PLOT_EVERY_S:
                 _plot_losses(run_dir / LOSS_PLOT, rows)
@@ -531,7 +540,7 @@ def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: Spectrogr
                                                     step=rows[-1]["step"], val_loss=val["loss"]))
         save_checkpoint(run_dir / LAST, checkpoint(**last, metrics=rows, rng=rng_state(),
                                                    adversarial=phase.state_dict()))
-        _write_metrics(run_dir, rows)
+        write_metrics(run_dir / METRICS, rows, _METRIC_COLUMNS)
         if phase.epoch >= tc.adversarial_epochs:
             _plot_losses(run_dir / LOSS_PLOT, rows)
 

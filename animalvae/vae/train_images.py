@@ -27,7 +27,6 @@ is the pairs' term with the full ``beta`` and seeded noise.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
 import time
@@ -41,7 +40,7 @@ from torch import Tensor
 from ..config import Config, config_to_dict
 from ..device import pick_device
 from ..errors import ConfigError
-from ..stage import StageOptions, atomic_path, write_settings
+from ..stage import StageOptions, write_settings
 from .checkpoint import (
     check_run_dir,
     clear_run_dir,
@@ -55,7 +54,7 @@ from .model import kl_divergence, read_checkpoint
 from .multimodal import ARCHITECTURE, FORMAT, SoundImageVAE, pairs_payload, product_of_experts
 from .pairs import ImageSet, PairSet, find_pairs, read_pair_split, write_pair_split
 from .run_folder import LAST, METRICS, MODEL, SPLIT
-from .train import TrainingDiverged, beta_at, lr_at
+from .train import TrainingDiverged, beta_at, lr_at, make_optimizer, write_metrics
 
 __all__ = ["train_images", "elbo_term", "pair_loss", "group_codes"]
 
@@ -148,15 +147,6 @@ def _validate(model: SoundImageVAE, data: PairSet, *, device: torch.device, batc
         sums["image"] += (model.decode_image(mu) - image).abs().mean().item() * len(idx)
     model.train()
     return {k: v / len(data) for k, v in sums.items()}
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k])
-                             for k in _COLUMNS})
 
 
 @contextlib.contextmanager
@@ -263,10 +253,7 @@ def train_images(config: Config, run_dir: Path, *, resume: bool = False,
              ", ".join(groups), spec.shape, size,
              sum(p.numel() for p in model.parameters()) / 1e6, device)
 
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=si.lr)
+    optimizer = make_optimizer(model, lr=si.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_set) / si.batch_size))
     total_steps = si.epochs * steps_per_epoch
     warmup = min(tc.warmup_steps, total_steps // 5)
@@ -351,7 +338,7 @@ def train_images(config: Config, run_dir: Path, *, resume: bool = False,
                                 config=config_to_dict(config)),
                 "epoch": epoch, "step": step, "best_val": best_val, "metrics": rows,
                 "optimizer": optimizer.state_dict(), "rng": rng_state()})
-            _write_metrics(run_dir / METRICS, rows)
+            write_metrics(run_dir / METRICS, rows, _COLUMNS)
     log.info("train-images: %d epoch(s), best validation loss %.5g (image from sound: mean "
              "|error| %.4f at the end) -> %s", epoch, best_val,
              rows[-1]["val_image_from_sound_l1"], run_dir / MODEL)
