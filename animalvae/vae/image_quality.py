@@ -18,6 +18,7 @@ Pure functions on arrays (no files, no model), used by ``vae.py evaluate-images`
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -102,8 +103,8 @@ def fit_group_classifier(features: np.ndarray, labels: np.ndarray, *, seed: int 
 
 
 def accuracy(classifier: Any, features: np.ndarray, labels: np.ndarray) -> float:
-    """Share of rows the classifier labels with their own group."""
-    return float(np.mean(classifier.predict(features) == labels)) if len(labels) else 0.0
+    """Share of rows the classifier labels with their own group (NaN for no rows)."""
+    return float(np.mean(classifier.predict(features) == labels)) if len(labels) else math.nan
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

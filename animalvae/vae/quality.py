@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .image_quality import frechet_distance
+from .image_quality import accuracy, frechet_distance
 
 __all__ = ["logmel_stats", "spectral_contrast", "fit_judge",
            "diversity_ratio", "nearest_ratio", "panns_embeddings", "quality_report",
@@ -228,10 +228,6 @@ def panns_embeddings(waves: np.ndarray, sample_rate: int, checkpoint: Path, *,
     return np.concatenate(embeddings), np.concatenate(top)
 
 
-def _accuracy(judge, features: np.ndarray, labels: np.ndarray) -> float:
-    return float((judge.predict(features) == labels).mean()) if len(labels) else float("nan")
-
-
 def _share(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
@@ -283,11 +279,11 @@ def quality_report(*, groups: Sequence[str], sample_rate: int,
         tr, va, ge, re = train_y == g, val_y == g, gen_y == g, real_y == g
         if not (va.any() and ge.any()):
             continue
-        ceiling = _accuracy(judge, feats["val"][va], val_y[va])
+        ceiling = accuracy(judge, feats["val"][va], val_y[va])
         row = {
             "ceiling": ceiling,
-            "samples": _accuracy(judge, feats["gen"][ge], gen_y[ge]),
-            "reconstructions": _accuracy(judge, feats["rec"][va], val_y[va]),
+            "samples": accuracy(judge, feats["gen"][ge], gen_y[ge]),
+            "reconstructions": accuracy(judge, feats["rec"][va], val_y[va]),
             "sharpness_samples": float(contrast["gen"][ge].mean()
                                        / real_contrast[re].mean()),
             "sharpness_reconstructions": float(contrast["rec"][va].mean()
@@ -301,9 +297,9 @@ def quality_report(*, groups: Sequence[str], sample_rate: int,
         per_group[name] = row
 
     overall: dict[str, float] = {
-        "ceiling": _accuracy(judge, feats["val"], val_y),
-        "samples": _accuracy(judge, feats["gen"], gen_y),
-        "reconstructions": _accuracy(judge, feats["rec"], val_y),
+        "ceiling": accuracy(judge, feats["val"], val_y),
+        "samples": accuracy(judge, feats["gen"], gen_y),
+        "reconstructions": accuracy(judge, feats["rec"], val_y),
     }
     for key in ("diversity", "nearest_training", "sharpness_samples",
                 "sharpness_reconstructions"):
