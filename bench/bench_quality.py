@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="defaults,before",
                    help="comma-separated variants to train and evaluate (default: "
                         "defaults,before); --list shows them all")
+    p.add_argument("--source", default="",
+                   help="where the recordings come from, put in the table's Data line (the "
+                        "folder's path never is)")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--figure", type=Path, default=None,
                    help="draw real vs generated spectrograms per group of the first variant")
@@ -236,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not args.audio.is_dir():
         p.error(f"unknown variant(s) {unknown}" if unknown else f"{args.audio} is not a folder")
     groups, data = describe(args.audio)
+    if args.source:
+        data = f"{args.source}: {data}"
     if len(groups) < 2:
         p.error(f"{args.audio} needs at least two <group>/ folders of recordings")
 
