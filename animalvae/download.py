@@ -71,8 +71,6 @@ _ERROR = "error"
 
 _MIN_CLIP_S = 0.1          # shorter than this is an empty clip (start past the video's end)
 _PROBE_TIMEOUT_S = 60
-# This module's temp folders (".<id>.tmp<pid>"), left behind only when a run was killed.
-_TEMP_DIR_RE = re.compile(r"\.[A-Za-z0-9_-]{11}_\d+\.tmp\d+")
 
 # yt-dlp's error text -> (kind, what). Checked in order, on the lower-cased message.
 _RATE_LIMIT = "HTTP 429 rate-limited"
@@ -572,7 +570,6 @@ def run(config: Config, options: StageOptions, *, from_dir: Path | None = None,
 
     output_dir = Path(config.paths.clips).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_dirs(output_dir)
     write_settings(output_dir, config_to_dict(settings))
     workers = resolve_workers(options.workers, settings.workers)
     try:
@@ -590,10 +587,3 @@ def _require_yt_dlp() -> None:
         import yt_dlp  # noqa: F401
     except ImportError:
         raise ConfigError("yt-dlp is not installed: pip install -r requirements.txt") from None
-
-
-def _remove_stale_temp_dirs(output_dir: Path) -> None:
-    """Delete temp folders a killed run left (Ctrl-C cleans up; SIGKILL cannot)."""
-    for path in output_dir.glob("*/.*.tmp*"):
-        if path.is_dir() and _TEMP_DIR_RE.fullmatch(path.name):
-            shutil.rmtree(path, ignore_errors=True)

@@ -259,19 +259,25 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _remove_stale_temps(folder: Path, *, before: float) -> int:
-    """Delete temp files a killed run left behind (Ctrl-C cleans up; SIGKILL cannot).
+    """Delete temp files and folders a killed run left behind (Ctrl-C cleans up; SIGKILL
+    cannot): ``.<name>.tmp<pid>[.ext]``, as :func:`atomic_path` names files and stage 1 names
+    its per-clip download folders.
 
     Only those last written before ``before`` (a file time of the same filesystem): a run
     that started since then writes its own.
     """
     count = 0
-    for path in folder.rglob(".*.tmp*"):
+    for path in sorted(folder.rglob(".*.tmp*")):
         if not _TEMP_RE.match(path.name):
             continue
-        with contextlib.suppress(FileNotFoundError):  # finished (renamed) meanwhile
-            if path.is_file() and path.stat().st_mtime < before:
+        with contextlib.suppress(FileNotFoundError):  # finished (renamed) or removed meanwhile
+            if path.stat().st_mtime >= before:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
                 path.unlink()
-                count += 1
+            count += 1
     return count
 
 

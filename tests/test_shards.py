@@ -209,7 +209,11 @@ def test_a_shard_leaves_other_runs_temporary_files_alone(tmp_path):
     (out / "dogs").mkdir(parents=True)
     other = out / "dogs" / ".clip000_000000.tmp4242.txt"   # another shard's file in progress
     other.write_text("half")
-    os.utime(other, (time.time() - 60, time.time() - 60))
+    folder = out / "dogs" / ".clip001_000000.tmp4242"       # stage 1's per-clip folder
+    folder.mkdir()
+    (folder / "clip.mp4.part").write_text("half")
+    for path in (other, folder):
+        os.utime(path, (time.time() - 60, time.time() - 60))
     ctx = mp.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
     holder = ctx.Process(target=_hold_lock, args=(str(out), (2, 3), ready, release))
@@ -217,12 +221,12 @@ def test_a_shard_leaves_other_runs_temporary_files_alone(tmp_path):
     try:
         assert ready.wait(60)
         run_stage(Slow(), make_items(tmp_path), out, progress=False, shard=Shard(1, 3))
-        assert other.exists()
+        assert other.exists() and folder.exists()
     finally:
         release.set()
         holder.join(60)
     run_stage(Slow(), make_items(tmp_path), out, progress=False)   # alone: cleans up
-    assert not other.exists()
+    assert not other.exists() and not folder.exists()
 
 
 def test_a_run_alone_keeps_temporary_files_newer_than_its_lock(tmp_path):
