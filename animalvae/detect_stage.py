@@ -52,7 +52,6 @@ from .stage import (
     prefetch,
     run_stage,
     shutdown_pools,
-    write_settings,
 )
 
 __all__ = ["DetectStage", "PannsScorer", "EnergyScorer", "run", "AUDIO_EXTENSIONS"]
@@ -466,7 +465,7 @@ def run(config: Config, options: StageOptions) -> Summary:
         scorer = EnergyScorer()
     stage = DetectStage(settings, scorer=scorer, classes=classes, io_workers=options.workers)
     output_dir = config.paths.detections
-    write_settings(output_dir, {**config_to_dict(settings), "frames_per_s": detect.FRAMES_PER_S,
-                                "device_used": str(device or "cpu")})
     return run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
-                     progress=options.progress, shard=options.shard)
+                     progress=options.progress, shard=options.shard,
+                     settings={**config_to_dict(settings), "frames_per_s": detect.FRAMES_PER_S,
+                               "device_used": str(device or "cpu")})

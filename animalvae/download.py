@@ -55,7 +55,6 @@ from .stage import (
     require_binaries,
     resolve_workers,
     run_stage,
-    write_settings,
 )
 from .vggsound_csv import Row
 
@@ -570,13 +569,12 @@ def run(config: Config, options: StageOptions, *, from_dir: Path | None = None,
 
     output_dir = Path(config.paths.clips).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_settings(output_dir, config_to_dict(settings))
     workers = resolve_workers(options.workers, settings.workers)
     try:
         with ctrl_c:
             summary = run_stage(stage, items, output_dir, force=options.force,
                                 limit=options.limit, workers=workers, progress=options.progress,
-                                shard=options.shard)
+                                shard=options.shard, settings=config_to_dict(settings))
     except RateLimited as exc:
         log.error("%s", exc)
         return 1

@@ -48,7 +48,6 @@ from .stage import (
     require_binaries,
     resolve_workers,
     run_stage,
-    write_settings,
 )
 
 __all__ = ["ExtractStage", "run", "list_sources", "ffmpeg_reason", "interrupted_reason",
@@ -394,8 +393,8 @@ def run(config: Config, options: StageOptions) -> Summary:
     output_dir = config.paths.audio
     workers = resolve_workers(options.workers, config.extract.workers)
     last_run = last_manifest_write(output_dir)
-    write_settings(output_dir, config_to_dict(config.extract))
     stage = ExtractStage.from_config(config.extract, last_run=last_run)
     return run_stage(stage, items, output_dir,
                      force=options.force, limit=options.limit, workers=workers,
-                     progress=options.progress, shard=options.shard)
+                     progress=options.progress, shard=options.shard,
+                     settings=config_to_dict(config.extract))

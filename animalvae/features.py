@@ -72,7 +72,6 @@ from .stage import (
     resolve_workers,
     run_stage,
     shutdown_pools,
-    write_settings,
 )
 
 __all__ = ["FeaturesStage", "FeaturesSummary", "run", "spec_from_config", "spec_fingerprint",
@@ -320,10 +319,6 @@ def run(config: Config, options: StageOptions, *, check: int = 0) -> FeaturesSum
     def prepare() -> None:  # holding the folder: normalizer.json is every array's key
         _check_previous_spec(output_dir, spec, force=options.force)
         save_spec(output_dir, spec)
-        write_settings(output_dir, {"features": config_to_dict(config.features),
-                                    "sample_rate": config.extract.sample_rate,
-                                    "segment_seconds": config.detect.segment_seconds,
-                                    "silence_dbfs": config.extract.silence_dbfs})
 
     stage = FeaturesStage(spec, dtype=config.features.dtype,
                           batch_size=config.features.batch_size,
@@ -331,7 +326,11 @@ def run(config: Config, options: StageOptions, *, check: int = 0) -> FeaturesSum
                           silence_dbfs=config.extract.silence_dbfs, pad=config.features.pad,
                           device=device)
     base = run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
-                     progress=options.progress, shard=options.shard, prepare=prepare)
+                     progress=options.progress, shard=options.shard, prepare=prepare,
+                     settings={"features": config_to_dict(config.features),
+                               "sample_rate": config.extract.sample_rate,
+                               "segment_seconds": config.detect.segment_seconds,
+                               "silence_dbfs": config.extract.silence_dbfs})
     summary = FeaturesSummary(**{f.name: getattr(base, f.name)
                                  for f in dataclasses.fields(base)})
     from . import images  # the frames of the sound -> image model, beside the arrays

@@ -454,7 +454,8 @@ def reason_kind(reason: str) -> str:
 
 def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: bool = False,
               limit: int | None = None, workers: int = 1, progress: bool = True,
-              shard: Shard | None = None, prepare: Callable[[], None] | None = None) -> Summary:
+              shard: Shard | None = None, settings: Mapping[str, Any] | None = None,
+              prepare: Callable[[], None] | None = None) -> Summary:
     """Run ``stage`` over ``items``, writing into ``output_dir`` and its ``manifest.csv``.
 
     Parameters
@@ -473,10 +474,12 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
         Show a tqdm progress bar.
     shard : Shard or None
         Only the items of this shard, with its own manifest part (:mod:`animalvae.shards`).
+    settings : mapping or None
+        The settings in effect, written to ``settings.yaml`` once the folder is held.
     prepare : callable or None
         Called once the folder is held, before any item: checks against and writes to the
-        files the folder's items share (stage 4's ``normalizer.json``), so that a run refused
-        because another one works there has changed nothing.
+        files the folder's items share (stage 4's ``normalizer.json``). With ``settings``,
+        a run refused because another one works there has changed nothing.
 
     Returns
     -------
@@ -493,6 +496,8 @@ def run_stage(stage: Stage, items: Iterable[Item], output_dir: Path, *, force: b
     with FolderLock(output_dir, shard) as lock:
         if prepare is not None:
             prepare()
+        if settings is not None:
+            write_settings(output_dir, settings)
         if shard is not None:
             items = [item for item in items if shard.owns(item.id)]
         # Other runs' temporary files are work in progress: only a run that was alone when

@@ -153,8 +153,10 @@ def test_the_folder_lock(tmp_path, held, wanted, refused):
             shared_file = tmp_path / "out" / "normalizer.json"
             with pytest.raises(ConfigError) as exc:
                 run_stage(Slow(), make_items(tmp_path), tmp_path / "out", progress=False,
-                          shard=shard, prepare=lambda: shared_file.write_text("mine"))
+                          shard=shard, prepare=lambda: shared_file.write_text("mine"),
+                          settings={"mine": 1})
             assert not shared_file.exists()      # refused before touching the shared files
+            assert not (tmp_path / "out" / "settings.yaml").exists()
             message = str(exc.value)
             assert "is in use" in message and f"pid {holder.pid} on {socket.gethostname()}" \
                 in message and "UTC" in message and "\n" not in message
