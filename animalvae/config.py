@@ -272,11 +272,12 @@ class FeaturesConfig:
 class ModelConfig:
     """Stage 5: the convolutional VAE."""
 
-    latent_dim: int = 64            # size of z
+    latent_dim: int = 256           # size of z
     channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])  # stride-2 convs
     conditional: bool = True        # label embedding into encoder and decoder
     embed_dim: int = 16             # size of the group embedding
     decoder_norm: Literal["group", "channel"] = "group"  # GroupNorm | per position over channels
+    latent_frames: int = 32         # time positions of z (latent_dim / latent_frames values each); 0 = one vector
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -284,6 +285,13 @@ class ModelConfig:
         if not self.channels or any(c <= 0 for c in self.channels):
             problems.append(f"model.channels={self.channels} must be a non-empty list of ints > 0")
         _positive(problems, "model.embed_dim", self.embed_dim)
+        frames = self.latent_frames
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+            problems.append(f"model.latent_frames={frames!r} must be an int >= 0")
+        elif frames and (frames & (frames - 1) or isinstance(self.latent_dim, int)
+                         and self.latent_dim % frames):
+            problems.append(f"model.latent_frames={frames} must be a power of two that divides "
+                            f"model.latent_dim={self.latent_dim}")
         return problems
 
 
@@ -302,12 +310,13 @@ class TrainConfig:
     beta: float = 1.0               # KL weight after warm-up; KL per pixel, so 1 = plain ELBO
     kl_warmup_epochs: int = 5       # beta rises linearly from 0 over these epochs
     free_bits: float = 0.0          # nats per latent dimension not penalised; 0 = off
+    spectral_weight: float = 1.0    # multi-resolution spectral convergence of linear magnitudes; 0 = off
     val_fraction: float = 0.1       # held out per group, fixed by seed
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     max_steps: int = 0              # stop after this many optimiser steps; 0 = no limit
-    prior_components: int = 4       # Gaussian mixture per group over the codes; 0 = none
-    adversarial_epochs: int = 10    # decoder vs a spectrogram discriminator afterwards; 0 = off
+    prior_components: int = 16      # Gaussian mixture per group over the codes; 0 = none
+    adversarial_epochs: int = 0     # decoder vs a spectrogram discriminator afterwards; 0 = off
     adversarial_lr: float = 1e-4    # Adam learning rate of the decoder and discriminator there
     adversarial_weight: float = 0.1  # hinge term's weight against the reconstruction loss's 1
     feature_matching_weight: float = 1.0  # feature matching's weight, likewise
@@ -326,6 +335,7 @@ class TrainConfig:
         _positive(problems, "train.beta", self.beta, allow_zero=True)
         _positive(problems, "train.kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
         _positive(problems, "train.free_bits", self.free_bits, allow_zero=True)
+        _positive(problems, "train.spectral_weight", self.spectral_weight, allow_zero=True)
         if not 0 < self.val_fraction < 1:
             problems.append(f"train.val_fraction={self.val_fraction} must be in (0, 1)")
         _positive(problems, "train.max_steps", self.max_steps, allow_zero=True)
@@ -348,6 +358,7 @@ class GenerateConfig:
     count: int = 4                  # samples per group
     temperature: float = 1.0        # scales the prior's standard deviation
     prior: Literal["mixture", "normal"] = "mixture"  # the fit mixture per group, or N(0, I)
+    restore_peak: bool = True       # divide each decoded spectrogram by its maximum (peak 1, as real ones)
     griffin_lim_iters: int = 64
     momentum: float = 0.99
     seed: int = 0

@@ -45,14 +45,22 @@ AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a"}
 #: Settings of each variant on top of config.yaml.
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],
+    # the previous release's model: one latent vector, per-pixel loss only, z ~ N(0, I)
     "before": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0",
-               "train.prior_components=0", "generate.prior=normal"],
-    "before+mixture": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0"],
+               "train.prior_components=0", "generate.prior=normal", "model.latent_dim=64",
+               "model.latent_frames=0", "train.spectral_weight=0", "generate.restore_peak=false"],
+    # the defaults before the spectral loss, the latent's time axis and the restored peak
+    "previous": ["model.latent_dim=64", "model.latent_frames=0", "train.spectral_weight=0",
+                 "generate.restore_peak=false", "train.prior_components=4"],
+    "no-restore-peak": ["generate.restore_peak=false"],
+    "no-spectral-loss": ["train.spectral_weight=0"],
+    "one-latent-vector": ["model.latent_dim=64", "model.latent_frames=0"],
+    "latent-frames-32": ["model.latent_dim=256", "model.latent_frames=32"],
+    "adversarial": ["train.adversarial_epochs=10"],
+    "prior-4": ["train.prior_components=4"],
+    "epochs-30": ["train.epochs=30"],
     "channelnorm": ["model.decoder_norm=channel"],
     "normal-prior": ["generate.prior=normal"],
-    "batch8-epochs30": ["train.epochs=30"],
-    "no-adversarial": ["train.adversarial_epochs=0"],
-    "adversarial-strong": ["train.adversarial_weight=1.0"],
 }
 
 
@@ -141,7 +149,7 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
     from animalvae.config import load_config
     from animalvae.plots import show_spectrogram
     from animalvae.vae.dataset import read_array, read_split
-    from animalvae.vae.generate import sample_latents
+    from animalvae.vae.generate import decode_for_output, sample_latents
     from animalvae.vae.model import load_model
 
     config = load_config(ROOT / "config.yaml")
@@ -158,7 +166,8 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
         z = sample_latents(trained, labels, prior=config.generate.prior,
                            temperature=config.generate.temperature, seed=config.generate.seed)
         with torch.no_grad():
-            x = trained.model.decode(z, labels)[:, 0].numpy()
+            x = decode_for_output(trained.model, z, trained.model.decoder.condition(labels),
+                                  config).numpy()
         for k in range(per_group):
             show_spectrogram(axes[g, 1 + k], x[k], trained.spec, ylabel=False,
                              xlabel=g == len(trained.groups) - 1)

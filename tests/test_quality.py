@@ -185,7 +185,10 @@ def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys)
     run = tmp_path / "runs" / "default"
     data = torch.load(run / "model.pth", weights_only=True)
     assert set(data[PRIOR]) == {"weights", "means", "variances"}
-    assert data[PRIOR]["means"].shape == (2, 4, 8)
+    # 16 components per group (the default), 8 training codes per group: one per code, the
+    # rest unused (weight 0)
+    assert data[PRIOR]["means"].shape == (2, 16, 8)
+    assert ((data[PRIOR]["weights"] > 0).sum(dim=1) == 8).all()
     assert load_model(run / "model.pth").prior is not None
     argv = ["evaluate", "--config", str(config), "--set", "generate.eval_samples=4", "-q"]
     assert vae.main(argv) == 0
@@ -237,25 +240,57 @@ def test_channel_norm_keeps_positions_independent():
     assert not torch.allclose(group(spiked)[:, :, 1:], group(x)[:, :, 1:], atol=1e-3)
 
 
-def test_a_model_from_before_decoder_norm_loads_with_group_norm(tmp_path):
+def test_a_model_from_before_decoder_norm_and_latent_frames_loads_as_it_was(tmp_path):
     import dataclasses
 
     from animalvae.config import ModelConfig
     from animalvae.spectrogram import SpectrogramSpec
     from animalvae.vae.model import VAE, checkpoint_payload
 
-    config = ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, decoder_norm="group")
+    config = ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, decoder_norm="group",
+                         latent_frames=0)
     spec = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64,
                            n_frames=32)
     model = VAE(config, spec.shape, 2)
     payload = checkpoint_payload(model, spec=spec, groups=["a", "b"], config={})
-    old = {k: v for k, v in dataclasses.asdict(config).items() if k != "decoder_norm"}
+    old = {k: v for k, v in dataclasses.asdict(config).items()
+           if k not in ("decoder_norm", "latent_frames")}
     payload["model_config"] = old           # as model.pth files were written before
     torch.save(payload, tmp_path / "model.pth")
     loaded = load_model(tmp_path / "model.pth")
     assert loaded.model.config.decoder_norm == "group"
+    assert loaded.model.config.latent_frames == 0          # one latent vector per clip
     assert isinstance(loaded.model.decoder.ups[0][1], torch.nn.GroupNorm)
     z = torch.randn(3, 8)
     y = torch.tensor([0, 1, 0])
     with torch.no_grad():
         assert torch.equal(loaded.model.decode(z, y), model.eval().decode(z, y))
+
+
+def test_restore_peak_puts_each_decoded_spectrogram_back_on_the_representations_scale():
+    import dataclasses
+
+    from animalvae.config import Config, ModelConfig
+    from animalvae.vae.generate import decode_for_output, restore_peak
+    from animalvae.vae.model import VAE
+
+    x = torch.tensor([[[0.2, 0.4], [0.8, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    restored = restore_peak(x)
+    torch.testing.assert_close(restored[0], x[0] / 0.8)   # peak 1, and 0 (the floor) stays 0
+    assert torch.equal(restored[1], x[1])                 # silence stays silence
+    # in dB below the peak, (x - 1) * top_db: the 0.4 pixel was 32 dB under a peak 16 dB
+    # too low; now it is 40 dB under a peak at 0 dB, the squeezed range stretched back
+    assert (x[0, 0, 1] - x[0, 1, 0]) * 80 == pytest.approx(-32)
+    assert (restored[0, 0, 1] - 1) * 80 == pytest.approx(-40)
+
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=0),
+                (16, 8), 2).eval()
+    z, cond = torch.randn(3, 8), model.decoder.condition(torch.tensor([0, 1, 0]))
+    on = Config()
+    off = dataclasses.replace(on, generate=dataclasses.replace(on.generate, restore_peak=False))
+    with torch.no_grad():
+        raw = model.decoder(z, cond)[:, 0]
+        torch.testing.assert_close(decode_for_output(model, z, cond, off), raw)
+        out = decode_for_output(model, z, cond, on)
+    torch.testing.assert_close(out.amax(dim=(1, 2)), torch.ones(3))
+    assert (raw.amax(dim=(1, 2)) < 0.99).all()            # an untrained decoder's peaks are low

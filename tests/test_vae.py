@@ -38,6 +38,7 @@ model:
   channels: [4, 8]
   embed_dim: 4
   conditional: {conditional}
+  latent_frames: 8        # one value per time position: the default layout, small
 train:
   epochs: {epochs}
   batch_size: 4
@@ -109,7 +110,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------------------------
 
 def test_vae_shapes_and_the_encoder_alone():
-    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16], embed_dim=4), (64, 32), 3)
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16], embed_dim=4, latent_frames=0),
+                (64, 32), 3)
     x, y = torch.rand(5, 1, 64, 32), torch.tensor([0, 1, 2, 1, 0])
     x_hat, mu, logvar = model(x, y)
     assert x_hat.shape == x.shape and mu.shape == logvar.shape == (5, 8)
@@ -120,9 +122,46 @@ def test_vae_shapes_and_the_encoder_alone():
         model.encoder(x)
 
 
+def test_a_latent_with_a_time_axis_keeps_each_code_at_its_time():
+    # channel norm: no statistic spans positions, so the decoder's locality is exact
+    config = ModelConfig(latent_dim=16, channels=[4, 8, 16], embed_dim=4, latent_frames=8,
+                         decoder_norm="channel")
+    model = VAE(config, (64, 32), 2).eval()
+    assert model.encoder.feature_shape == (16, 8, 8)    # time halved twice, to 8 positions
+    x, y = torch.rand(3, 1, 64, 32), torch.tensor([0, 1, 0])
+    x_hat, mu, logvar = model(x, y)
+    assert x_hat.shape == x.shape and mu.shape == logvar.shape == (3, 16)
+    # z is (values per position, position) flattened: changing the codes of the first
+    # position changes the first frames of the output and leaves the last ones as they were
+    z = torch.randn(1, 16)
+    moved = z.view(1, 2, 8).clone()
+    moved[:, :, 0] += 3.0
+    with torch.no_grad():
+        a = model.decode(z, y[:1])[0, 0]
+        b = model.decode(moved.flatten(1), y[:1])[0, 0]
+    assert (a[:, :4] - b[:, :4]).abs().max() > 1e-3
+    assert torch.equal(a[:, -8:], b[:, -8:])
+
+
+@pytest.mark.parametrize("frames, message", [
+    (3, r"latent_frames=3 must be a power of two that divides model\.latent_dim=12"),
+    (8, r"latent_frames=8 must be a power of two that divides model\.latent_dim=12"),
+    (-1, r"latent_frames=-1 must be an int >= 0")])
+def test_latent_frames_that_cannot_split_the_latent_are_config_errors(frames, message):
+    assert re.search(message, "; ".join(ModelConfig(latent_dim=12, latent_frames=frames)._check()))
+
+
+def test_latent_frames_beyond_what_the_blocks_leave_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"latent_frames=2 does not fit 32 spectrogram frames "
+                                          r"and 3 stride-2 blocks .* between 4 and 32"):
+        VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16], latent_frames=2), (64, 32), 2)
+    with pytest.raises(ConfigError, match=r"latent_frames=64 does not fit"):
+        VAE(ModelConfig(latent_dim=64, channels=[4, 8, 16], latent_frames=64), (64, 32), 2)
+
+
 def test_indivisible_shape_is_a_config_error():
     with pytest.raises(ConfigError, match=r"model\.channels=\[4, 8, 16\] .* divisible by 2\*\*3"):
-        VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16]), (64, 36), 2)
+        VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16], latent_frames=0), (64, 36), 2)
 
 
 def test_kl_is_the_gaussian_kl():
@@ -148,6 +187,30 @@ def test_loss_terms_free_bits_and_schedules():
     assert [train_mod.beta_at(s, beta=2.0, warmup_steps=4) for s in (0, 2, 4, 9)] == \
         [0.0, 1.0, 2.0, 2.0]
     assert train_mod.beta_at(0, beta=2.0, warmup_steps=0) == 2.0
+
+
+def test_spectral_convergence_weighs_loud_pixels_and_joins_the_loss():
+    from animalvae.vae.losses import spectral_convergence
+
+    x = torch.full((1, 1, 8, 8), 0.5)                    # -40 dB everywhere
+    x[0, 0, 2, 3] = 1.0                                  # one peak at 0 dB
+    dim_peak, dim_floor = x.clone(), x.clone()
+    dim_peak[0, 0, 2, 3] = 0.75                          # the peak 20 dB too low
+    dim_floor[0, 0, 5, 5] = 0.25                         # a quiet pixel 20 dB too low
+    # the same per-pixel error, but only the lost peak is a large spectral error
+    assert (dim_peak - x).abs().sum() == (dim_floor - x).abs().sum()
+    peak = spectral_convergence(dim_peak, x, top_db=80.0, scales=(1,))
+    floor = spectral_convergence(dim_floor, x, top_db=80.0, scales=(1,))
+    assert peak > 0.5 > 0.01 > floor > 0
+    # the coarser scales see the same error spread over pooled cells
+    assert spectral_convergence(dim_peak, x, top_db=80.0, scales=(1, 2, 4)) > 0
+    mu, logvar = torch.zeros(1, 3), torch.zeros(1, 3)
+    plain = train_mod.vae_loss(dim_peak, x, mu, logvar, recon_loss="l1", beta=1.0)
+    both = train_mod.vae_loss(dim_peak, x, mu, logvar, recon_loss="l1", beta=1.0,
+                              spectral_weight=0.5, top_db=80.0)
+    assert both.recon == plain.recon                     # recon stays the per-pixel figure
+    assert both.loss.item() == pytest.approx(
+        plain.loss.item() + 0.5 * spectral_convergence(dim_peak, x, top_db=80.0).item())
 
 
 def test_split_is_stratified_repeatable_and_disjoint():
@@ -195,7 +258,8 @@ def test_model_pth_round_trips_with_weights_only(trained):
     loaded = load_model(run / "model.pth")
     x = torch.rand(2, 1, 64, 32)
     mu, _ = loaded.model.encode(x, torch.tensor([0, 1]))
-    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4), (64, 32), 2)
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=8),
+                (64, 32), 2)
     model.load_state_dict(data["model"])
     torch.testing.assert_close(model.encode(x, torch.tensor([0, 1]))[0], mu)
 
@@ -548,7 +612,7 @@ def test_resume_refuses_other_model_settings(trained, tmp_path, capsys):
     other = tmp_path / "copy"
     shutil_copy_run(run, other)
     code, err = run_vae(["train", "--config", str(config), "--run", str(other), "--resume",
-                         "--set", "model.latent_dim=4"], capsys)
+                         "--set", "model.latent_dim=16"], capsys)
     assert code == 2 and "model settings differ" in err
 
 

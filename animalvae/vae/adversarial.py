@@ -11,8 +11,9 @@ spectrograms from reconstructions, with three terms per step::
              + feature_matching_weight * mean over layers of mean |D_l(x) - D_l(x_hat)|
 
 ``x_hat`` is the decoder's reconstruction of ``x`` through ``z = mu + sigma * eps`` of the
-frozen encoder; ``recon`` is the VAE's per-pixel loss (``train.recon_loss``), which keeps the
-decoder on the data while the other two sharpen it. The discriminator is conditional on the
+frozen encoder; ``recon`` is the VAE's reconstruction loss (``train.recon_loss`` per pixel, plus
+``train.spectral_weight`` times :func:`animalvae.vae.losses.spectral_convergence`), which keeps
+the decoder on the data while the other two sharpen it. The discriminator is conditional on the
 group (a projection discriminator: Miyato & Koyama 2018) so that it judges whether a
 spectrogram sounds like *its* group, and spectrally normalised so the hinge game stays stable.
 
@@ -34,6 +35,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..errors import ConfigError
 from .dataset import SpectrogramSet, epoch_order, iter_batches
+from .losses import pixel_loss, spectral_convergence
 from .model import VAE, kl_divergence
 
 __all__ = ["PatchDiscriminator", "AdversarialPhase", "discriminator_loss", "generator_loss",
@@ -167,7 +169,8 @@ class AdversarialPhase:
 
 def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tensor, *,
                      recon_loss: str, adversarial_weight: float, feature_matching_weight: float,
-                     grad_clip: float = 0.0) -> dict[str, Tensor]:
+                     grad_clip: float = 0.0, spectral_weight: float = 0.0,
+                     top_db: float = 80.0) -> dict[str, Tensor]:
     """One discriminator update, then one decoder update, on the batch ``x``.
 
     The encoder runs without gradients and in evaluation mode, so its weights and buffers are
@@ -185,6 +188,9 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
         Weights of the hinge term and of feature matching against the reconstruction's 1.
     grad_clip : float
         Max gradient norm of the decoder's update; 0 = off.
+    spectral_weight, top_db : float
+        Weight of :func:`animalvae.vae.losses.spectral_convergence` in the decoder's loss, as
+        in the VAE epochs (0 = off), and the spectrogram's dB range.
 
     Returns
     -------
@@ -214,9 +220,10 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
         _, real_features = disc(x, y)
     fake_logits, fake_features = disc(x_hat, y)
     adversarial, matching = generator_loss(fake_logits, real_features, fake_features)
-    err = (x_hat - x).abs() if recon_loss == "l1" else (x_hat - x).pow(2)
-    recon = err.mean()
+    recon = pixel_loss(x_hat, x, recon_loss)
     g_loss = recon + adversarial_weight * adversarial + feature_matching_weight * matching
+    if spectral_weight > 0:
+        g_loss = g_loss + spectral_weight * spectral_convergence(x_hat, x, top_db=top_db)
     phase.g_optimizer.zero_grad(set_to_none=True)
     g_loss.backward()
     if grad_clip > 0:
@@ -232,7 +239,8 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
 def run_phase(phase: AdversarialPhase, data: SpectrogramSet, *, epochs: int, batch_size: int,
               seed: int, epoch_offset: int, recon_loss: str, adversarial_weight: float,
               feature_matching_weight: float, grad_clip: float, device: torch.device,
-              on_epoch: Callable[[dict[str, float]], None], progress: bool = True) -> None:
+              on_epoch: Callable[[dict[str, float]], None], progress: bool = True,
+              spectral_weight: float = 0.0, top_db: float = 80.0) -> None:
     """Train ``phase`` from its ``epoch`` up to ``epochs`` adversarial epochs over ``data``.
 
     Batches follow :func:`animalvae.vae.dataset.epoch_order` of epoch ``epoch_offset +
@@ -268,7 +276,8 @@ def run_phase(phase: AdversarialPhase, data: SpectrogramSet, *, epochs: int, bat
                 figures = adversarial_step(phase, x, y, noise, recon_loss=recon_loss,
                                            adversarial_weight=adversarial_weight,
                                            feature_matching_weight=feature_matching_weight,
-                                           grad_clip=grad_clip)
+                                           grad_clip=grad_clip,
+                                           spectral_weight=spectral_weight, top_db=top_db)
                 values = {k: float(v) for k, v in figures.items()}
                 if not all(math.isfinite(v) for v in values.values()):
                     raise TrainingDiverged(

@@ -41,7 +41,7 @@ from ..spectrogram import (
 from ..stage import Item, StageOptions, atomic_path, atomic_write_text
 from .dataset import SpectrogramSet, iter_batches, read_array, read_split
 from .gallery import write_gallery
-from .model import TrainedModel, kl_divergence, load_model
+from .model import VAE, TrainedModel, kl_divergence, load_model
 from .prior import sample_prior
 from .run_folder import EVALUATION, MODEL, SAMPLES
 
@@ -106,6 +106,26 @@ def to_audio(x: Tensor, spec: SpectrogramSpec, *, n_iter: int, momentum: float,
             y = y * torch.where(peak > 0, 10 ** (PEAK_DBFS / 20) / peak.clamp(min=1e-12), 0.0)
         out.append(y.cpu())
     return torch.cat(out) if out else torch.empty(0, spec.n_samples)
+
+
+def restore_peak(x: Tensor) -> Tensor:
+    """Divide each decoded spectrogram by its maximum: (..., H, W) -> the same, peak 1.
+
+    Every stage-4 spectrogram has its loudest value at exactly 1 (0 dB re the clip's peak),
+    and the inverse maps ``x`` to dB linearly (``(x - 1) * top_db``), so dividing by the peak
+    stretches the dB range below it. A decoder trained on a per-pixel loss compresses that
+    range (peaks 10-20 dB low, quiet parts too loud next to them, which is how a blurred
+    spectrogram sounds); this undoes the compression (``generate.restore_peak``).
+    An all-zero spectrogram stays zero.
+    """
+    return x / x.amax(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
+
+
+def decode_for_output(model: VAE, z: Tensor, cond: Tensor | None, config: Config) -> Tensor:
+    """``model.decoder(z, cond)`` as the spectrograms to listen to: (B, L) -> (B, H, W), with
+    :func:`restore_peak` when ``generate.restore_peak``."""
+    x = model.decoder(z, cond)[:, 0]
+    return restore_peak(x) if config.generate.restore_peak else x
 
 
 def write_sample(path: Path, y: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
@@ -241,7 +261,8 @@ def _decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Te
     z = sample_latents(trained, labels, prior=gc.prior, temperature=gc.temperature,
                        seed=gc.seed)
     with torch.no_grad():
-        return trained.model.decode(z.to(device), labels.to(device))[:, 0]
+        return decode_for_output(trained.model, z.to(device),
+                                 trained.model.decoder.condition(labels.to(device)), config)
 
 
 def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = None,
@@ -335,8 +356,9 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
     x, y = data.batch(torch.arange(len(data)), device)                      # (N, 1, H, W), (N,)
     with torch.no_grad():
         mu, _ = trained.model.encode(x, y)
-        x_rec = trained.model.decode(mu, y)                                 # (N, 1, H, W)
-    both = torch.cat([x, x_rec])[:, 0]                                      # (2N, H, W)
+        x_rec = decode_for_output(trained.model, mu, trained.model.decoder.condition(y),
+                                  config)                                   # (N, H, W)
+    both = torch.cat([x[:, 0], x_rec])                                      # (2N, H, W)
     audio = to_audio(both, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)
 
@@ -423,7 +445,7 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
         cond = model.decoder.condition(y)                                   # (2, E) or None
         if cond is not None:
             cond = (1 - t) * cond[0] + t * cond[1]                          # (S, E)
-        out = model.decoder(z, cond)[:, 0]                                  # (S, H, W)
+        out = decode_for_output(model, z, cond, config)                     # (S, H, W)
     audio = to_audio(out, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)
     folder = (Path(run_dir) / SAMPLES / "interpolate"
@@ -593,7 +615,7 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
     y_gen = torch.tensor(groups).repeat_interleave(gc.eval_samples)
     with torch.no_grad():
         mu, _ = model.encode(x_val, y_val)
-        x_rec = model.decode(mu, y_val)[:, 0]                               # (V, H, W)
+        x_rec = decode_for_output(model, mu, model.decoder.condition(y_val), config)  # (V, H, W)
     x_gen = _decode_samples(trained, y_gen, config)                         # (G*S, H, W)
     log.info("judging sample quality: Griffin-Lim of %d real, %d generated and %d "
              "reconstructed spectrograms", len(train) + len(val), len(y_gen), len(val))

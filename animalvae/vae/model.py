@@ -8,11 +8,16 @@ Shapes (B: batch, H x W = n_bins x n_frames, N = len(model.channels), L = latent
 
 The encoder is N stride-2 3x3 convolutions (GroupNorm, LeakyReLU), flattened, then one linear
 layer to (mu, logvar); the decoder mirrors it with one linear layer and N stride-2 transposed
-convolutions (each normalised per position over its channels, :class:`ChannelNorm`, see there
-why not GroupNorm), the last one to one channel and a sigmoid. With ``model.conditional`` each half
-has its own embedding of the group, concatenated to the flattened features (encoder) and to
-``z`` (decoder), so the decoder can be asked for a given group. Layer sizes are derived with a
-dummy forward pass; H and W must be divisible by ``2 ** N``.
+convolutions (normalised by ``model.decoder_norm``: GroupNorm, or per position over channels,
+:class:`ChannelNorm`, see there why), the last one to one channel and a sigmoid. With
+``model.conditional`` each half has its own embedding of the group, concatenated to the
+flattened features (encoder) and to ``z`` (decoder), so the decoder can be asked for a given
+group. Layer sizes are derived with a dummy forward pass; H and W must be divisible by ``2 ** N``.
+
+With ``model.latent_frames`` T > 0 the code has a time axis (:class:`Encoder`): the blocks
+stop halving time at T positions, and a convolution over the remaining frequency rows replaces
+the linear layer on each side, so ``z`` is T codes of ``L / T`` values (still flat, (B, L), to
+everything outside this module).
 
 The encoder stands alone (:meth:`Encoder.features` needs no group): the sound -> image work
 can reuse it. GroupNorm rather than BatchNorm: it behaves the same in training and
@@ -50,11 +55,25 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class _Down(nn.Sequential):
-    """Stride-2 3x3 conv, GroupNorm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
+    """3x3 conv, GroupNorm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, H/2, W/2).
 
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), _norm(c_out),
-                         nn.LeakyReLU(0.2))
+    With ``halve_time=False`` only the frequency axis is halved: (B, c_out, H/2, W).
+    """
+
+    def __init__(self, c_in: int, c_out: int, halve_time: bool = True):
+        super().__init__(nn.Conv2d(c_in, c_out, 3, stride=(2, 2 if halve_time else 1), padding=1),
+                         _norm(c_out), nn.LeakyReLU(0.2))
+
+
+def _halves_time(config: ModelConfig, n_frames: int) -> list[bool]:
+    """Per stride-2 block, whether it also halves time: all of them for a single latent vector
+    (``model.latent_frames`` 0), else only until ``latent_frames`` time positions are left."""
+    keep = config.latent_frames or 1
+    flags, width = [], n_frames
+    for _ in config.channels:
+        flags.append(config.latent_frames == 0 or width > keep)
+        width = width // 2 if flags[-1] else width
+    return flags
 
 
 class ChannelNorm(nn.Module):
@@ -81,20 +100,30 @@ class ChannelNorm(nn.Module):
 
 
 class _Up(nn.Sequential):
-    """Stride-2 4x4 transposed conv, norm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, 2H, 2W).
+    """Stride-2 4x4 transposed conv, norm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, 2H, 2W)
+    (with ``double_time=False``: (B, c_out, 2H, W)).
 
     ``norm`` is ``model.decoder_norm``: ``channel`` (:class:`ChannelNorm`) or ``group``
     (GroupNorm, as models trained before ``decoder_norm`` existed).
     """
 
-    def __init__(self, c_in: int, c_out: int, norm: str = "group"):
-        super().__init__(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1),
+    def __init__(self, c_in: int, c_out: int, norm: str = "group", double_time: bool = True):
+        # a 4x3 kernel with stride (2, 1) doubles frequency only, for a latent with a time axis
+        kernel, stride = (4, 4) if double_time else (4, 3), (2, 2 if double_time else 1)
+        super().__init__(nn.ConvTranspose2d(c_in, c_out, kernel, stride=stride, padding=1),
                          ChannelNorm(c_out) if norm == "channel" else _norm(c_out),
                          nn.LeakyReLU(0.2))
 
 
 class Encoder(nn.Module):
     """Spectrogram (and group) -> the posterior's ``mu`` and ``logvar``.
+
+    With ``model.latent_frames`` 0, the last feature map is flattened and one linear layer
+    gives the whole clip's code. With ``latent_frames`` T > 0, the blocks stop halving time at
+    T positions and a convolution spanning the remaining frequency rows gives one code of
+    ``latent_dim / T`` values per position: the code has a time axis, so *when* a bark or a
+    chirp happens is kept where it happens instead of being squeezed through one vector.
+    Either way ``mu`` and ``logvar`` are flat ``(B, latent_dim)`` (time-major within a code).
 
     Parameters
     ----------
@@ -108,13 +137,21 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig, shape: tuple[int, int], n_groups: int):
         super().__init__()
         widths = [1, *config.channels]
-        self.convs = nn.Sequential(*[_Down(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.halves_time = _halves_time(config, shape[1])   # per block: halves time too?
+        self.convs = nn.Sequential(*[_Down(a, b, t) for a, b, t
+                                     in zip(widths[:-1], widths[1:], self.halves_time)])
         with torch.no_grad():  # the flattened size, from a dummy input rather than by hand
             self.feature_shape = tuple(self.convs(torch.zeros(1, 1, *shape)).shape[1:])
         self.n_features = math.prod(self.feature_shape)
         self.embed = nn.Embedding(n_groups, config.embed_dim) if config.conditional else None
         cond = config.embed_dim if config.conditional else 0
-        self.to_stats = nn.Linear(self.n_features + cond, 2 * config.latent_dim)
+        self.latent_frames = config.latent_frames
+        if self.latent_frames:
+            c, h, _ = self.feature_shape
+            per_frame = config.latent_dim // self.latent_frames
+            self.to_stats = nn.Conv2d(c + cond, 2 * per_frame, (h, 1))
+        else:
+            self.to_stats = nn.Linear(self.n_features + cond, 2 * config.latent_dim)
 
     def features(self, x: Tensor) -> Tensor:
         """Label-free features: (B, 1, H, W) -> (B, n_features)."""
@@ -122,17 +159,29 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(B, 1, H, W) spectrograms, (B,) group indices -> mu, logvar, each (B, L)."""
-        h = self.features(x)                                  # (B, n_features)
+        h = self.convs(x)                                     # (B, C, h, w)
+        cond = None
         if self.embed is not None:
             if y is None:
                 raise ValueError("this encoder is conditional: pass the group indices y")
-            h = torch.cat([h, self.embed(y)], dim=1)          # (B, n_features + embed_dim)
-        mu, logvar = self.to_stats(h).chunk(2, dim=1)         # (B, L), (B, L)
-        return mu, logvar
+            cond = self.embed(y)                              # (B, embed_dim)
+        if not self.latent_frames:
+            h = h.flatten(1)                                  # (B, n_features)
+            if cond is not None:
+                h = torch.cat([h, cond], dim=1)               # (B, n_features + embed_dim)
+            mu, logvar = self.to_stats(h).chunk(2, dim=1)     # (B, L), (B, L)
+            return mu, logvar
+        if cond is not None:                                  # the group at every position
+            h = torch.cat([h, cond[:, :, None, None].expand(-1, -1, *h.shape[2:])], dim=1)
+        mu, logvar = self.to_stats(h).chunk(2, dim=1)         # (B, L/T, 1, T) each
+        return mu.flatten(1), logvar.flatten(1)               # (B, L), (B, L)
 
 
 class Decoder(nn.Module):
     """Latent vector (and group) -> spectrogram in [0, 1].
+
+    Mirrors :class:`Encoder`: a linear layer (``model.latent_frames`` 0) or a transposed
+    convolution over the frequency rows at each of the T time positions, then the blocks.
 
     Parameters
     ----------
@@ -140,18 +189,30 @@ class Decoder(nn.Module):
     feature_shape : tuple of int
         ``(C, h, w)``: the encoder's last feature map, which the decoder starts from.
     n_groups : int
+    halves_time : list of bool or None
+        The encoder's :attr:`Encoder.halves_time` (None: every block halves time).
     """
 
-    def __init__(self, config: ModelConfig, feature_shape: tuple[int, ...], n_groups: int):
+    def __init__(self, config: ModelConfig, feature_shape: tuple[int, ...], n_groups: int,
+                 halves_time: list[bool] | None = None):
         super().__init__()
         self.feature_shape = tuple(feature_shape)
         self.embed = nn.Embedding(n_groups, config.embed_dim) if config.conditional else None
         cond = config.embed_dim if config.conditional else 0
-        self.from_z = nn.Linear(config.latent_dim + cond, math.prod(self.feature_shape))
+        self.latent_frames = config.latent_frames
+        c, h, _ = self.feature_shape
+        if self.latent_frames:
+            self.from_z = nn.ConvTranspose2d(config.latent_dim // self.latent_frames + cond, c,
+                                             (h, 1))
+        else:
+            self.from_z = nn.Linear(config.latent_dim + cond, math.prod(self.feature_shape))
         widths = list(reversed(config.channels))
-        self.ups = nn.Sequential(*[_Up(a, b, config.decoder_norm)
-                                   for a, b in zip(widths[:-1], widths[1:])])
-        self.to_image = nn.ConvTranspose2d(widths[-1], 1, 4, stride=2, padding=1)
+        # the encoder's time halvings, undone in reverse order (the last one by to_image)
+        doubles = list(reversed(halves_time or [True] * len(config.channels)))
+        self.ups = nn.Sequential(*[_Up(a, b, config.decoder_norm, t) for a, b, t
+                                   in zip(widths[:-1], widths[1:], doubles)])
+        kernel, stride = ((4, 4), 2) if doubles[-1] else ((4, 3), (2, 1))
+        self.to_image = nn.ConvTranspose2d(widths[-1], 1, kernel, stride=stride, padding=1)
 
     def condition(self, y: Tensor | None) -> Tensor | None:
         """The decoder's group embedding: (B,) indices -> (B, embed_dim) (None: unconditional)."""
@@ -166,9 +227,15 @@ class Decoder(nn.Module):
 
         Takes the embedding, not the index, so that interpolation can blend two groups.
         """
-        if cond is not None:
-            z = torch.cat([z, cond], dim=1)                   # (B, L + embed_dim)
-        h = self.from_z(z).view(-1, *self.feature_shape)      # (B, C, H/2^N, W/2^N)
+        if self.latent_frames:
+            z = z.view(len(z), -1, 1, self.latent_frames)     # (B, L/T, 1, T)
+            if cond is not None:
+                z = torch.cat([z, cond[:, :, None, None].expand(-1, -1, 1, z.shape[3])], dim=1)
+            h = self.from_z(z)                                # (B, C, h, T)
+        else:
+            if cond is not None:
+                z = torch.cat([z, cond], dim=1)               # (B, L + embed_dim)
+            h = self.from_z(z).view(-1, *self.feature_shape)  # (B, C, H/2^N, W/2^N)
         h = self.ups(h)                                       # (B, channels[0], H/2, W/2)
         return torch.sigmoid(self.to_image(h))                # (B, 1, H, W)
 
@@ -193,7 +260,8 @@ class VAE(nn.Module):
     Examples
     --------
     >>> from animalvae.config import ModelConfig
-    >>> vae = VAE(ModelConfig(latent_dim=8, channels=[4, 8]), (64, 32), n_groups=2)
+    >>> vae = VAE(ModelConfig(latent_dim=8, channels=[4, 8], latent_frames=0), (64, 32),
+    ...           n_groups=2)
     >>> x_hat, mu, logvar = vae(torch.rand(3, 1, 64, 32), torch.tensor([0, 1, 0]))
     >>> tuple(x_hat.shape), tuple(mu.shape)
     ((3, 1, 64, 32), (3, 8))
@@ -205,7 +273,15 @@ class VAE(nn.Module):
         self.shape = (int(shape[0]), int(shape[1]))
         self.n_groups = n_groups
         self.encoder = Encoder(config, self.shape, n_groups)
-        self.decoder = Decoder(config, self.encoder.feature_shape, n_groups)
+        frames = config.latent_frames
+        if frames and self.encoder.feature_shape[2] != frames:
+            raise ConfigError(
+                f"model.latent_frames={frames} does not fit {self.shape[1]} spectrogram frames "
+                f"and {len(config.channels)} stride-2 blocks (they leave "
+                f"{self.encoder.feature_shape[2]} time positions); use a power of two between "
+                f"{self.shape[1] // 2 ** len(config.channels)} and {self.shape[1]}")
+        self.decoder = Decoder(config, self.encoder.feature_shape, n_groups,
+                               self.encoder.halves_time)
         with torch.no_grad():
             z = torch.zeros(1, config.latent_dim)
             y = torch.zeros(1, dtype=torch.long)
@@ -366,8 +442,10 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> TrainedMode
     """
     data = read_checkpoint(path, what=Path(path).name)
     try:
-        # a model.pth from before model.decoder_norm existed has GroupNorm in its decoder
-        config = ModelConfig(**{"decoder_norm": "group", **data["model_config"]})
+        # a model.pth from before model.decoder_norm / latent_frames existed has GroupNorm in
+        # its decoder and one latent vector per clip
+        config = ModelConfig(**{"decoder_norm": "group", "latent_frames": 0,
+                                **data["model_config"]})
         spec = SpectrogramSpec.from_dict(data["spec"])
         if problems := config._check():
             raise ConfigError("; ".join(problems))
