@@ -58,7 +58,8 @@ VARIANTS: dict[str, list[str]] = {
     "latent-frames-32": ["model.latent_dim=256", "model.latent_frames=32"],
     "adversarial": ["train.adversarial_epochs=10"],
     "prior-4": ["train.prior_components=4"],
-    "epochs-30": ["train.epochs=30"],
+    "latent-frames-16": ["model.latent_dim=128", "model.latent_frames=16"],
+    "epochs-20": ["train.epochs=20"],
     "channelnorm": ["model.decoder_norm=channel"],
     "normal-prior": ["generate.prior=normal"],
 }
