@@ -277,7 +277,7 @@ class ModelConfig:
     conditional: bool = True        # label embedding into encoder and decoder
     embed_dim: int = 16             # size of the group embedding
     decoder_norm: Literal["group", "channel"] = "group"  # GroupNorm | per position over channels
-    latent_frames: int = 32         # time positions of z (latent_dim / latent_frames values each); 0 = one vector
+    latent_frames: int = 32         # time positions of z, latent_dim / latent_frames values each
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -310,7 +310,7 @@ class TrainConfig:
     beta: float = 1.0               # KL weight after warm-up; KL per pixel, so 1 = plain ELBO
     kl_warmup_epochs: int = 5       # beta rises linearly from 0 over these epochs
     free_bits: float = 0.0          # nats per latent dimension not penalised; 0 = off
-    spectral_weight: float = 1.0    # multi-resolution spectral convergence of linear magnitudes; 0 = off
+    spectral_weight: float = 1.0    # multi-resolution spectral convergence weight; 0 = off
     val_fraction: float = 0.1       # held out per group, fixed by seed
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
@@ -358,7 +358,7 @@ class GenerateConfig:
     count: int = 4                  # samples per group
     temperature: float = 1.0        # scales the prior's standard deviation
     prior: Literal["mixture", "normal"] = "mixture"  # the fit mixture per group, or N(0, I)
-    restore_peak: bool = True       # divide each decoded spectrogram by its maximum (peak 1, as real ones)
+    restore_peak: bool = True       # decoded spectrograms divided by their maximum (peak 1)
     griffin_lim_iters: int = 64
     momentum: float = 0.99
     seed: int = 0

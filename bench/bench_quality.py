@@ -49,8 +49,9 @@ VARIANTS: dict[str, list[str]] = {
     "before": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0",
                "train.prior_components=0", "generate.prior=normal", "model.latent_dim=64",
                "model.latent_frames=0", "train.spectral_weight=0", "generate.restore_peak=false"],
-    # the defaults before the spectral loss, the latent's time axis and the restored peak
-    "previous": ["model.latent_dim=64", "model.latent_frames=0", "train.spectral_weight=0",
+    # the previous defaults' model, loss, prior and output (one latent vector, per-pixel loss,
+    # 4 components, the raw decoder output), trained on today's schedule
+    "previous-model": ["model.latent_dim=64", "model.latent_frames=0", "train.spectral_weight=0",
                  "generate.restore_peak=false", "train.prior_components=4"],
     "no-restore-peak": ["generate.restore_peak=false"],
     "no-spectral-loss": ["train.spectral_weight=0"],

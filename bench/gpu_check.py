@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     small = args.small
     spec = SpectrogramSpec(n_fft=128, hop_length=64, n_frames=32, sample_rate=8000) if small \
         else SpectrogramSpec()
-    model_config = ModelConfig(channels=[4, 8], latent_dim=8, latent_frames=0) if small else ModelConfig()
+    model_config = ModelConfig(channels=[4, 8], latent_dim=8, latent_frames=0) if small \
+        else ModelConfig()
     world = 2 if device.type == "cpu" else torch.cuda.device_count()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     start = time.perf_counter()

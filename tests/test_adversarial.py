@@ -72,7 +72,8 @@ def test_the_discriminator_is_a_patch_map_that_depends_on_the_group():
 
 def test_one_step_trains_the_decoder_and_discriminator_but_not_the_encoder():
     torch.manual_seed(0)
-    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=0), (64, 32), 2)
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=0),
+                (64, 32), 2)
     phase = AdversarialPhase.create(model, channels=[4, 8], lr=1e-3, seed=0,
                                     device=torch.device("cpu"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
