@@ -285,11 +285,10 @@ class ModelConfig:
         if not self.channels or any(c <= 0 for c in self.channels):
             problems.append(f"model.channels={self.channels} must be a non-empty list of ints > 0")
         _positive(problems, "model.embed_dim", self.embed_dim)
+        _positive(problems, "model.latent_frames", self.latent_frames, allow_zero=True)
         frames = self.latent_frames
-        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
-            problems.append(f"model.latent_frames={frames!r} must be an int >= 0")
-        elif frames and (frames & (frames - 1) or isinstance(self.latent_dim, int)
-                         and self.latent_dim % frames):
+        if frames > 0 and self.latent_dim > 0 and (not _power_of_two(frames)
+                                                   or self.latent_dim % frames):
             problems.append(f"model.latent_frames={frames} must be a power of two that divides "
                             f"model.latent_dim={self.latent_dim}")
         return problems

@@ -146,7 +146,7 @@ def test_a_latent_with_a_time_axis_keeps_each_code_at_its_time():
 @pytest.mark.parametrize("frames, message", [
     (3, r"latent_frames=3 must be a power of two that divides model\.latent_dim=12"),
     (8, r"latent_frames=8 must be a power of two that divides model\.latent_dim=12"),
-    (-1, r"latent_frames=-1 must be an int >= 0")])
+    (-1, r"latent_frames=-1 must be >= 0")])
 def test_latent_frames_that_cannot_split_the_latent_are_config_errors(frames, message):
     assert re.search(message, "; ".join(ModelConfig(latent_dim=12, latent_frames=frames)._check()))
 
@@ -190,7 +190,7 @@ def test_loss_terms_free_bits_and_schedules():
 
 
 def test_spectral_convergence_weighs_loud_pixels_and_joins_the_loss():
-    from animalvae.vae.losses import spectral_convergence
+    from animalvae.vae.losses import spectral_loss
 
     x = torch.full((1, 1, 8, 8), 0.5)                    # -40 dB everywhere
     x[0, 0, 2, 3] = 1.0                                  # one peak at 0 dB
@@ -199,18 +199,18 @@ def test_spectral_convergence_weighs_loud_pixels_and_joins_the_loss():
     dim_floor[0, 0, 5, 5] = 0.25                         # a quiet pixel 20 dB too low
     # the same per-pixel error, but only the lost peak is a large spectral error
     assert (dim_peak - x).abs().sum() == (dim_floor - x).abs().sum()
-    peak = spectral_convergence(dim_peak, x, top_db=80.0, scales=(1,))
-    floor = spectral_convergence(dim_floor, x, top_db=80.0, scales=(1,))
+    peak = spectral_loss(dim_peak, x, top_db=80.0, scales=(1,))
+    floor = spectral_loss(dim_floor, x, top_db=80.0, scales=(1,))
     assert peak > 0.5 > 0.01 > floor > 0
     # the coarser scales see the same error spread over pooled cells
-    assert spectral_convergence(dim_peak, x, top_db=80.0, scales=(1, 2, 4)) > 0
+    assert spectral_loss(dim_peak, x, top_db=80.0, scales=(1, 2, 4)) > 0
     mu, logvar = torch.zeros(1, 3), torch.zeros(1, 3)
     plain = train_mod.vae_loss(dim_peak, x, mu, logvar, recon_loss="l1", beta=1.0)
     both = train_mod.vae_loss(dim_peak, x, mu, logvar, recon_loss="l1", beta=1.0,
                               spectral_weight=0.5, top_db=80.0)
     assert both.recon == plain.recon                     # recon stays the per-pixel figure
     assert both.loss.item() == pytest.approx(
-        plain.loss.item() + 0.5 * spectral_convergence(dim_peak, x, top_db=80.0).item())
+        plain.loss.item() + 0.5 * spectral_loss(dim_peak, x, top_db=80.0).item())
 
 
 def test_split_is_stratified_repeatable_and_disjoint():

@@ -12,7 +12,7 @@ spectrograms from reconstructions, with three terms per step::
 
 ``x_hat`` is the decoder's reconstruction of ``x`` through ``z = mu + sigma * eps`` of the
 frozen encoder; ``recon`` is the VAE's reconstruction loss (``train.recon_loss`` per pixel, plus
-``train.spectral_weight`` times :func:`animalvae.vae.losses.spectral_convergence`), which keeps
+``train.spectral_weight`` times :func:`animalvae.vae.losses.spectral_loss`), which keeps
 the decoder on the data while the other two sharpen it. The discriminator is conditional on the
 group (a projection discriminator: Miyato & Koyama 2018) so that it judges whether a
 spectrogram sounds like *its* group, and spectrally normalised so the hinge game stays stable.
@@ -35,7 +35,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..errors import ConfigError
 from .dataset import SpectrogramSet, epoch_order, iter_batches
-from .losses import pixel_loss, spectral_convergence
+from .losses import reconstruction_loss
 from .model import VAE, kl_divergence
 
 __all__ = ["PatchDiscriminator", "AdversarialPhase", "discriminator_loss", "generator_loss",
@@ -189,7 +189,7 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
     grad_clip : float
         Max gradient norm of the decoder's update; 0 = off.
     spectral_weight, top_db : float
-        Weight of :func:`animalvae.vae.losses.spectral_convergence` in the decoder's loss, as
+        Weight of :func:`animalvae.vae.losses.spectral_loss` in the decoder's loss, as
         in the VAE epochs (0 = off), and the spectrogram's dB range.
 
     Returns
@@ -220,10 +220,9 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
         _, real_features = disc(x, y)
     fake_logits, fake_features = disc(x_hat, y)
     adversarial, matching = generator_loss(fake_logits, real_features, fake_features)
-    recon = pixel_loss(x_hat, x, recon_loss)
-    g_loss = recon + adversarial_weight * adversarial + feature_matching_weight * matching
-    if spectral_weight > 0:
-        g_loss = g_loss + spectral_weight * spectral_convergence(x_hat, x, top_db=top_db)
+    rec_loss, recon = reconstruction_loss(x_hat, x, kind=recon_loss,
+                                          spectral_weight=spectral_weight, top_db=top_db)
+    g_loss = rec_loss + adversarial_weight * adversarial + feature_matching_weight * matching
     phase.g_optimizer.zero_grad(set_to_none=True)
     g_loss.backward()
     if grad_clip > 0:

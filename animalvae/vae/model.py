@@ -68,11 +68,10 @@ class _Down(nn.Sequential):
 def _halves_time(config: ModelConfig, n_frames: int) -> list[bool]:
     """Per stride-2 block, whether it also halves time: all of them for a single latent vector
     (``model.latent_frames`` 0), else only until ``latent_frames`` time positions are left."""
-    keep = config.latent_frames or 1
     flags, width = [], n_frames
     for _ in config.channels:
-        flags.append(config.latent_frames == 0 or width > keep)
-        width = width // 2 if flags[-1] else width
+        flags.append(config.latent_frames == 0 or width > config.latent_frames)
+        width //= 2 if flags[-1] else 1
     return flags
 
 
@@ -108,11 +107,16 @@ class _Up(nn.Sequential):
     """
 
     def __init__(self, c_in: int, c_out: int, norm: str = "group", double_time: bool = True):
-        # a 4x3 kernel with stride (2, 1) doubles frequency only, for a latent with a time axis
-        kernel, stride = (4, 4) if double_time else (4, 3), (2, 2 if double_time else 1)
-        super().__init__(nn.ConvTranspose2d(c_in, c_out, kernel, stride=stride, padding=1),
+        super().__init__(_up_conv(c_in, c_out, double_time),
                          ChannelNorm(c_out) if norm == "channel" else _norm(c_out),
                          nn.LeakyReLU(0.2))
+
+
+def _up_conv(c_in: int, c_out: int, double_time: bool) -> nn.ConvTranspose2d:
+    """The transposed conv that doubles frequency, and time too unless ``double_time`` is
+    False (then a 4x3 kernel with stride (2, 1), for a latent with a time axis)."""
+    kernel, stride = ((4, 4), (2, 2)) if double_time else ((4, 3), (2, 1))
+    return nn.ConvTranspose2d(c_in, c_out, kernel, stride=stride, padding=1)
 
 
 class Encoder(nn.Module):
@@ -211,8 +215,7 @@ class Decoder(nn.Module):
         doubles = list(reversed(halves_time or [True] * len(config.channels)))
         self.ups = nn.Sequential(*[_Up(a, b, config.decoder_norm, t) for a, b, t
                                    in zip(widths[:-1], widths[1:], doubles)])
-        kernel, stride = ((4, 4), 2) if doubles[-1] else ((4, 3), (2, 1))
-        self.to_image = nn.ConvTranspose2d(widths[-1], 1, kernel, stride=stride, padding=1)
+        self.to_image = _up_conv(widths[-1], 1, doubles[-1])
 
     def condition(self, y: Tensor | None) -> Tensor | None:
         """The decoder's group embedding: (B,) indices -> (B, embed_dim) (None: unconditional)."""

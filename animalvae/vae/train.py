@@ -79,7 +79,7 @@ from .dataset import (
     write_split,
 )
 from .distributed import DistContext, distributed
-from .losses import pixel_loss, spectral_convergence
+from .losses import reconstruction_loss
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
 from .prior import add_prior_to_checkpoint
 from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
@@ -130,18 +130,16 @@ def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *, recon_loss
     free_bits : float
         Nats per latent dimension (batch mean) not penalised; 0 = off.
     spectral_weight, top_db : float
-        Weight of :func:`animalvae.vae.losses.spectral_convergence` (0 = off) and the
+        Weight of :func:`animalvae.vae.losses.spectral_loss` (0 = off) and the
         spectrogram's dB range it needs.
     """
-    recon = pixel_loss(x_hat, x, recon_loss)              # mean over pixels and batch
+    rec_loss, recon = reconstruction_loss(x_hat, x, kind=recon_loss,
+                                          spectral_weight=spectral_weight, top_db=top_db)
     kl_dims = kl_divergence(mu, logvar)                   # (B, L)
     kl = kl_dims.sum(dim=1).mean()                        # nats per sample
     penalised = kl_dims.mean(dim=0).clamp(min=free_bits).sum() if free_bits > 0 else kl
     n_pixels = x[0].numel()
-    loss = recon + beta * penalised / n_pixels
-    if spectral_weight > 0:
-        loss = loss + spectral_weight * spectral_convergence(x_hat, x, top_db=top_db)
-    return LossTerms(loss, recon, kl)
+    return LossTerms(rec_loss + beta * penalised / n_pixels, recon, kl)
 
 
 def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int) -> float:
