@@ -8,6 +8,7 @@ Sub-commands:
   interpolate  two real files -> the latent line between them, as audio
   evaluate     validation ELBO, log-spectral distance, spectral convergence, and the quality
                of samples and reconstructions against real clips -> metrics.json
+  fit-prior    fit the prior that generate samples from again (train.prior) -> model.pth
 
 Sound -> image (one latent space for spectrograms and video frames; in runs/<name>/images/):
   train-images     spectrograms + stage 4's frames -> images/model.pth, metrics.csv
@@ -104,6 +105,12 @@ def build_parser():
             "ratio, sharpness (and PANNs FAD when detect.checkpoint exists) -> metrics.json "
             "and index.html.",
             limit_help="use at most N held-out files")
+    command("fit-prior", "fit the sampling prior again, without training",
+            "Fit the prior that generate samples z from (train.prior: kde, with "
+            "train.prior_bandwidth, or gmm, with train.prior_components) on the codes of the "
+            "run's training clips and store it in model.pth in place of the one training "
+            "stored; train.prior=none removes it (generate then samples N(0, I)). E.g. "
+            "vae.py fit-prior --set train.prior_bandwidth=0.3, then generate or evaluate.")
     _image_commands(command)
     return p
 
@@ -182,6 +189,9 @@ def run(args) -> int:
         generate.reconstruct(config, run_dir, count=args.count, options=options)
     elif args.command == "interpolate":
         generate.interpolate(config, run_dir, args.a, args.b, steps=args.steps, options=options)
+    elif args.command == "fit-prior":
+        from animalvae.vae.prior import refit_prior
+        refit_prior(config, run_dir)
     else:
         generate.evaluate(config, run_dir, options=options)
     return 0

@@ -314,7 +314,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     max_steps: int = 0              # stop after this many optimiser steps; 0 = no limit
-    prior_components: int = 16      # Gaussian mixture per group over the codes; 0 = none
+    prior: Literal["kde", "gmm", "none"] = "kde"  # how the codes are fit for generate
+    prior_bandwidth: float = 0.5    # kde: kernel spread, times the group's spread of codes
+    prior_components: int = 16      # gmm: mixture components per group
     adversarial_epochs: int = 0     # decoder vs a spectrogram discriminator afterwards; 0 = off
     adversarial_lr: float = 1e-4    # Adam learning rate of the decoder and discriminator there
     adversarial_weight: float = 0.1  # hinge term's weight against the reconstruction loss's 1
@@ -338,7 +340,10 @@ class TrainConfig:
         if not 0 < self.val_fraction < 1:
             problems.append(f"train.val_fraction={self.val_fraction} must be in (0, 1)")
         _positive(problems, "train.max_steps", self.max_steps, allow_zero=True)
-        _positive(problems, "train.prior_components", self.prior_components, allow_zero=True)
+        _positive(problems, "train.prior_bandwidth", self.prior_bandwidth)
+        if self.prior_components < 1:
+            problems.append(f"train.prior_components={self.prior_components} must be > 0 "
+                            "(train.prior: none stores no prior)")
         _positive(problems, "train.adversarial_epochs", self.adversarial_epochs, allow_zero=True)
         _positive(problems, "train.adversarial_lr", self.adversarial_lr)
         _positive(problems, "train.adversarial_weight", self.adversarial_weight, allow_zero=True)
@@ -361,7 +366,7 @@ class GenerateConfig:
     griffin_lim_iters: int = 64
     momentum: float = 0.99
     seed: int = 0
-    eval_samples: int = 20          # samples per group that vae.py evaluate judges
+    eval_samples: int = 50          # samples per group that vae.py evaluate judges
     eval_real_per_group: int = 200  # real training clips per group the judge is fit on
 
     def _check(self) -> list[str]:

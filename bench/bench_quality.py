@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,23 +48,35 @@ VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     # the previous release's model: one latent vector, per-pixel loss only, z ~ N(0, I)
     "before": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0",
-               "train.prior_components=0", "generate.prior=normal", "model.latent_dim=64",
+               "train.prior=none", "generate.prior=normal", "model.latent_dim=64",
                "model.latent_frames=0", "train.spectral_weight=0", "generate.restore_peak=false"],
-    # the previous defaults' model, loss, prior and output (one latent vector, per-pixel loss,
-    # 4 components, the raw decoder output), trained on today's schedule
+    # the defaults before the time-axis latent: one latent vector, per-pixel loss, a
+    # 4-component mixture, the raw decoder output, trained on today's schedule
     "previous-model": ["model.latent_dim=64", "model.latent_frames=0", "train.spectral_weight=0",
-                 "generate.restore_peak=false", "train.prior_components=4"],
+                       "generate.restore_peak=false", "train.prior=gmm",
+                       "train.prior_components=4"],
+    # the defaults before the kernel density prior: a 16-component mixture fit by EM
+    "gmm-prior": ["train.prior=gmm", "train.prior_components=16"],
+    "gmm-prior-4": ["train.prior=gmm", "train.prior_components=4"],
+    "kde-bandwidth-0.25": ["train.prior_bandwidth=0.25"],
+    "kde-bandwidth-1": ["train.prior_bandwidth=1.0"],
     "no-restore-peak": ["generate.restore_peak=false"],
+    "normal-prior": ["generate.prior=normal"],
     "no-spectral-loss": ["train.spectral_weight=0"],
     "one-latent-vector": ["model.latent_dim=64", "model.latent_frames=0"],
-    "latent-frames-32": ["model.latent_dim=256", "model.latent_frames=32"],
-    "adversarial": ["train.adversarial_epochs=10"],
-    "prior-4": ["train.prior_components=4"],
     "latent-frames-16": ["model.latent_dim=128", "model.latent_frames=16"],
     "epochs-20": ["train.epochs=20"],
+    "adversarial": ["train.adversarial_epochs=10"],
     "channelnorm": ["model.decoder_norm=channel"],
-    "normal-prior": ["generate.prior=normal"],
 }
+#: Settings that leave the trained weights alone: a variant made only of these reuses the
+#: ``defaults`` run of the same seed (its prior fit again with ``vae.py fit-prior``).
+_AFTER_TRAINING = ("generate.", "train.prior")
+
+
+def reuses_defaults(name: str) -> bool:
+    """True when variant ``name`` changes only the prior or generation, not the weights."""
+    return bool(VARIANTS[name]) and all(s.startswith(_AFTER_TRAINING) for s in VARIANTS[name])
 
 
 def run(argv: list[str], log: Path) -> tuple[float, float]:
@@ -179,7 +192,7 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
 
 
 def table(results: dict[str, dict[str, float]],
-          seconds: dict[str, tuple[float, float]]) -> str:
+          seconds: dict[str, tuple[float, float] | None]) -> str:
     head = ("| variant | train s, wall / CPU | real held-out acc. (ceiling) | samples acc. "
             "(÷ ceiling) | "
             "reconstructions acc. (÷ ceiling) | worst group: samples acc. | diversity "
@@ -188,8 +201,9 @@ def table(results: dict[str, dict[str, float]],
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for name, f in results.items():
-        wall, cpu = seconds[name]
-        rows.append(f"| {name} | {wall:.0f} / {cpu:.0f} | {f['ceiling']:.2f} | {f['samples']:.2f} "
+        took = ("{:.0f} / {:.0f}".format(*seconds[name]) if seconds[name]
+                else "(defaults' weights)")
+        rows.append(f"| {name} | {took} | {f['ceiling']:.2f} | {f['samples']:.2f} "
                     f"({f['samples_vs']:.2f}) | {f['reconstructions']:.2f} "
                     f"({f['reconstructions_vs']:.2f}) | {f['worst_group_samples']:.2f} | "
                     f"{f['min_diversity']:.2f} | {f['min_nearest_training']:.2f} | "
@@ -199,13 +213,18 @@ def table(results: dict[str, dict[str, float]],
 
 
 def section(data: str, results: dict[str, dict[str, float]],
-            seconds: dict[str, tuple[float, float]], samples_per_group: int) -> str:
+            seconds: dict[str, tuple[float, float] | None], samples_per_group: int,
+            names: list[str], seeds: list[int]) -> str:
     """The Markdown section of bench/results/quality.md."""
+    split = ("the same split" if len(seeds) == 1 else
+             "the split and initial weights of each `train.seed` (one row per seed)")
     return (
         "## quality: generated sounds vs real recordings\n\n"
         f"Data: {data}; through stages 2 (extra audio), 3 (energy: the loudest 3 s window) "
-        "and 4 at the defaults, then `vae.py train` and `vae.py evaluate` per variant on the "
-        "same split (10 % of each group held out). Figures from `metrics.json` "
+        "and 4 at the defaults, then `vae.py train` and `vae.py evaluate` per variant on "
+        f"{split} (10 % of each group held out); a variant that changes only the prior or "
+        "generation reuses the defaults' weights (`vae.py fit-prior` for the prior). Figures "
+        "from `metrics.json` "
         "(`animalvae/vae/quality.py`): accuracy of a log-mel-statistics classifier fit on the "
         "run's real training clips, on real held-out clips (the ceiling), on "
         f"{samples_per_group} samples per group and on reconstructions of the "
@@ -215,9 +234,21 @@ def section(data: str, results: dict[str, dict[str, float]],
         "features (real training clips give the floor). Training time: wall clock and CPU "
         "time (all threads) of `vae.py train` on this shared machine.\n\n"
         + table(results, seconds) + "\n\nVariants: "
-        + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in results)
+        + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in names)
         + ".\n\nCommand: `python bench/bench_quality.py --audio DIR --variants "
-        + ",".join(results) + "`\n")
+        + ",".join(names) + (" --seeds " + ",".join(map(str, seeds)) if seeds != [0] else "")
+        + "`\n")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
+                                         "integers") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("no seed given")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default="",
                    help="where the recordings come from, put in the table's Data line (the "
                         "folder's path never is)")
+    p.add_argument("--seeds", type=_seeds, default=[0], metavar="S,S,...",
+                   help="train.seed values: every variant is trained and judged once per seed "
+                        "(each its own split and initial weights), a row each (default: 0)")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "quality.md",
+                   help="Markdown file the table is written to (default: "
+                        "bench/results/quality.md)")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--figure", type=Path, default=None,
                    help="draw real vs generated spectrograms per group of the first variant")
@@ -249,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not args.audio.is_dir():
         p.error(f"unknown variant(s) {unknown}" if unknown else f"{args.audio} is not a folder")
+    reusing = [n for n in names if reuses_defaults(n)]
+    if reusing and (not names or names[0] != "defaults"):
+        p.error(f"{', '.join(reusing)} reuse the defaults' model: list defaults first")
+    seeds = args.seeds
     groups, data = describe(args.audio)
     if args.source:
         data = f"{args.source}: {data}"
@@ -261,23 +302,39 @@ def main(argv: list[str] | None = None) -> int:
         log = work / "bench.log"
         print(f"stages 2-4 on {data} (log: {log})", flush=True)
         common = prepare(args.audio, work, groups, log)
-        results, seconds = {}, {}
-        for name in names:
-            sets = [a for s in VARIANTS[name] for a in ("--set", s)]
-            variant = [*common, *sets, "--set", f"train.name={name}"]
-            seconds[name] = run(["vae.py", "train", "--force", *variant], log)
-            run(["vae.py", "evaluate", *variant], log)
-            quality = json.loads((work / "runs" / name / "metrics.json").read_text())["quality"]
-            results[name] = figures(quality)
-            print(f"{name}: trained in {seconds[name][0]:.0f} s ({seconds[name][1]:.0f} s of "
-                  f"CPU); {json.dumps(results[name])}", flush=True)
-            # after every variant, so a long comparison stopped early keeps what it measured
-            (ROOT / "bench" / "results" / "quality.md").write_text(
-                section(data, results, seconds, quality["samples_per_group"]))
-            if args.figure and name == names[0]:
-                draw(work / "runs" / name, args.figure)
-                print(f"figure: {args.figure}", flush=True)
-    print(section(data, results, seconds, quality["samples_per_group"]))
+        results: dict[str, dict[str, float]] = {}
+        seconds: dict[str, tuple[float, float] | None] = {}
+        for seed in seeds:
+            for name in names:
+                label = name if len(seeds) == 1 else f"{name}, seed {seed}"
+                run_name = name if len(seeds) == 1 else f"{name}-seed{seed}"
+                sets = [a for s in [*VARIANTS[name], f"train.seed={seed}"]
+                        for a in ("--set", s)]
+                variant = [*common, *sets, "--set", f"train.name={run_name}"]
+                run_dir = work / "runs" / run_name
+                if reuses_defaults(name):
+                    defaults = "defaults" if len(seeds) == 1 else f"defaults-seed{seed}"
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    shutil.copytree(work / "runs" / defaults, run_dir,
+                                    ignore=shutil.ignore_patterns("samples", "images"))
+                    if any(s.startswith("train.prior") for s in VARIANTS[name]):
+                        run(["vae.py", "fit-prior", *variant], log)
+                    seconds[label] = None
+                else:
+                    seconds[label] = run(["vae.py", "train", "--force", *variant], log)
+                run(["vae.py", "evaluate", *variant], log)
+                quality = json.loads((run_dir / "metrics.json").read_text())["quality"]
+                results[label] = figures(quality)
+                took = (f"trained in {seconds[label][0]:.0f} s ({seconds[label][1]:.0f} s of "
+                        "CPU)" if seconds[label] else "the defaults' weights")
+                print(f"{label}: {took}; {json.dumps(results[label])}", flush=True)
+                # after every variant, so a long comparison stopped early keeps what it has
+                args.results.write_text(section(data, results, seconds,
+                                                quality["samples_per_group"], names, seeds))
+                if args.figure and name == names[0] and seed == seeds[0]:
+                    draw(run_dir, args.figure)
+                    print(f"figure: {args.figure}", flush=True)
+    print(section(data, results, seconds, quality["samples_per_group"], names, seeds))
     return 0
 
 

@@ -17,7 +17,7 @@ from test_vae import write_tiny_config
 import vae
 from animalvae.vae import quality
 from animalvae.vae.model import load_model
-from animalvae.vae.prior import PRIOR, fit_prior, sample_prior
+from animalvae.vae.prior import PRIOR, fit_gmm, fit_kde, sample_prior
 
 SR = 8000
 
@@ -158,11 +158,11 @@ def test_panns_embeddings_and_report(rng, panns_checkpoint):
 # The mixture prior
 # --------------------------------------------------------------------------------------------
 
-def test_prior_fits_each_group_and_samples_from_its_own(rng):
+def test_gmm_prior_fits_each_group_and_samples_from_its_own(rng):
     centres = {0: np.array([5.0, 0.0]), 1: np.array([-5.0, 3.0])}
     codes = np.concatenate([centres[g] + 0.1 * rng.standard_normal((50, 2)) for g in (0, 1)])
     labels = np.repeat([0, 1], 50)
-    prior = fit_prior(codes, labels, n_groups=3, components=2, seed=0)
+    prior = fit_gmm(codes, labels, n_groups=3, components=2, seed=0)
     assert prior["weights"].shape == (3, 2) and prior["means"].shape == (3, 2, 2)
     assert torch.allclose(prior["weights"].sum(1), torch.ones(3))
     assert prior["weights"][2].tolist() == [1.0, 0.0]          # no codes: N(0, I)
@@ -175,8 +175,29 @@ def test_prior_fits_each_group_and_samples_from_its_own(rng):
         assert np.abs(mean - centres[g]).max() < 0.1
         assert z[y == g].std(0).max() < 0.3
     # fewer codes than components: one component per code
-    few = fit_prior(codes[:1], labels[:1], n_groups=1, components=4, seed=0)
+    few = fit_gmm(codes[:1], labels[:1], n_groups=1, components=4, seed=0)
     assert few["weights"][0].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_kde_prior_keeps_every_code_apart_instead_of_averaging_them(rng):
+    # two kinds of call per group, far apart: an average of them is neither
+    kinds = np.array([[-4.0, 0.0], [4.0, 0.0]])
+    codes = np.stack([kinds[i % 2] + rng.standard_normal(2) * [0.1, 1.0]
+                      for i in range(40)])
+    labels = np.array([0] * 30 + [1] * 10)
+    prior = fit_kde(codes, labels, n_groups=3, bandwidth=0.2)
+    assert prior["weights"].shape == (3, 30) and prior["means"].shape == (3, 30, 2)
+    assert torch.allclose(prior["weights"].sum(1), torch.ones(3))
+    assert (prior["weights"][1] > 0).sum() == 10
+    assert prior["weights"][2, 0] == 1.0 and prior["means"][2, 0].tolist() == [0.0, 0.0]
+    spread = torch.tensor(codes[:30].std(axis=0), dtype=torch.float32)
+    assert torch.allclose(prior["variances"][0, 0].sqrt(), 0.2 * spread, rtol=0.02)
+    y = torch.zeros(2000, dtype=torch.long)
+    z = sample_prior(prior, y, generator=torch.Generator().manual_seed(1))
+    assert (z[:, 0].abs() > 2).float().mean() > 0.95       # no sample between the two kinds
+    assert z[:, 0].std() > 3
+    cold = sample_prior(prior, y, generator=torch.Generator().manual_seed(1), temperature=0.0)
+    assert {tuple(c) for c in cold.tolist()} <= {tuple(c) for c in prior["means"][0].tolist()}
 
 
 def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys):
@@ -185,9 +206,8 @@ def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys)
     run = tmp_path / "runs" / "default"
     data = torch.load(run / "model.pth", weights_only=True)
     assert set(data[PRIOR]) == {"weights", "means", "variances"}
-    # 16 components per group (the default), 8 training codes per group: one per code, the
-    # rest unused (weight 0)
-    assert data[PRIOR]["means"].shape == (2, 16, 8)
+    # the default kernel density estimate: one component per training code (8 per group)
+    assert data[PRIOR]["means"].shape == (2, 8, 8)
     assert ((data[PRIOR]["weights"] > 0).sum(dim=1) == 8).all()
     assert load_model(run / "model.pth").prior is not None
     argv = ["evaluate", "--config", str(config), "--set", "generate.eval_samples=4", "-q"]
@@ -202,6 +222,23 @@ def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys)
     assert first["frechet"]["samples"] >= 0
     page = (run / "index.html").read_text()
     assert "Sample quality" in page and "sharpness" in page
+
+
+def test_fit_prior_replaces_the_stored_prior_without_training(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=1)
+    run = tmp_path / "runs" / "default"
+    base = ["--config", str(config), "-q"]
+    assert vae.main(["fit-prior", *base]) == 2                    # nothing trained yet
+    assert "model.pth" in capsys.readouterr().err
+    assert vae.main(["train", *base]) == 0
+    weights = torch.load(run / "model.pth", weights_only=True)["model"]
+    assert vae.main(["fit-prior", *base, "--set", "train.prior=gmm",
+                     "--set", "train.prior_components=2"]) == 0
+    data = torch.load(run / "model.pth", weights_only=True)
+    assert data[PRIOR]["means"].shape == (2, 2, 8)
+    assert all(torch.equal(data["model"][k], v) for k, v in weights.items())
+    assert vae.main(["fit-prior", *base, "--set", "train.prior=none"]) == 0
+    assert load_model(run / "model.pth").prior is None
 
 
 def test_a_model_without_prior_still_loads_and_generates(tmp_path, capsys):

@@ -249,7 +249,7 @@ def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, tempera
         return sample_prior(trained.prior, labels, generator=gen, temperature=temperature)
     if prior == "mixture":
         log.info("this model.pth has no mixture prior (trained before it existed, or with "
-                 "train.prior_components: 0): sampling z ~ N(0, I)")
+                 "train.prior: none): sampling z ~ N(0, I)")
     return torch.randn(len(labels), trained.model.config.latent_dim, generator=gen) * temperature
 
 
@@ -269,9 +269,10 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
              count: int | None = None, options: StageOptions | None = None) -> list[Path]:
     """Sample ``count`` new sounds per group: z from the prior, decode, Griffin-Lim.
 
-    z comes from the group's Gaussian mixture stored in ``model.pth`` (``generate.prior:
-    mixture``, the default) or from N(0, I) (``normal``, or a model without a mixture), its
-    spread scaled by ``generate.temperature``.
+    z comes from the group's prior stored in ``model.pth`` (a Gaussian mixture: by default a
+    kernel density estimate of the training codes; ``generate.prior: mixture``) or from
+    N(0, I) (``normal``, or a model without a mixture), its spread scaled by
+    ``generate.temperature``.
 
     Parameters
     ----------

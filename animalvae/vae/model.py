@@ -354,7 +354,7 @@ class TrainedModel:
     config: dict[str, Any]        # the whole config of the training run, as plain data
     info: dict[str, Any]          # epoch, step, val_loss, versions
     # the per-group Gaussian mixture over codes (animalvae.vae.prior); None in a model.pth
-    # written before it existed, or by a run with train.prior_components: 0
+    # written before it existed, or by a run with train.prior: none
     prior: dict[str, Tensor] | None = None
 
     def group_index(self, name: str) -> int:

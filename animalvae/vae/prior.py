@@ -3,12 +3,21 @@
 A VAE's posterior codes drift away from N(0, I) as the reconstruction improves, so z ~ N(0, I)
 lands where the decoder has seen little data (Ghosh et al. 2020, "From Variational to
 Deterministic Autoencoders"; Dai & Wipf 2019). After training, the posterior means of the
-training clips are fit, group by group, with a diagonal Gaussian mixture of
-``train.prior_components`` components; ``generate`` samples from it by default
-(``generate.prior: mixture``) and from N(0, I) on request (``normal``) or when a ``model.pth``
-has no mixture (trained before it existed).
+training clips are fit again, group by group (``train.prior``):
 
-The mixture is plain tensors in ``model.pth`` under ``"prior"`` (still loadable with
+- ``kde`` (:func:`fit_kde`): a kernel density estimate (Parzen 1962): one component per
+  training code, each a Gaussian of ``train.prior_bandwidth`` times the group's per-dimension
+  spread of codes. A sample is a training code moved by that much noise: every kind of call
+  the group has keeps its own place, none is averaged with its neighbours;
+- ``gmm`` (:func:`fit_gmm`): a diagonal Gaussian mixture of ``train.prior_components``
+  components fit by EM. With a few dozen codes per group each component is the mean of a
+  handful of codes, and a decoded mean is a more typical, less varied sound;
+- ``none``: no prior is stored; ``generate`` samples N(0, I).
+
+``generate`` samples the stored mixture by default (``generate.prior: mixture``) and N(0, I)
+on request (``normal``) or when a ``model.pth`` has none (trained before it existed).
+
+Both fits are plain tensors in ``model.pth`` under ``"prior"`` (still loadable with
 ``torch.load(weights_only=True)``)::
 
     weights   (G, K)     mixture weights per group; unused components have weight 0
@@ -25,11 +34,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config import Config, TrainConfig
+from ..device import pick_device
+from ..errors import ConfigError
 from .checkpoint import save_checkpoint
-from .dataset import SpectrogramSet, iter_batches
-from .model import VAE, read_checkpoint
+from .dataset import SpectrogramSet, iter_batches, read_split
+from .model import VAE, load_model, read_checkpoint
+from .run_folder import MODEL
 
-__all__ = ["fit_prior", "sample_prior", "encode_means", "add_prior_to_checkpoint", "PRIOR"]
+__all__ = ["fit_gmm", "fit_kde", "fit_prior", "sample_prior", "encode_means",
+           "add_prior_to_checkpoint", "refit_prior", "PRIOR"]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +52,61 @@ PRIOR = "prior"
 _REG_COVAR = 1e-3   # added to each variance: keeps a component of near-identical codes sane
 
 
-def fit_prior(codes: np.ndarray, labels: np.ndarray, *, n_groups: int, components: int,
-              seed: int) -> dict[str, Tensor]:
-    """Fit a diagonal Gaussian mixture to each group's codes.
+def _as_tensors(weights: np.ndarray, means: np.ndarray,
+                variances: np.ndarray) -> dict[str, Tensor]:
+    return {"weights": torch.tensor(weights, dtype=torch.float32),
+            "means": torch.tensor(means, dtype=torch.float32),
+            "variances": torch.tensor(variances, dtype=torch.float32)}
+
+
+def fit_kde(codes: np.ndarray, labels: np.ndarray, *, n_groups: int,
+            bandwidth: float) -> dict[str, Tensor]:
+    """A kernel density estimate of each group's codes, as a Gaussian mixture.
+
+    Parameters
+    ----------
+    codes : np.ndarray [shape=(N, L)]
+        Posterior means of the training clips.
+    labels : np.ndarray [shape=(N,), int]
+        Group index of each code, in ``[0, n_groups)``.
+    n_groups : int
+    bandwidth : float
+        The kernels' standard deviation, per dimension, as a multiple of that dimension's
+        standard deviation over the group's codes (> 0).
+
+    Returns
+    -------
+    dict of Tensor
+        ``weights (G, K)``, ``means (G, K, L)``, ``variances (G, K, L)``, float32, with K the
+        largest group's number of codes: each group's codes with equal weights (the rest
+        weight 0). A group without codes gets N(0, I) (one component).
+
+    Examples
+    --------
+    >>> codes = np.array([[0.0, 0.0], [2.0, 4.0], [9.0, 9.0]])
+    >>> prior = fit_kde(codes, np.array([0, 0, 1]), n_groups=2, bandwidth=0.5)
+    >>> prior["weights"].tolist(), prior["variances"][0, 0].round(decimals=2).tolist()
+    ([[0.5, 0.5], [1.0, 0.0]], [0.25, 1.0])
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    size = max(1, *(int((labels == g).sum()) for g in range(n_groups)))
+    weights = np.zeros((n_groups, size))
+    means = np.zeros((n_groups, size, codes.shape[1]))
+    variances = np.ones((n_groups, size, codes.shape[1]))
+    for g in range(n_groups):
+        x = codes[labels == g]
+        if len(x) == 0:
+            weights[g, 0] = 1.0
+            continue
+        weights[g, :len(x)] = 1.0 / len(x)
+        means[g, :len(x)] = x
+        variances[g, :len(x)] = (bandwidth * x.std(axis=0)) ** 2 + _REG_COVAR
+    return _as_tensors(weights, means, variances)
+
+
+def fit_gmm(codes: np.ndarray, labels: np.ndarray, *, n_groups: int, components: int,
+            seed: int) -> dict[str, Tensor]:
+    """Fit a diagonal Gaussian mixture to each group's codes by EM.
 
     Parameters
     ----------
@@ -81,9 +147,16 @@ def fit_prior(codes: np.ndarray, labels: np.ndarray, *, n_groups: int, component
                               random_state=seed, n_init=1).fit(x)
         weights[g, :k], means[g, :k], variances[g, :k] = (gmm.weights_, gmm.means_,
                                                           gmm.covariances_)
-    return {"weights": torch.tensor(weights, dtype=torch.float32),
-            "means": torch.tensor(means, dtype=torch.float32),
-            "variances": torch.tensor(variances, dtype=torch.float32)}
+    return _as_tensors(weights, means, variances)
+
+
+def fit_prior(codes: np.ndarray, labels: np.ndarray, *, n_groups: int,
+              train: TrainConfig) -> dict[str, Tensor]:
+    """The prior ``train.prior`` names (``kde`` or ``gmm``), fit on the codes."""
+    if train.prior == "kde":
+        return fit_kde(codes, labels, n_groups=n_groups, bandwidth=train.prior_bandwidth)
+    return fit_gmm(codes, labels, n_groups=n_groups, components=train.prior_components,
+                   seed=train.seed)
 
 
 def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.Generator,
@@ -125,9 +198,9 @@ def encode_means(model: VAE, data: SpectrogramSet, *, device: torch.device,
     return np.concatenate(codes), np.concatenate(labels)
 
 
-def add_prior_to_checkpoint(path: Path, model: VAE, data: SpectrogramSet, *, components: int,
-                            seed: int, device: torch.device) -> None:
-    """Fit the mixture on ``data`` with the weights in ``path`` and store it there.
+def add_prior_to_checkpoint(path: Path, model: VAE, data: SpectrogramSet, *,
+                            train: TrainConfig, device: torch.device) -> None:
+    """Fit the prior ``train.prior`` names on ``data`` with the weights in ``path``; store it.
 
     ``model`` is only a vessel of the right architecture: the weights of ``path`` (the best
     epoch) are loaded into it first. The file is rewritten atomically.
@@ -135,8 +208,36 @@ def add_prior_to_checkpoint(path: Path, model: VAE, data: SpectrogramSet, *, com
     payload = read_checkpoint(path)
     model.load_state_dict(payload["model"])
     codes, labels = encode_means(model, data, device=device)
-    payload[PRIOR] = fit_prior(codes, labels, n_groups=model.n_groups, components=components,
-                               seed=seed)
+    payload[PRIOR] = fit_prior(codes, labels, n_groups=model.n_groups, train=train)
     save_checkpoint(path, payload)
-    log.info("prior: a %d-component Gaussian mixture per group fit on %d training codes -> %s",
-             components, len(codes), path)
+    kind = (f"a kernel density estimate (bandwidth {train.prior_bandwidth:g})"
+            if train.prior == "kde" else f"a {train.prior_components}-component Gaussian mixture")
+    log.info("prior: %s per group, fit on %d training codes -> %s", kind, len(codes), path)
+
+
+def refit_prior(config: Config, run_dir: Path) -> Path:
+    """Replace the prior in a trained run's ``model.pth`` with the one ``train.prior`` names.
+
+    Fit on the codes of the run's training clips (``split.csv``) under its weights, so another
+    kind of prior, bandwidth or number of components can be tried without training again;
+    ``train.prior: none`` removes the stored prior. The file is rewritten atomically.
+    """
+    path = Path(run_dir) / MODEL
+    trained = load_model(path)
+    train_items, _ = read_split(run_dir)
+    missing = [it for it in train_items if not Path(it.source).is_file()]
+    if missing:
+        raise ConfigError(f"{missing[0].source} (a training file in "
+                          f"{Path(run_dir) / 'split.csv'}) is missing, and {len(missing) - 1} "
+                          "more: the prior is fit on the training spectrograms")
+    if config.train.prior == "none":
+        payload = read_checkpoint(path)
+        payload.pop(PRIOR, None)
+        save_checkpoint(path, payload)
+        log.info("prior: removed from %s (generate samples z ~ N(0, I))", path)
+        return path
+    device = pick_device(config.train.device, key="train.device")
+    data = SpectrogramSet(train_items, trained.groups, trained.spec.shape)
+    add_prior_to_checkpoint(path, trained.model.to(device), data, train=config.train,
+                            device=device)
+    return path

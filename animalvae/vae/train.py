@@ -12,9 +12,9 @@ and writes into the run folder (``paths.runs/<train.name>``):
   the decoder of the best weights alone against a spectrogram discriminator
   (:mod:`animalvae.vae.adversarial`); ``model.pth`` then holds the latest of them and
   ``last.pth`` also the discriminator and its optimiser;
-- at the end, with ``train.prior_components`` > 0, a Gaussian mixture per group fit on the
-  training clips' codes under the best weights, stored in ``model.pth``
-  (:mod:`animalvae.vae.prior`), which ``generate`` samples from.
+- at the end (unless ``train.prior: none``), a prior per group fit on the training clips'
+  codes under the best weights, stored in ``model.pth`` (:mod:`animalvae.vae.prior`), which
+  ``generate`` samples from.
 
 Finding, splitting and loading the data is :mod:`animalvae.vae.dataset`; saving, resuming and
 clearing the run folder is :mod:`animalvae.vae.checkpoint`.
@@ -493,9 +493,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                                "steps_per_epoch": steps_per_epoch, "best_val": best_val,
                                "sums": sums, "optimizer": optimizer.state_dict(),
                                "scheduler": schedule, "world_size": dist.world_size})
-    if tc.prior_components and dist.is_main:
-        add_prior_to_checkpoint(run_dir / MODEL, model, train_set,
-                                components=tc.prior_components, seed=tc.seed, device=device)
+    if tc.prior != "none" and dist.is_main:
+        add_prior_to_checkpoint(run_dir / MODEL, model, train_set, train=tc, device=device)
     if stop and epoch < tc.epochs:
         log.info("stopped at train.max_steps=%d; continue with vae.py train --resume "
                  "(and a larger or zero train.max_steps)", tc.max_steps)
