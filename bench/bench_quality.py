@@ -14,7 +14,11 @@ the Fréchet distance of samples to real held-out clips (real training clips giv
 
 Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the previous release:
 batch 32, 30 epochs, no mixture prior, samples from N(0, I)), and one per lever that was measured
-(``--variants`` picks; ``--list`` shows them). Every variant trains on the same split.
+(``--variants`` picks; ``--list`` shows them). Every variant trains on the same split; one that
+changes only the prior or generation (``train.prior*``, ``generate.*``) reuses the ``defaults``
+run's weights (listed first), its prior fit again by ``vae.py fit-prior``. ``--seeds`` repeats
+everything for other ``train.seed`` values (each its own split and initial weights), a row each:
+how much a figure moves from one training to the next.
 
 ``--figure PATH`` draws, per group, a real held-out spectrogram beside generated ones of the
 first variant (docs/quality_spectrograms.png).
@@ -218,8 +222,10 @@ def section(data: str, results: dict[str, dict[str, float]],
     """The Markdown section of bench/results/quality.md."""
     split = ("the same split" if len(seeds) == 1 else
              "the split and initial weights of each `train.seed` (one row per seed)")
+    title = ("generated sounds vs real recordings" if len(seeds) == 1 else
+             "generated sounds vs real recordings, retrained with other seeds")
     return (
-        "## quality: generated sounds vs real recordings\n\n"
+        f"## quality: {title}\n\n"
         f"Data: {data}; through stages 2 (extra audio), 3 (energy: the loudest 3 s window) "
         "and 4 at the defaults, then `vae.py train` and `vae.py evaluate` per variant on "
         f"{split} (10 % of each group held out); a variant that changes only the prior or "

@@ -15,6 +15,7 @@ import torch
 from test_vae import write_tiny_config
 
 import vae
+from animalvae.vae import prior as prior_module
 from animalvae.vae import quality
 from animalvae.vae.model import load_model
 from animalvae.vae.prior import PRIOR, fit_gmm, fit_kde, sample_prior
@@ -198,6 +199,20 @@ def test_kde_prior_keeps_every_code_apart_instead_of_averaging_them(rng):
     assert z[:, 0].std() > 3
     cold = sample_prior(prior, y, generator=torch.Generator().manual_seed(1), temperature=0.0)
     assert {tuple(c) for c in cold.tolist()} <= {tuple(c) for c in prior["means"][0].tolist()}
+
+
+def test_kde_prior_keeps_a_seeded_choice_of_kernels_on_a_large_group(rng, monkeypatch):
+    monkeypatch.setattr(prior_module, "MAX_KERNELS", 8)
+    codes, labels = rng.standard_normal((30, 3)), np.array([0] * 20 + [1] * 10)
+    prior = fit_kde(codes, labels, n_groups=2, bandwidth=0.5, seed=0)
+    assert prior["means"].shape == (2, 8, 3)
+    assert ((prior["weights"] > 0).sum(dim=1) == 8).all()
+    picked = {tuple(c) for c in prior["means"][0].tolist()}
+    assert picked <= {tuple(c) for c in torch.tensor(codes[:20], dtype=torch.float32).tolist()}
+    again = fit_kde(codes, labels, n_groups=2, bandwidth=0.5, seed=0)
+    assert torch.equal(again["means"], prior["means"])
+    spread = torch.tensor(codes[:20].std(axis=0), dtype=torch.float32)  # of every code
+    assert torch.allclose(prior["variances"][0, 0], (0.5 * spread) ** 2 + 1e-3, rtol=1e-4)
 
 
 def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys):

@@ -6,9 +6,10 @@ Deterministic Autoencoders"; Dai & Wipf 2019). After training, the posterior mea
 training clips are fit again, group by group (``train.prior``):
 
 - ``kde`` (:func:`fit_kde`): a kernel density estimate (Parzen 1962): one component per
-  training code, each a Gaussian of ``train.prior_bandwidth`` times the group's per-dimension
-  spread of codes. A sample is a training code moved by that much noise: every kind of call
-  the group has keeps its own place, none is averaged with its neighbours;
+  training code (up to :data:`MAX_KERNELS` per group), each a Gaussian of
+  ``train.prior_bandwidth`` times the group's per-dimension spread of codes. A sample is a
+  training code moved by that much noise: every kind of call the group has keeps its own
+  place, none is averaged with its neighbours;
 - ``gmm`` (:func:`fit_gmm`): a diagonal Gaussian mixture of ``train.prior_components``
   components fit by EM. With a few dozen codes per group each component is the mean of a
   handful of codes, and a decoded mean is a more typical, less varied sound;
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 #: The key of the mixture in ``model.pth``.
 PRIOR = "prior"
 _REG_COVAR = 1e-3   # added to each variance: keeps a component of near-identical codes sane
+#: At most this many kernels per group (a seeded random choice of its codes), so that
+#: ``model.pth`` stays small on a large dataset: 512 codes of 256 values, means and variances,
+#: are 1 MiB per group.
+MAX_KERNELS = 512
 
 
 def _as_tensors(weights: np.ndarray, means: np.ndarray,
@@ -59,8 +64,8 @@ def _as_tensors(weights: np.ndarray, means: np.ndarray,
             "variances": torch.tensor(variances, dtype=torch.float32)}
 
 
-def fit_kde(codes: np.ndarray, labels: np.ndarray, *, n_groups: int,
-            bandwidth: float) -> dict[str, Tensor]:
+def fit_kde(codes: np.ndarray, labels: np.ndarray, *, n_groups: int, bandwidth: float,
+            seed: int = 0) -> dict[str, Tensor]:
     """A kernel density estimate of each group's codes, as a Gaussian mixture.
 
     Parameters
@@ -73,13 +78,16 @@ def fit_kde(codes: np.ndarray, labels: np.ndarray, *, n_groups: int,
     bandwidth : float
         The kernels' standard deviation, per dimension, as a multiple of that dimension's
         standard deviation over the group's codes (> 0).
+    seed : int
+        Picks the kernels of a group with more than :data:`MAX_KERNELS` codes.
 
     Returns
     -------
     dict of Tensor
         ``weights (G, K)``, ``means (G, K, L)``, ``variances (G, K, L)``, float32, with K the
-        largest group's number of codes: each group's codes with equal weights (the rest
-        weight 0). A group without codes gets N(0, I) (one component).
+        largest group's number of kernels: each group's codes (at most :data:`MAX_KERNELS`)
+        with equal weights, the rest weight 0. A group without codes gets N(0, I) (one
+        component).
 
     Examples
     --------
@@ -89,18 +97,21 @@ def fit_kde(codes: np.ndarray, labels: np.ndarray, *, n_groups: int,
     ([[0.5, 0.5], [1.0, 0.0]], [0.25, 1.0])
     """
     codes = np.asarray(codes, dtype=np.float64)
-    size = max(1, *(int((labels == g).sum()) for g in range(n_groups)))
+    size = min(MAX_KERNELS, max(1, *(int((labels == g).sum()) for g in range(n_groups))))
     weights = np.zeros((n_groups, size))
     means = np.zeros((n_groups, size, codes.shape[1]))
     variances = np.ones((n_groups, size, codes.shape[1]))
+    rng = np.random.default_rng(seed)
     for g in range(n_groups):
         x = codes[labels == g]
         if len(x) == 0:
             weights[g, 0] = 1.0
             continue
-        weights[g, :len(x)] = 1.0 / len(x)
-        means[g, :len(x)] = x
-        variances[g, :len(x)] = (bandwidth * x.std(axis=0)) ** 2 + _REG_COVAR
+        kernels = x if len(x) <= size else x[np.sort(rng.choice(len(x), size, replace=False))]
+        n = len(kernels)
+        weights[g, :n] = 1.0 / n
+        means[g, :n] = kernels
+        variances[g, :n] = (bandwidth * x.std(axis=0)) ** 2 + _REG_COVAR
     return _as_tensors(weights, means, variances)
 
 
@@ -154,7 +165,8 @@ def fit_prior(codes: np.ndarray, labels: np.ndarray, *, n_groups: int,
               train: TrainConfig) -> dict[str, Tensor]:
     """The prior ``train.prior`` names (``kde`` or ``gmm``), fit on the codes."""
     if train.prior == "kde":
-        return fit_kde(codes, labels, n_groups=n_groups, bandwidth=train.prior_bandwidth)
+        return fit_kde(codes, labels, n_groups=n_groups, bandwidth=train.prior_bandwidth,
+                       seed=train.seed)
     return fit_gmm(codes, labels, n_groups=n_groups, components=train.prior_components,
                    seed=train.seed)
 
