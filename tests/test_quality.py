@@ -8,6 +8,7 @@ Fréchet distance. The PANNs path uses a random-weight Cnn14 saved to a temporar
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from test_vae import write_tiny_config
 import vae
 from animalvae.vae import prior as prior_module
 from animalvae.vae import quality
+from animalvae.vae.dataset import read_split
 from animalvae.vae.model import load_model
 from animalvae.vae.prior import PRIOR, fit_gmm, fit_kde, sample_prior
 
@@ -252,6 +254,10 @@ def test_fit_prior_replaces_the_stored_prior_without_training(tmp_path, capsys):
     data = torch.load(run / "model.pth", weights_only=True)
     assert data[PRIOR]["means"].shape == (2, 2, 8)
     assert all(torch.equal(data["model"][k], v) for k, v in weights.items())
+    gone = Path(read_split(run)[0][0].source)
+    gone.rename(gone.with_suffix(".bak"))
+    assert vae.main(["fit-prior", *base]) == 2
+    assert f"{gone} (a training file in" in capsys.readouterr().err
     assert vae.main(["fit-prior", *base, "--set", "train.prior=none"]) == 0
     assert load_model(run / "model.pth").prior is None
 

@@ -236,18 +236,18 @@ def refit_prior(config: Config, run_dir: Path) -> Path:
     """
     path = Path(run_dir) / MODEL
     trained = load_model(path)
-    train_items, _ = read_split(run_dir)
-    missing = [it for it in train_items if not Path(it.source).is_file()]
-    if missing:
-        raise ConfigError(f"{missing[0].source} (a training file in "
-                          f"{Path(run_dir) / 'split.csv'}) is missing, and {len(missing) - 1} "
-                          "more: the prior is fit on the training spectrograms")
     if config.train.prior == "none":
         payload = read_checkpoint(path)
         payload.pop(PRIOR, None)
         save_checkpoint(path, payload)
         log.info("prior: removed from %s (generate samples z ~ N(0, I))", path)
         return path
+    train_items, _ = read_split(run_dir)
+    missing = [it for it in train_items if not Path(it.source).is_file()]
+    if missing:
+        raise ConfigError(f"{missing[0].source} (a training file in "
+                          f"{Path(run_dir) / 'split.csv'}) is missing, and {len(missing) - 1} "
+                          "more: the prior is fit on the training spectrograms")
     device = pick_device(config.train.device, key="train.device")
     data = SpectrogramSet(train_items, trained.groups, trained.spec.shape)
     add_prior_to_checkpoint(path, trained.model.to(device), data, train=config.train,
