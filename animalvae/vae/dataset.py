@@ -31,7 +31,7 @@ from ..stage import Item, atomic_path, list_items
 from .run_folder import SPLIT
 
 __all__ = ["SpectrogramSet", "find_spectrograms", "split_items", "write_split", "read_split",
-           "read_array", "iter_batches", "epoch_order", "SPLIT"]
+           "require_sources", "read_array", "iter_batches", "epoch_order", "SPLIT"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,18 @@ def read_split(run_dir: Path) -> tuple[list[Item], list[Item]]:
             parts[row["split"]].append(Item(row["id"], row["group"], Path(row["path"]),
                                             row["group"]))
     return parts["train"], parts["val"]
+
+
+def require_sources(items: Sequence[Item], run_dir: Path, *, role: str, why: str) -> None:
+    """Raise a one-line ConfigError naming the first of ``items`` whose spectrogram is gone.
+
+    ``role`` says where ``split.csv`` lists them (``held out``, ``a training file``) and
+    ``why`` what the caller needs them for.
+    """
+    missing = [it for it in items if not Path(it.source).is_file()]
+    if missing:
+        raise ConfigError(f"{missing[0].source} ({role} in {Path(run_dir) / SPLIT}) is missing, "
+                          f"and {len(missing) - 1} more: {why}")
 
 
 def _available_bytes() -> int | None:

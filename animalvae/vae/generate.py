@@ -39,7 +39,7 @@ from ..spectrogram import (
     unit_to_magnitude,
 )
 from ..stage import Item, StageOptions, atomic_path, atomic_write_text
-from .dataset import SpectrogramSet, iter_batches, read_array, read_split
+from .dataset import SpectrogramSet, iter_batches, read_array, read_split, require_sources
 from .gallery import write_gallery
 from .model import VAE, TrainedModel, kl_divergence, load_model
 from .prior import sample_prior
@@ -197,10 +197,7 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
               limit: int | None = None) -> list[Item]:
     """Validation items of the run (``per_group`` of each group, ``limit`` in all)."""
     _, val = read_split(run_dir)
-    missing = [it for it in val if not Path(it.source).is_file()]
-    if missing:
-        raise ConfigError(f"{missing[0].source} (held out in {Path(run_dir) / 'split.csv'}) is "
-                          f"missing, and {len(missing) - 1} more: restore the spectrograms")
+    require_sources(val, run_dir, role="held out", why="restore the spectrograms")
     unknown = sorted({it.group for it in val} - set(trained.groups))
     if unknown:
         raise ConfigError(f"{Path(run_dir) / 'split.csv'} names group(s) {unknown} that "
@@ -604,11 +601,8 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
         by_group.setdefault(item.group, []).append(item)
     train_items = [it for members in by_group.values()
                    for it in members[:gc.eval_real_per_group]]
-    missing = [it for it in train_items if not Path(it.source).is_file()]
-    if missing:
-        raise ConfigError(f"{missing[0].source} (a training file in "
-                          f"{Path(run_dir) / 'split.csv'}) is missing, and {len(missing) - 1} "
-                          "more: the quality figures need the training spectrograms")
+    require_sources(train_items, run_dir, role="a training file",
+                    why="the quality figures need the training spectrograms")
     train = SpectrogramSet(train_items, trained.groups, spec.shape)
     x_train, y_train = train.batch(torch.arange(len(train)), torch.device("cpu"))
     x_val, y_val = val.batch(torch.arange(len(val)), device)

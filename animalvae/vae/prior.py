@@ -37,9 +37,8 @@ from torch import Tensor
 
 from ..config import Config, TrainConfig
 from ..device import pick_device
-from ..errors import ConfigError
 from .checkpoint import save_checkpoint
-from .dataset import SpectrogramSet, iter_batches, read_split
+from .dataset import SpectrogramSet, iter_batches, read_split, require_sources
 from .model import VAE, load_model, read_checkpoint
 from .run_folder import MODEL
 
@@ -243,11 +242,8 @@ def refit_prior(config: Config, run_dir: Path) -> Path:
         log.info("prior: removed from %s (generate samples z ~ N(0, I))", path)
         return path
     train_items, _ = read_split(run_dir)
-    missing = [it for it in train_items if not Path(it.source).is_file()]
-    if missing:
-        raise ConfigError(f"{missing[0].source} (a training file in "
-                          f"{Path(run_dir) / 'split.csv'}) is missing, and {len(missing) - 1} "
-                          "more: the prior is fit on the training spectrograms")
+    require_sources(train_items, run_dir, role="a training file",
+                    why="the prior is fit on the training spectrograms")
     device = pick_device(config.train.device, key="train.device")
     data = SpectrogramSet(train_items, trained.groups, trained.spec.shape)
     add_prior_to_checkpoint(path, trained.model.to(device), data, train=config.train,
