@@ -310,6 +310,7 @@ class TrainConfig:
     kl_warmup_epochs: int = 5       # beta rises linearly from 0 over these epochs
     free_bits: float = 0.0          # nats per latent dimension not penalised; 0 = off
     spectral_weight: float = 1.0    # multi-resolution spectral convergence weight; 0 = off
+    modulation_weight: float = 0.5  # modulation-spectrum distance weight; 0 = off
     val_fraction: float = 0.1       # held out per group, fixed by seed
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
@@ -337,6 +338,7 @@ class TrainConfig:
         _positive(problems, "train.kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
         _positive(problems, "train.free_bits", self.free_bits, allow_zero=True)
         _positive(problems, "train.spectral_weight", self.spectral_weight, allow_zero=True)
+        _positive(problems, "train.modulation_weight", self.modulation_weight, allow_zero=True)
         if not 0 < self.val_fraction < 1:
             problems.append(f"train.val_fraction={self.val_fraction} must be in (0, 1)")
         _positive(problems, "train.max_steps", self.max_steps, allow_zero=True)

@@ -41,6 +41,7 @@ def _measure(config_path: str, kind: str) -> dict:
     import torch
 
     from animalvae.config import ModelConfig, load_config
+    from animalvae.vae.losses import ReconstructionLoss
     from animalvae.vae.model import VAE
     from animalvae.vae.multimodal import SoundImageVAE
     from animalvae.vae.train import vae_loss
@@ -67,7 +68,8 @@ def _measure(config_path: str, kind: str) -> dict:
 
         def loss_fn():
             x_hat, mu, logvar = model(sound)
-            return vae_loss(x_hat, sound, mu, logvar, recon_loss="l1", beta=si.beta).loss
+            return vae_loss(x_hat, sound, mu, logvar, reconstruction=ReconstructionLoss("l1"),
+                            beta=si.beta).loss
     optimizer = torch.optim.AdamW(model.parameters(), lr=si.lr)
 
     def step():

@@ -53,12 +53,13 @@ VARIANTS: dict[str, list[str]] = {
     # the previous release's model: one latent vector, per-pixel loss only, z ~ N(0, I)
     "before": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0",
                "train.prior=none", "generate.prior=normal", "model.latent_dim=64",
-               "model.latent_frames=0", "train.spectral_weight=0", "generate.restore_peak=false"],
+               "model.latent_frames=0", "train.spectral_weight=0", "train.modulation_weight=0",
+               "generate.restore_peak=false"],
     # the defaults before the time-axis latent: one latent vector, per-pixel loss, a
     # 4-component mixture, the raw decoder output, trained on today's schedule
     "previous-model": ["model.latent_dim=64", "model.latent_frames=0", "train.spectral_weight=0",
-                       "generate.restore_peak=false", "train.prior=gmm",
-                       "train.prior_components=4"],
+                       "train.modulation_weight=0", "generate.restore_peak=false",
+                       "train.prior=gmm", "train.prior_components=4"],
     # the defaults before the kernel density prior: a 16-component mixture fit by EM
     "gmm-prior": ["train.prior=gmm", "train.prior_components=16"],
     "gmm-prior-4": ["train.prior=gmm", "train.prior_components=4"],
@@ -67,6 +68,8 @@ VARIANTS: dict[str, list[str]] = {
     "no-restore-peak": ["generate.restore_peak=false"],
     "normal-prior": ["generate.prior=normal"],
     "no-spectral-loss": ["train.spectral_weight=0"],
+    # the defaults before the modulation term (per-pixel and spectral terms only)
+    "no-modulation-loss": ["train.modulation_weight=0"],
     "one-latent-vector": ["model.latent_dim=64", "model.latent_frames=0"],
     "latent-frames-16": ["model.latent_dim=128", "model.latent_frames=16"],
     "epochs-20": ["train.epochs=20"],

@@ -50,6 +50,7 @@ from animalvae.spectrogram import (  # noqa: E402
     SpectrogramSpec,
     spectral_convergence,
 )
+from animalvae.vae.losses import ReconstructionLoss  # noqa: E402
 from animalvae.vae.model import VAE  # noqa: E402
 from animalvae.vae.train import vae_loss  # noqa: E402
 
@@ -131,7 +132,7 @@ class OriginalVAE(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 def ours_step(model_config: ModelConfig, spec: SpectrogramSpec, batch_size: int,
-              n_groups: int = 3, spectral_weight: float = 0.0) -> Callable[[], None]:
+              reconstruction: ReconstructionLoss, n_groups: int = 3) -> Callable[[], None]:
     """One training step of our VAE, as ``train.train`` does it on the CPU."""
     model = VAE(model_config, spec.shape, n_groups)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -140,8 +141,7 @@ def ours_step(model_config: ModelConfig, spec: SpectrogramSpec, batch_size: int,
 
     def step() -> None:
         x_hat, mu, logvar = model(x, y)
-        terms = vae_loss(x_hat, x, mu, logvar, recon_loss="l1", beta=1.0,
-                         spectral_weight=spectral_weight, top_db=spec.top_db)
+        terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=1.0)
         optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -180,11 +180,10 @@ def bench_training(threads: int) -> tuple[list[dict], str]:
                        conditional=True, embed_dim=config.model.embed_dim)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    reconstruction = ReconstructionLoss.from_config(config.train, top_db=spec.top_db)
     methods = {
-        "ours": (ours_step(config.model, spec, batch,
-                           spectral_weight=config.train.spectral_weight), batch, spec.seconds, 3),
-        "ours_wide": (ours_step(wide, spec, batch, spectral_weight=config.train.spectral_weight),
-                      batch, spec.seconds, 1),
+        "ours": (ours_step(config.model, spec, batch, reconstruction), batch, spec.seconds, 3),
+        "ours_wide": (ours_step(wide, spec, batch, reconstruction), batch, spec.seconds, 1),
         "original": (original_step(2), 2, ORIGINAL_SECONDS, 4),
     }
     for step, *_ in methods.values():  # warm-up: allocator, first-call kernels
@@ -201,7 +200,8 @@ def bench_training(threads: int) -> tuple[list[dict], str]:
     return rows, (f"default config: model.channels={config.model.channels}, "
                   f"latent_dim={config.model.latent_dim}, latent_frames="
                   f"{config.model.latent_frames}, train.spectral_weight="
-                  f"{config.train.spectral_weight}, train.batch_size={batch}")
+                  f"{config.train.spectral_weight}, modulation_weight="
+                  f"{config.train.modulation_weight}, train.batch_size={batch}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from animalvae import panns  # noqa: E402
 from animalvae.config import ModelConfig  # noqa: E402
 from animalvae.spectrogram import InverseSpectrogram, Spectrogram, SpectrogramSpec, save_spec  # noqa: E402
+from animalvae.vae.losses import ReconstructionLoss  # noqa: E402
 from animalvae.vae.model import VAE  # noqa: E402
 from animalvae.vae.train import vae_loss  # noqa: E402
 
@@ -106,8 +107,8 @@ def _train_step(device: torch.device, spec: SpectrogramSpec, model_config: Model
     def step() -> None:
         with autocast(device, bf16):
             x_hat, mu, logvar = model(x, y)
-        terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(), recon_loss="l1",
-                         beta=1.0)
+        terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
+                         reconstruction=ReconstructionLoss("l1"), beta=1.0)
         optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         optimizer.step()

@@ -19,6 +19,7 @@ from animalvae.vae.adversarial import (
     discriminator_loss,
     generator_loss,
 )
+from animalvae.vae.losses import ReconstructionLoss
 from animalvae.vae.model import VAE, load_model
 
 EPOCHS = 3
@@ -79,7 +80,8 @@ def test_one_step_trains_the_decoder_and_discriminator_but_not_the_encoder():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     disc_before = {k: v.clone() for k, v in phase.discriminator.state_dict().items()}
     figures = adversarial_step(phase, torch.rand(4, 1, 64, 32), torch.tensor([0, 1, 0, 1]),
-                               torch.randn(4, 8), recon_loss="l1", adversarial_weight=0.1,
+                               torch.randn(4, 8), reconstruction=ReconstructionLoss("l1"),
+                               adversarial_weight=0.1,
                                feature_matching_weight=1.0, grad_clip=1.0)
     after = model.state_dict()
     for key, value in _split(before, "encoder").items():

@@ -20,7 +20,7 @@ from animalvae.vae import prior as prior_module
 from animalvae.vae import quality
 from animalvae.vae.dataset import read_split
 from animalvae.vae.model import load_model
-from animalvae.vae.prior import PRIOR, fit_gmm, fit_kde, sample_prior
+from animalvae.vae.prior import PRIOR, fit_gmm, fit_kde, sample_prior, spread_components
 
 SR = 8000
 
@@ -201,6 +201,25 @@ def test_kde_prior_keeps_every_code_apart_instead_of_averaging_them(rng):
     assert z[:, 0].std() > 3
     cold = sample_prior(prior, y, generator=torch.Generator().manual_seed(1), temperature=0.0)
     assert {tuple(c) for c in cold.tolist()} <= {tuple(c) for c in prior["means"][0].tolist()}
+
+
+def test_samples_spread_over_the_components_instead_of_repeating_some():
+    gen = torch.Generator().manual_seed(0)
+    even = torch.tensor([0.25, 0.25, 0.0, 0.25, 0.25])     # one unused component
+    for n, times in ((4, 1), (8, 2)):                       # every kernel once, then twice
+        picked = spread_components(even, n, generator=gen)
+        assert sorted(picked.tolist()) == sorted([0, 1, 3, 4] * times)
+    three = spread_components(even, 3, generator=gen).tolist()
+    assert len(set(three)) == 3 and 2 not in three          # no kernel twice, none unused
+    skewed = spread_components(torch.tensor([0.7, 0.3]), 10, generator=gen)
+    assert skewed.tolist().count(0) == 7 and skewed.tolist() != sorted(skewed.tolist())
+    # sample_prior draws each group's share of the batch that way: 6 codes, 6 samples each
+    codes = np.arange(12, dtype=float)[:, None] * [1.0, 0.0]
+    prior = fit_kde(codes, np.repeat([0, 1], 6), n_groups=2, bandwidth=0.5)
+    y = torch.tensor([0, 1] * 6)
+    cold = sample_prior(prior, y, generator=gen, temperature=0.0)
+    assert sorted(cold[y == 0, 0].tolist()) == list(range(6))
+    assert sorted(cold[y == 1, 0].tolist()) == list(range(6, 12))
 
 
 def test_kde_prior_keeps_a_seeded_choice_of_kernels_on_a_large_group(rng, monkeypatch):

@@ -11,8 +11,8 @@ spectrograms from reconstructions, with three terms per step::
              + feature_matching_weight * mean over layers of mean |D_l(x) - D_l(x_hat)|
 
 ``x_hat`` is the decoder's reconstruction of ``x`` through ``z = mu + sigma * eps`` of the
-frozen encoder; ``recon`` is the VAE's reconstruction loss (``train.recon_loss`` per pixel, plus
-``train.spectral_weight`` times :func:`animalvae.vae.losses.spectral_loss`), which keeps
+frozen encoder; ``recon`` is the VAE's reconstruction loss
+(:class:`animalvae.vae.losses.ReconstructionLoss` of the ``train.*`` settings), which keeps
 the decoder on the data while the other two sharpen it. The discriminator is conditional on the
 group (a projection discriminator: Miyato & Koyama 2018) so that it judges whether a
 spectrogram sounds like *its* group, and spectrally normalised so the hinge game stays stable.
@@ -35,7 +35,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..errors import ConfigError
 from .dataset import SpectrogramSet, epoch_order, iter_batches
-from .losses import reconstruction_loss
+from .losses import ReconstructionLoss
 from .model import VAE, kl_divergence
 
 __all__ = ["PatchDiscriminator", "AdversarialPhase", "discriminator_loss", "generator_loss",
@@ -168,9 +168,9 @@ class AdversarialPhase:
 
 
 def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tensor, *,
-                     recon_loss: str, adversarial_weight: float, feature_matching_weight: float,
-                     grad_clip: float = 0.0, spectral_weight: float = 0.0,
-                     top_db: float = 80.0) -> dict[str, Tensor]:
+                     reconstruction: ReconstructionLoss, adversarial_weight: float,
+                     feature_matching_weight: float,
+                     grad_clip: float = 0.0) -> dict[str, Tensor]:
     """One discriminator update, then one decoder update, on the batch ``x``.
 
     The encoder runs without gradients and in evaluation mode, so its weights and buffers are
@@ -183,14 +183,12 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
     y : Tensor [shape=(B,), int64]
     noise : Tensor [shape=(B, L)]
         The reparameterisation's ``eps``.
-    recon_loss : {"l1", "mse"}
+    reconstruction : ReconstructionLoss
+        The VAE epochs' reconstruction term, here the decoder's anchor to the data.
     adversarial_weight, feature_matching_weight : float
         Weights of the hinge term and of feature matching against the reconstruction's 1.
     grad_clip : float
         Max gradient norm of the decoder's update; 0 = off.
-    spectral_weight, top_db : float
-        Weight of :func:`animalvae.vae.losses.spectral_loss` in the decoder's loss, as
-        in the VAE epochs (0 = off), and the spectrogram's dB range.
 
     Returns
     -------
@@ -220,8 +218,7 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
         _, real_features = disc(x, y)
     fake_logits, fake_features = disc(x_hat, y)
     adversarial, matching = generator_loss(fake_logits, real_features, fake_features)
-    rec_loss, recon = reconstruction_loss(x_hat, x, kind=recon_loss,
-                                          spectral_weight=spectral_weight, top_db=top_db)
+    rec_loss, recon = reconstruction(x_hat, x)
     g_loss = rec_loss + adversarial_weight * adversarial + feature_matching_weight * matching
     phase.g_optimizer.zero_grad(set_to_none=True)
     g_loss.backward()
@@ -236,10 +233,10 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
 
 
 def run_phase(phase: AdversarialPhase, data: SpectrogramSet, *, epochs: int, batch_size: int,
-              seed: int, epoch_offset: int, recon_loss: str, adversarial_weight: float,
-              feature_matching_weight: float, grad_clip: float, device: torch.device,
-              on_epoch: Callable[[dict[str, float]], None], progress: bool = True,
-              spectral_weight: float = 0.0, top_db: float = 80.0) -> None:
+              seed: int, epoch_offset: int, reconstruction: ReconstructionLoss,
+              adversarial_weight: float, feature_matching_weight: float, grad_clip: float,
+              device: torch.device, on_epoch: Callable[[dict[str, float]], None],
+              progress: bool = True) -> None:
     """Train ``phase`` from its ``epoch`` up to ``epochs`` adversarial epochs over ``data``.
 
     Batches follow :func:`animalvae.vae.dataset.epoch_order` of epoch ``epoch_offset +
@@ -272,11 +269,10 @@ def run_phase(phase: AdversarialPhase, data: SpectrogramSet, *, epochs: int, bat
             for idx in iter_batches(len(data), batch_size):
                 x, y = data.batch(order[idx], device)
                 noise = torch.randn(len(idx), phase.model.config.latent_dim)     # (B, L)
-                figures = adversarial_step(phase, x, y, noise, recon_loss=recon_loss,
+                figures = adversarial_step(phase, x, y, noise, reconstruction=reconstruction,
                                            adversarial_weight=adversarial_weight,
                                            feature_matching_weight=feature_matching_weight,
-                                           grad_clip=grad_clip,
-                                           spectral_weight=spectral_weight, top_db=top_db)
+                                           grad_clip=grad_clip)
                 values = {k: float(v) for k, v in figures.items()}
                 if not all(math.isfinite(v) for v in values.values()):
                     raise TrainingDiverged(

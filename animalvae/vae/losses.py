@@ -1,4 +1,4 @@
-"""How far a decoded spectrogram is from its target: the per-pixel term and a spectral one.
+"""How far a decoded spectrogram is from its target: a per-pixel term and two that see past it.
 
 The per-pixel term (``train.recon_loss``: mean ``|x_hat - x|`` or its square) compares the
 normalised log-magnitudes, where a quiet valley counts as much as a loud peak. On its own it
@@ -7,24 +7,41 @@ meow's harmonics) for the many quiet ones: the peaks come out 20 dB too low and 
 The spectral term compares linear magnitudes, where the loud pixels dominate, at several
 time-frequency resolutions: the multi-resolution spectral convergence of Parallel WaveGAN
 (Yamamoto et al. 2020; Arik et al. 2019), here on the one STFT the spectrogram holds, coarser
-resolutions made by average-pooling its magnitudes::
+resolutions made by average-pooling its magnitudes.
+
+Both still reward a decoder that is unsure *when* a pulse falls for drawing the average of
+the places it could fall: a smooth blob where a trill or a bark train was. The modulation
+term compares how much each frequency band's level fluctuates at each rate (the magnitude of
+its Fourier transform along time, the modulation spectrum of sound-texture statistics:
+McDermott & Simoncelli 2011), which does not depend on where the pulses fall, so it asks for
+the fluctuation without asking for the timing::
 
     S = 10 ** ((x - 1) * top_db / 20)                        the magnitude, peak at 1
     sc_k = || pool_k(S) - pool_k(S_hat) ||_F / || pool_k(S) ||_F     per clip, k in SCALES
-    loss = recon_term + spectral_weight * mean over k and batch of sc_k
+    M = | rfft over time of pool_band(x) |, without the 0 Hz bin     per clip and band
+    mod = sum |M_hat - M| / sum M                                    per clip
+    loss = recon_term + spectral_weight * mean sc_k + modulation_weight * mean mod
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..config import TrainConfig
 from ..spectrogram import spectral_convergence, unit_to_magnitude
 
-__all__ = ["SCALES", "pixel_loss", "spectral_loss", "reconstruction_loss"]
+__all__ = ["SCALES", "MODULATION_BAND", "pixel_loss", "spectral_loss", "modulation_loss",
+           "ReconstructionLoss"]
 
 #: Pooling factors (time and frequency alike) of the spectral term's resolutions.
 SCALES = (1, 2, 4)
+#: Frequency rows averaged into one band of the modulation term: a call that glides by a row
+#: or two between clips keeps its band.
+MODULATION_BAND = 4
 
 
 def pixel_loss(x_hat: Tensor, x: Tensor, kind: str) -> Tensor:
@@ -70,18 +87,90 @@ def spectral_loss(x_hat: Tensor, x: Tensor, *, top_db: float,
     return total / len(scales)
 
 
-def reconstruction_loss(x_hat: Tensor, x: Tensor, *, kind: str, spectral_weight: float,
-                        top_db: float) -> tuple[Tensor, Tensor]:
-    """The reconstruction term of the module docstring, and its per-pixel part.
+def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND) -> Tensor:
+    """Distance between the temporal modulation spectra of two spectrograms (0-d tensor).
+
+    Parameters
+    ----------
+    x_hat, x : Tensor [shape=(B, 1, H, W)]
+        Normalised log-magnitudes; H divisible by ``band``.
+    band : int
+        Frequency rows averaged into one band before the transform along time.
 
     Returns
     -------
-    loss : Tensor
-        ``pixel_loss + spectral_weight * spectral_loss`` (0-d).
-    pixel : Tensor
-        ``pixel_loss`` alone, the figure logged as ``recon`` (0-d).
+    Tensor
+        The batch mean of ``sum |M_hat - M| / sum M`` (module docstring): 0 when the bands
+        fluctuate alike, 1 when ``x_hat`` is constant over time. Shifting a clip in time
+        (circularly) leaves it unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(2, 1, 8, 16)
+    >>> float(modulation_loss(torch.roll(x, 5, dims=3), x)) < 1e-5
+    True
+    >>> round(float(modulation_loss(x.mean(dim=3, keepdim=True).expand_as(x), x)), 4)
+    1.0
     """
-    pixel = pixel_loss(x_hat, x, kind)
-    if spectral_weight <= 0:
-        return pixel, pixel
-    return pixel + spectral_weight * spectral_loss(x_hat, x, top_db=top_db), pixel
+    def spectrum(s: Tensor) -> Tensor:
+        rows = F.avg_pool2d(s.float(), (band, 1)) if band > 1 else s.float()
+        return torch.fft.rfft(rows, dim=-1).abs()[..., 1:]       # (B, 1, H/band, W/2)
+
+    m, m_hat = spectrum(x), spectrum(x_hat)
+    distance = (m_hat - m).abs().sum(dim=(1, 2, 3))
+    return (distance / m.sum(dim=(1, 2, 3)).clamp(min=1e-8)).mean()
+
+
+@dataclass(frozen=True)
+class ReconstructionLoss:
+    """The reconstruction term of the module docstring, with its settings.
+
+    Built once per run (:meth:`from_config`) and called on each batch; the VAE epochs, their
+    validation and the adversarial phase's decoder all score reconstructions with it.
+
+    Parameters
+    ----------
+    kind : {"l1", "mse"}
+        The per-pixel term (``train.recon_loss``).
+    spectral_weight, modulation_weight : float
+        Weights of :func:`spectral_loss` and :func:`modulation_loss`; 0 = off.
+    top_db : float
+        The spectrogram's dB range, which the spectral term needs to undo the normalisation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(2, 1, 8, 8)
+    >>> loss, pixel = ReconstructionLoss("l1", spectral_weight=1.0)(torch.zeros_like(x), x)
+    >>> bool(loss > pixel) and torch.isclose(pixel, x.mean()).item()
+    True
+    """
+
+    kind: str = "l1"
+    spectral_weight: float = 0.0
+    modulation_weight: float = 0.0
+    top_db: float = 80.0
+
+    @classmethod
+    def from_config(cls, train: TrainConfig, *, top_db: float) -> ReconstructionLoss:
+        """The loss of ``train.recon_loss``/``spectral_weight``/``modulation_weight``."""
+        return cls(train.recon_loss, train.spectral_weight, train.modulation_weight, top_db)
+
+    def __call__(self, x_hat: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x_hat`` against ``x`` (both (B, 1, H, W) in [0, 1]).
+
+        Returns
+        -------
+        loss : Tensor
+            The per-pixel term plus the weighted spectral and modulation terms (0-d).
+        pixel : Tensor
+            The per-pixel term alone, the figure logged as ``recon`` (0-d).
+        """
+        pixel = pixel_loss(x_hat, x, self.kind)
+        loss = pixel
+        if self.spectral_weight > 0:
+            loss = loss + self.spectral_weight * spectral_loss(x_hat, x, top_db=self.top_db)
+        if self.modulation_weight > 0:
+            loss = loss + self.modulation_weight * modulation_loss(x_hat, x)
+        return loss, pixel

@@ -42,7 +42,7 @@ from .dataset import SpectrogramSet, iter_batches, read_split, require_sources
 from .model import VAE, load_model, read_checkpoint
 from .run_folder import MODEL
 
-__all__ = ["fit_gmm", "fit_kde", "fit_prior", "sample_prior", "encode_means",
+__all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "sample_prior", "encode_means",
            "add_prior_to_checkpoint", "refit_prior", "PRIOR"]
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,45 @@ def fit_prior(codes: np.ndarray, labels: np.ndarray, *, n_groups: int,
                    seed=train.seed)
 
 
+def spread_components(weights: Tensor, n: int, *, generator: torch.Generator) -> Tensor:
+    """``n`` component indices for a mixture of ``weights``, spread as evenly as they allow.
+
+    Systematic resampling (Kitagawa 1996): one uniform offset places ``n`` evenly spaced
+    points on the weights' cumulative sum, so component k is picked ``floor(n * w_k)`` or
+    ``ceil(n * w_k)`` times, returned in random order. Independent draws, by chance, pick
+    some training codes of a kernel density prior twice and others never: a batch of samples
+    then holds near-copies and misses kinds of call that the group has.
+
+    Parameters
+    ----------
+    weights : Tensor [shape=(K,), >= 0, not all 0]
+    n : int
+    generator : torch.Generator
+        A CPU generator.
+
+    Returns
+    -------
+    Tensor [shape=(n,), int64]
+
+    Examples
+    --------
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> sorted(spread_components(torch.tensor([0.5, 0.25, 0.25]), 8, generator=gen).tolist())
+    [0, 0, 0, 0, 1, 1, 2, 2]
+    """
+    cdf = weights.double().cumsum(0)
+    offset = torch.rand(1, generator=generator, dtype=torch.float64)
+    points = (torch.arange(n, dtype=torch.float64) + offset) / n * cdf[-1]
+    picked = torch.searchsorted(cdf, points, right=True).clamp(max=len(weights) - 1)
+    return picked[torch.randperm(n, generator=generator)]
+
+
 def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.Generator,
                  temperature: float = 1.0) -> Tensor:
     """Draw one z per label from its group's mixture.
+
+    The components of each group's draws are spread evenly over its weights
+    (:func:`spread_components`); each draw is then its component's mean plus Gaussian noise.
 
     Parameters
     ----------
@@ -188,8 +224,11 @@ def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.G
     -------
     Tensor [shape=(B, L), float32, on the CPU]
     """
-    weights = prior["weights"][labels]                                       # (B, K)
-    k = torch.multinomial(weights, 1, generator=generator)[:, 0]             # (B,)
+    k = torch.zeros(len(labels), dtype=torch.long)                           # (B,)
+    for group in labels.unique().tolist():
+        mine = labels == group
+        k[mine] = spread_components(prior["weights"][group], int(mine.sum()),
+                                    generator=generator)
     mean = prior["means"][labels, k]                                         # (B, L)
     std = prior["variances"][labels, k].sqrt()                               # (B, L)
     return mean + temperature * std * torch.randn(mean.shape, generator=generator)

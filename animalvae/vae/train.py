@@ -24,12 +24,15 @@ Loss (per pixel, so its size does not depend on the spectrogram shape)::
     recon = mean over pixels and batch of |x_hat - x|   (or (x_hat - x)**2 with recon_loss: mse)
     kl    = mean over batch of sum over latent dims of KL(q(z|x) || N(0, I))      [nats/sample]
     loss  = recon + beta * kl / (n_bins * n_frames) + spectral_weight * sc
+            + modulation_weight * mod
 
 i.e. the negative ELBO of a Laplace (l1, scale 1) or Gaussian (mse, variance 1/2) decoder
 divided by the number of pixels, up to a constant, with the KL weighted by ``beta``, plus
 ``train.spectral_weight`` times the multi-resolution spectral convergence ``sc`` of linear
-magnitudes (:mod:`animalvae.vae.losses`), where the loud pixels that make a call recognisable
-count most. ``beta``
+magnitudes, where the loud pixels that make a call recognisable count most, and
+``train.modulation_weight`` times the distance ``mod`` of the modulation spectra, which asks
+for a trill's or a bark train's fluctuation without asking when each pulse falls (both in
+:mod:`animalvae.vae.losses`, :class:`~animalvae.vae.losses.ReconstructionLoss`). ``beta``
 rises linearly from 0 to ``train.beta`` over the first ``train.kl_warmup_epochs`` epochs (per
 step). With ``train.free_bits`` > 0 each latent dimension's batch-mean KL is penalised only
 above that many nats. ``metrics.csv`` logs ``recon`` and the unclipped ``kl`` separately; the
@@ -79,7 +82,7 @@ from .dataset import (
     write_split,
 )
 from .distributed import DistContext, distributed
-from .losses import reconstruction_loss
+from .losses import ReconstructionLoss
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
 from .prior import add_prior_to_checkpoint
 from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
@@ -110,31 +113,29 @@ class TrainingDiverged(AnimalVAEError):
 class LossTerms:
     """The objective and its two parts (0-d tensors, batch means)."""
 
-    loss: Tensor    # recon + beta * kl_penalised / n_pixels (+ spectral_weight * sc)
+    loss: Tensor    # recon (+ spectral and modulation terms) + beta * kl_penalised / n_pixels
     recon: Tensor   # per pixel
     kl: Tensor      # nats per sample, before free bits
 
 
-def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *, recon_loss: str,
-             beta: float, free_bits: float = 0.0, spectral_weight: float = 0.0,
-             top_db: float = 80.0) -> LossTerms:
+def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *,
+             reconstruction: ReconstructionLoss, beta: float,
+             free_bits: float = 0.0) -> LossTerms:
     """The VAE objective described in the module docstring.
 
     Parameters
     ----------
     x_hat, x : Tensor [shape=(B, 1, H, W)]
     mu, logvar : Tensor [shape=(B, L)]
-    recon_loss : {"l1", "mse"}
+    reconstruction : ReconstructionLoss
+        The reconstruction term (``train.recon_loss``, ``spectral_weight``,
+        ``modulation_weight``).
     beta : float
         KL weight, >= 0.
     free_bits : float
         Nats per latent dimension (batch mean) not penalised; 0 = off.
-    spectral_weight, top_db : float
-        Weight of :func:`animalvae.vae.losses.spectral_loss` (0 = off) and the
-        spectrogram's dB range it needs.
     """
-    rec_loss, recon = reconstruction_loss(x_hat, x, kind=recon_loss,
-                                          spectral_weight=spectral_weight, top_db=top_db)
+    rec_loss, recon = reconstruction(x_hat, x)
     kl_dims = kl_divergence(mu, logvar)                   # (B, L)
     kl = kl_dims.sum(dim=1).mean()                        # nats per sample
     penalised = kl_dims.mean(dim=0).clamp(min=free_bits).sum() if free_bits > 0 else kl
@@ -213,8 +214,8 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 @torch.no_grad()
 def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistContext,
-              recon_loss: str, beta: float, seed: int, spectral_weight: float = 0.0,
-              top_db: float = 80.0) -> dict[str, float]:
+              reconstruction: ReconstructionLoss, beta: float,
+              seed: int) -> dict[str, float]:
     """Mean recon, KL and loss (full beta, no free bits) over ``data``, on every rank.
 
     The reparameterisation noise comes from its own generator, seeded the same every time:
@@ -230,8 +231,8 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistCo
         x, y = data.batch(idx[part], dist.device)
         with _autocast(dist.device):
             x_hat, mu, logvar = model(x, y, noise=noise[part])
-        terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(), recon_loss=recon_loss,
-                         beta=beta, spectral_weight=spectral_weight, top_db=top_db)
+        terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
+                         reconstruction=reconstruction, beta=beta)
         n = len(part) if weight else 0
         sums += torch.stack([terms.recon, terms.kl, terms.loss]).double().cpu() * n
     model.train()
@@ -339,6 +340,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
     schedule = {"kind": "warmup-cosine", "lr": tc.lr, "warmup_steps": tc.warmup_steps,
                 "total_steps": total_steps, "min_factor": _MIN_LR_FACTOR}
     kl_warmup_steps = tc.kl_warmup_epochs * steps_per_epoch
+    reconstruction = ReconstructionLoss.from_config(tc, top_db=spec.top_db)
 
     # -- start or resume -----------------------------------------------------------------------
     epoch, batch, step = 0, 0, 0
@@ -408,8 +410,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 with _autocast(device):
                     x_hat, mu, logvar = replicas(x, y, noise=noise[part])
                 terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
-                                 recon_loss=tc.recon_loss, beta=beta, free_bits=tc.free_bits,
-                                 spectral_weight=tc.spectral_weight, top_db=spec.top_db)
+                                 reconstruction=reconstruction, beta=beta,
+                                 free_bits=tc.free_bits)
                 # the step's one CPU-GPU sync: the batch means over all ranks, logged and
                 # needed for the check below
                 n = len(idx)
@@ -450,8 +452,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
 
             # end of epoch (or of a run stopped by max_steps): validate, log, checkpoint
             val = _validate(model, val_set, batch_size=tc.batch_size, dist=dist,
-                            recon_loss=tc.recon_loss, beta=tc.beta, seed=tc.seed,
-                            spectral_weight=tc.spectral_weight, top_db=spec.top_db)
+                            reconstruction=reconstruction, beta=tc.beta, seed=tc.seed)
             done = batch >= steps_per_epoch
             count = max(1, sums["n"])
             rows.append({"epoch": epoch + batch / steps_per_epoch, "step": step,
@@ -485,7 +486,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
 
     if tc.adversarial_epochs and epoch >= tc.epochs:
         _adversarial_phase(model, train_set, val_set, config=config, run_dir=run_dir, dist=dist,
-                           top_db=spec.top_db,
+                           reconstruction=reconstruction,
                            saved=(state or {}).get("adversarial"), rows=rows,
                            checkpoint=checkpoint, progress=options.progress and dist.is_main,
                            last={
@@ -504,7 +505,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
 
 
 def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: SpectrogramSet, *,
-                       config: Config, run_dir: Path, dist: DistContext, top_db: float,
+                       config: Config, run_dir: Path, dist: DistContext,
+                       reconstruction: ReconstructionLoss,
                        saved: dict[str, Any] | None, rows: list[dict[str, float]],
                        checkpoint: Callable[..., dict[str, Any]], last: dict[str, Any],
                        progress: bool) -> None:
@@ -533,8 +535,7 @@ def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: Spectrogr
     def on_epoch(means: dict[str, float]) -> None:
         nonlocal t0
         val = _validate(model, val_set, batch_size=tc.batch_size, dist=dist,
-                        recon_loss=tc.recon_loss, beta=tc.beta, seed=tc.seed,
-                        spectral_weight=tc.spectral_weight, top_db=top_db)
+                        reconstruction=reconstruction, beta=tc.beta, seed=tc.seed)
         rows.append({"epoch": tc.epochs + phase.epoch, "step": vae_step + phase.step,
                      "train_loss": means["recon"] + tc.beta * means["kl"] / n_pixels,
                      "train_recon": means["recon"], "train_kl": means["kl"],
@@ -557,8 +558,7 @@ def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: Spectrogr
             _plot_losses(run_dir / LOSS_PLOT, rows)
 
     run_phase(phase, train_set, epochs=tc.adversarial_epochs, batch_size=tc.batch_size,
-              seed=tc.seed, epoch_offset=tc.epochs, recon_loss=tc.recon_loss,
+              seed=tc.seed, epoch_offset=tc.epochs, reconstruction=reconstruction,
               adversarial_weight=tc.adversarial_weight,
               feature_matching_weight=tc.feature_matching_weight, grad_clip=tc.grad_clip,
-              device=dist.device, on_epoch=on_epoch, progress=progress,
-              spectral_weight=tc.spectral_weight, top_db=top_db)
+              device=dist.device, on_epoch=on_epoch, progress=progress)
