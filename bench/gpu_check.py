@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from animalvae import panns  # noqa: E402
-from animalvae.config import ModelConfig  # noqa: E402
+from animalvae.config import ModelConfig, TrainConfig  # noqa: E402
 from animalvae.spectrogram import InverseSpectrogram, Spectrogram, SpectrogramSpec, save_spec  # noqa: E402
 from animalvae.vae.losses import ReconstructionLoss  # noqa: E402
 from animalvae.vae.model import VAE  # noqa: E402
@@ -103,12 +103,13 @@ def _train_step(device: torch.device, spec: SpectrogramSpec, model_config: Model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(batch, 1, *spec.shape, device=device)
     y = torch.randint(0, 3, (batch,), device=device)
+    reconstruction = ReconstructionLoss.from_config(TrainConfig(), top_db=spec.top_db)
 
     def step() -> None:
         with autocast(device, bf16):
             x_hat, mu, logvar = model(x, y)
         terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
-                         reconstruction=ReconstructionLoss("l1"), beta=1.0)
+                         reconstruction=reconstruction, beta=1.0)
         optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         optimizer.step()

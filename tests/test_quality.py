@@ -212,7 +212,9 @@ def test_samples_spread_over_the_components_instead_of_repeating_some():
     three = spread_components(even, 3, generator=gen).tolist()
     assert len(set(three)) == 3 and 2 not in three          # no kernel twice, none unused
     skewed = spread_components(torch.tensor([0.7, 0.3]), 10, generator=gen)
-    assert skewed.tolist().count(0) == 7 and skewed.tolist() != sorted(skewed.tolist())
+    assert skewed.tolist().count(0) == 7
+    with pytest.raises(ValueError, match="positive total"):
+        spread_components(torch.zeros(3), 2, generator=gen)
     # sample_prior draws each group's share of the batch that way: 6 codes, 6 samples each
     codes = np.arange(12, dtype=float)[:, None] * [1.0, 0.0]
     prior = fit_kde(codes, np.repeat([0, 1], 6), n_groups=2, bandwidth=0.5)

@@ -34,14 +34,19 @@ from torch.nn import functional as F
 from ..config import TrainConfig
 from ..spectrogram import spectral_convergence, unit_to_magnitude
 
-__all__ = ["SCALES", "MODULATION_BAND", "pixel_loss", "spectral_loss", "modulation_loss",
-           "ReconstructionLoss"]
+__all__ = ["SCALES", "MODULATION_BAND", "MODULATION_FLOOR", "pixel_loss", "spectral_loss",
+           "modulation_loss", "ReconstructionLoss"]
 
 #: Pooling factors (time and frequency alike) of the spectral term's resolutions.
 SCALES = (1, 2, 4)
 #: Frequency rows averaged into one band of the modulation term: a call that glides by a row
 #: or two between clips keeps its band.
 MODULATION_BAND = 4
+#: Floor of the modulation term's denominator, per modulation bin: a target whose bands hardly
+#: fluctuate (silence, a steady drone) is scored against this much fluctuation rather than its
+#: own near-zero amount, so that one such clip cannot swamp a batch's gradient. Ordinary clips
+#: fluctuate far more, and the floor leaves them as they are.
+MODULATION_FLOOR = 0.01
 
 
 def pixel_loss(x_hat: Tensor, x: Tensor, kind: str) -> Tensor:
@@ -93,16 +98,18 @@ def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND) ->
     Parameters
     ----------
     x_hat, x : Tensor [shape=(B, 1, H, W)]
-        Normalised log-magnitudes; H divisible by ``band``.
+        Normalised log-magnitudes.
     band : int
-        Frequency rows averaged into one band before the transform along time.
+        Frequency rows averaged into one band before the transform along time (the top
+        band holds the rows left over when H is not divisible by it).
 
     Returns
     -------
     Tensor
         The batch mean of ``sum |M_hat - M| / sum M`` (module docstring): 0 when the bands
         fluctuate alike, 1 when ``x_hat`` is constant over time. Shifting a clip in time
-        (circularly) leaves it unchanged.
+        (circularly) leaves it unchanged. ``sum M`` is floored at :data:`MODULATION_FLOOR`
+        per modulation bin, so a silent target gives a bounded figure.
 
     Examples
     --------
@@ -114,12 +121,13 @@ def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND) ->
     1.0
     """
     def spectrum(s: Tensor) -> Tensor:
-        rows = F.avg_pool2d(s.float(), (band, 1)) if band > 1 else s.float()
+        rows = F.avg_pool2d(s.float(), (band, 1), ceil_mode=True) if band > 1 else s.float()
         return torch.fft.rfft(rows, dim=-1).abs()[..., 1:]       # (B, 1, H/band, W/2)
 
     m, m_hat = spectrum(x), spectrum(x_hat)
     distance = (m_hat - m).abs().sum(dim=(1, 2, 3))
-    return (distance / m.sum(dim=(1, 2, 3)).clamp(min=1e-8)).mean()
+    floor = MODULATION_FLOOR * m[0].numel()
+    return (distance / m.sum(dim=(1, 2, 3)).clamp(min=floor)).mean()
 
 
 @dataclass(frozen=True)

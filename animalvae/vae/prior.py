@@ -190,6 +190,11 @@ def spread_components(weights: Tensor, n: int, *, generator: torch.Generator) ->
     -------
     Tensor [shape=(n,), int64]
 
+    Raises
+    ------
+    ValueError
+        When the weights do not add up to a finite positive total.
+
     Examples
     --------
     >>> gen = torch.Generator().manual_seed(0)
@@ -197,6 +202,9 @@ def spread_components(weights: Tensor, n: int, *, generator: torch.Generator) ->
     [0, 0, 0, 0, 1, 1, 2, 2]
     """
     cdf = weights.double().cumsum(0)
+    if not (torch.isfinite(cdf[-1]) and cdf[-1] > 0):
+        raise ValueError(f"mixture weights must add up to a finite positive total, not "
+                         f"{float(cdf[-1])}")
     offset = torch.rand(1, generator=generator, dtype=torch.float64)
     points = (torch.arange(n, dtype=torch.float64) + offset) / n * cdf[-1]
     picked = torch.searchsorted(cdf, points, right=True).clamp(max=len(weights) - 1)

@@ -52,7 +52,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +341,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 "total_steps": total_steps, "min_factor": _MIN_LR_FACTOR}
     kl_warmup_steps = tc.kl_warmup_epochs * steps_per_epoch
     reconstruction = ReconstructionLoss.from_config(tc, top_db=spec.top_db)
+    loss_settings = asdict(reconstruction)   # in last.pth: --resume checks they still hold
 
     # -- start or resume -----------------------------------------------------------------------
     epoch, batch, step = 0, 0, 0
@@ -364,6 +365,13 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
         optimizer.load_state_dict(state["optimizer"])
         epoch, batch, step = state["epoch"], state["batch"], state["step"]
         best_val, rows, sums = state["best_val"], list(state["metrics"]), dict(state["sums"])
+        if state.get("loss") != loss_settings:
+            log.warning("--resume with other reconstruction-loss settings than the run so far "
+                        "(%s, now %s): its validation losses do not compare with the new ones, "
+                        "so model.pth becomes the best epoch from here on",
+                        state.get("loss", "those of a version before train.modulation_weight"),
+                        loss_settings)
+            best_val = math.inf
         set_rng_state(state["rng"])
         log.info("resuming at epoch %d, step %d (best validation loss %.5g)", epoch + 1, step,
                  best_val)
@@ -477,7 +485,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
             save_checkpoint(run_dir / LAST, checkpoint(
                 epoch=epoch, batch=batch, step=step, steps_per_epoch=steps_per_epoch,
                 best_val=best_val, metrics=rows, sums=sums, optimizer=optimizer.state_dict(),
-                scheduler=schedule, rng=rng_state(), world_size=dist.world_size))
+                scheduler=schedule, loss=loss_settings, rng=rng_state(),
+                world_size=dist.world_size))
             write_metrics(run_dir / METRICS, rows, _METRIC_COLUMNS)
             # drawing is slow next to a small epoch: at most every _PLOT_EVERY_S, and at the end
             if stop or epoch >= tc.epochs or time.monotonic() - last_plot >= _PLOT_EVERY_S:
@@ -493,7 +502,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                                "epoch": epoch, "batch": batch, "step": step,
                                "steps_per_epoch": steps_per_epoch, "best_val": best_val,
                                "sums": sums, "optimizer": optimizer.state_dict(),
-                               "scheduler": schedule, "world_size": dist.world_size})
+                               "scheduler": schedule, "loss": loss_settings,
+                               "world_size": dist.world_size})
     if tc.prior != "none" and dist.is_main:
         add_prior_to_checkpoint(run_dir / MODEL, model, train_set, train=tc, device=device)
     if stop and epoch < tc.epochs:
