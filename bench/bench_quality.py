@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not args.audio.is_dir():
         p.error(f"unknown variant(s) {unknown}" if unknown else f"{args.audio} is not a folder")
     reusing = [n for n in names if reuses_defaults(n)]
-    if reusing and (not names or names[0] != "defaults"):
+    if reusing and names[0] != "defaults":
         p.error(f"{', '.join(reusing)} reuse the defaults' model: list defaults first")
     seeds = args.seeds
     groups, data = describe(args.audio)

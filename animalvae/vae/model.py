@@ -43,7 +43,8 @@ from ..errors import ConfigError
 from ..spectrogram import SpectrogramSpec
 
 __all__ = ["Encoder", "Decoder", "VAE", "TrainedModel", "FORMAT", "build_model",
-           "kl_divergence", "checkpoint_payload", "read_checkpoint", "load_model"]
+           "kl_divergence", "checkpoint_payload", "read_checkpoint", "load_model",
+           "trained_model_from"]
 
 #: Tag of a ``model.pth``/``last.pth`` written by this module; bumped on incompatible change.
 FORMAT = "animalvae.vae/1"
@@ -443,7 +444,13 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> TrainedMode
         When the file is not a usable checkpoint, its model config is unknown to this version,
         or its weights do not fit the model its config describes.
     """
-    data = read_checkpoint(path, what=Path(path).name)
+    return trained_model_from(read_checkpoint(path, what=Path(path).name), path, device=device)
+
+
+def trained_model_from(data: dict[str, Any], path: Path, *,
+                       device: torch.device | str = "cpu") -> TrainedModel:
+    """:func:`load_model` on a payload already read from ``path`` (named in its errors), for
+    a caller that rewrites the file afterwards and so needs the payload too."""
     try:
         # a model.pth from before model.decoder_norm / latent_frames existed has GroupNorm in
         # its decoder and one latent vector per clip

@@ -39,7 +39,7 @@ from ..config import Config, TrainConfig
 from ..device import pick_device
 from .checkpoint import save_checkpoint
 from .dataset import SpectrogramSet, iter_batches, read_split, require_sources
-from .model import VAE, load_model, read_checkpoint
+from .model import VAE, read_checkpoint, trained_model_from
 from .run_folder import MODEL
 
 __all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "sample_prior", "encode_means",
@@ -256,6 +256,16 @@ def encode_means(model: VAE, data: SpectrogramSet, *, device: torch.device,
     return np.concatenate(codes), np.concatenate(labels)
 
 
+def _fit_on(model: VAE, data: SpectrogramSet, *, train: TrainConfig,
+            device: torch.device) -> dict[str, Tensor]:
+    """The prior ``train.prior`` names, fit on the codes ``model`` gives ``data``'s clips."""
+    codes, labels = encode_means(model, data, device=device)
+    kind = (f"a kernel density estimate (bandwidth {train.prior_bandwidth:g})"
+            if train.prior == "kde" else f"a {train.prior_components}-component Gaussian mixture")
+    log.info("prior: %s per group, fit on %d training codes", kind, len(codes))
+    return fit_prior(codes, labels, n_groups=model.n_groups, train=train)
+
+
 def add_prior_to_checkpoint(path: Path, model: VAE, data: SpectrogramSet, *,
                             train: TrainConfig, device: torch.device) -> None:
     """Fit the prior ``train.prior`` names on ``data`` with the weights in ``path``; store it.
@@ -265,12 +275,8 @@ def add_prior_to_checkpoint(path: Path, model: VAE, data: SpectrogramSet, *,
     """
     payload = read_checkpoint(path)
     model.load_state_dict(payload["model"])
-    codes, labels = encode_means(model, data, device=device)
-    payload[PRIOR] = fit_prior(codes, labels, n_groups=model.n_groups, train=train)
+    payload[PRIOR] = _fit_on(model, data, train=train, device=device)
     save_checkpoint(path, payload)
-    kind = (f"a kernel density estimate (bandwidth {train.prior_bandwidth:g})"
-            if train.prior == "kde" else f"a {train.prior_components}-component Gaussian mixture")
-    log.info("prior: %s per group, fit on %d training codes -> %s", kind, len(codes), path)
 
 
 def refit_prior(config: Config, run_dir: Path) -> Path:
@@ -281,18 +287,19 @@ def refit_prior(config: Config, run_dir: Path) -> Path:
     ``train.prior: none`` removes the stored prior. The file is rewritten atomically.
     """
     path = Path(run_dir) / MODEL
-    trained = load_model(path)
+    payload = read_checkpoint(path, what=MODEL)
+    trained = trained_model_from(payload, path)   # a usable model, before anything changes
     if config.train.prior == "none":
-        payload = read_checkpoint(path)
         payload.pop(PRIOR, None)
-        save_checkpoint(path, payload)
-        log.info("prior: removed from %s (generate samples z ~ N(0, I))", path)
-        return path
-    train_items, _ = read_split(run_dir)
-    require_sources(train_items, run_dir, role="a training file",
-                    why="the prior is fit on the training spectrograms")
-    device = pick_device(config.train.device, key="train.device")
-    data = SpectrogramSet(train_items, trained.groups, trained.spec.shape)
-    add_prior_to_checkpoint(path, trained.model.to(device), data, train=config.train,
-                            device=device)
+        log.info("prior: removed (generate samples z ~ N(0, I))")
+    else:
+        train_items, _ = read_split(run_dir)
+        require_sources(train_items, run_dir, role="a training file",
+                        why="the prior is fit on the training spectrograms")
+        device = pick_device(config.train.device, key="train.device")
+        data = SpectrogramSet(train_items, trained.groups, trained.spec.shape)
+        payload[PRIOR] = _fit_on(trained.model.to(device), data, train=config.train,
+                                 device=device)
+    save_checkpoint(path, payload)
+    log.info("prior stored in %s", path)
     return path
