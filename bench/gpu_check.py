@@ -9,7 +9,7 @@ named) for docs/benchmarks.md and writes it to ``bench/results/gpu.md`` (``--out
 - stage 4: :class:`animalvae.spectrogram.Spectrogram` at the default settings on 3 s
   segments, batch 64: clips/s; Griffin-Lim (:class:`InverseSpectrogram`, 32 iterations);
 - stage 5: one optimiser step of the default VAE on 512 x 256 spectrograms, batch 32, float32
-  and bf16 autocast (as ``vae.py train`` does on CUDA): spectrograms/s;
+  and bf16 autocast (``vae.py train`` runs float32: bf16 was slower on an H200): spectrograms/s;
 - DDP: ``vae.py train`` under ``torchrun --standalone --nproc_per_node G`` (G = 1 and every
   GPU present) on generated spectrograms; spectrograms/s of the last epoch (metrics.csv).
 
@@ -159,7 +159,8 @@ def check_ddp(device: torch.device, spec: SpectrogramSpec, n_files: int, batch: 
         config.write_text(f"paths: {{spectrograms: {data}, runs: {tmp}}}\n"
                           f"train: {{epochs: {epochs}, batch_size: {batch}, warmup_steps: 0}}\n")
         if device.type == "cpu":
-            config.write_text(config.read_text() + "model: {channels: [4, 8], latent_dim: 8}\n")
+            config.write_text(config.read_text()
+                              + "model: {channels: [4, 8], latent_dim: 8, latent_frames: 0}\n")
         rates = {n: ddp_rate(n, tmp, config, device.type) for n in sorted({1, world})}
     rows = [f"| DDP: vae.py train under torchrun, {n} process(es), global batch {batch} "
             f"| {rate:.0f} spectrograms/s (x{rate / rates[1]:.2f}) |" for n, rate in rates.items()]

@@ -133,11 +133,13 @@ def test_resume_within_the_phase_equals_an_uninterrupted_run(runs, tmp_path, cap
     assert code == 0, err
     a = torch.load(adv / "last.pth", weights_only=True)
     b = torch.load(parts / "last.pth", weights_only=True)
+    # CUDA's convolution backward kernels are not bitwise deterministic: 8e-6 seen on an H200
+    atol = 1e-4 if torch.cuda.is_available() else 1e-6
     for key, value in a["model"].items():
-        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=atol)
     for key, value in a["adversarial"]["discriminator"].items():
         torch.testing.assert_close(b["adversarial"]["discriminator"][key], value, rtol=0,
-                                   atol=1e-6)
+                                   atol=atol)
     assert [r["val_loss"] for r in read_metrics(parts)] == pytest.approx(
         [r["val_loss"] for r in read_metrics(adv)], abs=1e-6)
     # nothing left: a second resume changes nothing

@@ -22,7 +22,9 @@ import vae
 from animalvae.vae.distributed import DistContext
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
-STEPS = ["--set", "train.batch_size=5", "--set", "train.epochs=2"]
+# gloo on the CPU, also where a GPU is present: one GPU cannot hold two ranks, and the runs
+# compared with them must use the same kernels
+STEPS = ["--set", "train.batch_size=5", "--set", "train.epochs=2", "--set", "train.device=cpu"]
 
 
 def torchrun(n: int, out: Path, argv: list[str]) -> subprocess.CompletedProcess:

@@ -46,7 +46,6 @@ resumes onto the same curve).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
@@ -205,13 +204,6 @@ def _plot_losses(path: Path, rows: list[dict[str, float]]) -> None:
 # Validation
 # --------------------------------------------------------------------------------------------
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    # bf16 autocast on CUDA only: CPU bf16 convolutions are slower than float32 on most CPUs.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistContext,
               reconstruction: ReconstructionLoss, beta: float,
@@ -229,10 +221,8 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistCo
         noise = torch.randn(len(idx), model.config.latent_dim, generator=gen)
         part, weight = dist.shard(len(idx))
         x, y = data.batch(idx[part], dist.device)
-        with _autocast(dist.device):
-            x_hat, mu, logvar = model(x, y, noise=noise[part])
-        terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
-                         reconstruction=reconstruction, beta=beta)
+        x_hat, mu, logvar = model(x, y, noise=noise[part])
+        terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta)
         n = len(part) if weight else 0
         sums += torch.stack([terms.recon, terms.kl, terms.loss]).double().cpu() * n
     model.train()
@@ -413,12 +403,10 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 noise = torch.randn(len(idx), model.config.latent_dim)        # (B, L)
                 part, weight = dist.shard(len(idx))
 
-                # forward, in bf16 on CUDA; the loss in float32
+                # float32 on every device; on CUDA, cuDNN runs the convolutions in TF32
                 x, y = train_set.batch(idx[part], device)
-                with _autocast(device):
-                    x_hat, mu, logvar = replicas(x, y, noise=noise[part])
-                terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
-                                 reconstruction=reconstruction, beta=beta,
+                x_hat, mu, logvar = replicas(x, y, noise=noise[part])
+                terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta,
                                  free_bits=tc.free_bits)
                 # the step's one CPU-GPU sync: the batch means over all ranks, logged and
                 # needed for the check below
