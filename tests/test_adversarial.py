@@ -89,8 +89,30 @@ def test_one_step_trains_the_decoder_and_discriminator_but_not_the_encoder():
     assert any(not torch.equal(after[k], v) for k, v in _split(before, "decoder").items())
     assert any(not torch.equal(phase.discriminator.state_dict()[k], v)
                for k, v in disc_before.items())
-    assert set(figures) == {"d_loss", "g_loss", "recon", "adversarial", "matching", "kl"}
+    assert set(figures) == {"d_loss", "g_loss", "recon_loss", "recon", "adversarial",
+                            "matching", "kl"}
     assert phase.step == 1 and all(torch.isfinite(v) for v in figures.values())
+    assert figures["recon_loss"] == figures["recon"]           # plain L1: the same figure
+
+
+def test_the_step_reports_the_whole_reconstruction_term():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=0),
+                (64, 32), 2)
+    phase = AdversarialPhase.create(model, channels=[4, 8], lr=1e-3, seed=0,
+                                    device=torch.device("cpu"))
+    x, y, noise = torch.rand(4, 1, 64, 32), torch.tensor([0, 1, 0, 1]), torch.randn(4, 8)
+    model.encoder.eval()                                   # as the step runs it
+    with torch.no_grad():
+        mu, logvar = model.encoder(x, y)
+        x_hat = model.decode(mu + torch.exp(0.5 * logvar) * noise, y)   # the step's first output
+    reconstruction = ReconstructionLoss("l1", spectral_weight=1.0, modulation_weight=0.5)
+    expected, pixel = reconstruction(x_hat, x)
+    figures = adversarial_step(phase, x, y, noise, reconstruction=reconstruction,
+                               adversarial_weight=0.1, feature_matching_weight=1.0)
+    assert float(figures["recon_loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(figures["recon"]) == pytest.approx(float(pixel), rel=1e-5)
+    assert figures["recon_loss"] > figures["recon"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -193,8 +193,9 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
     Returns
     -------
     dict of str to Tensor
-        0-d detached ``d_loss``, ``g_loss``, ``recon``, ``adversarial``, ``matching``,
-        ``kl`` (nats per sample, of the frozen encoder).
+        0-d detached ``d_loss``, ``g_loss``, ``recon_loss`` (the whole reconstruction term,
+        spectral and modulation terms included), ``recon`` (its per-pixel part),
+        ``adversarial``, ``matching``, ``kl`` (nats per sample, of the frozen encoder).
     """
     model, disc = phase.model, phase.discriminator
     model.encoder.eval()
@@ -228,7 +229,8 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
     disc.requires_grad_(True)
     phase.step += 1
     kl = kl_divergence(mu, logvar).sum(dim=1).mean()
-    return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "recon": recon.detach(),
+    return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
+            "recon_loss": rec_loss.detach(), "recon": recon.detach(),
             "adversarial": adversarial.detach(), "matching": matching.detach(), "kl": kl}
 
 

@@ -535,7 +535,8 @@ def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: Spectrogr
         val = _validate(model, val_set, batch_size=tc.batch_size, dist=dist,
                         reconstruction=reconstruction, beta=tc.beta, seed=tc.seed)
         rows.append({"epoch": tc.epochs + phase.epoch, "step": vae_step + phase.step,
-                     "train_loss": means["recon"] + tc.beta * means["kl"] / n_pixels,
+                     # as the VAE epochs and validation count it: the whole reconstruction term
+                     "train_loss": means["recon_loss"] + tc.beta * means["kl"] / n_pixels,
                      "train_recon": means["recon"], "train_kl": means["kl"],
                      "val_loss": val["loss"], "val_recon": val["recon"], "val_kl": val["kl"],
                      "beta": tc.beta, "lr": tc.adversarial_lr,
