@@ -72,6 +72,7 @@ VARIANTS: dict[str, list[str]] = {
     "no-modulation-loss": ["train.modulation_weight=0"],
     "one-latent-vector": ["model.latent_dim=64", "model.latent_frames=0"],
     "latent-frames-16": ["model.latent_dim=128", "model.latent_frames=16"],
+    "latent-frames-64": ["model.latent_dim=512", "model.latent_frames=64"],
     "epochs-20": ["train.epochs=20"],
     "adversarial": ["train.adversarial_epochs=10"],
     "channelnorm": ["model.decoder_norm=channel"],
