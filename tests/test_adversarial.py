@@ -71,12 +71,17 @@ def test_the_discriminator_is_a_patch_map_that_depends_on_the_group():
     assert not torch.equal(logits, disc(x, torch.tensor([1, 1]))[0])
 
 
-def test_one_step_trains_the_decoder_and_discriminator_but_not_the_encoder():
+def tiny_phase() -> tuple[VAE, AdversarialPhase]:
+    """A seeded tiny VAE (64 x 32 spectrograms, 2 groups) and its adversarial phase."""
     torch.manual_seed(0)
     model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=0),
                 (64, 32), 2)
-    phase = AdversarialPhase.create(model, channels=[4, 8], lr=1e-3, seed=0,
-                                    device=torch.device("cpu"))
+    return model, AdversarialPhase.create(model, channels=[4, 8], lr=1e-3, seed=0,
+                                          device=torch.device("cpu"))
+
+
+def test_one_step_trains_the_decoder_and_discriminator_but_not_the_encoder():
+    model, phase = tiny_phase()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     disc_before = {k: v.clone() for k, v in phase.discriminator.state_dict().items()}
     figures = adversarial_step(phase, torch.rand(4, 1, 64, 32), torch.tensor([0, 1, 0, 1]),
@@ -96,11 +101,7 @@ def test_one_step_trains_the_decoder_and_discriminator_but_not_the_encoder():
 
 
 def test_the_step_reports_the_whole_reconstruction_term():
-    torch.manual_seed(0)
-    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=0),
-                (64, 32), 2)
-    phase = AdversarialPhase.create(model, channels=[4, 8], lr=1e-3, seed=0,
-                                    device=torch.device("cpu"))
+    model, phase = tiny_phase()
     x, y, noise = torch.rand(4, 1, 64, 32), torch.tensor([0, 1, 0, 1]), torch.randn(4, 8)
     model.encoder.eval()                                   # as the step runs it
     with torch.no_grad():

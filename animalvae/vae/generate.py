@@ -43,7 +43,7 @@ from .dataset import SpectrogramSet, iter_batches, read_array, read_split, requi
 from .gallery import write_gallery
 from .model import VAE, TrainedModel, kl_divergence, load_model
 from .prior import sample_prior
-from .run_folder import EVALUATION, MODEL, SAMPLES
+from .run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
            "sample_latents", "log_spectral_distance", "safe_name", "PEAK_DBFS", "UNCONDITIONAL"]
@@ -200,7 +200,7 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
     require_sources(val, run_dir, role="held out", why="restore the spectrograms")
     unknown = sorted({it.group for it in val} - set(trained.groups))
     if unknown:
-        raise ConfigError(f"{Path(run_dir) / 'split.csv'} names group(s) {unknown} that "
+        raise ConfigError(f"{Path(run_dir) / SPLIT} names group(s) {unknown} that "
                           f"model.pth does not know: split.csv and model.pth are from "
                           "different runs; retrain")
     if per_group is not None:
@@ -211,7 +211,7 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
     if limit is not None:
         val = val[:limit]
     if not val:
-        raise ConfigError(f"{Path(run_dir) / 'split.csv'} holds no held-out files")
+        raise ConfigError(f"{Path(run_dir) / SPLIT} holds no held-out files")
     _check_data_spec(val, trained.spec)
     return val
 

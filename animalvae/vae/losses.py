@@ -121,7 +121,7 @@ def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND) ->
     1.0
     """
     def spectrum(s: Tensor) -> Tensor:
-        rows = F.avg_pool2d(s.float(), (band, 1), ceil_mode=True)
+        rows = F.avg_pool2d(s, (band, 1), ceil_mode=True)
         return torch.fft.rfft(rows, dim=-1).abs()[..., 1:]       # (B, 1, H/band, W/2)
 
     m, m_hat = spectrum(x), spectrum(x_hat)
