@@ -75,6 +75,14 @@ VARIANTS: dict[str, list[str]] = {
     "latent-frames-64": ["model.latent_dim=512", "model.latent_frames=64"],
     "epochs-20": ["train.epochs=20"],
     "adversarial": ["train.adversarial_epochs=10"],
+    "adversarial-5": ["train.adversarial_epochs=5"],
+    # levers on what a decoder learns in the same time: more information per time position,
+    # a weaker KL, a faster or a noisier optimiser
+    "latent-dim-512": ["model.latent_dim=512"],
+    "beta-0.25": ["train.beta=0.25"],
+    "lr-2e-3": ["train.lr=0.002"],
+    "batch-4": ["train.batch_size=4"],
+    "wide-channels": ["model.channels=[8,32,32,64,128,256]"],
     "channelnorm": ["model.decoder_norm=channel"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
