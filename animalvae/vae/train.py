@@ -380,6 +380,12 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
         return checkpoint_payload(model, spec=spec, groups=groups,
                                   config=config_to_dict(config), **extra)
 
+    def vae_state() -> dict[str, Any]:
+        # where the VAE epochs stand, as last.pth holds it for --resume (read at call time)
+        return {"epoch": epoch, "batch": batch, "step": step, "steps_per_epoch": steps_per_epoch,
+                "best_val": best_val, "sums": sums, "optimizer": optimizer.state_dict(),
+                "scheduler": schedule, "loss": loss_settings, "world_size": dist.world_size}
+
     # -- the loop ------------------------------------------------------------------------------
     model.train()
     bar = tqdm(total=total_steps_this_run, initial=step, desc="train", unit="step",
@@ -470,11 +476,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 best_val = val["loss"]
                 save_checkpoint(run_dir / MODEL, checkpoint(epoch=rows[-1]["epoch"], step=step,
                                                             val_loss=best_val))
-            save_checkpoint(run_dir / LAST, checkpoint(
-                epoch=epoch, batch=batch, step=step, steps_per_epoch=steps_per_epoch,
-                best_val=best_val, metrics=rows, sums=sums, optimizer=optimizer.state_dict(),
-                scheduler=schedule, loss=loss_settings, rng=rng_state(),
-                world_size=dist.world_size))
+            save_checkpoint(run_dir / LAST, checkpoint(**vae_state(), metrics=rows,
+                                                       rng=rng_state()))
             write_metrics(run_dir / METRICS, rows, _METRIC_COLUMNS)
             # drawing is slow next to a small epoch: at most every _PLOT_EVERY_S, and at the end
             if stop or epoch >= tc.epochs or time.monotonic() - last_plot >= _PLOT_EVERY_S:
@@ -486,12 +489,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                            reconstruction=reconstruction,
                            saved=(state or {}).get("adversarial"), rows=rows,
                            checkpoint=checkpoint, progress=options.progress and dist.is_main,
-                           last={
-                               "epoch": epoch, "batch": batch, "step": step,
-                               "steps_per_epoch": steps_per_epoch, "best_val": best_val,
-                               "sums": sums, "optimizer": optimizer.state_dict(),
-                               "scheduler": schedule, "loss": loss_settings,
-                               "world_size": dist.world_size})
+                           last=vae_state())
     if tc.prior != "none" and dist.is_main:
         add_prior_to_checkpoint(run_dir / MODEL, model, train_set, train=tc, device=device)
     if stop and epoch < tc.epochs:
