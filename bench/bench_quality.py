@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -227,14 +228,20 @@ def table(results: dict[str, dict[str, float]],
     return head + "\n".join(rows)
 
 
+def default_title(seeds: list[int]) -> str:
+    """The end of the section's heading unless --title gives another."""
+    return ("generated sounds vs real recordings" if len(seeds) == 1 else
+            "generated sounds vs real recordings, retrained with other seeds")
+
+
 def section(data: str, results: dict[str, dict[str, float]],
             seconds: dict[str, tuple[float, float] | None], samples_per_group: int,
-            names: list[str], seeds: list[int]) -> str:
-    """The Markdown section of bench/results/quality.md."""
+            names: list[str], seeds: list[int], title: str = "", results_file: str = "") -> str:
+    """The Markdown section of bench/results/quality.md (``title``: its heading's end;
+    ``results_file``: the file it goes to when not that one, for the command line)."""
     split = ("the same split" if len(seeds) == 1 else
              "the split and initial weights of each `train.seed` (one row per seed)")
-    title = ("generated sounds vs real recordings" if len(seeds) == 1 else
-             "generated sounds vs real recordings, retrained with other seeds")
+    title = title or default_title(seeds)
     return (
         f"## quality: {title}\n\n"
         f"Data: {data}; through stages 2 (extra audio), 3 (energy: the loudest 3 s window) "
@@ -254,7 +261,8 @@ def section(data: str, results: dict[str, dict[str, float]],
         + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in names)
         + ".\n\nCommand: `python bench/bench_quality.py --audio DIR --variants "
         + ",".join(names) + (" --seeds " + ",".join(map(str, seeds)) if seeds != [0] else "")
-        + "`\n")
+        + (f" --title {shlex.quote(title)}" if title != default_title(seeds) else "")
+        + (f" --results {results_file}" if results_file else "") + "`\n")
 
 
 def _seeds(text: str) -> list[int]:
@@ -287,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "quality.md",
                    help="Markdown file the table is written to (default: "
                         "bench/results/quality.md)")
+    p.add_argument("--title", default="",
+                   help="end of the table's heading \"## quality: ...\" (default: generated "
+                        "sounds vs real recordings, and with --seeds: retrained with other "
+                        "seeds)")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--figure", type=Path, default=None,
                    help="draw real vs generated spectrograms per group of the first variant")
@@ -307,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     if reusing and names[0] != "defaults":
         p.error(f"{', '.join(reusing)} reuse the defaults' model: list defaults first")
     seeds = args.seeds
+    default_results = ROOT / "bench" / "results" / "quality.md"
+    results_arg = "" if args.results.resolve() == default_results else (
+        str(args.results.resolve().relative_to(ROOT))
+        if args.results.resolve().is_relative_to(ROOT) else args.results.name)
     groups, data = describe(args.audio)
     if args.source:
         data = f"{args.source}: {data}"
@@ -347,11 +363,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: {took}; {json.dumps(results[label])}", flush=True)
                 # after every variant, so a long comparison stopped early keeps what it has
                 args.results.write_text(section(data, results, seconds,
-                                                quality["samples_per_group"], names, seeds))
+                                                quality["samples_per_group"], names, seeds,
+                                                args.title, results_arg))
                 if args.figure and name == names[0] and seed == seeds[0]:
                     draw(run_dir, args.figure)
                     print(f"figure: {args.figure}", flush=True)
-    print(section(data, results, seconds, quality["samples_per_group"], names, seeds))
+    print(section(data, results, seconds, quality["samples_per_group"], names, seeds,
+                  args.title, results_arg))
     return 0
 
 

@@ -32,3 +32,32 @@ def test_gpu_check_without_cuda_stops_with_one_line():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no CUDA device" in done.stderr
+
+
+def _bench_quality():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_quality",
+                                                  ROOT / "bench" / "bench_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_quality_section_names_the_command_that_remakes_it():
+    bq = _bench_quality()
+    figures = {"ceiling": 1.0, "samples": 0.9, "reconstructions": 1.0, "samples_vs": 0.9,
+               "reconstructions_vs": 1.0, "worst_group_samples": 0.8, "min_diversity": 0.7,
+               "min_nearest_training": 1.1, "min_sharpness_samples": 0.9,
+               "min_sharpness_reconstructions": 0.75, "frechet": 100.0, "frechet_rec": 90.0,
+               "frechet_real": 80.0}
+    plain = bq.section("data", {"defaults": figures}, {"defaults": (100.0, 190.0)}, 50,
+                       ["defaults"], [0])
+    assert plain.startswith("## quality: generated sounds vs real recordings\n")
+    assert "| defaults | 100 / 190 | 1.00 |" in plain
+    assert plain.rstrip().endswith("--variants defaults`")
+    titled = bq.section("data", {"defaults, seed 1": figures},
+                        {"defaults, seed 1": (100.0, 190.0)}, 50, ["defaults"], [1],
+                        title="levers, three seeds", results_file="bench/results/levers.md")
+    assert titled.startswith("## quality: levers, three seeds\n")
+    assert titled.rstrip().endswith("--variants defaults --seeds 1 --title 'levers, three seeds'"
+                                     " --results bench/results/levers.md`")
