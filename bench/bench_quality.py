@@ -23,7 +23,8 @@ how much a figure moves from one training to the next.
 ``--figure PATH`` draws, per group, a real held-out spectrogram beside generated ones of the
 first variant (docs/quality_spectrograms.png).
 
-Prints a Markdown section and writes it to ``bench/results/quality.md``. Without ``--audio``
+Prints a Markdown section (``--title`` ends its heading) and writes it to
+``bench/results/quality.md`` (or ``--results``). Without ``--audio``
 (as ``bench/run_all.py`` calls it) the environment variable ``BENCH_AUDIO`` names the folder;
 without either it says so and leaves the results file as it is.
 """
@@ -47,6 +48,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+#: Where the section goes unless --results names another file.
+DEFAULT_RESULTS = ROOT / "bench" / "results" / "quality.md"
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a"}
 #: Settings of each variant on top of config.yaml.
 VARIANTS: dict[str, list[str]] = {
@@ -241,9 +244,9 @@ def section(data: str, results: dict[str, dict[str, float]],
     ``results_file``: the file it goes to when not that one, for the command line)."""
     split = ("the same split" if len(seeds) == 1 else
              "the split and initial weights of each `train.seed` (one row per seed)")
-    title = title or default_title(seeds)
+    heading = title or default_title(seeds)
     return (
-        f"## quality: {title}\n\n"
+        f"## quality: {heading}\n\n"
         f"Data: {data}; through stages 2 (extra audio), 3 (energy: the loudest 3 s window) "
         "and 4 at the defaults, then `vae.py train` and `vae.py evaluate` per variant on "
         f"{split} (10 % of each group held out); a variant that changes only the prior or "
@@ -261,8 +264,8 @@ def section(data: str, results: dict[str, dict[str, float]],
         + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in names)
         + ".\n\nCommand: `python bench/bench_quality.py --audio DIR --variants "
         + ",".join(names) + (" --seeds " + ",".join(map(str, seeds)) if seeds != [0] else "")
-        + (f" --title {shlex.quote(title)}" if title != default_title(seeds) else "")
-        + (f" --results {results_file}" if results_file else "") + "`\n")
+        + (f" --title {shlex.quote(heading)}" if heading != default_title(seeds) else "")
+        + (f" --results {shlex.quote(results_file)}" if results_file else "") + "`\n")
 
 
 def _seeds(text: str) -> list[int]:
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=_seeds, default=[0], metavar="S,S,...",
                    help="train.seed values: every variant is trained and judged once per seed "
                         "(each its own split and initial weights), a row each (default: 0)")
-    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "quality.md",
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                    help="Markdown file the table is written to (default: "
                         "bench/results/quality.md)")
     p.add_argument("--title", default="",
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.audio is None:
         print("bench_quality: skipped, it needs real recordings: --audio DIR or BENCH_AUDIO "
-              "(bench/results/quality.md is left as it is)")
+              f"({args.results} is left as it is)")
         return 0
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -319,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     if reusing and names[0] != "defaults":
         p.error(f"{', '.join(reusing)} reuse the defaults' model: list defaults first")
     seeds = args.seeds
-    default_results = ROOT / "bench" / "results" / "quality.md"
-    results_arg = "" if args.results.resolve() == default_results else (
-        str(args.results.resolve().relative_to(ROOT))
-        if args.results.resolve().is_relative_to(ROOT) else args.results.name)
+    results_path = args.results.resolve()
+    # the --results of the printed command: relative to the repository when inside it
+    results_arg = "" if results_path == DEFAULT_RESULTS else (
+        str(results_path.relative_to(ROOT)) if results_path.is_relative_to(ROOT)
+        else str(args.results))
     groups, data = describe(args.audio)
     if args.source:
         data = f"{args.source}: {data}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -34,8 +36,8 @@ def test_gpu_check_without_cuda_stops_with_one_line():
     assert done.stderr.strip().count("\n") == 0 and "no CUDA device" in done.stderr
 
 
-def _bench_quality():
-    import importlib.util
+def _bench_quality() -> ModuleType:
+    """bench/bench_quality.py as a module (bench/ is not a package)."""
     spec = importlib.util.spec_from_file_location("bench_quality",
                                                   ROOT / "bench" / "bench_quality.py")
     module = importlib.util.module_from_spec(spec)

@@ -381,7 +381,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                                   config=config_to_dict(config), **extra)
 
     def vae_state() -> dict[str, Any]:
-        # where the VAE epochs stand, as last.pth holds it for --resume (read at call time)
+        """Where the VAE epochs stand now, as ``last.pth`` holds it for ``--resume``."""
         return {"epoch": epoch, "batch": batch, "step": step, "steps_per_epoch": steps_per_epoch,
                 "best_val": best_val, "sums": sums, "optimizer": optimizer.state_dict(),
                 "scheduler": schedule, "loss": loss_settings, "world_size": dist.world_size}
