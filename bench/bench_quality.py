@@ -86,6 +86,7 @@ VARIANTS: dict[str, list[str]] = {
     "beta-0.25": ["train.beta=0.25"],
     "lr-2e-3": ["train.lr=0.002"],
     "batch-4": ["train.batch_size=4"],
+    "batch-4-latent-512": ["train.batch_size=4", "model.latent_dim=512"],
     "channelnorm": ["model.decoder_norm=channel"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
