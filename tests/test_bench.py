@@ -1,4 +1,5 @@
-"""The benchmark scripts that no CI run would otherwise execute still run."""
+"""The benchmark scripts that no CI run would otherwise execute still run, and the
+quality bench's Markdown names the command that remakes it."""
 
 from __future__ import annotations
 
