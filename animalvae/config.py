@@ -272,7 +272,7 @@ class FeaturesConfig:
 class ModelConfig:
     """Stage 5: the convolutional VAE."""
 
-    latent_dim: int = 256           # size of z
+    latent_dim: int = 512           # size of z
     channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])  # stride-2 convs
     conditional: bool = True        # label embedding into encoder and decoder
     embed_dim: int = 16             # size of the group embedding
@@ -300,7 +300,7 @@ class TrainConfig:
 
     name: str = "default"           # run folder name
     epochs: int = 30
-    batch_size: int = 8
+    batch_size: int = 4
     lr: float = 1e-3                # AdamW peak learning rate
     weight_decay: float = 1e-4
     warmup_steps: int = 100         # linear LR warm-up, then cosine decay

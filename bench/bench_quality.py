@@ -80,13 +80,12 @@ VARIANTS: dict[str, list[str]] = {
     "epochs-20": ["train.epochs=20"],
     "adversarial": ["train.adversarial_epochs=10"],
     "adversarial-5": ["train.adversarial_epochs=5"],
-    # levers on what a decoder learns in the same time: more information per time position,
-    # a weaker KL, a faster or a noisier optimiser
-    "latent-dim-512": ["model.latent_dim=512"],
+    # the defaults before batch 4 and latent_dim 512: fewer, larger steps and half the
+    # information per time position
+    "batch-8-latent-256": ["train.batch_size=8", "model.latent_dim=256"],
+    # levers on what a decoder learns in the same time: a weaker KL, a faster optimiser
     "beta-0.25": ["train.beta=0.25"],
     "lr-2e-3": ["train.lr=0.002"],
-    "batch-4": ["train.batch_size=4"],
-    "batch-4-latent-512": ["train.batch_size=4", "model.latent_dim=512"],
     "channelnorm": ["model.decoder_norm=channel"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
