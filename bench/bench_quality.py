@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(each its own split and initial weights), a row each (default: 0)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                    help="Markdown file the table is written to (default: "
-                        "bench/results/quality.md)")
+                        f"{DEFAULT_RESULTS.relative_to(ROOT)})")
     p.add_argument("--title", default="",
                    help="end of the table's heading \"## quality: ...\" (default: generated "
                         "sounds vs real recordings, and with --seeds: retrained with other "
