@@ -278,6 +278,8 @@ class ModelConfig:
     embed_dim: int = 16             # size of the group embedding
     decoder_norm: Literal["group", "channel"] = "group"  # GroupNorm | per position over channels
     latent_frames: int = 32         # time positions of z, latent_dim / latent_frames values each
+    pitch_candidates: int = 0       # harmonic spacings of the comb output; 0 = off
+    pitch_temperature: float = 0.5  # softmax temperature of the pitch drawn: < 1 = its likeliest
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -286,6 +288,8 @@ class ModelConfig:
             problems.append(f"model.channels={self.channels} must be a non-empty list of ints > 0")
         _positive(problems, "model.embed_dim", self.embed_dim)
         _positive(problems, "model.latent_frames", self.latent_frames, allow_zero=True)
+        _positive(problems, "model.pitch_candidates", self.pitch_candidates, allow_zero=True)
+        _positive(problems, "model.pitch_temperature", self.pitch_temperature)
         frames = self.latent_frames
         if frames > 0 and self.latent_dim > 0 and (not _power_of_two(frames)
                                                    or self.latent_dim % frames):
@@ -311,6 +315,7 @@ class TrainConfig:
     free_bits: float = 0.0          # nats per latent dimension not penalised; 0 = off
     spectral_weight: float = 1.0    # multi-resolution spectral convergence weight; 0 = off
     modulation_weight: float = 0.5  # modulation-spectrum distance weight; 0 = off
+    pitch_weight: float = 0.3       # weight of the pitch head's cross-entropy
     val_fraction: float = 0.1       # held out per group, fixed by seed
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
@@ -339,6 +344,7 @@ class TrainConfig:
         _positive(problems, "train.free_bits", self.free_bits, allow_zero=True)
         _positive(problems, "train.spectral_weight", self.spectral_weight, allow_zero=True)
         _positive(problems, "train.modulation_weight", self.modulation_weight, allow_zero=True)
+        _positive(problems, "train.pitch_weight", self.pitch_weight, allow_zero=True)
         if not 0 < self.val_fraction < 1:
             problems.append(f"train.val_fraction={self.val_fraction} must be in (0, 1)")
         _positive(problems, "train.max_steps", self.max_steps, allow_zero=True)

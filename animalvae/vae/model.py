@@ -37,13 +37,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..spectrogram import SpectrogramSpec
+from .harmonic import PitchHead, add_comb, comb_correlation, harmonic_combs, pitch_distribution
 
 __all__ = ["Encoder", "Decoder", "VAE", "TrainedModel", "FORMAT", "build_model",
-           "kl_divergence", "checkpoint_payload", "read_checkpoint", "load_model",
+           "reparameterize", "kl_divergence", "checkpoint_payload", "read_checkpoint", "load_model",
            "trained_model_from"]
 
 #: Tag of a ``model.pth``/``last.pth`` written by this module; bumped on incompatible change.
@@ -151,12 +153,18 @@ class Encoder(nn.Module):
         self.embed = nn.Embedding(n_groups, config.embed_dim) if config.conditional else None
         cond = config.embed_dim if config.conditional else 0
         self.latent_frames = config.latent_frames
+        # with the pitch comb, how well each comb fits the input at each of the last map's time
+        # positions is handed to the code too: strided 3x3 convolutions do not measure a
+        # harmonic spacing to a fraction of a row, and the decoder's comb needs it
+        pitch = config.pitch_candidates
+        self.register_buffer("combs", harmonic_combs(pitch, shape[0]) if pitch else None,
+                             persistent=False)
+        c, h, w = self.feature_shape
         if self.latent_frames:
-            c, h, _ = self.feature_shape
             per_frame = config.latent_dim // self.latent_frames
-            self.to_stats = nn.Conv2d(c + cond, 2 * per_frame, (h, 1))
+            self.to_stats = nn.Conv2d(c + cond + pitch, 2 * per_frame, (h, 1))
         else:
-            self.to_stats = nn.Linear(self.n_features + cond, 2 * config.latent_dim)
+            self.to_stats = nn.Linear(self.n_features + cond + pitch * w, 2 * config.latent_dim)
 
     def features(self, x: Tensor) -> Tensor:
         """Label-free features: (B, 1, H, W) -> (B, n_features)."""
@@ -170,14 +178,20 @@ class Encoder(nn.Module):
             if y is None:
                 raise ValueError("this encoder is conditional: pass the group indices y")
             cond = self.embed(y)                              # (B, embed_dim)
+        fit = None
+        if self.combs is not None:                            # (B, K, w): comb fit per position
+            fit = F.avg_pool1d(comb_correlation(x, self.combs), x.shape[3] // h.shape[3])
         if not self.latent_frames:
             h = h.flatten(1)                                  # (B, n_features)
-            if cond is not None:
-                h = torch.cat([h, cond], dim=1)               # (B, n_features + embed_dim)
+            extra = [t for t in (cond, None if fit is None else fit.flatten(1)) if t is not None]
+            h = torch.cat([h, *extra], dim=1)                 # (B, n_features [+ ...])
             mu, logvar = self.to_stats(h).chunk(2, dim=1)     # (B, L), (B, L)
             return mu, logvar
+        rows = h.shape[2]
         if cond is not None:                                  # the group at every position
             h = torch.cat([h, cond[:, :, None, None].expand(-1, -1, *h.shape[2:])], dim=1)
+        if fit is not None:                                   # the comb fit at every row
+            h = torch.cat([h, fit[:, :, None].expand(-1, -1, rows, -1)], dim=1)
         mu, logvar = self.to_stats(h).chunk(2, dim=1)         # (B, L/T, 1, T) each
         return mu.flatten(1), logvar.flatten(1)               # (B, L), (B, L)
 
@@ -216,7 +230,15 @@ class Decoder(nn.Module):
         doubles = list(reversed(halves_time or [True] * len(config.channels)))
         self.ups = nn.Sequential(*[_Up(a, b, config.decoder_norm, t) for a, b, t
                                    in zip(widths[:-1], widths[1:], doubles)])
-        self.to_image = _up_conv(widths[-1], 1, doubles[-1])
+        pitch = config.pitch_candidates
+        # with the pitch comb: a second output channel (the comb's gain), and the pitch head,
+        # which reads the first feature map's time positions (all its rows as channels)
+        self.to_image = _up_conv(widths[-1], 2 if pitch else 1, doubles[-1])
+        self.pitch = PitchHead(c * h, pitch) if pitch else None
+        self.pitch_temperature = config.pitch_temperature
+        n_bins = h * 2 ** len(config.channels)
+        self.register_buffer("combs", harmonic_combs(pitch, n_bins) if pitch else None,
+                             persistent=False)
 
     def condition(self, y: Tensor | None) -> Tensor | None:
         """The decoder's group embedding: (B,) indices -> (B, embed_dim) (None: unconditional)."""
@@ -231,6 +253,24 @@ class Decoder(nn.Module):
 
         Takes the embedding, not the index, so that interpolation can blend two groups.
         """
+        h = self._first_map(z, cond)                          # (B, C, h, T)
+        out = self.to_image(self.ups(h))                      # (B, 1 or 2, H, W)
+        if self.pitch is None:
+            return torch.sigmoid(out)
+        logits = self.pitch(h.flatten(1, 2))                  # (B, K, T)
+        probs = pitch_distribution(logits, out.shape[3], temperature=self.pitch_temperature)
+        return add_comb(out[:, :1], out[:, 1:], probs, self.combs)
+
+    def pitch_logits(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The pitch head's logits over the K spacings, (B, K, T), as :meth:`forward` draws
+        them (at temperature 1); training teaches them with
+        :func:`animalvae.vae.harmonic.pitch_loss`. Only for a decoder with the comb."""
+        if self.pitch is None:
+            raise ValueError("this decoder has no pitch comb (model.pitch_candidates 0)")
+        return self.pitch(self._first_map(z, cond).flatten(1, 2))
+
+    def _first_map(self, z: Tensor, cond: Tensor | None) -> Tensor:
+        """(B, L) latent and embedding -> the first feature map (B, C, h, T or w)."""
         if self.latent_frames:
             z = z.view(len(z), -1, 1, self.latent_frames)     # (B, L/T, 1, T)
             if cond is not None:
@@ -240,8 +280,7 @@ class Decoder(nn.Module):
             if cond is not None:
                 z = torch.cat([z, cond], dim=1)               # (B, L + embed_dim)
             h = self.from_z(z).view(-1, *self.feature_shape)  # (B, C, H/2^N, W/2^N)
-        h = self.ups(h)                                       # (B, channels[0], H/2, W/2)
-        return torch.sigmoid(self.to_image(h))                # (B, 1, H, W)
+        return h
 
 
 class VAE(nn.Module):
@@ -324,8 +363,12 @@ class VAE(nn.Module):
         """
         mu, logvar = self.encoder(x, y)                       # (B, L), (B, L)
         eps = torch.randn_like(mu) if noise is None else noise.to(mu)
-        z = mu + torch.exp(0.5 * logvar) * eps                # (B, L)
-        return self.decode(z, y), mu, logvar
+        return self.decode(reparameterize(mu, logvar, eps), y), mu, logvar
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+    """The code ``z = mu + exp(logvar / 2) * eps`` of the posterior's noise ``eps``: (B, L)."""
+    return mu + torch.exp(0.5 * logvar) * eps
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -452,10 +495,10 @@ def trained_model_from(data: dict[str, Any], path: Path, *,
     """:func:`load_model` on a payload already read from ``path`` (named in its errors), for
     a caller that rewrites the file afterwards and so needs the payload too."""
     try:
-        # a model.pth from before model.decoder_norm / latent_frames existed has GroupNorm in
-        # its decoder and one latent vector per clip
+        # a model.pth from before model.decoder_norm / latent_frames / pitch_candidates existed
+        # has GroupNorm in its decoder, one latent vector per clip and no pitch comb
         config = ModelConfig(**{"decoder_norm": "group", "latent_frames": 0,
-                                **data["model_config"]})
+                                "pitch_candidates": 0, **data["model_config"]})
         spec = SpectrogramSpec.from_dict(data["spec"])
         if problems := config._check():
             raise ConfigError("; ".join(problems))

@@ -24,7 +24,7 @@ Loss (per pixel, so its size does not depend on the spectrogram shape)::
     recon = mean over pixels and batch of |x_hat - x|   (or (x_hat - x)**2 with recon_loss: mse)
     kl    = mean over batch of sum over latent dims of KL(q(z|x) || N(0, I))      [nats/sample]
     loss  = recon + beta * kl / (n_bins * n_frames) + spectral_weight * sc
-            + modulation_weight * mod
+            + modulation_weight * mod + pitch_weight * pitch
 
 i.e. the negative ELBO of a Laplace (l1, scale 1) or Gaussian (mse, variance 1/2) decoder
 divided by the number of pixels, up to a constant, with the KL weighted by ``beta``, plus
@@ -32,7 +32,10 @@ divided by the number of pixels, up to a constant, with the KL weighted by ``bet
 magnitudes, where the loud pixels that make a call recognisable count most, and
 ``train.modulation_weight`` times the distance ``mod`` of the modulation spectra, which asks
 for a trill's or a bark train's fluctuation without asking when each pulse falls (both in
-:mod:`animalvae.vae.losses`, :class:`~animalvae.vae.losses.ReconstructionLoss`). ``beta``
+:mod:`animalvae.vae.losses`, :class:`~animalvae.vae.losses.ReconstructionLoss`). With the
+pitch comb (``model.pitch_candidates`` > 0), ``pitch`` is the cross-entropy of the decoder's
+pitch head, at the sampled code, against each frame's best-fitting comb
+(:func:`animalvae.vae.harmonic.pitch_loss`), times ``train.pitch_weight``. ``beta``
 rises linearly from 0 to ``train.beta`` over the first ``train.kl_warmup_epochs`` epochs (per
 step). With ``train.free_bits`` > 0 each latent dimension's batch-mean KL is penalised only
 above that many nats. ``metrics.csv`` logs ``recon`` and the unclipped ``kl`` separately; the
@@ -81,8 +84,16 @@ from .dataset import (
     write_split,
 )
 from .distributed import DistContext, distributed
+from .harmonic import pitch_distribution, pitch_loss
 from .losses import ReconstructionLoss
-from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
+from .model import (
+    VAE,
+    build_model,
+    checkpoint_payload,
+    kl_divergence,
+    read_checkpoint,
+    reparameterize,
+)
 from .prior import add_prior_to_checkpoint
 from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
 
@@ -140,6 +151,15 @@ def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *,
     penalised = kl_dims.mean(dim=0).clamp(min=free_bits).sum() if free_bits > 0 else kl
     n_pixels = x[0].numel()
     return LossTerms(rec_loss + beta * penalised / n_pixels, recon, kl)
+
+
+def pitch_term(model: VAE, x: Tensor, y: Tensor, mu: Tensor, logvar: Tensor,
+               noise: Tensor) -> Tensor:
+    """The pitch head's cross-entropy at the code ``x`` was decoded from (0-d; module
+    docstring), for a model with the pitch comb: ``noise`` is that forward pass's."""
+    decoder = model.decoder
+    logits = decoder.pitch_logits(reparameterize(mu, logvar, noise.to(mu)), decoder.condition(y))
+    return pitch_loss(pitch_distribution(logits, x.shape[3]), x, decoder.combs)
 
 
 def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -206,7 +226,7 @@ def _plot_losses(path: Path, rows: list[dict[str, float]]) -> None:
 
 @torch.no_grad()
 def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistContext,
-              reconstruction: ReconstructionLoss, beta: float,
+              reconstruction: ReconstructionLoss, beta: float, pitch_weight: float,
               seed: int) -> dict[str, float]:
     """Mean recon, KL and loss (full beta, no free bits) over ``data``, on every rank.
 
@@ -223,6 +243,9 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistCo
         x, y = data.batch(idx[part], dist.device)
         x_hat, mu, logvar = model(x, y, noise=noise[part])
         terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta)
+        if pitch_weight > 0:
+            terms.loss = terms.loss + pitch_weight * pitch_term(model, x, y, mu, logvar,
+                                                                noise[part])
         n = len(part) if weight else 0
         sums += torch.stack([terms.recon, terms.kl, terms.loss]).double().cpu() * n
     model.train()
@@ -331,7 +354,10 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 "total_steps": total_steps, "min_factor": _MIN_LR_FACTOR}
     kl_warmup_steps = tc.kl_warmup_epochs * steps_per_epoch
     reconstruction = ReconstructionLoss.from_config(tc, top_db=spec.top_db)
-    loss_settings = asdict(reconstruction)   # in last.pth: --resume checks they still hold
+    pitch_weight = tc.pitch_weight if model.decoder.pitch is not None else 0.0
+    # in last.pth: --resume checks they still hold
+    loss_settings = {**asdict(reconstruction), **({"pitch_weight": pitch_weight} if pitch_weight
+                                                  else {})}
 
     # -- start or resume -----------------------------------------------------------------------
     epoch, batch, step = 0, 0, 0
@@ -414,6 +440,9 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 x_hat, mu, logvar = replicas(x, y, noise=noise[part])
                 terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta,
                                  free_bits=tc.free_bits)
+                if pitch_weight > 0:
+                    terms.loss = terms.loss + pitch_weight * pitch_term(model, x, y, mu, logvar,
+                                                                        noise[part])
                 # the step's one CPU-GPU sync: the batch means over all ranks, logged and
                 # needed for the check below
                 n = len(idx)
@@ -454,7 +483,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
 
             # end of epoch (or of a run stopped by max_steps): validate, log, checkpoint
             val = _validate(model, val_set, batch_size=tc.batch_size, dist=dist,
-                            reconstruction=reconstruction, beta=tc.beta, seed=tc.seed)
+                            reconstruction=reconstruction, beta=tc.beta,
+                            pitch_weight=pitch_weight, seed=tc.seed)
             done = batch >= steps_per_epoch
             count = max(1, sums["n"])
             rows.append({"epoch": epoch + batch / steps_per_epoch, "step": step,
@@ -530,8 +560,10 @@ def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: Spectrogr
 
     def on_epoch(means: dict[str, float]) -> None:
         nonlocal t0
+        # the reconstruction and KL only: the decoder alone is tuned, not against the pitch
         val = _validate(model, val_set, batch_size=tc.batch_size, dist=dist,
-                        reconstruction=reconstruction, beta=tc.beta, seed=tc.seed)
+                        reconstruction=reconstruction, beta=tc.beta, pitch_weight=0.0,
+                        seed=tc.seed)
         rows.append({"epoch": tc.epochs + phase.epoch, "step": vae_step + phase.step,
                      # as the VAE epochs and validation count it: the whole reconstruction term
                      "train_loss": means["recon_loss"] + tc.beta * means["kl"] / n_pixels,
