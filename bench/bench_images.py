@@ -64,7 +64,8 @@ def _measure(config_path: str, kind: str) -> dict:
             return pair_loss(model, sound, image, beta=si.beta, image_weight=si.image_weight)
     else:
         model = VAE(ModelConfig(latent_dim=si.latent_dim, channels=list(si.sound_channels),
-                                conditional=False, latent_frames=0), shape, 1)
+                                conditional=False, latent_frames=0, pitch_candidates=0),
+                    shape, 1)
 
         def loss_fn():
             x_hat, mu, logvar = model(sound)

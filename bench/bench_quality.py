@@ -87,8 +87,8 @@ VARIANTS: dict[str, list[str]] = {
     "beta-0.25": ["train.beta=0.25"],
     "lr-2e-3": ["train.lr=0.002"],
     "channelnorm": ["model.decoder_norm=channel"],
-    # the harmonic comb output (animalvae/vae/harmonic.py) over 120 spacings, 125 Hz - 4 kHz
-    "pitch-comb": ["model.pitch_candidates=120"],
+    # the harmonic comb output (animalvae/vae/harmonic.py) over 240 spacings, 125 Hz - 4 kHz
+    "pitch-comb": ["model.pitch_candidates=240"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
 #: ``defaults`` run of the same seed (its prior fit again with ``vae.py fit-prior``).

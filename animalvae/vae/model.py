@@ -19,6 +19,12 @@ stop halving time at T positions, and a convolution over the remaining frequency
 the linear layer on each side, so ``z`` is T codes of ``L / T`` values (still flat, (B, L), to
 everything outside this module).
 
+With ``model.pitch_candidates`` K > 0 the decoder also draws harmonics at a pitch it names
+(:mod:`animalvae.vae.harmonic`): a pitch head reads the first feature map's time positions and
+gives a distribution over K harmonic spacings, the last layer gives a second channel (the
+comb's gain), and the output is ``sigmoid(logits + softplus(gain) * comb)``. The encoder is
+then also handed, per time position, how well each comb fits its input.
+
 The encoder stands alone (:meth:`Encoder.features` needs no group): the sound -> image work
 can reuse it. GroupNorm rather than BatchNorm: it behaves the same in training and
 evaluation, whatever the batch size, so a short run already generates sensibly.

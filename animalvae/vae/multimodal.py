@@ -134,7 +134,7 @@ class SoundImageVAE(nn.Module):
         self.shape = (int(shape[0]), int(shape[1]))
         self.image_size = int(image_size)
         sound = ModelConfig(latent_dim=config.latent_dim, channels=list(config.sound_channels),
-                            conditional=False, latent_frames=0)
+                            conditional=False, latent_frames=0, pitch_candidates=0)
         self.sound_encoder = Encoder(sound, self.shape, 1)
         self.sound_decoder = Decoder(sound, self.sound_encoder.feature_shape, 1)
         self.image_encoder = ImageEncoder(config.image_channels, self.image_size,

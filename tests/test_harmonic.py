@@ -1,0 +1,138 @@
+"""The harmonic comb output (animalvae/vae/harmonic.py): combs, pitch targets, the decoder
+that draws them, and training that teaches the pitch head. Tiny shapes; a few seconds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_vae import read_metrics, run_vae, write_tiny_config
+
+from animalvae.config import ModelConfig
+from animalvae.vae import harmonic
+from animalvae.vae.model import VAE, load_model
+from animalvae.vae.train import pitch_term
+
+
+def harmonic_stack(spacing: float, *, n_bins: int = 512, n_frames: int = 16,
+                   seed: int = 0) -> torch.Tensor:
+    """(1, 1, H, W): a falling envelope with a peak at every multiple of ``spacing`` rows and a
+    little noise, as a normalised log spectrogram of a steady call draws it."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n_bins)[:, None]
+    envelope = 0.5 * np.exp(-rows / 200.0)
+    nearest = np.abs(rows - spacing * np.round(rows / spacing))      # rows to the nearest peak
+    peaks = 0.4 * np.exp(-0.5 * nearest ** 2) * (rows >= spacing / 2)
+    x = envelope + peaks + rng.uniform(0, 0.05, (n_bins, n_frames))
+    return torch.tensor(np.clip(x, 0, 1), dtype=torch.float32)[None, None]
+
+
+def test_each_comb_peaks_at_every_multiple_of_its_spacing_and_has_zero_mean():
+    combs = harmonic.harmonic_combs(40, 512)
+    spacings = harmonic.comb_spacings(40)
+    assert spacings[0] == pytest.approx(harmonic.MIN_SPACING)
+    assert spacings[-1] == pytest.approx(harmonic.MAX_SPACING)
+    assert combs.mean(dim=1).abs().max() < 1e-5
+    for comb, d in zip(combs, spacings.tolist()):
+        for m in range(1, int(510 / d) + 1):
+            peak = comb[round(m * d) - 1:round(m * d) + 2].max()       # within a row of m * d
+            valley = comb[round((m - 0.5) * d) - 1:round((m - 0.5) * d) + 2].min()
+            assert peak > valley + 0.3, (d, m)
+        # narrow peaks: a comb of wide spacing is mostly valley
+        if d >= 16:
+            assert (comb > comb.min() + 0.5 * (comb.max() - comb.min())).float().mean() < 4 / d
+
+
+def test_pitch_targets_find_a_harmonic_stack_and_pass_over_noise():
+    # 240 spacings, each 1.5 % from the next: a comb 3 % off misses the 20th harmonic by
+    # more than a peak's width, and a comb at 5 times the spacing then fits better
+    combs = harmonic.harmonic_combs(240, 512)
+    spacings = harmonic.comb_spacings(240)
+    for spacing in (4.5, 6.3, 10.4, 23.0, 70.0, 110.0):
+        index, weight = harmonic.pitch_targets(harmonic_stack(spacing), combs)
+        found = spacings[index]
+        assert torch.all((found / spacing - 1).abs() < 0.03), (spacing, found)
+        assert torch.all(weight == 1.0)
+    noise = torch.rand(4, 1, 512, 16, generator=torch.Generator().manual_seed(0))
+    _, weight = harmonic.pitch_targets(noise, combs)
+    assert weight.mean() < 0.05                      # no clear pitch in noise: not taught
+
+
+def decoder_with_a_fixed_pitch(k: int) -> VAE:
+    """A tiny VAE whose decoder always picks comb ``k`` and draws it at a large gain over a
+    flat base."""
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=8,
+                            pitch_candidates=24), (512, 32), 2)
+    with torch.no_grad():
+        last = model.decoder.pitch.net[-1]
+        last.weight.zero_()
+        last.bias.fill_(-50.0)
+        last.bias[k] = 50.0
+        model.decoder.to_image.weight.zero_()
+        model.decoder.to_image.bias.copy_(torch.tensor([0.0, 5.0]))
+    return model
+
+
+def test_the_decoder_draws_the_comb_of_the_pitch_it_picks():
+    k = 7
+    model = decoder_with_a_fixed_pitch(k).eval()
+    d = float(harmonic.comb_spacings(24)[k])
+    with torch.no_grad():
+        x = model.decode(torch.randn(2, 8), torch.tensor([0, 1]))
+    assert x.shape == (2, 1, 512, 32) and 0 <= x.min() and x.max() <= 1
+    for m in range(1, int(500 / d)):
+        peak, valley = x[:, 0, round(m * d)], x[:, 0, round((m + 0.5) * d)]
+        assert torch.all(peak > valley + 0.3), m
+    # and the comb of the picked pitch fits what was drawn best
+    index, weight = harmonic.pitch_targets(x, model.decoder.combs)
+    assert torch.all(index == k) and torch.all(weight == 1.0)
+
+
+def test_the_pitch_loss_teaches_the_head_the_spacing_of_each_clip():
+    torch.manual_seed(0)
+    spacings = [5.0, 9.0, 17.0, 33.0]
+    x = torch.cat([harmonic_stack(s, n_frames=32, seed=i) for i, s in enumerate(spacings)])
+    y = torch.zeros(len(x), dtype=torch.long)
+    model = VAE(ModelConfig(latent_dim=32, channels=[4, 8, 16], embed_dim=4, latent_frames=8,
+                            pitch_candidates=48), (512, 32), 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        noise = torch.zeros(len(x), 32)
+        _, mu, logvar = model(x, y, noise=noise)
+        loss = pitch_term(model, x, y, mu, logvar, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > 0.9 * math.log(48)              # about uniform at the start
+    assert losses[-1] < 0.25 * losses[0]
+    with torch.no_grad():
+        mu, _ = model.encode(x, y)
+        picked = model.decoder.pitch_logits(mu, model.decoder.condition(y)).argmax(dim=1)
+    found = harmonic.comb_spacings(48)[picked].median(dim=1).values
+    assert torch.allclose(found, torch.tensor(spacings), rtol=0.08), found
+
+
+def test_training_with_the_pitch_comb_runs_end_to_end(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=2)
+    pitch = ["--set", "model.pitch_candidates=24", "--set", "train.pitch_weight=0.3"]
+    assert run_vae(["train", "--config", str(config), *pitch], capsys)[0] == 0
+    run = tmp_path / "runs" / "default"
+    rows = read_metrics(run)
+    assert len(rows) == 2 and all(math.isfinite(r["val_loss"]) for r in rows)
+    loaded = load_model(run / "model.pth")
+    assert loaded.model.config.pitch_candidates == 24
+    assert loaded.model.decoder.combs.shape == (24, 64)
+    assert run_vae(["generate", "--config", str(config), *pitch], capsys)[0] == 0
+    assert len(list((run / "samples").glob("*.wav"))) == 4
+    # the loss settings (pitch weight included) are recorded for --resume
+    assert torch.load(run / "last.pth", weights_only=True)["loss"]["pitch_weight"] == 0.3
+
+
+def test_pitch_settings_are_checked():
+    problems = "; ".join(ModelConfig(pitch_candidates=-1, pitch_temperature=0)._check())
+    assert "model.pitch_candidates=-1 must be >= 0" in problems
+    assert "model.pitch_temperature=0 must be > 0" in problems
