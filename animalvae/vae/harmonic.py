@@ -12,7 +12,8 @@ waveform domain: Engel et al. 2020), in the spectrogram's own terms:
 - a pitch head that reads each time position of ``z`` and gives a distribution over the K
   spacings (:class:`PitchHead`);
 - the decoder's output logits plus a non-negative gain (a second output channel: where and
-  how strongly the harmonics show) times the comb of that distribution (:func:`add_comb`);
+  how strongly the harmonics show) times the comb of that distribution (:func:`expected_comb`,
+  :func:`add_comb`);
 - the pitch head is taught by :func:`pitch_loss`: cross-entropy against the spacing whose
   comb correlates best with the target spectrogram, in the frames where one clearly does
   (:func:`pitch_targets`). Without it the head never finds the pitch (the average of many
@@ -30,8 +31,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 __all__ = ["MIN_SPACING", "MAX_SPACING", "PEAK_HALF_WIDTH", "comb_spacings", "harmonic_combs",
-           "PitchHead", "pitch_distribution", "add_comb", "comb_correlation", "pitch_targets",
-           "pitch_loss"]
+           "PitchHead", "pitch_distribution", "expected_comb", "add_comb", "comb_correlation",
+           "pitch_targets", "pitch_loss"]
 
 #: Smallest and largest harmonic spacing, in frequency rows (at 32 kHz and n_fft 1024, a row
 #: is 31.25 Hz: f0 from 125 Hz, a large dog's bark, to 4 kHz, a small bird's whistle; a bird
@@ -98,24 +99,35 @@ def pitch_distribution(logits: Tensor, n_frames: int, *, temperature: float = 1.
     return F.interpolate(probs, size=n_frames, mode="linear", align_corners=False)
 
 
-def add_comb(logits: Tensor, gain: Tensor, probs: Tensor, combs: Tensor) -> Tensor:
-    """The spectrogram in [0, 1] with the expected comb drawn in at the given gain.
+def expected_comb(logits: Tensor, combs: Tensor, n_frames: int, *,
+                  temperature: float = 1.0) -> Tensor:
+    """The comb of the pitch distribution at each of the W frames: (B, 1, H, W).
+
+    ``sum_k probs_k * comb_k`` with ``probs`` the :func:`pitch_distribution` of ``logits``
+    (B, K, T). Taken at the T positions and then interpolated along time, which is the same
+    (both steps are linear) at a T/W-th of the cost.
+    """
+    probs = torch.softmax(logits / temperature, dim=1)                  # (B, K, T)
+    comb = torch.einsum("bkt,kh->bht", probs, combs)                    # (B, H, T)
+    return F.interpolate(comb, size=n_frames, mode="linear", align_corners=False)[:, None]
+
+
+def add_comb(logits: Tensor, gain: Tensor, comb: Tensor) -> Tensor:
+    """The spectrogram in [0, 1] with ``comb`` drawn in at the given gain.
 
     Parameters
     ----------
     logits, gain : Tensor [shape=(B, 1, H, W)]
         The decoder's two output channels: the spectrogram's logits, and the comb's strength
         before a softplus (so it is never negative: a comb is never drawn upside down).
-    probs : Tensor [shape=(B, K, W)]
-        Pitch distribution per frame.
-    combs : Tensor [shape=(K, H)]
+    comb : Tensor [shape=(B, 1, H, W)]
+        The comb of each frame's pitch (:func:`expected_comb`).
 
     Returns
     -------
     Tensor [shape=(B, 1, H, W)]
-        ``sigmoid(logits + softplus(gain) * sum_k probs_k * comb_k)``.
+        ``sigmoid(logits + softplus(gain) * comb)``.
     """
-    comb = torch.einsum("bkw,kh->bhw", probs, combs)[:, None]         # (B, 1, H, W)
     return torch.sigmoid(logits + F.softplus(gain) * comb)
 
 

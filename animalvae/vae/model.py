@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..spectrogram import SpectrogramSpec
-from .harmonic import PitchHead, add_comb, comb_correlation, harmonic_combs, pitch_distribution
+from .harmonic import PitchHead, add_comb, comb_correlation, expected_comb, harmonic_combs
 
 __all__ = ["Encoder", "Decoder", "VAE", "TrainedModel", "FORMAT", "build_model",
            "reparameterize", "kl_divergence", "checkpoint_payload", "read_checkpoint", "load_model",
@@ -264,8 +264,8 @@ class Decoder(nn.Module):
         if self.pitch is None:
             return torch.sigmoid(out)
         logits = self.pitch(h.flatten(1, 2))                  # (B, K, T)
-        probs = pitch_distribution(logits, out.shape[3], temperature=self.pitch_temperature)
-        return add_comb(out[:, :1], out[:, 1:], probs, self.combs)
+        comb = expected_comb(logits, self.combs, out.shape[3], temperature=self.pitch_temperature)
+        return add_comb(out[:, :1], out[:, 1:], comb)
 
     def pitch_logits(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         """The pitch head's logits over the K spacings, (B, K, T), as :meth:`forward` draws
