@@ -118,11 +118,18 @@ def test_the_pitch_loss_teaches_the_head_the_spacing_of_each_clip():
 
 def test_training_with_the_pitch_comb_runs_end_to_end(tmp_path, capsys):
     config = write_tiny_config(tmp_path, epochs=2)
-    pitch = ["--set", "model.pitch_candidates=24", "--set", "train.pitch_weight=0.3"]
+    comb = ["--set", "model.pitch_candidates=24"]
+    # the same run with the pitch term weighted 0: every figure but the pitch term equal
+    assert run_vae(["train", "--config", str(config), *comb, "--run", str(tmp_path / "w0"),
+                    "--set", "train.pitch_weight=0"], capsys)[0] == 0
+    pitch = [*comb, "--set", "train.pitch_weight=0.3"]
     assert run_vae(["train", "--config", str(config), *pitch], capsys)[0] == 0
     run = tmp_path / "runs" / "default"
-    rows = read_metrics(run)
+    rows, unweighted = read_metrics(run), read_metrics(tmp_path / "w0")
     assert len(rows) == 2 and all(math.isfinite(r["val_loss"]) for r in rows)
+    # the pitch term is in the loss that is trained and validated (cross-entropy > 0)
+    assert rows[0]["train_loss"] > unweighted[0]["train_loss"] + 0.01
+    assert rows[0]["val_loss"] > unweighted[0]["val_loss"] + 0.01
     loaded = load_model(run / "model.pth")
     assert loaded.model.config.pitch_candidates == 24
     assert loaded.model.decoder.combs.shape == (24, 64)

@@ -333,12 +333,14 @@ def test_a_model_from_before_decoder_norm_and_latent_frames_loads_as_it_was(tmp_
     model = VAE(config, spec.shape, 2)
     payload = checkpoint_payload(model, spec=spec, groups=["a", "b"], config={})
     old = {k: v for k, v in dataclasses.asdict(config).items()
-           if k not in ("decoder_norm", "latent_frames")}
+           if k not in ("decoder_norm", "latent_frames", "pitch_candidates",
+                        "pitch_temperature")}
     payload["model_config"] = old           # as model.pth files were written before
     torch.save(payload, tmp_path / "model.pth")
     loaded = load_model(tmp_path / "model.pth")
     assert loaded.model.config.decoder_norm == "group"
     assert loaded.model.config.latent_frames == 0          # one latent vector per clip
+    assert loaded.model.decoder.pitch is None              # and no pitch comb
     assert isinstance(loaded.model.decoder.ups[0][1], torch.nn.GroupNorm)
     z = torch.randn(3, 8)
     y = torch.tensor([0, 1, 0])

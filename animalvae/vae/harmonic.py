@@ -44,7 +44,7 @@ PEAK_HALF_WIDTH = 1.5
 #: target, and the rows the correlation spans (the harmonics of animal calls lie below).
 _ENVELOPE_ROWS, _TARGET_ROWS = 33, (2, 256)
 #: Correlation of the best comb with a frame below which the frame has no clear pitch (noise
-#: reaches about 0.25 with a hundred combs), and the rise over which its weight goes from 0 to 1.
+#: reaches about 0.25 with 240 combs), and the rise over which its weight goes from 0 to 1.
 _CORRELATION_FLOOR, _CORRELATION_RISE = 0.25, 0.15
 
 
@@ -136,8 +136,8 @@ def comb_correlation(x: Tensor, combs: Tensor) -> Tensor:
 
     Each frame's rows less their moving average over ``_ENVELOPE_ROWS`` rows (the envelope,
     so only the fine structure is compared) are correlated with every comb over the rows of
-    ``_TARGET_ROWS``. A comb at half or twice the true spacing misses every other harmonic or
-    hits the valleys between them, so it scores lower than the true one.
+    ``_TARGET_ROWS``. A comb at twice the true spacing misses every other harmonic, and one at
+    half of it also peaks in the valleys between them, so either scores lower than the true one.
     """
     b, _, h, w = x.shape
     frames = x[:, 0].transpose(1, 2).reshape(b * w, 1, h)             # (B*W, 1, H)

@@ -268,9 +268,9 @@ class Decoder(nn.Module):
         return add_comb(out[:, :1], out[:, 1:], comb)
 
     def pitch_logits(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        """The pitch head's logits over the K spacings, (B, K, T), as :meth:`forward` draws
-        them (at temperature 1); training teaches them with
-        :func:`animalvae.vae.harmonic.pitch_loss`. Only for a decoder with the comb."""
+        """The pitch head's logits over the K spacings, (B, K, T): those :meth:`forward` draws
+        the comb from (at ``model.pitch_temperature``); training reads them at temperature 1
+        (:func:`animalvae.vae.harmonic.pitch_loss`). Only for a decoder with the comb."""
         if self.pitch is None:
             raise ValueError("this decoder has no pitch comb (model.pitch_candidates 0)")
         return self.pitch(self._first_map(z, cond).flatten(1, 2))

@@ -228,7 +228,8 @@ def _plot_losses(path: Path, rows: list[dict[str, float]]) -> None:
 def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistContext,
               reconstruction: ReconstructionLoss, beta: float, pitch_weight: float,
               seed: int) -> dict[str, float]:
-    """Mean recon, KL and loss (full beta, no free bits) over ``data``, on every rank.
+    """Mean recon, KL and loss (full beta, no free bits, plus ``pitch_weight`` times the pitch
+    term) over ``data``, on every rank.
 
     The reparameterisation noise comes from its own generator, seeded the same every time:
     epochs are compared on equal terms and the training RNG is left untouched. Under
