@@ -154,12 +154,15 @@ def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *,
 
 
 def pitch_term(model: VAE, x: Tensor, y: Tensor, mu: Tensor, logvar: Tensor,
-               noise: Tensor) -> Tensor:
-    """The pitch head's cross-entropy at the code ``x`` was decoded from (0-d; module
-    docstring), for a model with the pitch comb: ``noise`` is that forward pass's."""
+               noise: Tensor, *, weight: float = 1.0) -> Tensor:
+    """``weight`` times the pitch head's cross-entropy at the code ``x`` was decoded from (0-d;
+    module docstring): ``noise`` is that forward pass's. 0 when ``weight`` is 0, without
+    touching the model (which then need not have the comb)."""
+    if weight == 0:
+        return mu.new_zeros(())
     decoder = model.decoder
     logits = decoder.pitch_logits(reparameterize(mu, logvar, noise.to(mu)), decoder.condition(y))
-    return pitch_loss(pitch_distribution(logits, x.shape[3]), x, decoder.combs)
+    return weight * pitch_loss(pitch_distribution(logits, x.shape[3]), x, decoder.combs)
 
 
 def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -244,9 +247,8 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistCo
         x, y = data.batch(idx[part], dist.device)
         x_hat, mu, logvar = model(x, y, noise=noise[part])
         terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta)
-        if pitch_weight > 0:
-            terms.loss = terms.loss + pitch_weight * pitch_term(model, x, y, mu, logvar,
-                                                                noise[part])
+        terms.loss = terms.loss + pitch_term(model, x, y, mu, logvar, noise[part],
+                                             weight=pitch_weight)
         n = len(part) if weight else 0
         sums += torch.stack([terms.recon, terms.kl, terms.loss]).double().cpu() * n
     model.train()
@@ -441,9 +443,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 x_hat, mu, logvar = replicas(x, y, noise=noise[part])
                 terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta,
                                  free_bits=tc.free_bits)
-                if pitch_weight > 0:
-                    terms.loss = terms.loss + pitch_weight * pitch_term(model, x, y, mu, logvar,
-                                                                        noise[part])
+                terms.loss = terms.loss + pitch_term(model, x, y, mu, logvar, noise[part],
+                                                     weight=pitch_weight)
                 # the step's one CPU-GPU sync: the batch means over all ranks, logged and
                 # needed for the check below
                 n = len(idx)
