@@ -278,7 +278,7 @@ class ModelConfig:
     embed_dim: int = 16             # size of the group embedding
     decoder_norm: Literal["group", "channel"] = "group"  # GroupNorm | per position over channels
     latent_frames: int = 32         # time positions of z, latent_dim / latent_frames values each
-    pitch_candidates: int = 0       # harmonic spacings of the comb output; 0 = off
+    pitch_candidates: int = 240     # harmonic spacings of the comb output; 0 = off
     pitch_temperature: float = 0.5  # softmax temperature of the pitch drawn: < 1 = its likeliest
 
     def _check(self) -> list[str]:
@@ -315,7 +315,7 @@ class TrainConfig:
     free_bits: float = 0.0          # nats per latent dimension not penalised; 0 = off
     spectral_weight: float = 1.0    # multi-resolution spectral convergence weight; 0 = off
     modulation_weight: float = 0.5  # modulation-spectrum distance weight; 0 = off
-    pitch_weight: float = 0.3       # weight of the pitch head's cross-entropy
+    pitch_weight: float = 0.1       # weight of the pitch head's cross-entropy
     val_fraction: float = 0.1       # held out per group, fixed by seed
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
@@ -371,6 +371,7 @@ class GenerateConfig:
     temperature: float = 1.0        # scales the prior's standard deviation
     prior: Literal["mixture", "normal"] = "mixture"  # the fit mixture per group, or N(0, I)
     restore_peak: bool = True       # decoded spectrograms divided by their maximum (peak 1)
+    pitch_temperature: float = 2.0  # the comb's pitch temperature in samples from the prior
     griffin_lim_iters: int = 64
     momentum: float = 0.99
     seed: int = 0
@@ -381,6 +382,7 @@ class GenerateConfig:
         problems: list[str] = []
         _positive(problems, "generate.count", self.count)
         _positive(problems, "generate.temperature", self.temperature)
+        _positive(problems, "generate.pitch_temperature", self.pitch_temperature)
         _positive(problems, "generate.griffin_lim_iters", self.griffin_lim_iters)
         _positive(problems, "generate.eval_samples", self.eval_samples)
         _positive(problems, "generate.eval_real_per_group", self.eval_real_per_group)
@@ -473,6 +475,11 @@ class Config:
                 f"{f.hop_length * f.n_frames} samples, but detect.segment_seconds={seconds} at "
                 f"extract.sample_rate={sr} is {segment} samples; they must match within one "
                 f"hop: {hint} (or change features.n_frames)")
+        if f.kind == "mel" and self.model.pitch_candidates:
+            problems.append(
+                f"model.pitch_candidates={self.model.pitch_candidates} draws harmonic combs, "
+                "evenly spaced in frequency rows, but features.kind is mel, whose rows are not: "
+                "set model.pitch_candidates: 0 with mel features")
         n_bins = f.n_mels if f.kind == "mel" else f.n_fft // 2
         stride = 2 ** len(self.model.channels)
         bins_key = "features.n_mels" if f.kind == "mel" else "features.n_fft // 2"

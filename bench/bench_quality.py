@@ -58,12 +58,12 @@ VARIANTS: dict[str, list[str]] = {
     "before": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0",
                "train.prior=none", "generate.prior=normal", "model.latent_dim=64",
                "model.latent_frames=0", "train.spectral_weight=0", "train.modulation_weight=0",
-               "generate.restore_peak=false"],
+               "generate.restore_peak=false", "model.pitch_candidates=0"],
     # the defaults before the time-axis latent: one latent vector, per-pixel loss, a
     # 4-component mixture, the raw decoder output, trained on today's schedule
     "previous-model": ["model.latent_dim=64", "model.latent_frames=0", "train.spectral_weight=0",
                        "train.modulation_weight=0", "generate.restore_peak=false",
-                       "train.prior=gmm", "train.prior_components=4"],
+                       "train.prior=gmm", "train.prior_components=4", "model.pitch_candidates=0"],
     # the defaults before the kernel density prior: a 16-component mixture fit by EM
     "gmm-prior": ["train.prior=gmm", "train.prior_components=16"],
     "gmm-prior-4": ["train.prior=gmm", "train.prior_components=4"],
@@ -87,8 +87,12 @@ VARIANTS: dict[str, list[str]] = {
     "beta-0.25": ["train.beta=0.25"],
     "lr-2e-3": ["train.lr=0.002"],
     "channelnorm": ["model.decoder_norm=channel"],
-    # the harmonic comb output (animalvae/vae/harmonic.py) over 240 spacings, 125 Hz - 4 kHz
-    "pitch-comb": ["model.pitch_candidates=240"],
+    # the defaults before the harmonic comb output (animalvae/vae/harmonic.py)
+    "no-pitch-comb": ["model.pitch_candidates=0"],
+    # the comb as first measured: a heavier pitch loss, samples drawn at the training temperature
+    "pitch-weight-0.3": ["train.pitch_weight=0.3", "generate.pitch_temperature=0.5"],
+    # samples with the comb drawn as sharply as in reconstructions
+    "sample-pitch-temperature-0.5": ["generate.pitch_temperature=0.5"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
 #: ``defaults`` run of the same seed (its prior fit again with ``vae.py fit-prior``).
@@ -203,7 +207,7 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
                            temperature=config.generate.temperature, seed=config.generate.seed)
         with torch.no_grad():
             x = decode_for_output(trained.model, z, trained.model.decoder.condition(labels),
-                                  config).numpy()
+                                  config, sampled=True).numpy()
         for k in range(per_group):
             show_spectrogram(axes[g, 1 + k], x[k], trained.spec, ylabel=False,
                              xlabel=g == len(trained.groups) - 1)

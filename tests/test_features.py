@@ -130,12 +130,19 @@ def test_limit_then_continue(config):
 
 
 def test_mel_option_and_float32(config):
-    cfg = config("  kind: mel\n  dtype: float32\n")
+    cfg = config("  kind: mel\n  dtype: float32\n", ("model.pitch_candidates=0",))
     features.run(cfg, OPTS)
     x = np.load(cfg.paths.spectrograms / "dogs/dog_000020.npy")
     assert x.shape == (128, 256) and x.dtype == np.float32 and 0 <= x.min() and x.max() == 1
     assert load_spec(cfg.paths.spectrograms).kind == "mel"
     assert (cfg.paths.spectrograms / "preview.png").is_file()
+
+
+def test_mel_features_refuse_the_pitch_comb(config):
+    # its combs are evenly spaced rows, as harmonics are in a linear-frequency spectrogram only
+    with pytest.raises(ConfigError, match=r"model.pitch_candidates=240 draws harmonic combs, "
+                                          r"evenly spaced .* but features.kind is mel"):
+        config("  kind: mel\n")
 
 
 def test_changed_settings_need_force(config):

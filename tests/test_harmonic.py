@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_vae import read_metrics, run_vae, write_tiny_config
+from torch.nn import functional as F
 
 from animalvae.config import ModelConfig
 from animalvae.vae import harmonic
@@ -43,6 +44,14 @@ def test_each_comb_peaks_at_every_multiple_of_its_spacing_and_has_zero_mean():
         # narrow peaks: a comb of wide spacing is mostly valley
         if d >= 16:
             assert (comb > comb.min() + 0.5 * (comb.max() - comb.min())).float().mean() < 4 / d
+
+
+def test_the_moving_average_is_avg_pool_without_the_padding():
+    x = torch.rand(3, 5, 300, generator=torch.Generator().manual_seed(0))
+    for width in (1, 3, 33):
+        pooled = F.avg_pool1d(x.reshape(15, 1, 300), width, stride=1, padding=width // 2,
+                              count_include_pad=False).reshape(3, 5, 300)
+        assert torch.allclose(harmonic.moving_average(x, width), pooled, atol=1e-4), width
 
 
 def test_pitch_targets_find_a_harmonic_stack_and_pass_over_noise():
@@ -101,8 +110,8 @@ def test_the_pitch_loss_teaches_the_head_the_spacing_of_each_clip():
     losses = []
     for _ in range(60):
         noise = torch.zeros(len(x), 32)
-        _, mu, logvar = model(x, y, noise=noise)
-        loss = pitch_term(model, x, y, mu, logvar, noise)
+        _, _, _, logits = model(x, y, noise=noise, pitch_logits=True)
+        loss = pitch_term(logits, x, model.decoder.combs, weight=1.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -111,9 +120,21 @@ def test_the_pitch_loss_teaches_the_head_the_spacing_of_each_clip():
     assert losses[-1] < 0.25 * losses[0]
     with torch.no_grad():
         mu, _ = model.encode(x, y)
-        picked = model.decoder.pitch_logits(mu, model.decoder.condition(y)).argmax(dim=1)
+        picked = model.decoder.draw(mu, model.decoder.condition(y))[1].argmax(dim=1)
     found = harmonic.comb_spacings(240)[picked].median(dim=1).values
     assert torch.allclose(found, torch.tensor(spacings), rtol=0.03), found
+
+
+def test_the_pitch_loss_is_a_mean_over_clips_so_torchrun_can_share_a_batch_out():
+    # DDP averages the ranks' gradients of their shares' losses, each weighted by its share
+    # of the batch (DistContext.shard): that is the whole batch's loss only for a per-clip mean
+    combs = harmonic.harmonic_combs(240, 512)
+    x = torch.cat([harmonic_stack(s, seed=i) for i, s in enumerate((5.0, 9.0, 17.0, 33.0))]
+                  + [torch.rand(1, 1, 512, 16, generator=torch.Generator().manual_seed(0))])
+    probs = torch.softmax(torch.randn(5, 240, 16, generator=torch.Generator().manual_seed(1)), 1)
+    whole = harmonic.pitch_loss(probs, x, combs)
+    shares = [harmonic.pitch_loss(probs[a:b], x[a:b], combs) * (b - a) for a, b in ((0, 3), (3, 5))]
+    assert whole > 0 and torch.allclose(whole, sum(shares) / 5)
 
 
 def test_training_with_the_pitch_comb_runs_end_to_end(tmp_path, capsys):

@@ -327,7 +327,7 @@ def test_a_model_from_before_decoder_norm_and_latent_frames_loads_as_it_was(tmp_
     from animalvae.vae.model import VAE, checkpoint_payload
 
     config = ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, decoder_norm="group",
-                         latent_frames=0)
+                         latent_frames=0, pitch_candidates=0)
     spec = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64,
                            n_frames=32)
     model = VAE(config, spec.shape, 2)

@@ -40,6 +40,7 @@ model:
   embed_dim: 4
   conditional: {conditional}
   latent_frames: 8        # one value per time position: the default layout, small
+  pitch_candidates: 0     # no comb: these 64 rows hold too few harmonics (tests/test_harmonic.py)
 train:
   epochs: {epochs}
   batch_size: 4
@@ -111,12 +112,13 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------------------------
 
 def test_vae_shapes_and_the_encoder_alone():
-    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16], embed_dim=4, latent_frames=0),
-                (64, 32), 3)
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16], embed_dim=4, latent_frames=0,
+                            pitch_candidates=0), (64, 32), 3)
     x, y = torch.rand(5, 1, 64, 32), torch.tensor([0, 1, 2, 1, 0])
     x_hat, mu, logvar = model(x, y)
     assert x_hat.shape == x.shape and mu.shape == logvar.shape == (5, 8)
     assert 0 <= x_hat.min() and x_hat.max() <= 1
+    assert model(x, y, pitch_logits=True)[3] is None          # no pitch comb: no pitch logits
     assert model.encoder.features(x).shape == (5, 16 * 8 * 4)  # no label needed
     assert model.encoder.feature_shape == (16, 8, 4)
     with pytest.raises(ValueError, match="conditional"):
@@ -289,8 +291,8 @@ def test_model_pth_round_trips_with_weights_only(trained):
     loaded = load_model(run / "model.pth")
     x = torch.rand(2, 1, 64, 32)
     mu, _ = loaded.model.encode(x, torch.tensor([0, 1]))
-    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=8),
-                (64, 32), 2)
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=8,
+                            pitch_candidates=0), (64, 32), 2)
     model.load_state_dict(data["model"])
     torch.testing.assert_close(model.encode(x, torch.tensor([0, 1]))[0], mu)
 

@@ -121,10 +121,14 @@ def restore_peak(x: Tensor) -> Tensor:
     return x / x.amax(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
 
 
-def decode_for_output(model: VAE, z: Tensor, cond: Tensor | None, config: Config) -> Tensor:
+def decode_for_output(model: VAE, z: Tensor, cond: Tensor | None, config: Config, *,
+                      sampled: bool = False) -> Tensor:
     """``model.decoder(z, cond)`` as the spectrograms to listen to: (B, L) -> (B, H, W), with
-    :func:`restore_peak` when ``generate.restore_peak``."""
-    x = model.decoder(z, cond)[:, 0]
+    :func:`restore_peak` when ``generate.restore_peak``. ``sampled``: ``z`` came from the prior,
+    so a pitch comb is drawn at ``generate.pitch_temperature`` (an unseen code's pitch is less
+    sure than an encoded clip's)."""
+    temperature = config.generate.pitch_temperature if sampled else None
+    x = model.decoder(z, cond, pitch_temperature=temperature)[:, 0]
     return restore_peak(x) if config.generate.restore_peak else x
 
 
@@ -259,7 +263,8 @@ def _decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Te
                        seed=gc.seed)
     with torch.no_grad():
         return decode_for_output(trained.model, z.to(device),
-                                 trained.model.decoder.condition(labels.to(device)), config)
+                                 trained.model.decoder.condition(labels.to(device)), config,
+                                 sampled=True)
 
 
 def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = None,

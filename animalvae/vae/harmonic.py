@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 __all__ = ["MIN_SPACING", "MAX_SPACING", "PEAK_HALF_WIDTH", "comb_spacings", "harmonic_combs",
-           "PitchHead", "pitch_distribution", "expected_comb", "add_comb", "comb_correlation",
-           "pitch_targets", "pitch_loss"]
+           "PitchHead", "pitch_distribution", "expected_comb", "add_comb", "moving_average",
+           "comb_correlation", "pitch_targets", "pitch_loss"]
 
 #: Smallest and largest harmonic spacing, in frequency rows (at 32 kHz and n_fft 1024, a row
 #: is 31.25 Hz: f0 from 125 Hz, a large dog's bark, to 4 kHz, a small bird's whistle; a bird
@@ -131,6 +131,23 @@ def add_comb(logits: Tensor, gain: Tensor, comb: Tensor) -> Tensor:
     return torch.sigmoid(logits + F.softplus(gain) * comb)
 
 
+def moving_average(x: Tensor, width: int) -> Tensor:
+    """The mean of each ``width`` (odd) neighbours along the last axis, fewer at the ends (as
+    ``avg_pool1d`` with ``count_include_pad=False``), from a cumulative sum: O(1) per value
+    whatever the width.
+
+    Examples
+    --------
+    >>> moving_average(torch.tensor([0.0, 3.0, 6.0, 9.0]), 3)
+    tensor([1.5000, 3.0000, 6.0000, 7.5000])
+    """
+    n, half = x.shape[-1], width // 2
+    sums = F.pad(x.cumsum(dim=-1), (1, 0))                             # sums[i] = x[:i].sum()
+    ends = torch.arange(n, device=x.device)
+    lo, hi = (ends - half).clamp(min=0), (ends + half + 1).clamp(max=n)
+    return (sums[..., hi] - sums[..., lo]) / (hi - lo).to(x.dtype)
+
+
 def comb_correlation(x: Tensor, combs: Tensor) -> Tensor:
     """How well each comb fits each frame's fine structure: (B, 1, H, W) -> (B, K, W) in [-1, 1].
 
@@ -139,12 +156,10 @@ def comb_correlation(x: Tensor, combs: Tensor) -> Tensor:
     ``_TARGET_ROWS``. A comb at twice the true spacing misses every other harmonic, and one at
     half of it also peaks in the valleys between them, so either scores lower than the true one.
     """
-    b, _, h, w = x.shape
-    frames = x[:, 0].transpose(1, 2).reshape(b * w, 1, h)             # (B*W, 1, H)
-    envelope = F.avg_pool1d(frames, _ENVELOPE_ROWS, stride=1, padding=_ENVELOPE_ROWS // 2,
-                            count_include_pad=False)
-    fine = (frames - envelope).reshape(b, w, h)[..., slice(*_TARGET_ROWS)]   # (B, W, H')
-    basis = combs[:, slice(*_TARGET_ROWS)]                                   # (K, H')
+    # the rows the correlation spans, and the half envelope width above them that it reads
+    frames = x[:, 0, :_TARGET_ROWS[1] + _ENVELOPE_ROWS // 2].transpose(1, 2)   # (B, W, H")
+    fine = (frames - moving_average(frames, _ENVELOPE_ROWS))[..., slice(*_TARGET_ROWS)]
+    basis = combs[:, slice(*_TARGET_ROWS)]                                     # (K, H')
     correlation = torch.einsum("bwh,kh->bkw", fine, basis)
     return correlation / (fine.norm(dim=2)[:, None].clamp(min=1e-6) * basis.norm(dim=1)[:, None])
 
@@ -173,9 +188,11 @@ def pitch_targets(x: Tensor, combs: Tensor) -> tuple[Tensor, Tensor]:
 
 def pitch_loss(probs: Tensor, x: Tensor, combs: Tensor) -> Tensor:
     """Cross-entropy (nats) of the pitch distribution ``probs`` (B, K, W) against
-    :func:`pitch_targets` of ``x``, weighted per frame by their clarity (0-d tensor; 0 when no
-    frame of the batch has a clear pitch)."""
+    :func:`pitch_targets` of ``x``: per clip, its frames weighted by their clarity (a clip
+    whose frames add up to less than one clear frame counts that much less; 0 with none), then
+    the mean over clips (0-d tensor). A mean of per-clip terms, as the other loss terms are, so
+    a batch shared out over torchrun's processes gives the same gradient."""
     with torch.no_grad():
         index, weight = pitch_targets(x, combs)
     nll = -probs.clamp(min=1e-8).log().gather(1, index[:, None]).squeeze(1)   # (B, W)
-    return (nll * weight).sum() / weight.sum().clamp(min=1.0)
+    return ((nll * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)).mean()

@@ -254,26 +254,28 @@ class Decoder(nn.Module):
             raise ValueError("this decoder is conditional: pass the group indices y")
         return self.embed(y)
 
-    def forward(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, cond: Tensor | None = None, *,
+                pitch_temperature: float | None = None) -> Tensor:
         """(B, L) latent, (B, embed_dim) group embedding -> (B, 1, H, W) in [0, 1].
 
-        Takes the embedding, not the index, so that interpolation can blend two groups.
+        Takes the embedding, not the index, so that interpolation can blend two groups. With
+        the comb, its pitch is drawn at ``pitch_temperature`` (None: ``model.pitch_temperature``).
         """
+        return self.draw(z, cond, pitch_temperature=pitch_temperature)[0]
+
+    def draw(self, z: Tensor, cond: Tensor | None = None, *,
+             pitch_temperature: float | None = None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`forward`, and the pitch head's logits over the K spacings (B, K, T) that the
+        comb was drawn from (None without the comb): training reads them at temperature 1
+        (:func:`animalvae.vae.harmonic.pitch_loss`)."""
         h = self._first_map(z, cond)                          # (B, C, h, T)
         out = self.to_image(self.ups(h))                      # (B, 1 or 2, H, W)
         if self.pitch is None:
-            return torch.sigmoid(out)
+            return torch.sigmoid(out), None
         logits = self.pitch(h.flatten(1, 2))                  # (B, K, T)
-        comb = expected_comb(logits, self.combs, out.shape[3], temperature=self.pitch_temperature)
-        return add_comb(out[:, :1], out[:, 1:], comb)
-
-    def pitch_logits(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        """The pitch head's logits over the K spacings, (B, K, T): those :meth:`forward` draws
-        the comb from (at ``model.pitch_temperature``); training reads them at temperature 1
-        (:func:`animalvae.vae.harmonic.pitch_loss`). Only for a decoder with the comb."""
-        if self.pitch is None:
-            raise ValueError("this decoder has no pitch comb (model.pitch_candidates 0)")
-        return self.pitch(self._first_map(z, cond).flatten(1, 2))
+        temperature = self.pitch_temperature if pitch_temperature is None else pitch_temperature
+        comb = expected_comb(logits, self.combs, out.shape[3], temperature=temperature)
+        return add_comb(out[:, :1], out[:, 1:], comb), logits
 
     def _first_map(self, z: Tensor, cond: Tensor | None) -> Tensor:
         """(B, L) latent and embedding -> the first feature map (B, C, h, T or w)."""
@@ -350,8 +352,8 @@ class VAE(nn.Module):
         """(B, L), (B,) -> (B, 1, H, W) in [0, 1]."""
         return self.decoder(z, self.decoder.condition(y))
 
-    def forward(self, x: Tensor, y: Tensor | None = None, *,
-                noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, y: Tensor | None = None, *, noise: Tensor | None = None,
+                pitch_logits: bool = False) -> tuple[Tensor, ...]:
         """Reconstruct ``x`` through a sampled ``z``.
 
         Parameters
@@ -361,15 +363,22 @@ class VAE(nn.Module):
             Group indices (required when conditional).
         noise : Tensor [shape=(B, L)] or None
             The ``eps`` of the reparameterisation; None draws it from torch's RNG.
+        pitch_logits : bool
+            Also return the pitch head's logits (:meth:`Decoder.draw`), for training's pitch
+            term: from this same pass, under DDP too.
 
         Returns
         -------
         x_hat : Tensor [shape=(B, 1, H, W)]
         mu, logvar : Tensor [shape=(B, L)]
+        logits : Tensor [shape=(B, K, T)] or None
+            Only with ``pitch_logits``; None without the comb.
         """
         mu, logvar = self.encoder(x, y)                       # (B, L), (B, L)
         eps = torch.randn_like(mu) if noise is None else noise.to(mu)
-        return self.decode(reparameterize(mu, logvar, eps), y), mu, logvar
+        z = reparameterize(mu, logvar, eps)
+        x_hat, logits = self.decoder.draw(z, self.decoder.condition(y))
+        return (x_hat, mu, logvar, logits) if pitch_logits else (x_hat, mu, logvar)
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:

@@ -92,7 +92,6 @@ from .model import (
     checkpoint_payload,
     kl_divergence,
     read_checkpoint,
-    reparameterize,
 )
 from .prior import add_prior_to_checkpoint
 from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
@@ -153,16 +152,14 @@ def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *,
     return LossTerms(rec_loss + beta * penalised / n_pixels, recon, kl)
 
 
-def pitch_term(model: VAE, x: Tensor, y: Tensor, mu: Tensor, logvar: Tensor,
-               noise: Tensor, *, weight: float = 1.0) -> Tensor:
-    """``weight`` times the pitch head's cross-entropy at the code ``x`` was decoded from (0-d;
-    module docstring): ``noise`` is that forward pass's. 0 when ``weight`` is 0, without
-    touching the model (which then need not have the comb)."""
+def pitch_term(logits: Tensor | None, x: Tensor, combs: Tensor | None, *,
+               weight: float) -> Tensor:
+    """``weight`` times the cross-entropy of the pitch head's ``logits`` (B, K, T), from the
+    forward pass that reconstructed ``x``, against ``x``'s best-fitting ``combs`` (0-d; module
+    docstring). 0 when ``weight`` is 0 (the model then need not have the comb)."""
     if weight == 0:
-        return mu.new_zeros(())
-    decoder = model.decoder
-    logits = decoder.pitch_logits(reparameterize(mu, logvar, noise.to(mu)), decoder.condition(y))
-    return weight * pitch_loss(pitch_distribution(logits, x.shape[3]), x, decoder.combs)
+        return x.new_zeros(())
+    return weight * pitch_loss(pitch_distribution(logits, x.shape[3]), x, combs)
 
 
 def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -245,10 +242,9 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistCo
         noise = torch.randn(len(idx), model.config.latent_dim, generator=gen)
         part, weight = dist.shard(len(idx))
         x, y = data.batch(idx[part], dist.device)
-        x_hat, mu, logvar = model(x, y, noise=noise[part])
+        x_hat, mu, logvar, logits = model(x, y, noise=noise[part], pitch_logits=True)
         terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta)
-        terms.loss = terms.loss + pitch_term(model, x, y, mu, logvar, noise[part],
-                                             weight=pitch_weight)
+        terms.loss = terms.loss + pitch_term(logits, x, model.decoder.combs, weight=pitch_weight)
         n = len(part) if weight else 0
         sums += torch.stack([terms.recon, terms.kl, terms.loss]).double().cpu() * n
     model.train()
@@ -440,10 +436,10 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
 
                 # float32 on every device; on CUDA, cuDNN runs the convolutions in TF32
                 x, y = train_set.batch(idx[part], device)
-                x_hat, mu, logvar = replicas(x, y, noise=noise[part])
+                x_hat, mu, logvar, logits = replicas(x, y, noise=noise[part], pitch_logits=True)
                 terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta,
                                  free_bits=tc.free_bits)
-                terms.loss = terms.loss + pitch_term(model, x, y, mu, logvar, noise[part],
+                terms.loss = terms.loss + pitch_term(logits, x, model.decoder.combs,
                                                      weight=pitch_weight)
                 # the step's one CPU-GPU sync: the batch means over all ranks, logged and
                 # needed for the check below
