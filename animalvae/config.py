@@ -303,7 +303,7 @@ class TrainConfig:
     """Stage 5: the training run (written to ``paths.runs/<name>``)."""
 
     name: str = "default"           # run folder name
-    epochs: int = 30
+    epochs: int = 25
     batch_size: int = 4
     lr: float = 1e-3                # AdamW peak learning rate
     weight_decay: float = 1e-4

@@ -52,7 +52,7 @@ from animalvae.spectrogram import (  # noqa: E402
 )
 from animalvae.vae.losses import ReconstructionLoss  # noqa: E402
 from animalvae.vae.model import VAE  # noqa: E402
-from animalvae.vae.train import vae_loss  # noqa: E402
+from animalvae.vae.train import pitch_term, vae_loss  # noqa: E402
 
 ORIGINAL_SECONDS = 64 * 512 / 48000  # 64 frames, hop 512, 48 kHz
 ROUNDS = 3
@@ -132,18 +132,22 @@ class OriginalVAE(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 def ours_step(model_config: ModelConfig, spec: SpectrogramSpec, batch_size: int,
-              reconstruction: ReconstructionLoss, n_groups: int = 3) -> Callable[[], None]:
-    """One training step of our VAE, as ``train.train`` does it on the CPU."""
+              reconstruction: ReconstructionLoss, pitch_weight: float,
+              n_groups: int = 3) -> Callable[[], None]:
+    """One training step of our VAE, as ``train.train`` does it on the CPU (with the pitch
+    term when the model has the comb)."""
     model = VAE(model_config, spec.shape, n_groups)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     x = torch.rand(batch_size, 1, *spec.shape)
     y = torch.randint(0, n_groups, (batch_size,))
 
     def step() -> None:
-        x_hat, mu, logvar = model(x, y)
+        x_hat, mu, logvar, logits = model(x, y, pitch_logits=True)
         terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=1.0)
+        weight = pitch_weight if model.decoder.pitch is not None else 0.0
+        loss = terms.loss + pitch_term(logits, x, model.decoder.combs, weight=weight)
         optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     return step
@@ -181,9 +185,12 @@ def bench_training(threads: int) -> tuple[list[dict], str]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     reconstruction = ReconstructionLoss.from_config(config.train, top_db=spec.top_db)
+    pitch = config.train.pitch_weight
     methods = {
-        "ours": (ours_step(config.model, spec, batch, reconstruction), batch, spec.seconds, 3),
-        "ours_wide": (ours_step(wide, spec, batch, reconstruction), batch, spec.seconds, 1),
+        "ours": (ours_step(config.model, spec, batch, reconstruction, pitch), batch,
+                 spec.seconds, 3),
+        "ours_wide": (ours_step(wide, spec, batch, reconstruction, pitch), batch, spec.seconds,
+                      1),
         "original": (original_step(2), 2, ORIGINAL_SECONDS, 4),
     }
     for step, *_ in methods.values():  # warm-up: allocator, first-call kernels
@@ -201,7 +208,9 @@ def bench_training(threads: int) -> tuple[list[dict], str]:
                   f"latent_dim={config.model.latent_dim}, latent_frames="
                   f"{config.model.latent_frames}, train.spectral_weight="
                   f"{config.train.spectral_weight}, modulation_weight="
-                  f"{config.train.modulation_weight}, train.batch_size={batch}")
+                  f"{config.train.modulation_weight}, model.pitch_candidates="
+                  f"{config.model.pitch_candidates}, train.pitch_weight={pitch}, "
+                  f"train.batch_size={batch}")
 
 
 # --------------------------------------------------------------------------------------------

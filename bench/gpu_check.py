@@ -42,7 +42,7 @@ from animalvae.config import ModelConfig, TrainConfig  # noqa: E402
 from animalvae.spectrogram import InverseSpectrogram, Spectrogram, SpectrogramSpec, save_spec  # noqa: E402
 from animalvae.vae.losses import ReconstructionLoss  # noqa: E402
 from animalvae.vae.model import VAE  # noqa: E402
-from animalvae.vae.train import vae_loss  # noqa: E402
+from animalvae.vae.train import pitch_term, vae_loss  # noqa: E402
 
 
 def timed(fn: Callable[[], object], *, device: torch.device, repeats: int) -> float:
@@ -104,14 +104,17 @@ def _train_step(device: torch.device, spec: SpectrogramSpec, model_config: Model
     x = torch.rand(batch, 1, *spec.shape, device=device)
     y = torch.randint(0, 3, (batch,), device=device)
     reconstruction = ReconstructionLoss.from_config(TrainConfig(), top_db=spec.top_db)
+    pitch_weight = TrainConfig().pitch_weight if model.decoder.pitch is not None else 0.0
 
     def step() -> None:
         with autocast(device, bf16):
-            x_hat, mu, logvar = model(x, y)
+            x_hat, mu, logvar, logits = model(x, y, pitch_logits=True)
         terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
                          reconstruction=reconstruction, beta=1.0)
+        pitch = pitch_term(None if logits is None else logits.float(), x, model.decoder.combs,
+                           weight=pitch_weight)
         optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        (terms.loss + pitch).backward()
         optimizer.step()
     return step
 
