@@ -54,6 +54,18 @@ def test_the_moving_average_is_avg_pool_without_the_padding():
         assert torch.allclose(harmonic.moving_average(x, width), pooled, atol=1e-4), width
 
 
+def test_the_comb_fit_reads_only_the_rows_it_needs_and_equals_the_whole_height_fit():
+    x = torch.rand(2, 1, 512, 8, generator=torch.Generator().manual_seed(0))
+    combs = harmonic.harmonic_combs(240, 512)
+    frames = x[:, 0].transpose(1, 2)                                   # every row, avg_pool
+    envelope = F.avg_pool1d(frames.reshape(16, 1, 512), 33, stride=1, padding=16,
+                            count_include_pad=False).reshape(2, 8, 512)
+    fine, basis = (frames - envelope)[..., 2:256], combs[:, 2:256]
+    whole = torch.einsum("bwh,kh->bkw", fine, basis) / (
+        fine.norm(dim=2)[:, None] * basis.norm(dim=1)[:, None])
+    assert torch.allclose(harmonic.comb_correlation(x, combs), whole, atol=1e-5)
+
+
 def test_pitch_targets_find_a_harmonic_stack_and_pass_over_noise():
     # 240 spacings, each 1.5 % from the next: a comb 3 % off misses the 20th harmonic by
     # more than a peak's width, and a comb at 5 times the spacing then fits better
@@ -97,6 +109,19 @@ def test_the_decoder_draws_the_comb_of_the_pitch_it_picks():
     # and the comb of the picked pitch fits what was drawn best
     index, weight = harmonic.pitch_targets(x, model.decoder.combs)
     assert torch.all(index == k) and torch.all(weight == 1.0)
+
+
+def test_the_forward_pass_returns_the_pitch_logits_it_drew_the_comb_from():
+    model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=8,
+                            pitch_candidates=24), (512, 32), 2).eval()
+    x, y, noise = torch.rand(3, 1, 512, 32), torch.tensor([0, 1, 0]), torch.randn(3, 8)
+    with torch.no_grad():
+        x_hat, mu, logvar = model(x, y, noise=noise)
+        x_hat2, _, _, logits = model(x, y, noise=noise, pitch_logits=True)
+        z = mu + torch.exp(0.5 * logvar) * noise
+        drawn, drawn_logits = model.decoder.draw(z, model.decoder.condition(y))
+    assert torch.equal(x_hat, x_hat2) and logits.shape == (3, 24, 8)
+    assert torch.allclose(drawn, x_hat) and torch.allclose(drawn_logits, logits)
 
 
 def test_the_pitch_loss_teaches_the_head_the_spacing_of_each_clip():
@@ -181,6 +206,10 @@ def test_training_with_the_pitch_comb_runs_end_to_end(tmp_path, capsys):
 
 
 def test_pitch_settings_are_checked():
+    from animalvae.config import GenerateConfig
+
     problems = "; ".join(ModelConfig(pitch_candidates=-1, pitch_temperature=0)._check())
     assert "model.pitch_candidates=-1 must be >= 0" in problems
     assert "model.pitch_temperature=0 must be > 0" in problems
+    assert "generate.pitch_temperature=0 must be > 0" in "; ".join(
+        GenerateConfig(pitch_temperature=0)._check())
