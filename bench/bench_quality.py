@@ -89,8 +89,6 @@ VARIANTS: dict[str, list[str]] = {
     "channelnorm": ["model.decoder_norm=channel"],
     # the defaults before the harmonic comb output (animalvae/vae/harmonic.py)
     "no-pitch-comb": ["model.pitch_candidates=0"],
-    # the comb as first measured: a heavier pitch loss, samples drawn at the training temperature
-    "pitch-weight-0.3": ["train.pitch_weight=0.3", "generate.pitch_temperature=0.5"],
     # samples with the comb drawn as sharply as in reconstructions
     "sample-pitch-temperature-0.5": ["generate.pitch_temperature=0.5"],
 }

@@ -144,8 +144,7 @@ def ours_step(model_config: ModelConfig, spec: SpectrogramSpec, batch_size: int,
     def step() -> None:
         x_hat, mu, logvar, logits = model(x, y, pitch_logits=True)
         terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=1.0)
-        weight = pitch_weight if model.decoder.pitch is not None else 0.0
-        loss = terms.loss + pitch_term(logits, x, model.decoder.combs, weight=weight)
+        loss = terms.loss + pitch_term(logits, x, model.decoder.combs, weight=pitch_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -103,8 +103,8 @@ def _train_step(device: torch.device, spec: SpectrogramSpec, model_config: Model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(batch, 1, *spec.shape, device=device)
     y = torch.randint(0, 3, (batch,), device=device)
-    reconstruction = ReconstructionLoss.from_config(TrainConfig(), top_db=spec.top_db)
-    pitch_weight = TrainConfig().pitch_weight if model.decoder.pitch is not None else 0.0
+    train = TrainConfig()
+    reconstruction = ReconstructionLoss.from_config(train, top_db=spec.top_db)
 
     def step() -> None:
         with autocast(device, bf16):
@@ -112,7 +112,7 @@ def _train_step(device: torch.device, spec: SpectrogramSpec, model_config: Model
         terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
                          reconstruction=reconstruction, beta=1.0)
         pitch = pitch_term(None if logits is None else logits.float(), x, model.decoder.combs,
-                           weight=pitch_weight)
+                           weight=train.pitch_weight)
         optimizer.zero_grad(set_to_none=True)
         (terms.loss + pitch).backward()
         optimizer.step()

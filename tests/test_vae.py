@@ -119,6 +119,7 @@ def test_vae_shapes_and_the_encoder_alone():
     assert x_hat.shape == x.shape and mu.shape == logvar.shape == (5, 8)
     assert 0 <= x_hat.min() and x_hat.max() <= 1
     assert model(x, y, pitch_logits=True)[3] is None          # no pitch comb: no pitch logits
+    assert train_mod.pitch_term(None, x, None, weight=0.3) == 0  # and no pitch term
     assert model.encoder.features(x).shape == (5, 16 * 8 * 4)  # no label needed
     assert model.encoder.feature_shape == (16, 8, 4)
     with pytest.raises(ValueError, match="conditional"):

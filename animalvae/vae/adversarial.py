@@ -36,7 +36,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from ..errors import ConfigError
 from .dataset import SpectrogramSet, epoch_order, iter_batches
 from .losses import ReconstructionLoss
-from .model import VAE, kl_divergence
+from .model import VAE, kl_divergence, reparameterize
 
 __all__ = ["PatchDiscriminator", "AdversarialPhase", "discriminator_loss", "generator_loss",
            "adversarial_step", "run_phase"]
@@ -201,7 +201,7 @@ def adversarial_step(phase: AdversarialPhase, x: Tensor, y: Tensor, noise: Tenso
     model.encoder.eval()
     with torch.no_grad():
         mu, logvar = model.encoder(x, y)                           # (B, L), (B, L)
-        z = mu + torch.exp(0.5 * logvar) * noise.to(mu)
+        z = reparameterize(mu, logvar, noise.to(mu))
     x_hat = model.decode(z, y)                                     # (B, 1, H, W)
 
     # the discriminator: real spectrograms vs the reconstructions as they are now

@@ -268,17 +268,6 @@ class Decoder(nn.Module):
         """:meth:`forward`, and the pitch head's logits over the K spacings (B, K, T) that the
         comb was drawn from (None without the comb): training reads them at temperature 1
         (:func:`animalvae.vae.harmonic.pitch_loss`)."""
-        h = self._first_map(z, cond)                          # (B, C, h, T)
-        out = self.to_image(self.ups(h))                      # (B, 1 or 2, H, W)
-        if self.pitch is None:
-            return torch.sigmoid(out), None
-        logits = self.pitch(h.flatten(1, 2))                  # (B, K, T)
-        temperature = self.pitch_temperature if pitch_temperature is None else pitch_temperature
-        comb = expected_comb(logits, self.combs, out.shape[3], temperature=temperature)
-        return add_comb(out[:, :1], out[:, 1:], comb), logits
-
-    def _first_map(self, z: Tensor, cond: Tensor | None) -> Tensor:
-        """(B, L) latent and embedding -> the first feature map (B, C, h, T or w)."""
         if self.latent_frames:
             z = z.view(len(z), -1, 1, self.latent_frames)     # (B, L/T, 1, T)
             if cond is not None:
@@ -288,7 +277,13 @@ class Decoder(nn.Module):
             if cond is not None:
                 z = torch.cat([z, cond], dim=1)               # (B, L + embed_dim)
             h = self.from_z(z).view(-1, *self.feature_shape)  # (B, C, H/2^N, W/2^N)
-        return h
+        out = self.to_image(self.ups(h))                      # (B, 1 or 2, H, W)
+        if self.pitch is None:
+            return torch.sigmoid(out), None
+        logits = self.pitch(h.flatten(1, 2))                  # (B, K, T)
+        temperature = self.pitch_temperature if pitch_temperature is None else pitch_temperature
+        comb = expected_comb(logits, self.combs, out.shape[3], temperature=temperature)
+        return add_comb(out[:, :1], out[:, 1:], comb), logits
 
 
 class VAE(nn.Module):

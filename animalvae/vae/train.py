@@ -86,13 +86,7 @@ from .dataset import (
 from .distributed import DistContext, distributed
 from .harmonic import pitch_distribution, pitch_loss
 from .losses import ReconstructionLoss
-from .model import (
-    VAE,
-    build_model,
-    checkpoint_payload,
-    kl_divergence,
-    read_checkpoint,
-)
+from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
 from .prior import add_prior_to_checkpoint
 from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
 
@@ -156,8 +150,8 @@ def pitch_term(logits: Tensor | None, x: Tensor, combs: Tensor | None, *,
                weight: float) -> Tensor:
     """``weight`` times the cross-entropy of the pitch head's ``logits`` (B, K, T), from the
     forward pass that reconstructed ``x``, against ``x``'s best-fitting ``combs`` (0-d; module
-    docstring). 0 when ``weight`` is 0 (the model then need not have the comb)."""
-    if weight == 0:
+    docstring). 0 when ``weight`` is 0 or the model has no comb (``logits`` None)."""
+    if weight == 0 or logits is None:
         return x.new_zeros(())
     return weight * pitch_loss(pitch_distribution(logits, x.shape[3]), x, combs)
 

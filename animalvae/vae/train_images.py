@@ -50,7 +50,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .dataset import SpectrogramSet, epoch_order, iter_batches
-from .model import kl_divergence, read_checkpoint
+from .model import kl_divergence, read_checkpoint, reparameterize
 from .multimodal import ARCHITECTURE, FORMAT, SoundImageVAE, pairs_payload, product_of_experts
 from .pairs import ImageSet, PairSet, find_pairs, read_pair_split, write_pair_split
 from .run_folder import LAST, METRICS, MODEL, SPLIT
@@ -83,7 +83,7 @@ def elbo_term(model: SoundImageVAE, mu: Tensor, logvar: Tensor, *, sound: Tensor
         0-d: the batch mean.
     """
     eps = torch.randn_like(mu) if noise is None else noise
-    z = mu + torch.exp(0.5 * logvar) * eps
+    z = reparameterize(mu, logvar, eps)
     loss = beta * kl_divergence(mu, logvar).sum(dim=1).mean() / n_values
     if sound is not None:
         loss = loss + (model.decode_sound(z) - sound).abs().mean()
