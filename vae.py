@@ -9,6 +9,7 @@ Sub-commands:
   evaluate     validation ELBO, log-spectral distance, spectral convergence, and the quality
                of samples and reconstructions against real clips -> metrics.json
   fit-prior    fit the prior that generate samples from again (train.prior) -> model.pth
+  fit-texture  fit the texture noise decoded spectrograms get again -> model.pth
 
 Sound -> image (one latent space for spectrograms and video frames; in runs/<name>/images/):
   train-images     spectrograms + stage 4's frames -> images/model.pth, metrics.csv
@@ -111,6 +112,13 @@ def build_parser():
             "run's training clips and store it in model.pth in place of the one training "
             "stored; train.prior=none removes it (generate then samples N(0, I)). E.g. "
             "vae.py fit-prior --set train.prior_bandwidth=0.3, then generate or evaluate.")
+    command("fit-texture", "fit the texture noise again, without training",
+            "Measure the pixel-scale roughness the decoder smooths away (real training "
+            "spectrograms against their reconstructions, per group, frequency band and level) "
+            "and store the noise that restores it in model.pth, which generate, reconstruct, "
+            "interpolate and evaluate then add at generate.texture. Training does this at its "
+            "end; this gives a run trained before textures existed one, or refits it after "
+            "generate.restore_peak changes.")
     _image_commands(command)
     return p
 
@@ -192,6 +200,9 @@ def run(args) -> int:
     elif args.command == "fit-prior":
         from animalvae.vae.prior import refit_prior
         refit_prior(config, run_dir)
+    elif args.command == "fit-texture":
+        from animalvae.vae.texture import refit_texture
+        refit_texture(config, run_dir)
     else:
         generate.evaluate(config, run_dir, options=options)
     return 0

@@ -372,6 +372,7 @@ class GenerateConfig:
     prior: Literal["mixture", "normal"] = "mixture"  # the fit mixture per group, or N(0, I)
     restore_peak: bool = True       # decoded spectrograms divided by their maximum (peak 1)
     pitch_temperature: float = 2.0  # the comb's pitch temperature in samples from the prior
+    texture: float = 1.0            # scales the fitted texture noise (vae/texture.py); 0 = off
     griffin_lim_iters: int = 64
     momentum: float = 0.99
     seed: int = 0
@@ -383,6 +384,7 @@ class GenerateConfig:
         _positive(problems, "generate.count", self.count)
         _positive(problems, "generate.temperature", self.temperature)
         _positive(problems, "generate.pitch_temperature", self.pitch_temperature)
+        _positive(problems, "generate.texture", self.texture, allow_zero=True)
         _positive(problems, "generate.griffin_lim_iters", self.griffin_lim_iters)
         _positive(problems, "generate.eval_samples", self.eval_samples)
         _positive(problems, "generate.eval_real_per_group", self.eval_real_per_group)

@@ -58,12 +58,13 @@ VARIANTS: dict[str, list[str]] = {
     "before": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0",
                "train.prior=none", "generate.prior=normal", "model.latent_dim=64",
                "model.latent_frames=0", "train.spectral_weight=0", "train.modulation_weight=0",
-               "generate.restore_peak=false", "model.pitch_candidates=0"],
+               "generate.restore_peak=false", "model.pitch_candidates=0", "generate.texture=0"],
     # the defaults before the time-axis latent: one latent vector, per-pixel loss, a
     # 4-component mixture, the raw decoder output, trained on today's schedule
     "previous-model": ["model.latent_dim=64", "model.latent_frames=0", "train.spectral_weight=0",
                        "train.modulation_weight=0", "generate.restore_peak=false",
-                       "train.prior=gmm", "train.prior_components=4", "model.pitch_candidates=0"],
+                       "train.prior=gmm", "train.prior_components=4", "model.pitch_candidates=0",
+                       "generate.texture=0"],
     # the defaults before the kernel density prior: a 16-component mixture fit by EM
     "gmm-prior": ["train.prior=gmm", "train.prior_components=16"],
     "gmm-prior-4": ["train.prior=gmm", "train.prior_components=4"],
@@ -91,6 +92,10 @@ VARIANTS: dict[str, list[str]] = {
     "no-pitch-comb": ["model.pitch_candidates=0"],
     # samples with the comb drawn as sharply as in reconstructions
     "sample-pitch-temperature-0.5": ["generate.pitch_temperature=0.5"],
+    # the defaults before the texture noise (animalvae/vae/texture.py): the decoder's output as
+    # it is, and half the fitted noise
+    "no-texture": ["generate.texture=0"],
+    "texture-0.5": ["generate.texture=0.5"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
 #: ``defaults`` run of the same seed (its prior fit again with ``vae.py fit-prior``).
@@ -187,7 +192,7 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
     from animalvae.config import load_config
     from animalvae.plots import show_spectrogram
     from animalvae.vae.dataset import read_array, read_split
-    from animalvae.vae.generate import decode_for_output, sample_latents
+    from animalvae.vae.generate import decode_for_output, sample_latents, texture_for
     from animalvae.vae.model import load_model
 
     config = load_config(ROOT / "config.yaml")
@@ -205,7 +210,8 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
                            temperature=config.generate.temperature, seed=config.generate.seed)
         with torch.no_grad():
             x = decode_for_output(trained.model, z, trained.model.decoder.condition(labels),
-                                  config, sampled=True).numpy()
+                                  config, sampled=True,
+                                  texture=texture_for(trained, labels)).numpy()
         for k in range(per_group):
             show_spectrogram(axes[g, 1 + k], x[k], trained.spec, ylabel=False,
                              xlabel=g == len(trained.groups) - 1)

@@ -44,6 +44,7 @@ from .gallery import write_gallery
 from .model import VAE, TrainedModel, kl_divergence, load_model
 from .prior import sample_prior
 from .run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
+from .texture import add_texture, texture_tables
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
            "sample_latents", "log_spectral_distance", "safe_name", "PEAK_DBFS", "UNCONDITIONAL"]
@@ -69,7 +70,21 @@ def _load_run(config: Config, run_dir: Path) -> TrainedModel:
     log.info("%s: %s model, %s spectrograms, groups %s, epoch %s", Path(run_dir) / MODEL,
              "conditional" if trained.model.config.conditional else "unconditional",
              trained.spec.shape, ", ".join(trained.groups), trained.info.get("epoch", "?"))
+    if trained.texture is None and config.generate.texture > 0:
+        log.info("this model.pth has no texture (trained before it existed): decoding without "
+                 "it; vae.py fit-texture adds one")
     return trained
+
+
+def texture_for(trained: TrainedModel, groups: Tensor) -> Tensor | None:
+    """Each output's texture table (:mod:`animalvae.vae.texture`) from its group index
+    ``(B,)`` or blend of groups ``(B, G)``; None for a model without a texture. An
+    unconditional model's outputs belong to no group: each gets the groups' average."""
+    if trained.texture is None:
+        return None
+    if not trained.model.config.conditional:
+        return trained.texture.mean(dim=0).expand(len(groups), *trained.texture.shape[1:])
+    return texture_tables(trained.texture, groups)
 
 
 
@@ -122,14 +137,19 @@ def restore_peak(x: Tensor) -> Tensor:
 
 
 def decode_for_output(model: VAE, z: Tensor, cond: Tensor | None, config: Config, *,
-                      sampled: bool = False) -> Tensor:
+                      sampled: bool = False, texture: Tensor | None = None) -> Tensor:
     """``model.decoder(z, cond)`` as the spectrograms to listen to: (B, L) -> (B, H, W), with
     :func:`restore_peak` when ``generate.restore_peak``. ``sampled``: ``z`` came from the prior,
     so a pitch comb is drawn at ``generate.pitch_temperature`` (an unseen code's pitch is less
-    sure than an encoded clip's)."""
-    temperature = config.generate.pitch_temperature if sampled else None
+    sure than an encoded clip's). ``texture``: each output's table (:func:`texture_for`), whose
+    noise is added at ``generate.texture`` with ``generate.seed``; None adds none."""
+    gc = config.generate
+    temperature = gc.pitch_temperature if sampled else None
     x = model.decoder(z, cond, pitch_temperature=temperature)[:, 0]
-    return restore_peak(x) if config.generate.restore_peak else x
+    x = restore_peak(x) if gc.restore_peak else x
+    if texture is not None:
+        x = add_texture(x, texture, scale=gc.texture, seed=gc.seed)
+    return x
 
 
 def write_sample(path: Path, y: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
@@ -264,7 +284,7 @@ def _decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Te
     with torch.no_grad():
         return decode_for_output(trained.model, z.to(device),
                                  trained.model.decoder.condition(labels.to(device)), config,
-                                 sampled=True)
+                                 sampled=True, texture=texture_for(trained, labels.to(device)))
 
 
 def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = None,
@@ -360,7 +380,7 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
     with torch.no_grad():
         mu, _ = trained.model.encode(x, y)
         x_rec = decode_for_output(trained.model, mu, trained.model.decoder.condition(y),
-                                  config)                                   # (N, H, W)
+                                  config, texture=texture_for(trained, y))  # (N, H, W)
     both = torch.cat([x[:, 0], x_rec])                                      # (2N, H, W)
     audio = to_audio(both, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)
@@ -448,7 +468,12 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
         cond = model.decoder.condition(y)                                   # (2, E) or None
         if cond is not None:
             cond = (1 - t) * cond[0] + t * cond[1]                          # (S, E)
-        out = decode_for_output(model, z, cond, config)                     # (S, H, W)
+        # each step's texture blends the two groups' as cond does
+        ends = (torch.nn.functional.one_hot(y, len(trained.groups)).float() if y is not None
+                else torch.zeros(2, len(trained.groups), device=device))    # (2, G)
+        blend = (1 - t) * ends[0] + t * ends[1]                             # (S, G)
+        out = decode_for_output(model, z, cond, config,
+                                texture=texture_for(trained, blend))        # (S, H, W)
     audio = to_audio(out, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)
     folder = (Path(run_dir) / SAMPLES / "interpolate"
@@ -615,7 +640,8 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
     y_gen = torch.tensor(groups).repeat_interleave(gc.eval_samples)
     with torch.no_grad():
         mu, _ = model.encode(x_val, y_val)
-        x_rec = decode_for_output(model, mu, model.decoder.condition(y_val), config)  # (V, H, W)
+        x_rec = decode_for_output(model, mu, model.decoder.condition(y_val), config,
+                                  texture=texture_for(trained, y_val))     # (V, H, W)
     x_gen = _decode_samples(trained, y_gen, config)                         # (G*S, H, W)
     log.info("judging sample quality: Griffin-Lim of %d real, %d generated and %d "
              "reconstructed spectrograms", len(train) + len(val), len(y_gen), len(val))

@@ -410,6 +410,10 @@ class TrainedModel:
     # the per-group Gaussian mixture over codes (animalvae.vae.prior); None in a model.pth
     # written before it existed, or by a run with train.prior: none
     prior: dict[str, Tensor] | None = None
+    # (groups, bands, levels) standard deviations of the noise that restores the pixel-scale
+    # roughness the decoder smooths away (animalvae.vae.texture); None in a model.pth written
+    # before it existed
+    texture: Tensor | None = None
 
     def group_index(self, name: str) -> int:
         """The index of group ``name`` (ConfigError listing the known groups)."""
@@ -536,4 +540,10 @@ def trained_model_from(data: dict[str, Any], path: Path, *,
         if len(shapes) != 3 or shapes[0][0] != g or shapes[1] != (g, shapes[0][1], latent) \
                 or shapes[2] != shapes[1]:
             raise ConfigError(f"{path}: its prior does not fit the model ({shapes}); retrain")
-    return TrainedModel(model, spec, groups, data["config"], info, prior)
+    texture = data.get("texture")
+    if texture is not None and (not isinstance(texture, Tensor) or texture.dim() != 3
+                                or texture.shape[0] != model.n_groups):
+        shape = tuple(texture.shape) if isinstance(texture, Tensor) else type(texture).__name__
+        raise ConfigError(f"{path}: its texture does not fit the model ({shape}); fit it again "
+                          f"with vae.py fit-texture")
+    return TrainedModel(model, spec, groups, data["config"], info, prior, texture)

@@ -14,7 +14,8 @@ and writes into the run folder (``paths.runs/<train.name>``):
   ``last.pth`` also the discriminator and its optimiser;
 - at the end (unless ``train.prior: none``), a prior per group fit on the training clips'
   codes under the best weights, stored in ``model.pth`` (:mod:`animalvae.vae.prior`), which
-  ``generate`` samples from.
+  ``generate`` samples from; and the texture, the pixel-scale roughness the decoder smooths
+  away, which ``generate`` adds back (:mod:`animalvae.vae.texture`).
 
 Finding, splitting and loading the data is :mod:`animalvae.vae.dataset`; saving, resuming and
 clearing the run folder is :mod:`animalvae.vae.checkpoint`.
@@ -89,6 +90,7 @@ from .losses import ReconstructionLoss
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
 from .prior import add_prior_to_checkpoint
 from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
+from .texture import add_texture_to_checkpoint
 
 __all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at",
            "make_optimizer", "write_metrics"]
@@ -514,6 +516,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                            last=vae_state())
     if tc.prior != "none" and dist.is_main:
         add_prior_to_checkpoint(run_dir / MODEL, model, train_set, train=tc, device=device)
+    if dist.is_main:
+        add_texture_to_checkpoint(run_dir / MODEL, model, train_set, config=config, device=device)
     if stop and epoch < tc.epochs:
         log.info("stopped at train.max_steps=%d; continue with vae.py train --resume "
                  "(and a larger or zero train.max_steps)", tc.max_steps)

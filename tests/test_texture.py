@@ -1,0 +1,106 @@
+"""The texture noise (animalvae.vae.texture): fitting the roughness a decoder smooths away,
+adding it back, and its life in model.pth (train, fit-texture, old files, generate)."""
+
+from __future__ import annotations
+
+import soundfile
+import torch
+from test_vae import write_tiny_config
+
+import vae
+from animalvae.vae.model import load_model
+from animalvae.vae.texture import TEXTURE, add_texture, fine_detail, fit_texture, texture_tables
+
+
+def smooth_and_rough(n: int, *, sigma: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spectrograms ``(n, 64, 32)``: a smooth ramp at mid level, and the same with iid noise
+    of standard deviation ``sigma`` on every pixel (what a real clip's roughness adds)."""
+    gen = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0.4, 0.6, 32).expand(n, 64, 32).clone()
+    return ramp, ramp + sigma * torch.randn(ramp.shape, generator=gen)
+
+
+def test_fine_detail_of_a_constant_or_a_plane_is_zero_inside():
+    flat = torch.full((2, 8, 8), 0.3)
+    detail, level = fine_detail(flat)
+    assert detail.abs().max() < 1e-6 and torch.allclose(level, flat)
+    plane = torch.arange(8.0)[None, None, :].expand(1, 8, 8) / 8
+    assert fine_detail(plane)[0][:, :, 1:-1].abs().max() < 1e-6   # edges average fewer pixels
+
+
+def test_fit_recovers_the_noise_a_smooth_decoder_lost():
+    smooth, rough = smooth_and_rough(16, sigma=0.05)
+    labels = torch.zeros(16, dtype=torch.long)
+    table = fit_texture([(rough, smooth, labels)], n_groups=2, bands=4, levels=10)
+    assert table.shape == (2, 4, 10)
+    seen = table[0, :, 4:6]                            # the ramp's levels, 0.4-0.6
+    torch.testing.assert_close(seen, torch.full_like(seen, 0.05), atol=0.004, rtol=0)
+    assert table[1].abs().max() == 0                   # a group with no clips gets no noise
+    assert table[0, :, :3].abs().max() == 0            # nor a level no real pixel reaches
+    # a decoder as rough as the data needs none
+    same = fit_texture([(rough, rough, labels)], n_groups=1, bands=4, levels=10)
+    assert same.abs().max() == 0
+
+
+def test_added_texture_restores_the_roughness_it_was_fit_on():
+    smooth, rough = smooth_and_rough(16, sigma=0.05)
+    labels = torch.zeros(16, dtype=torch.long)
+    table = fit_texture([(rough, smooth, labels)], n_groups=1, bands=4, levels=10)
+    restored = add_texture(smooth, texture_tables(table, labels), seed=3)
+    real_rough = fine_detail(rough)[0][:, 1:-1, 1:-1].std()
+    torch.testing.assert_close(fine_detail(restored)[0][:, 1:-1, 1:-1].std(), real_rough,
+                               atol=0.003, rtol=0)
+    assert torch.equal(add_texture(smooth, texture_tables(table, labels), seed=3), restored)
+    assert not torch.equal(add_texture(smooth, texture_tables(table, labels), seed=4), restored)
+    assert torch.equal(add_texture(smooth, texture_tables(table, labels), scale=0), smooth)
+    loud = add_texture(torch.ones(2, 64, 32), texture_tables(torch.full((1, 4, 10), 0.5),
+                                                           torch.zeros(2, dtype=torch.long)))
+    assert loud.min() >= 0 and loud.max() <= 1      # kept on the representation's [0, 1]
+
+
+def test_blended_tables_mix_the_groups_like_an_interpolation():
+    texture = torch.stack([torch.zeros(2, 3), torch.ones(2, 3)])            # (G=2, 2, 3)
+    blend = torch.tensor([[1.0, 0.0], [0.25, 0.75]])
+    tables = texture_tables(texture, blend)
+    assert torch.equal(tables[0], texture[0])
+    torch.testing.assert_close(tables[1], torch.full((2, 3), 0.75))
+    assert torch.equal(texture_tables(texture, torch.tensor([1, 0])), texture.flip(0))
+
+
+def test_training_stores_a_texture_that_generate_uses_and_fit_texture_refits(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=2)
+    base = ["--config", str(config), "-q"]
+    assert vae.main(["train", *base]) == 0
+    run = tmp_path / "runs" / "default"
+    data = torch.load(run / "model.pth", weights_only=True)
+    table = data[TEXTURE]
+    assert table.shape[0] == 2 and table.dim() == 3 and (table >= 0).all()
+    assert torch.equal(load_model(run / "model.pth").texture, table)
+
+    def first_sample(*settings: str) -> torch.Tensor:
+        assert vae.main(["generate", *base, "--count", "1", *settings]) == 0
+        return torch.from_numpy(soundfile.read(run / "samples" / "dogs_0.wav")[0])
+
+    textured, plain = first_sample(), first_sample("--set", "generate.texture=0")
+    assert not torch.equal(textured, plain) and torch.equal(first_sample(), textured)
+
+    del data[TEXTURE]                      # as written before the texture existed
+    torch.save(data, run / "model.pth")
+    assert torch.equal(first_sample(), plain)
+    assert vae.main(["generate", *base[:-1], "--count", "1"]) == 0
+    assert "no texture" in capsys.readouterr().err
+    assert vae.main(["fit-texture", *base]) == 0
+    refit = torch.load(run / "model.pth", weights_only=True)
+    torch.testing.assert_close(refit[TEXTURE], table)
+    assert all(torch.equal(refit["model"][k], v) for k, v in data["model"].items())
+
+    refit[TEXTURE] = torch.ones(5, 2)
+    torch.save(refit, run / "model.pth")
+    assert vae.main(["generate", *base]) == 2
+    assert "its texture does not fit the model" in capsys.readouterr().err
+
+
+def test_generate_texture_must_not_be_negative(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=1)
+    assert vae.main(["generate", "--config", str(config), "--set", "generate.texture=-1"]) == 2
+    assert "generate.texture=-1" in capsys.readouterr().err
