@@ -321,7 +321,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     max_steps: int = 0              # stop after this many optimiser steps; 0 = no limit
     prior: Literal["kde", "gmm", "none"] = "kde"  # how the codes are fit for generate
-    prior_bandwidth: float = 0.5    # kde: kernel spread, times the group's spread of codes
+    prior_bandwidth: float = 0.75   # kde: kernel spread, times the group's spread of codes
     prior_components: int = 16      # gmm: mixture components per group
     adversarial_epochs: int = 0     # decoder vs a spectrogram discriminator afterwards; 0 = off
     adversarial_lr: float = 1e-4    # Adam learning rate of the decoder and discriminator there

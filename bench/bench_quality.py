@@ -93,8 +93,9 @@ VARIANTS: dict[str, list[str]] = {
     # samples with the comb drawn as sharply as in reconstructions
     "sample-pitch-temperature-0.5": ["generate.pitch_temperature=0.5"],
     # the defaults before the texture noise (animalvae/vae/texture.py): the decoder's output as
-    # it is, and half the fitted noise
+    # it is, half the fitted noise, and both that and the kde bandwidth of before
     "no-texture": ["generate.texture=0"],
+    "previous-defaults": ["generate.texture=0", "train.prior_bandwidth=0.5"],
     "texture-0.5": ["generate.texture=0.5"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
