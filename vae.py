@@ -78,7 +78,8 @@ def build_parser():
                    help="continue from the run's last.pth exactly (model, optimiser, "
                         "scheduler, epoch, RNG)")
     g = command("generate", "sample new sounds",
-                "Sample z, decode, undo the normalisation and run Griffin-Lim; writes "
+                "Sample z, decode, add the run's texture noise (generate.texture), undo the "
+                "normalisation and run Griffin-Lim; writes "
                 "samples/<group>_<k>.wav + .png and index.html.")
     g.add_argument("--group", action="append", default=None, metavar="NAME",
                    help="only these groups (repeatable; default: every group)")

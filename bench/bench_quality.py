@@ -16,7 +16,8 @@ Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the prev
 batch 32, 30 epochs, no mixture prior, samples from N(0, I)), and one per lever that was measured
 (``--variants`` picks; ``--list`` shows them). Every variant trains on the same split; one that
 changes only the prior or generation (``train.prior*``, ``generate.*``) reuses the ``defaults``
-run's weights (listed first), its prior fit again by ``vae.py fit-prior``. ``--seeds`` repeats
+run's weights (listed first), its prior fit again by ``vae.py fit-prior`` (and its texture by
+``vae.py fit-texture`` when it changes ``generate.restore_peak``). ``--seeds`` repeats
 everything for other ``train.seed`` values (each its own split and initial weights), a row each:
 how much a figure moves from one training to the next.
 
@@ -92,14 +93,15 @@ VARIANTS: dict[str, list[str]] = {
     "no-pitch-comb": ["model.pitch_candidates=0"],
     # samples with the comb drawn as sharply as in reconstructions
     "sample-pitch-temperature-0.5": ["generate.pitch_temperature=0.5"],
-    # the defaults before the texture noise (animalvae/vae/texture.py): the decoder's output as
-    # it is, half the fitted noise, and both that and the kde bandwidth of before
+    # the decoder's output without the texture noise (animalvae/vae/texture.py); the defaults
+    # before it (no texture, kde bandwidth 0.5); half the fitted noise
     "no-texture": ["generate.texture=0"],
     "previous-defaults": ["generate.texture=0", "train.prior_bandwidth=0.5"],
     "texture-0.5": ["generate.texture=0.5"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
-#: ``defaults`` run of the same seed (its prior fit again with ``vae.py fit-prior``).
+#: ``defaults`` run of the same seed (its prior fit again with ``vae.py fit-prior``, its texture
+#: with ``vae.py fit-texture`` when the variant decodes otherwise).
 _AFTER_TRAINING = ("generate.", "train.prior")
 
 
@@ -367,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                                     ignore=shutil.ignore_patterns("samples", "images"))
                     if any(s.startswith("train.prior") for s in VARIANTS[name]):
                         run(["vae.py", "fit-prior", *variant], log)
+                    if any(s.startswith("generate.restore_peak") for s in VARIANTS[name]):
+                        run(["vae.py", "fit-texture", *variant], log)  # fit on what it decodes
                     seconds[label] = None
                 else:
                     seconds[label] = run(["vae.py", "train", "--force", *variant], log)

@@ -34,7 +34,8 @@ def test_fit_recovers_the_noise_a_smooth_decoder_lost():
     table = fit_texture([(rough, smooth, labels)], n_groups=2, bands=4, levels=10)
     assert table.shape == (2, 4, 10)
     seen = table[0, :, 4:6]                            # the ramp's levels, 0.4-0.6
-    torch.testing.assert_close(seen, torch.full_like(seen, 0.05), atol=0.004, rtol=0)
+    # within 0.0015: without the 9/8 gain (the noise's own share of the 3x3 mean) it is 0.047
+    torch.testing.assert_close(seen, torch.full_like(seen, 0.05), atol=0.0015, rtol=0)
     assert table[1].abs().max() == 0                   # a group with no clips gets no noise
     assert table[0, :, :3].abs().max() == 0            # nor a level no real pixel reaches
     # a decoder as rough as the data needs none
@@ -49,7 +50,7 @@ def test_added_texture_restores_the_roughness_it_was_fit_on():
     restored = add_texture(smooth, texture_tables(table, labels), seed=3)
     real_rough = fine_detail(rough)[0][:, 1:-1, 1:-1].std()
     torch.testing.assert_close(fine_detail(restored)[0][:, 1:-1, 1:-1].std(), real_rough,
-                               atol=0.003, rtol=0)
+                               atol=0.001, rtol=0)
     assert torch.equal(add_texture(smooth, texture_tables(table, labels), seed=3), restored)
     assert not torch.equal(add_texture(smooth, texture_tables(table, labels), seed=4), restored)
     assert torch.equal(add_texture(smooth, texture_tables(table, labels), scale=0), smooth)
@@ -94,10 +95,30 @@ def test_training_stores_a_texture_that_generate_uses_and_fit_texture_refits(tmp
     torch.testing.assert_close(refit[TEXTURE], table)
     assert all(torch.equal(refit["model"][k], v) for k, v in data["model"].items())
 
+    reconstructed = run / "samples" / "reconstruct" / "dogs"
+    assert vae.main(["reconstruct", *base, "--count", "1"]) == 0
+    textured = [soundfile.read(p)[0] for p in sorted(reconstructed.glob("*_reconstruction.wav"))]
+    assert vae.main(["reconstruct", *base, "--count", "1", "--set", "generate.texture=0"]) == 0
+    plain = [soundfile.read(p)[0] for p in sorted(reconstructed.glob("*_reconstruction.wav"))]
+    assert len(textured) == 1 and (textured[0] != plain[0]).any()
+
     refit[TEXTURE] = torch.ones(5, 2)
     torch.save(refit, run / "model.pth")
     assert vae.main(["generate", *base]) == 2
     assert "its texture does not fit the model" in capsys.readouterr().err
+    assert vae.main(["fit-texture", *base]) == 0             # which replaces it
+    torch.testing.assert_close(load_model(run / "model.pth").texture, table)
+
+
+def test_an_unconditional_model_pools_its_clips_into_one_table(tmp_path):
+    config = write_tiny_config(tmp_path, epochs=1, conditional=False)
+    assert vae.main(["train", "--config", str(config), "-q"]) == 0
+    trained = load_model(tmp_path / "runs" / "default" / "model.pth")
+    table = trained.texture
+    assert table.abs().max() > 0 and torch.equal(table[0], table[1])
+    from animalvae.vae.generate import texture_for
+    for groups in (torch.tensor([0, 1]), torch.zeros(2, 2)):   # labels, or an interpolation's
+        assert torch.equal(texture_for(trained, groups), table[:1].expand(2, *table.shape[1:]))
 
 
 def test_generate_texture_must_not_be_negative(tmp_path, capsys):

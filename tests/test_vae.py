@@ -715,6 +715,8 @@ FLAGS = {   # each sub-command's own flags, beyond COMMON
     "reconstruct": {"--count"},
     "interpolate": {"--steps"},
     "evaluate": {"--limit"},
+    "fit-prior": set(),
+    "fit-texture": set(),
 }
 
 

@@ -79,11 +79,11 @@ def _load_run(config: Config, run_dir: Path) -> TrainedModel:
 def texture_for(trained: TrainedModel, groups: Tensor) -> Tensor | None:
     """Each output's texture table (:mod:`animalvae.vae.texture`) from its group index
     ``(B,)`` or blend of groups ``(B, G)``; None for a model without a texture. An
-    unconditional model's outputs belong to no group: each gets the groups' average."""
+    unconditional model's outputs belong to no group: each gets its one pooled table."""
     if trained.texture is None:
         return None
     if not trained.model.config.conditional:
-        return trained.texture.mean(dim=0).expand(len(groups), *trained.texture.shape[1:])
+        return trained.texture[0].expand(len(groups), *trained.texture.shape[1:])
     return texture_tables(trained.texture, groups)
 
 

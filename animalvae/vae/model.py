@@ -30,7 +30,9 @@ can reuse it. GroupNorm rather than BatchNorm: it behaves the same in training a
 evaluation, whatever the batch size, so a short run already generates sensibly.
 
 ``model.pth`` holds plain data only (loadable with ``torch.load(weights_only=True)``): the
-weights, the model config, the spectrogram spec, the group names, the shape and the versions.
+weights, the model config, the spectrogram spec, the group names, the shape and the versions;
+after training also the prior (:mod:`animalvae.vae.prior`) and the texture
+(:mod:`animalvae.vae.texture`), which :class:`TrainedModel` carries.
 """
 
 from __future__ import annotations

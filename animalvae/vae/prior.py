@@ -288,9 +288,9 @@ def refit_prior(config: Config, run_dir: Path) -> Path:
     """
     path = Path(run_dir) / MODEL
     payload = read_checkpoint(path, what=MODEL)
+    payload.pop(PRIOR, None)                      # replaced below, so a damaged one may go
     trained = trained_model_from(payload, path)   # a usable model, before anything changes
     if config.train.prior == "none":
-        payload.pop(PRIOR, None)
         log.info("prior: removed (generate samples z ~ N(0, I))")
     else:
         train_items, _ = read_split(run_dir)

@@ -13,6 +13,9 @@ missing variance back as independent Gaussian noise on every decoded spectrogram
 (``generate.texture`` scales it; 0 turns it off). The table, ``(groups, bands, levels)``
 standard deviations, is stored in ``model.pth`` as a plain tensor (``texture``).
 
+The table is measured on reconstructions (encoded training clips) and serves samples from the
+prior as well, whose codes are new but whose decoder is the same.
+
 Like :mod:`animalvae.vae.prior` it is fit once at the end of ``vae.py train`` and again on
 request (``vae.py fit-texture``), so a run trained before it existed can have one too.
 """
@@ -36,7 +39,7 @@ from .run_folder import MODEL
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TEXTURE", "BANDS", "LEVELS", "fine_detail", "fit_texture", "add_texture",
+__all__ = ["TEXTURE", "BANDS", "LEVELS", "MAX_CLIPS", "fine_detail", "fit_texture", "add_texture",
            "texture_tables", "add_texture_to_checkpoint", "refit_texture"]
 
 #: Key of the table in ``model.pth``.
@@ -44,6 +47,9 @@ TEXTURE = "texture"
 #: Frequency bands (equal numbers of rows) and local-level bins ([0, 1] in equal steps) of a
 #: fitted table; a stored table carries its own shape.
 BANDS, LEVELS = 16, 16
+#: Training clips per group the texture is fit on: a 16 x 16 table per group needs far fewer
+#: pixels than that many clips hold, and a large dataset should not wait on the fit.
+MAX_CLIPS = 256
 # iid noise of standard deviation s has pixel-scale variance s**2 * (1 - 1/9) against its
 # own 3x3 mean, so a variance deficit d needs noise of variance d * 9/8
 _NOISE_GAIN = 9.0 / 8.0
@@ -155,20 +161,29 @@ def texture_tables(texture: Tensor, weights: Tensor) -> Tensor:
 @torch.no_grad()
 def _fit_on(model: VAE, data: SpectrogramSet, *, config: Config, device: torch.device,
             batch_size: int = 16) -> Tensor:
-    """The texture of ``model`` on ``data``'s clips, decoded as ``generate`` decodes them."""
+    """The texture of ``model`` on ``data``'s clips (at most :data:`MAX_CLIPS` per group),
+    decoded as ``generate`` decodes an encoded clip.
+
+    An unconditional model's outputs belong to no group, so its clips are pooled into one
+    table, stored once per group."""
     from .generate import decode_for_output  # generate applies the texture this module fits
 
     model.eval()
+    chosen = torch.cat([torch.nonzero(data.y == g)[:MAX_CLIPS, 0]
+                        for g in range(model.n_groups)]).sort().values          # (N,)
 
     def pairs():
-        for idx in iter_batches(len(data), batch_size):
-            x, y = data.batch(idx, device)
+        for idx in iter_batches(len(chosen), batch_size):
+            x, y = data.batch(chosen[idx], device)
             mu, _ = model.encode(x, y)
-            yield x[:, 0], decode_for_output(model, mu, model.decoder.condition(y), config), y
+            x_hat = decode_for_output(model, mu, model.decoder.condition(y), config)
+            yield x[:, 0], x_hat, y if model.config.conditional else torch.zeros_like(y)
 
     table = fit_texture(pairs(), n_groups=model.n_groups)
+    if not model.config.conditional:
+        table = table[:1].expand_as(table).clone()
     log.info("texture: fit on %d training clips (mean noise %.3f, max %.3f of the [0, 1] "
-             "range)", len(data), table.mean().item(), table.max().item())
+             "range)", len(chosen), table.mean().item(), table.max().item())
     return table
 
 
@@ -193,6 +208,7 @@ def refit_texture(config: Config, run_dir: Path) -> Path:
     """
     path = Path(run_dir) / MODEL
     payload = read_checkpoint(path, what=MODEL)
+    payload.pop(TEXTURE, None)                    # replaced below, so a damaged one may go
     trained = trained_model_from(payload, path)   # a usable model, before anything changes
     train_items, _ = read_split(run_dir)
     require_sources(train_items, run_dir, role="a training file",
