@@ -70,6 +70,7 @@ VARIANTS: dict[str, list[str]] = {
     "gmm-prior": ["train.prior=gmm", "train.prior_components=16"],
     "gmm-prior-4": ["train.prior=gmm", "train.prior_components=4"],
     "kde-bandwidth-0.25": ["train.prior_bandwidth=0.25"],
+    "kde-bandwidth-0.5": ["train.prior_bandwidth=0.5"],
     "kde-bandwidth-1": ["train.prior_bandwidth=1.0"],
     "no-restore-peak": ["generate.restore_peak=false"],
     "normal-prior": ["generate.prior=normal"],
