@@ -199,11 +199,11 @@ def run(args) -> int:
     elif args.command == "interpolate":
         generate.interpolate(config, run_dir, args.a, args.b, steps=args.steps, options=options)
     elif args.command == "fit-prior":
-        from animalvae.vae.prior import refit_prior
-        refit_prior(config, run_dir)
+        from animalvae.vae.fits import refit
+        refit(config, run_dir, prior=True)
     elif args.command == "fit-texture":
-        from animalvae.vae.texture import refit_texture
-        refit_texture(config, run_dir)
+        from animalvae.vae.fits import refit
+        refit(config, run_dir, texture=True)
     else:
         generate.evaluate(config, run_dir, options=options)
     return 0

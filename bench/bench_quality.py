@@ -196,7 +196,7 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
     from animalvae.config import load_config
     from animalvae.plots import show_spectrogram
     from animalvae.vae.dataset import read_array, read_split
-    from animalvae.vae.generate import decode_for_output, sample_latents, texture_for
+    from animalvae.vae.generate import decode_samples
     from animalvae.vae.model import load_model
 
     config = load_config(ROOT / "config.yaml")
@@ -209,13 +209,7 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
         show_spectrogram(axes[g, 0], read_array(Path(real.source), trained.spec.shape)
                          .astype(np.float32), trained.spec, xlabel=g == len(trained.groups) - 1)
         axes[g, 0].set_title(f"{name}: real (held out)", fontsize=9)
-        labels = torch.full((per_group,), g)
-        z = sample_latents(trained, labels, prior=config.generate.prior,
-                           temperature=config.generate.temperature, seed=config.generate.seed)
-        with torch.no_grad():
-            x = decode_for_output(trained.model, z, trained.model.decoder.condition(labels),
-                                  config, sampled=True,
-                                  texture=texture_for(trained, labels)).numpy()
+        x = decode_samples(trained, torch.full((per_group,), g), config).numpy()
         for k in range(per_group):
             show_spectrogram(axes[g, 1 + k], x[k], trained.spec, ylabel=False,
                              xlabel=g == len(trained.groups) - 1)

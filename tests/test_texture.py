@@ -1,5 +1,6 @@
-"""The texture noise (animalvae.vae.texture): fitting the roughness a decoder smooths away,
-adding it back, and its life in model.pth (train, fit-texture, old files, generate)."""
+"""The texture noise (animalvae.vae.texture, fit by animalvae.vae.fits): fitting the roughness
+a decoder smooths away, adding it back, and its life in model.pth (train, fit-texture, old
+files, generate)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from test_vae import write_tiny_config
 
 import vae
 from animalvae.vae.model import load_model
-from animalvae.vae.texture import TEXTURE, add_texture, fine_detail, fit_texture, texture_tables
+from animalvae.vae.texture import TEXTURE, TextureFit, add_texture, fine_detail, texture_tables
+
+
+def fit_texture(pairs, *, n_groups: int, bands: int, levels: int) -> torch.Tensor:
+    """A :class:`TextureFit` over ``pairs`` of (real, decoded, labels) batches."""
+    fit = TextureFit(n_groups, bands=bands, levels=levels)
+    for real, decoded, labels in pairs:
+        fit.add(real, decoded, labels)
+    return fit.table()
 
 
 def smooth_and_rough(n: int, *, sigma: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

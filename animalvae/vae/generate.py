@@ -46,8 +46,9 @@ from .prior import sample_prior
 from .run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
 from .texture import add_texture, texture_tables
 
-__all__ = ["generate", "reconstruct", "interpolate", "evaluate", "to_audio", "write_sample",
-           "sample_latents", "log_spectral_distance", "safe_name", "PEAK_DBFS", "UNCONDITIONAL"]
+__all__ = ["generate", "reconstruct", "interpolate", "evaluate", "decode_samples",
+           "decode_for_output", "texture_for", "to_audio", "write_sample", "sample_latents",
+           "log_spectral_distance", "safe_name", "PEAK_DBFS", "UNCONDITIONAL"]
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, tempera
     return torch.randn(len(labels), trained.model.config.latent_dim, generator=gen) * temperature
 
 
-def _decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Tensor:
+def decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Tensor:
     """Sample z for each label (``generate.prior``, ``temperature``, ``seed``) and decode it:
     (B,) CPU labels -> (B, H, W) spectrograms on the model's device."""
     gc = config.generate
@@ -333,7 +334,7 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
         names, labels = [UNCONDITIONAL], [0]
 
     y = torch.tensor(labels).repeat_interleave(count)                       # (G*count,)
-    x = _decode_samples(trained, y, config)                                 # (G*count, H, W)
+    x = decode_samples(trained, y, config)                                 # (G*count, H, W)
     audio = to_audio(x, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)                                          # (G*count, n)
 
@@ -642,7 +643,7 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
         mu, _ = model.encode(x_val, y_val)
         x_rec = decode_for_output(model, mu, model.decoder.condition(y_val), config,
                                   texture=texture_for(trained, y_val))     # (V, H, W)
-    x_gen = _decode_samples(trained, y_gen, config)                         # (G*S, H, W)
+    x_gen = decode_samples(trained, y_gen, config)                         # (G*S, H, W)
     log.info("judging sample quality: Griffin-Lim of %d real, %d generated and %d "
              "reconstructed spectrograms", len(train) + len(val), len(y_gen), len(val))
 

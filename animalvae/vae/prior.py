@@ -15,8 +15,10 @@ training clips are fit again, group by group (``train.prior``):
   handful of codes, and a decoded mean is a more typical, less varied sound;
 - ``none``: no prior is stored; ``generate`` samples N(0, I).
 
-``generate`` samples the stored mixture by default (``generate.prior: mixture``) and N(0, I)
-on request (``normal``) or when a ``model.pth`` has none (trained before it existed).
+The fit runs at the end of ``vae.py train`` and on request (``vae.py fit-prior``), in
+:mod:`animalvae.vae.fits`. ``generate`` samples the stored mixture by default
+(``generate.prior: mixture``) and N(0, I) on request (``normal``) or when a ``model.pth`` has
+none (trained before it existed).
 
 Both fits are plain tensors in ``model.pth`` under ``"prior"`` (still loadable with
 ``torch.load(weights_only=True)``)::
@@ -28,24 +30,13 @@ Both fits are plain tensors in ``model.pth`` under ``"prior"`` (still loadable w
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import Config, TrainConfig
-from ..device import pick_device
-from .checkpoint import save_checkpoint
-from .dataset import SpectrogramSet, iter_batches, read_split, require_sources
-from .model import VAE, read_checkpoint, trained_model_from
-from .run_folder import MODEL
+from ..config import TrainConfig
 
-__all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "sample_prior", "encode_means",
-           "add_prior_to_checkpoint", "refit_prior", "PRIOR"]
-
-log = logging.getLogger(__name__)
+__all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "sample_prior", "PRIOR"]
 
 #: The key of the mixture in ``model.pth``.
 PRIOR = "prior"
@@ -240,66 +231,3 @@ def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.G
     mean = prior["means"][labels, k]                                         # (B, L)
     std = prior["variances"][labels, k].sqrt()                               # (B, L)
     return mean + temperature * std * torch.randn(mean.shape, generator=generator)
-
-
-@torch.no_grad()
-def encode_means(model: VAE, data: SpectrogramSet, *, device: torch.device,
-                 batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior means of every clip in ``data``: ``(N, L)`` codes and ``(N,)`` labels."""
-    model.eval()
-    codes, labels = [], []
-    for idx in iter_batches(len(data), batch_size):
-        x, y = data.batch(idx, device)
-        mu, _ = model.encode(x, y)
-        codes.append(mu.float().cpu().numpy())
-        labels.append(y.cpu().numpy())
-    return np.concatenate(codes), np.concatenate(labels)
-
-
-def _fit_on(model: VAE, data: SpectrogramSet, *, train: TrainConfig,
-            device: torch.device) -> dict[str, Tensor]:
-    """The prior ``train.prior`` names, fit on the codes ``model`` gives ``data``'s clips."""
-    codes, labels = encode_means(model, data, device=device)
-    kind = (f"a kernel density estimate (bandwidth {train.prior_bandwidth:g})"
-            if train.prior == "kde" else f"a {train.prior_components}-component Gaussian mixture")
-    log.info("prior: %s per group, fit on %d training codes", kind, len(codes))
-    return fit_prior(codes, labels, n_groups=model.n_groups, train=train)
-
-
-def add_prior_to_checkpoint(path: Path, model: VAE, data: SpectrogramSet, *,
-                            train: TrainConfig, device: torch.device) -> None:
-    """Fit the prior ``train.prior`` names on ``data`` with the weights in ``path``; store it.
-
-    ``model`` is only a vessel of the right architecture: the weights of ``path`` (the best
-    epoch) are loaded into it first. The file is rewritten atomically.
-    """
-    payload = read_checkpoint(path)
-    model.load_state_dict(payload["model"])
-    payload[PRIOR] = _fit_on(model, data, train=train, device=device)
-    save_checkpoint(path, payload)
-
-
-def refit_prior(config: Config, run_dir: Path) -> Path:
-    """Replace the prior in a trained run's ``model.pth`` with the one ``train.prior`` names.
-
-    Fit on the codes of the run's training clips (``split.csv``) under its weights, so another
-    kind of prior, bandwidth or number of components can be tried without training again;
-    ``train.prior: none`` removes the stored prior. The file is rewritten atomically.
-    """
-    path = Path(run_dir) / MODEL
-    payload = read_checkpoint(path, what=MODEL)
-    payload.pop(PRIOR, None)                      # replaced below, so a damaged one may go
-    trained = trained_model_from(payload, path)   # a usable model, before anything changes
-    if config.train.prior == "none":
-        log.info("prior: removed (generate samples z ~ N(0, I))")
-    else:
-        train_items, _ = read_split(run_dir)
-        require_sources(train_items, run_dir, role="a training file",
-                        why="the prior is fit on the training spectrograms")
-        device = pick_device(config.train.device, key="train.device")
-        data = SpectrogramSet(train_items, trained.groups, trained.spec.shape)
-        payload[PRIOR] = _fit_on(trained.model.to(device), data, train=config.train,
-                                 device=device)
-    save_checkpoint(path, payload)
-    log.info("prior stored in %s", path)
-    return path

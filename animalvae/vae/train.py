@@ -85,12 +85,11 @@ from .dataset import (
     write_split,
 )
 from .distributed import DistContext, distributed
+from .fits import store_fits
 from .harmonic import pitch_distribution, pitch_loss
 from .losses import ReconstructionLoss
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
-from .prior import add_prior_to_checkpoint
 from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
-from .texture import add_texture_to_checkpoint
 
 __all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at",
            "make_optimizer", "write_metrics"]
@@ -514,10 +513,8 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                            saved=(state or {}).get("adversarial"), rows=rows,
                            checkpoint=checkpoint, progress=options.progress and dist.is_main,
                            last=vae_state())
-    if tc.prior != "none" and dist.is_main:
-        add_prior_to_checkpoint(run_dir / MODEL, model, train_set, train=tc, device=device)
     if dist.is_main:
-        add_texture_to_checkpoint(run_dir / MODEL, model, train_set, config=config, device=device)
+        store_fits(run_dir / MODEL, model, train_set, config, device=device)
     if stop and epoch < tc.epochs:
         log.info("stopped at train.max_steps=%d; continue with vae.py train --resume "
                  "(and a larger or zero train.max_steps)", tc.max_steps)
