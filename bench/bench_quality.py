@@ -99,6 +99,10 @@ VARIANTS: dict[str, list[str]] = {
     "no-texture": ["generate.texture=0"],
     "previous-defaults": ["generate.texture=0", "train.prior_bandwidth=0.5"],
     "texture-0.5": ["generate.texture=0.5"],
+    "spread-1": ["generate.spread=1.0"],
+    "spread-1.15": ["generate.spread=1.15"],
+    "spread-1.3": ["generate.spread=1.3"],
+    "spread-1.5": ["generate.spread=1.5"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
 #: ``defaults`` run of the same seed (its prior fit again with ``vae.py fit-prior``, its texture

@@ -20,7 +20,14 @@ from animalvae.vae import prior as prior_module
 from animalvae.vae import quality
 from animalvae.vae.dataset import read_split
 from animalvae.vae.model import load_model
-from animalvae.vae.prior import PRIOR, fit_gmm, fit_kde, sample_prior, spread_components
+from animalvae.vae.prior import (
+    PRIOR,
+    fit_gmm,
+    fit_kde,
+    mixture_centres,
+    sample_prior,
+    spread_components,
+)
 
 SR = 8000
 
@@ -222,6 +229,19 @@ def test_samples_spread_over_the_components_instead_of_repeating_some():
     cold = sample_prior(prior, y, generator=gen, temperature=0.0)
     assert sorted(cold[y == 0, 0].tolist()) == list(range(6))
     assert sorted(cold[y == 1, 0].tolist()) == list(range(6, 12))
+
+
+def test_spread_scales_each_sample_about_its_groups_centre():
+    codes = np.array([[0.0, 0.0], [2.0, 4.0], [10.0, 10.0], [14.0, 10.0]])
+    prior = fit_kde(codes, np.array([0, 0, 1, 1]), n_groups=2, bandwidth=0.5)
+    assert mixture_centres(prior).tolist() == [[1.0, 2.0], [12.0, 10.0]]
+    y = torch.tensor([0, 1] * 50)
+    plain = sample_prior(prior, y, generator=torch.Generator().manual_seed(3))
+    wide = sample_prior(prior, y, generator=torch.Generator().manual_seed(3), spread=2.0)
+    centre = mixture_centres(prior)[y]
+    assert torch.allclose(wide - centre, 2.0 * (plain - centre), atol=1e-5)
+    again = sample_prior(prior, y, generator=torch.Generator().manual_seed(3), spread=1.0)
+    assert torch.equal(again, plain)
 
 
 def test_kde_prior_keeps_a_seeded_choice_of_kernels_on_a_large_group(rng, monkeypatch):

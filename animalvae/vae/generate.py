@@ -246,7 +246,7 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
 # --------------------------------------------------------------------------------------------
 
 def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, temperature: float,
-                   seed: int) -> Tensor:
+                   seed: int, spread: float = 1.0) -> Tensor:
     """One latent vector per label, from the run's mixture prior or from N(0, I).
 
     Parameters
@@ -261,6 +261,9 @@ def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, tempera
         Scales the prior's standard deviation.
     seed : int
         Seeds a CPU generator: the same z on every device.
+    spread : float
+        Scales each z's distance from its group's centre (N(0, I)'s is 0;
+        :func:`~animalvae.vae.prior.sample_prior`).
 
     Returns
     -------
@@ -268,20 +271,23 @@ def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, tempera
     """
     gen = torch.Generator().manual_seed(seed)
     if prior == "mixture" and trained.prior is not None:
-        return sample_prior(trained.prior, labels, generator=gen, temperature=temperature)
+        return sample_prior(trained.prior, labels, generator=gen, temperature=temperature,
+                            spread=spread)
     if prior == "mixture":
         log.info("this model.pth has no mixture prior (trained before it existed, or with "
                  "train.prior: none): sampling z ~ N(0, I)")
-    return torch.randn(len(labels), trained.model.config.latent_dim, generator=gen) * temperature
+    return torch.randn(len(labels), trained.model.config.latent_dim,
+                       generator=gen) * (temperature * spread)
 
 
 def decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Tensor:
-    """Sample z for each label (``generate.prior``, ``temperature``, ``seed``) and decode it:
+    """Sample z for each label (``generate.prior``, ``temperature``, ``spread``, ``seed``) and
+    decode it:
     (B,) CPU labels -> (B, H, W) spectrograms on the model's device."""
     gc = config.generate
     device = device_of(trained.model)
     z = sample_latents(trained, labels, prior=gc.prior, temperature=gc.temperature,
-                       seed=gc.seed)
+                       seed=gc.seed, spread=gc.spread)
     with torch.no_grad():
         return decode_for_output(trained.model, z.to(device),
                                  trained.model.decoder.condition(labels.to(device)), config,

@@ -36,7 +36,8 @@ from torch import Tensor
 
 from ..config import TrainConfig
 
-__all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "sample_prior", "PRIOR"]
+__all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "mixture_centres",
+           "sample_prior", "PRIOR"]
 
 #: The key of the mixture in ``model.pth``.
 PRIOR = "prior"
@@ -202,12 +203,31 @@ def spread_components(weights: Tensor, n: int, *, generator: torch.Generator) ->
     return picked[torch.randperm(n, generator=generator)]
 
 
+def mixture_centres(prior: dict[str, Tensor]) -> Tensor:
+    """Each group's mixture mean, the weighted mean of its components: (G, L).
+
+    Examples
+    --------
+    >>> prior = fit_kde(np.array([[0.0], [2.0], [9.0]]), np.array([0, 0, 1]), n_groups=2,
+    ...                 bandwidth=0.5)
+    >>> mixture_centres(prior).tolist()
+    [[1.0], [9.0]]
+    """
+    weights = prior["weights"] / prior["weights"].sum(dim=1, keepdim=True)     # (G, K)
+    return (weights[:, :, None] * prior["means"]).sum(dim=1)
+
+
 def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.Generator,
-                 temperature: float = 1.0) -> Tensor:
+                 temperature: float = 1.0, spread: float = 1.0) -> Tensor:
     """Draw one z per label from its group's mixture.
 
     The components of each group's draws are spread evenly over its weights
-    (:func:`spread_components`); each draw is then its component's mean plus Gaussian noise.
+    (:func:`spread_components`); each draw is then its component's mean plus Gaussian noise,
+    and its distance from the group's centre (:func:`mixture_centres`) is scaled by
+    ``spread``: the truncation trick (Brock et al. 2019; Karras et al. 2019, StyleGAN's psi)
+    run the other way. A decoder trained on a reconstruction loss pulls every code towards the
+    group's typical sound, so its samples vary less than real clips do; ``spread > 1`` moves
+    them out again, ``< 1`` trades variety for typical sounds.
 
     Parameters
     ----------
@@ -218,6 +238,8 @@ def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.G
         A CPU generator: the same draws on every device.
     temperature : float
         Scales each component's standard deviation (1 = the fit).
+    spread : float
+        Scales each draw's distance from its group's centre (1 = the mixture as fit).
 
     Returns
     -------
@@ -230,4 +252,6 @@ def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.G
                                     generator=generator)
     mean = prior["means"][labels, k]                                         # (B, L)
     std = prior["variances"][labels, k].sqrt()                               # (B, L)
-    return mean + temperature * std * torch.randn(mean.shape, generator=generator)
+    z = mean + temperature * std * torch.randn(mean.shape, generator=generator)
+    centre = mixture_centres(prior)[labels]                                   # (B, L)
+    return z + (spread - 1.0) * (z - centre)      # spread 1: z exactly
