@@ -369,7 +369,7 @@ class GenerateConfig:
 
     count: int = 4                  # samples per group
     temperature: float = 1.0        # scales the prior's standard deviation
-    spread: float = 1.0             # scales each sample's distance from its group's centre
+    spread: float = 1.3             # scales each sample's distance from its group's centre
     prior: Literal["mixture", "normal"] = "mixture"  # the fit mixture per group, or N(0, I)
     restore_peak: bool = True       # decoded spectrograms divided by their maximum (peak 1)
     pitch_temperature: float = 2.0  # the comb's pitch temperature in samples from the prior

@@ -59,13 +59,14 @@ VARIANTS: dict[str, list[str]] = {
     "before": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0",
                "train.prior=none", "generate.prior=normal", "model.latent_dim=64",
                "model.latent_frames=0", "train.spectral_weight=0", "train.modulation_weight=0",
-               "generate.restore_peak=false", "model.pitch_candidates=0", "generate.texture=0"],
+               "generate.restore_peak=false", "model.pitch_candidates=0", "generate.texture=0",
+               "generate.spread=1.0"],
     # the defaults before the time-axis latent: one latent vector, per-pixel loss, a
     # 4-component mixture, the raw decoder output, trained on today's schedule
     "previous-model": ["model.latent_dim=64", "model.latent_frames=0", "train.spectral_weight=0",
                        "train.modulation_weight=0", "generate.restore_peak=false",
                        "train.prior=gmm", "train.prior_components=4", "model.pitch_candidates=0",
-                       "generate.texture=0"],
+                       "generate.texture=0", "generate.spread=1.0"],
     # the defaults before the kernel density prior: a 16-component mixture fit by EM
     "gmm-prior": ["train.prior=gmm", "train.prior_components=16"],
     "gmm-prior-4": ["train.prior=gmm", "train.prior_components=4"],
@@ -97,9 +98,9 @@ VARIANTS: dict[str, list[str]] = {
     # the decoder's output without the texture noise (animalvae/vae/texture.py); the defaults
     # before it (no texture, kde bandwidth 0.5); half the fitted noise
     "no-texture": ["generate.texture=0"],
-    "previous-defaults": ["generate.texture=0", "train.prior_bandwidth=0.5"],
+    "previous-defaults": ["generate.texture=0", "train.prior_bandwidth=0.5", "generate.spread=1.0"],
     "texture-0.5": ["generate.texture=0.5"],
-    "spread-1": ["generate.spread=1.0"],
+    "no-spread": ["generate.spread=1.0"],
     "spread-1.15": ["generate.spread=1.15"],
     "spread-1.3": ["generate.spread=1.3"],
     "spread-1.5": ["generate.spread=1.5"],
