@@ -282,8 +282,7 @@ def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, tempera
 
 def decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Tensor:
     """Sample z for each label (``generate.prior``, ``temperature``, ``spread``, ``seed``) and
-    decode it:
-    (B,) CPU labels -> (B, H, W) spectrograms on the model's device."""
+    decode it: (B,) CPU labels -> (B, H, W) spectrograms on the model's device."""
     gc = config.generate
     device = device_of(trained.model)
     z = sample_latents(trained, labels, prior=gc.prior, temperature=gc.temperature,
