@@ -31,7 +31,8 @@ from ..stage import Item, atomic_path, list_items
 from .run_folder import SPLIT
 
 __all__ = ["SpectrogramSet", "find_spectrograms", "split_items", "write_split", "read_split",
-           "require_sources", "read_array", "iter_batches", "epoch_order", "SPLIT"]
+           "require_sources", "read_array", "iter_batches", "epoch_order", "first_per_group",
+           "SPLIT"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,21 @@ def epoch_order(n: int, *, seed: int, epoch: int) -> Tensor:
     """
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen)
+
+
+def first_per_group(groups: Sequence[str], n: int) -> list[int]:
+    """Positions of the first ``n`` entries of each group in ``groups``, group by group (in
+    the order the groups first appear).
+
+    Examples
+    --------
+    >>> first_per_group(["cats", "dogs", "cats", "cats", "dogs"], 2)
+    [0, 2, 1, 4]
+    """
+    by_group: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        by_group.setdefault(group, []).append(i)
+    return [i for members in by_group.values() for i in members[:n]]
 
 
 def iter_batches(n: int, batch_size: int) -> Iterator[Tensor]:

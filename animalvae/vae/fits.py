@@ -20,7 +20,7 @@ import torch
 from ..config import Config
 from ..device import pick_device
 from .checkpoint import save_checkpoint
-from .dataset import SpectrogramSet, iter_batches, read_split, require_sources
+from .dataset import SpectrogramSet, first_per_group, iter_batches, read_split, require_sources
 from .generate import decode_for_output
 from .model import VAE, read_checkpoint, trained_model_from
 from .prior import PRIOR, fit_prior
@@ -36,15 +36,6 @@ log = logging.getLogger(__name__)
 MAX_CLIPS = 256
 
 
-def _first_per_group(labels: torch.Tensor, n: int) -> torch.Tensor:
-    """(N,) bool: the first ``n`` clips of each group, in order."""
-    rank = torch.zeros_like(labels)
-    for g in labels.unique():
-        members = labels == g
-        rank[members] = torch.arange(int(members.sum()))
-    return rank < n
-
-
 @torch.no_grad()
 def fit_after_training(model: VAE, data: SpectrogramSet, config: Config, *,
                        device: torch.device, prior: bool, texture: bool,
@@ -58,13 +49,13 @@ def fit_after_training(model: VAE, data: SpectrogramSet, config: Config, *,
     """
     model.eval()
     texture_fit = TextureFit(model.n_groups) if texture else None
-    decode = _first_per_group(data.y, MAX_CLIPS)                           # (N,)
-    codes, labels = [], []
+    decode = torch.zeros(len(data), dtype=torch.bool)                      # (N,)
+    decode[first_per_group([it.group for it in data.items], MAX_CLIPS)] = True
+    codes = []
     for idx in iter_batches(len(data), batch_size):
         x, y = data.batch(idx, device)
         mu, _ = model.encode(x, y)
         codes.append(mu.float().cpu().numpy())
-        labels.append(y.cpu().numpy())
         keep = decode[idx].to(device)
         if texture_fit is not None and keep.any():
             x_hat = decode_for_output(model, mu[keep], model.decoder.condition(y[keep]), config)
@@ -76,7 +67,7 @@ def fit_after_training(model: VAE, data: SpectrogramSet, config: Config, *,
         kind = (f"a kernel density estimate (bandwidth {tc.prior_bandwidth:g})"
                 if tc.prior == "kde" else f"a {tc.prior_components}-component Gaussian mixture")
         log.info("prior: %s per group, fit on %d training codes", kind, len(data))
-        fits[PRIOR] = fit_prior(np.concatenate(codes), np.concatenate(labels),
+        fits[PRIOR] = fit_prior(np.concatenate(codes), data.y.numpy(),
                                 n_groups=model.n_groups, train=tc)
     if texture_fit is not None:
         table = texture_fit.table()

@@ -39,7 +39,14 @@ from ..spectrogram import (
     unit_to_magnitude,
 )
 from ..stage import Item, StageOptions, atomic_path, atomic_write_text
-from .dataset import SpectrogramSet, iter_batches, read_array, read_split, require_sources
+from .dataset import (
+    SpectrogramSet,
+    first_per_group,
+    iter_batches,
+    read_array,
+    read_split,
+    require_sources,
+)
 from .gallery import write_gallery
 from .model import VAE, TrainedModel, kl_divergence, load_model
 from .prior import sample_prior
@@ -229,10 +236,7 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
                           f"model.pth does not know: split.csv and model.pth are from "
                           "different runs; retrain")
     if per_group is not None:
-        by_group: dict[str, list[Item]] = {}
-        for item in val:
-            by_group.setdefault(item.group, []).append(item)
-        val = [it for members in by_group.values() for it in members[:per_group]]
+        val = [val[i] for i in first_per_group([it.group for it in val], per_group)]
     if limit is not None:
         val = val[:limit]
     if not val:
@@ -246,7 +250,7 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
 # --------------------------------------------------------------------------------------------
 
 def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, temperature: float,
-                   seed: int, spread: float = 1.0) -> Tensor:
+                   seed: int, spread: float) -> Tensor:
     """One latent vector per label, from the run's mixture prior or from N(0, I).
 
     Parameters
@@ -632,11 +636,9 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
 
     gc = config.generate
     device, model, spec = device_of(trained.model), trained.model, trained.spec
-    by_group: dict[str, list[Item]] = {}
-    for item in read_split(run_dir)[0]:  # the first eval_real_per_group of each group
-        by_group.setdefault(item.group, []).append(item)
-    train_items = [it for members in by_group.values()
-                   for it in members[:gc.eval_real_per_group]]
+    all_train = read_split(run_dir)[0]
+    train_items = [all_train[i] for i in
+                   first_per_group([it.group for it in all_train], gc.eval_real_per_group)]
     require_sources(train_items, run_dir, role="a training file",
                     why="the quality figures need the training spectrograms")
     train = SpectrogramSet(train_items, trained.groups, spec.shape)
