@@ -18,7 +18,7 @@ from test_vae import write_tiny_config
 import vae
 from animalvae.vae import prior as prior_module
 from animalvae.vae import quality
-from animalvae.vae.dataset import read_split
+from animalvae.vae.dataset import first_per_group, read_split
 from animalvae.vae.model import load_model
 from animalvae.vae.prior import (
     PRIOR,
@@ -229,6 +229,14 @@ def test_samples_spread_over_the_components_instead_of_repeating_some():
     cold = sample_prior(prior, y, generator=gen, temperature=0.0)
     assert sorted(cold[y == 0, 0].tolist()) == list(range(6))
     assert sorted(cold[y == 1, 0].tolist()) == list(range(6, 12))
+
+
+def test_first_per_group_keeps_each_groups_first_entries_group_by_group():
+    groups = ["cats", "dogs", "cats", "birds", "cats", "dogs"]
+    assert first_per_group(groups, 2) == [0, 2, 1, 5, 3]
+    assert first_per_group(groups, 1) == [0, 1, 3]
+    assert first_per_group(groups, 10) == [0, 2, 4, 1, 5, 3]
+    assert first_per_group([], 3) == []
 
 
 def test_spread_scales_each_sample_about_its_groups_centre():
