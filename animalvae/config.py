@@ -369,7 +369,7 @@ class GenerateConfig:
 
     count: int = 4                  # samples per group
     temperature: float = 1.0        # scales the prior's standard deviation
-    spread: float = 1.3             # scales each sample's distance from its group's centre
+    spread: float | Literal["fit"] = "fit"  # per group, fit after training; or one number
     prior: Literal["mixture", "normal"] = "mixture"  # the fit mixture per group, or N(0, I)
     restore_peak: bool = True       # decoded spectrograms divided by their maximum (peak 1)
     pitch_temperature: float = 2.0  # the comb's pitch temperature in samples from the prior
@@ -384,7 +384,8 @@ class GenerateConfig:
         problems: list[str] = []
         _positive(problems, "generate.count", self.count)
         _positive(problems, "generate.temperature", self.temperature)
-        _positive(problems, "generate.spread", self.spread)
+        if self.spread != "fit":
+            _positive(problems, "generate.spread", self.spread)
         _positive(problems, "generate.pitch_temperature", self.pitch_temperature)
         _positive(problems, "generate.texture", self.texture, allow_zero=True)
         _positive(problems, "generate.griffin_lim_iters", self.griffin_lim_iters)

@@ -22,12 +22,14 @@ from animalvae.vae.dataset import first_per_group, read_split
 from animalvae.vae.model import load_model
 from animalvae.vae.prior import (
     PRIOR,
+    SPREAD,
     fit_gmm,
     fit_kde,
     mixture_centres,
     sample_prior,
     spread_components,
 )
+from animalvae.vae.spread import SPREADS, smallest_meeting
 
 SR = 8000
 
@@ -250,6 +252,29 @@ def test_spread_scales_each_sample_about_its_groups_centre():
     assert torch.allclose(wide - centre, 2.0 * (plain - centre), atol=1e-5)
     again = sample_prior(prior, y, generator=torch.Generator().manual_seed(3), spread=1.0)
     assert torch.equal(again, plain)
+    own = sample_prior(prior, y, generator=torch.Generator().manual_seed(3),
+                       spread=torch.tensor([1.0, 2.0]))                # one per group
+    assert torch.equal(own[y == 0], plain[y == 0])
+    assert torch.allclose(own[y == 1], wide[y == 1])
+
+
+def test_smallest_meeting_bisects_each_groups_threshold():
+    calls = []
+
+    def meets(spread):
+        calls.append(spread.copy())
+        return spread >= np.array([1.0, 1.3, 1.76, 5.0])
+
+    assert smallest_meeting(meets, 4).tolist() == [1.0, 1.375, 1.875, 2.0]
+    assert len(calls) == 4                                 # ceil(log2(9)), groups together
+    assert smallest_meeting(lambda s: s > 0, 2, grid=[0.5, 1.0]).tolist() == [0.5, 0.5]
+
+
+def test_nearest_ratio_without_held_out_clips_leaves_each_training_clip_out(rng):
+    train = rng.standard_normal((40, 6))
+    assert quality.nearest_ratio(train, train) == 0.0                 # copies
+    fresh = rng.standard_normal((40, 6))
+    assert 0.6 < quality.nearest_ratio(fresh, train) < 1.6            # as new as a real clip
 
 
 def test_kde_prior_keeps_a_seeded_choice_of_kernels_on_a_large_group(rng, monkeypatch):
@@ -271,7 +296,8 @@ def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys)
     assert vae.main(["train", "--config", str(config), "-q"]) == 0
     run = tmp_path / "runs" / "default"
     data = torch.load(run / "model.pth", weights_only=True)
-    assert set(data[PRIOR]) == {"weights", "means", "variances"}
+    assert set(data[PRIOR]) == {"weights", "means", "variances", SPREAD}
+    assert data[PRIOR][SPREAD].shape == (2,) and set(data[PRIOR][SPREAD].tolist()) <= set(SPREADS)
     # the default kernel density estimate: one component per training code (8 per group)
     assert data[PRIOR]["means"].shape == (2, 8, 8)
     assert ((data[PRIOR]["weights"] > 0).sum(dim=1) == 8).all()
@@ -309,6 +335,31 @@ def test_fit_prior_replaces_the_stored_prior_without_training(tmp_path, capsys):
     assert f"{gone} (a training file in" in capsys.readouterr().err
     assert vae.main(["fit-prior", *base, "--set", "train.prior=none"]) == 0
     assert load_model(run / "model.pth").prior is None
+
+
+def test_generate_draws_with_each_groups_stored_spread_unless_one_is_set(tmp_path, capsys):
+    config = write_tiny_config(tmp_path, epochs=1)
+    assert vae.main(["train", "--config", str(config), "-q"]) == 0
+    run = tmp_path / "runs" / "default"
+    data = torch.load(run / "model.pth", weights_only=True)
+
+    def samples(*sets: str) -> dict[str, bytes]:
+        argv = ["generate", "--config", str(config), "--count", "2", "-q"]
+        assert vae.main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+        return {f.name: f.read_bytes() for f in sorted((run / "samples").glob("*.wav"))}
+
+    data[PRIOR][SPREAD] = torch.tensor([1.0, 2.0])                 # birds, dogs
+    torch.save(data, run / "model.pth")
+    fitted, one, two = samples(), samples("generate.spread=1"), samples("generate.spread=2")
+    assert fitted["birds_0.wav"] == one["birds_0.wav"] != two["birds_0.wav"]
+    assert fitted["dogs_0.wav"] == two["dogs_0.wav"] != one["dogs_0.wav"]
+    del data[PRIOR][SPREAD]                                         # a prior from before the fit
+    torch.save(data, run / "model.pth")
+    assert samples() == one
+    data[PRIOR][SPREAD] = torch.tensor([1.0, 0.0])
+    torch.save(data, run / "model.pth")
+    assert vae.main(["generate", "--config", str(config), "-q"]) == 2
+    assert "spread is not one positive value per group" in capsys.readouterr().err
 
 
 def test_a_model_without_prior_still_loads_and_generates(tmp_path, capsys):

@@ -1,11 +1,12 @@
 """What is fit on the training clips after training and stored in ``model.pth`` beside the
-weights: the prior over codes (:mod:`animalvae.vae.prior`) and the texture
-(:mod:`animalvae.vae.texture`).
+weights: the prior over codes (:mod:`animalvae.vae.prior`) with each group's spread
+(:mod:`animalvae.vae.spread`), and the texture (:mod:`animalvae.vae.texture`).
 
-Both come from one pass over the training clips under the stored weights: each clip is
-encoded once, its posterior mean feeding the prior and, decoded as ``generate`` decodes an
-encoded clip, the texture. :func:`store_fits` runs at the end of ``vae.py train``;
-:func:`refit` serves ``vae.py fit-prior`` and ``vae.py fit-texture``.
+The prior and the texture come from one pass over the training clips under the stored
+weights: each clip is encoded once, its posterior mean feeding the prior and, decoded as
+``generate`` decodes an encoded clip, the texture. The spread is fit last, on samples drawn
+from both. :func:`store_fits` runs at the end of ``vae.py train``; :func:`refit` serves
+``vae.py fit-prior`` and ``vae.py fit-texture``.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from .checkpoint import save_checkpoint
 from .dataset import SpectrogramSet, first_per_group, iter_batches, read_split, require_sources
 from .generate import decode_for_output
 from .model import VAE, read_checkpoint, trained_model_from
-from .prior import PRIOR, fit_prior
+from .prior import PRIOR, SPREAD, fit_prior
 from .run_folder import MODEL
+from .spread import fit_spread
 from .texture import TEXTURE, TextureFit
 
-__all__ = ["MAX_CLIPS", "fit_after_training", "store_fits", "refit"]
+__all__ = ["MAX_CLIPS", "fit_after_training", "add_spread", "store_fits", "refit"]
 
 log = logging.getLogger(__name__)
 
-#: Training clips per group the texture is fit on: a 16 x 16 table per group needs far fewer
-#: pixels than that many clips hold, and a large dataset should not wait on the decoding.
+#: Training clips per group the texture and the spread are fit on: a 16 x 16 table per group
+#: needs far fewer pixels than that many clips hold, and a large dataset should not wait on
+#: the decoding.
 MAX_CLIPS = 256
 
 
@@ -79,10 +82,21 @@ def fit_after_training(model: VAE, data: SpectrogramSet, config: Config, *,
     return fits
 
 
+def add_spread(payload: dict[str, Any], path: Path, data: SpectrogramSet, config: Config, *,
+               device: torch.device) -> None:
+    """Fit each group's spread (:func:`~animalvae.vae.spread.fit_spread`) with the weights,
+    prior and texture of ``payload`` (``model.pth``'s contents) and put it in its prior;
+    nothing without a prior."""
+    if payload.get(PRIOR) is None:
+        return
+    trained = trained_model_from(payload, path, device=device)
+    payload[PRIOR][SPREAD] = fit_spread(trained, data, config, max_clips=MAX_CLIPS)
+
+
 def store_fits(path: Path, model: VAE, data: SpectrogramSet, config: Config, *,
                device: torch.device) -> None:
-    """Fit the prior (unless ``train.prior: none``) and the texture on ``data`` with the
-    weights in ``path``, and store them there (one read, one atomic write).
+    """Fit the prior (unless ``train.prior: none``) with its spread, and the texture, on
+    ``data`` with the weights in ``path``, and store them there (one read, one atomic write).
 
     ``model`` is only a vessel of the right architecture: the weights of ``path`` (the best
     epoch) are loaded into it first.
@@ -91,12 +105,13 @@ def store_fits(path: Path, model: VAE, data: SpectrogramSet, config: Config, *,
     model.load_state_dict(payload["model"])
     payload.update(fit_after_training(model, data, config, device=device,
                                       prior=config.train.prior != "none", texture=True))
+    add_spread(payload, path, data, config, device=device)
     save_checkpoint(path, payload)
 
 
 def refit(config: Config, run_dir: Path, *, prior: bool = False, texture: bool = False) -> Path:
-    """Fit the prior and/or the texture of a trained run again and store them in its
-    ``model.pth`` in place of the old ones (atomically).
+    """Fit the prior (with its spread) and/or the texture of a trained run again and store
+    them in its ``model.pth`` in place of the old ones (atomically).
 
     Fit on the run's training clips (``split.csv``) under its weights, with the ``train.prior*``
     and ``generate.restore_peak`` settings in effect, so another prior can be tried without
@@ -120,6 +135,8 @@ def refit(config: Config, run_dir: Path, *, prior: bool = False, texture: bool =
         data = SpectrogramSet(train_items, trained.groups, trained.spec.shape)
         payload.update(fit_after_training(trained.model.to(device), data, config,
                                           device=device, prior=prior, texture=texture))
+        if prior:
+            add_spread(payload, path, data, config, device=device)
     save_checkpoint(path, payload)
     log.info("%s rewritten", path)
     return path

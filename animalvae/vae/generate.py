@@ -49,7 +49,7 @@ from .dataset import (
 )
 from .gallery import write_gallery
 from .model import VAE, TrainedModel, kl_divergence, load_model
-from .prior import sample_prior
+from .prior import SPREAD, sample_prior
 from .run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
 from .texture import add_texture, texture_tables
 
@@ -250,7 +250,7 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
 # --------------------------------------------------------------------------------------------
 
 def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, temperature: float,
-                   seed: int, spread: float) -> Tensor:
+                   seed: int, spread: float | Tensor | None) -> Tensor:
     """One latent vector per label, from the run's mixture prior or from N(0, I).
 
     Parameters
@@ -265,9 +265,10 @@ def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, tempera
         Scales the prior's standard deviation.
     seed : int
         Seeds a CPU generator: the same z on every device.
-    spread : float
+    spread : float, Tensor [shape=(G,)] or None
         Scales each z's distance from its group's centre (N(0, I)'s is 0;
-        :func:`~animalvae.vae.prior.sample_prior`).
+        :func:`~animalvae.vae.prior.sample_prior`), one for all groups or one per group; None
+        takes the mixture's fitted spread (:mod:`animalvae.vae.spread`), 1 where there is none.
 
     Returns
     -------
@@ -275,22 +276,30 @@ def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, tempera
     """
     gen = torch.Generator().manual_seed(seed)
     if prior == "mixture" and trained.prior is not None:
+        if spread is None:
+            spread = trained.prior.get(SPREAD, 1.0)
         return sample_prior(trained.prior, labels, generator=gen, temperature=temperature,
                             spread=spread)
     if prior == "mixture":
         log.info("this model.pth has no mixture prior (trained before it existed, or with "
                  "train.prior: none): sampling z ~ N(0, I)")
-    return torch.randn(len(labels), trained.model.config.latent_dim,
-                       generator=gen) * (temperature * spread)
+    if isinstance(spread, Tensor):
+        spread = spread.float().cpu()[labels, None]
+    scale = temperature * (1.0 if spread is None else spread)
+    return torch.randn(len(labels), trained.model.config.latent_dim, generator=gen) * scale
 
 
-def decode_samples(trained: TrainedModel, labels: Tensor, config: Config) -> Tensor:
+def decode_samples(trained: TrainedModel, labels: Tensor, config: Config, *,
+                   spread: float | Tensor | None = None) -> Tensor:
     """Sample z for each label (``generate.prior``, ``temperature``, ``spread``, ``seed``) and
-    decode it: (B,) CPU labels -> (B, H, W) spectrograms on the model's device."""
+    decode it: (B,) CPU labels -> (B, H, W) spectrograms on the model's device. ``spread``
+    replaces ``generate.spread`` (one, or one per group)."""
     gc = config.generate
     device = device_of(trained.model)
+    if spread is None and gc.spread != "fit":
+        spread = gc.spread
     z = sample_latents(trained, labels, prior=gc.prior, temperature=gc.temperature,
-                       seed=gc.seed, spread=gc.spread)
+                       seed=gc.seed, spread=spread)
     with torch.no_grad():
         return decode_for_output(trained.model, z.to(device),
                                  trained.model.decoder.condition(labels.to(device)), config,

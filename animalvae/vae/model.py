@@ -542,6 +542,11 @@ def trained_model_from(data: dict[str, Any], path: Path, *,
         if len(shapes) != 3 or shapes[0][0] != g or shapes[1] != (g, shapes[0][1], latent) \
                 or shapes[2] != shapes[1]:
             raise ConfigError(f"{path}: its prior does not fit the model ({shapes}); retrain")
+        spread = prior.get("spread")
+        if spread is not None and (not isinstance(spread, Tensor) or spread.shape != (g,)
+                                   or not bool((spread > 0).all())):
+            raise ConfigError(f"{path}: its prior's spread is not one positive value per "
+                              f"group; fit it again with vae.py fit-prior")
     texture = data.get("texture")
     if texture is not None and (not isinstance(texture, Tensor) or texture.dim() != 3
                                 or texture.shape[0] != model.n_groups):

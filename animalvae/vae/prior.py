@@ -26,6 +26,8 @@ Both fits are plain tensors in ``model.pth`` under ``"prior"`` (still loadable w
     weights   (G, K)     mixture weights per group; unused components have weight 0
     means     (G, K, L)
     variances (G, K, L)  diagonal covariances
+    spread    (G,)       each group's fitted spread (:mod:`animalvae.vae.spread`); absent in a
+                         prior stored before it existed
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ from torch import Tensor
 from ..config import TrainConfig
 
 __all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "mixture_centres",
-           "sample_prior", "PRIOR"]
+           "sample_prior", "PRIOR", "SPREAD"]
 
 #: The key of the mixture in ``model.pth``.
 PRIOR = "prior"
+#: The key of the per-group fitted spread within the prior.
+SPREAD = "spread"
 _REG_COVAR = 1e-3   # added to each variance: keeps a component of near-identical codes sane
 #: At most this many kernels per group (a seeded random choice of its codes), so that
 #: ``model.pth`` stays small on a large dataset: 512 codes of 256 values, means and variances,
@@ -218,7 +222,7 @@ def mixture_centres(prior: dict[str, Tensor]) -> Tensor:
 
 
 def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.Generator,
-                 temperature: float = 1.0, spread: float = 1.0) -> Tensor:
+                 temperature: float = 1.0, spread: float | Tensor = 1.0) -> Tensor:
     """Draw one z per label from its group's mixture.
 
     The components of each group's draws are spread evenly over its weights
@@ -238,8 +242,9 @@ def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.G
         A CPU generator: the same draws on every device.
     temperature : float
         Scales each component's standard deviation (1 = the fit).
-    spread : float
-        Scales each draw's distance from its group's centre (1 = the mixture as fit).
+    spread : float or Tensor [shape=(G,)]
+        Scales each draw's distance from its group's centre (1 = the mixture as fit); a
+        tensor gives each group its own.
 
     Returns
     -------
@@ -254,4 +259,6 @@ def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.G
     std = prior["variances"][labels, k].sqrt()                               # (B, L)
     z = mean + temperature * std * torch.randn(mean.shape, generator=generator)
     centre = mixture_centres(prior)[labels]                                   # (B, L)
+    if isinstance(spread, Tensor):
+        spread = spread.float().cpu()[labels, None]                           # (B, 1)
     return z + (spread - 1.0) * (z - centre)      # spread 1: z exactly

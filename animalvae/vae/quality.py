@@ -164,15 +164,23 @@ def diversity_ratio(samples: np.ndarray, real: np.ndarray) -> float:
     return _median_spread(samples) / max(_median_spread(real), 1e-12)
 
 
-def nearest_ratio(samples: np.ndarray, train: np.ndarray, val: np.ndarray) -> float:
-    """How far samples lie from their nearest training clip, relative to real held-out clips.
+def nearest_ratio(samples: np.ndarray, train: np.ndarray,
+                  val: np.ndarray | None = None) -> float:
+    """How far samples lie from their nearest training clip, relative to real clips.
 
     ``median_i min_j |s_i - t_j|`` over ``median_k min_j |v_k - t_j|``: about 1 when samples
     are as new as real clips the model never saw, near 0 when they copy training clips.
+    Without ``val`` the reference is each training clip's nearest *other* training clip
+    (leave one out; ``train`` needs 2 rows or more), for a fit that has no held-out clips.
     """
     sample_near = _pairwise(samples, train).min(axis=1)
-    val_near = _pairwise(val, train).min(axis=1)
-    return float(np.median(sample_near) / max(float(np.median(val_near)), 1e-12))
+    if val is None:
+        d = _pairwise(train, train)
+        np.fill_diagonal(d, np.inf)
+        real_near = d.min(axis=1)
+    else:
+        real_near = _pairwise(val, train).min(axis=1)
+    return float(np.median(sample_near) / max(float(np.median(real_near)), 1e-12))
 
 
 def panns_embeddings(waves: np.ndarray, sample_rate: int, checkpoint: Path, *,

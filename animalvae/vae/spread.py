@@ -1,0 +1,134 @@
+"""The spread of samples, fit per group after training.
+
+A decoder trained on a reconstruction loss pulls every code towards its group's typical
+sound, so samples from the prior vary less than real clips do, and by how much differs from
+group to group and from run to run. ``generate`` undoes it by moving each sampled code away
+from its group's centre (:func:`~animalvae.vae.prior.sample_prior`'s ``spread``); too little
+and a group's samples are near-copies of its training clips, too much and they stop sounding
+like the group.
+
+:func:`fit_spread` picks each group's spread as the smallest (from 1 up to :data:`MAX_SPREAD`)
+at which the group's samples, sent through Griffin-Lim and compared on the log-mel statistics
+of :mod:`animalvae.vae.quality`, are
+
+- as new as a real clip is: as far from their nearest training clip as each training clip is
+  from its nearest other one (:func:`~animalvae.vae.quality.nearest_ratio` >= 1), and
+- nearly as varied as the group's training clips (:func:`~animalvae.vae.quality.diversity_ratio`
+  >= :data:`MIN_DIVERSITY`).
+
+It runs after the prior is fit (:mod:`animalvae.vae.fits`) and is stored with it, as
+``prior["spread"]`` (G,); ``generate.spread: fit`` uses it, a number overrides it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import Config
+from ..device import device_of
+from .dataset import SpectrogramSet, first_per_group, iter_batches
+from .generate import decode_samples, to_audio
+from .model import TrainedModel
+from .quality import diversity_ratio, logmel_stats, nearest_ratio
+
+__all__ = ["SPREADS", "MAX_SPREAD", "MIN_DIVERSITY", "smallest_meeting", "fit_spread"]
+
+log = logging.getLogger(__name__)
+
+#: The spreads tried, in steps of 1/8: finer than a listener or the judge tells apart.
+SPREADS = tuple(1.0 + k / 8 for k in range(9))
+#: The largest spread: where samples never get as new as real clips, this one is used.
+MAX_SPREAD = SPREADS[-1]
+#: How varied a group's samples must be at least, relative to its training clips.
+MIN_DIVERSITY = 0.9
+#: Samples per group judged at each spread tried.
+SAMPLES_PER_GROUP = 32
+#: Griffin-Lim iterations of the fit: enough for log-mel statistics, a quarter of the cost.
+GRIFFIN_LIM_ITERS = 16
+
+
+def smallest_meeting(meets: Callable[[np.ndarray], np.ndarray], n_groups: int,
+                     grid: Sequence[float] = SPREADS) -> np.ndarray:
+    """Each group's smallest value of ``grid`` at which ``meets`` holds, all groups bisected
+    together: ``meets`` takes one value per group ``(G,)`` and says which groups meet.
+
+    ``meets`` is assumed to hold from some value on (a group that never meets gets the last);
+    ``ceil(log2(len(grid)))`` calls.
+
+    Examples
+    --------
+    >>> smallest_meeting(lambda s: s >= np.array([1.0, 1.3, 9.0]), 3).tolist()
+    [1.0, 1.375, 2.0]
+    """
+    values = np.asarray(grid, dtype=np.float64)
+    lo, hi = np.zeros(n_groups, dtype=int), np.full(n_groups, len(values) - 1)
+    while (lo < hi).any():
+        open_, mid = lo < hi, (lo + hi) // 2
+        ok = np.asarray(meets(values[mid]), dtype=bool)
+        hi = np.where(open_ & ok, mid, hi)
+        lo = np.where(open_ & ~ok, mid + 1, lo)
+    return values[lo]
+
+
+@torch.no_grad()
+def fit_spread(trained: TrainedModel, data: SpectrogramSet, config: Config, *,
+               max_clips: int, batch_size: int = 32) -> Tensor:
+    """Each group's spread (:func:`smallest_meeting` over :data:`SPREADS`), judged against
+    the first ``max_clips`` training clips of each group in ``data``.
+
+    ``trained`` must hold the prior (and the texture, if any) the samples are to be drawn
+    with; samples are drawn as ``generate`` draws them (``generate.temperature``, ``seed``).
+    A group with fewer than two clips keeps spread 1.
+
+    Returns
+    -------
+    Tensor [shape=(G,), float32]
+    """
+    start = time.perf_counter()
+    gc = config.generate
+    config = dataclasses.replace(config, generate=dataclasses.replace(gc, prior="mixture"))
+    spec, device = trained.spec, device_of(trained.model)
+
+    def features(x: Tensor) -> np.ndarray:
+        waves = to_audio(x, spec, n_iter=GRIFFIN_LIM_ITERS, momentum=gc.momentum, seed=gc.seed)
+        return logmel_stats(waves.cpu().numpy(), spec.sample_rate)
+
+    chosen = torch.tensor(first_per_group([it.group for it in data.items], max_clips))
+    real, real_y = [], []
+    for idx in iter_batches(len(chosen), batch_size):
+        x, y = data.batch(chosen[idx], device)
+        real.append(features(x[:, 0]))
+        real_y.append(y.cpu().numpy())
+    feats, labels = np.concatenate(real), np.concatenate(real_y)
+    mean, std = feats.mean(axis=0), feats.std(axis=0)
+    std[std == 0] = 1.0
+    n_groups = trained.model.n_groups
+    reference = {g: (feats[labels == g] - mean) / std for g in range(n_groups)
+                 if (labels == g).sum() >= 2}
+    sample_y = torch.tensor(sorted(reference)).repeat_interleave(SAMPLES_PER_GROUP)
+
+    def meets(spread: np.ndarray) -> np.ndarray:
+        x = decode_samples(trained, sample_y, config, spread=torch.tensor(spread))
+        gen = (np.concatenate([features(x[idx]) for idx in iter_batches(len(x), batch_size)])
+               - mean) / std
+        ok = np.ones(n_groups, dtype=bool)
+        for g, ref in reference.items():
+            mine = gen[sample_y.numpy() == g]
+            ok[g] = (nearest_ratio(mine, ref) >= 1.0
+                     and diversity_ratio(mine, ref) >= MIN_DIVERSITY)
+        return ok
+
+    spread = smallest_meeting(meets, n_groups)
+    spread[[g for g in range(n_groups) if g not in reference]] = 1.0
+    log.info("spread: %s (fit in %.1f s on %d training clips)", ", ".join(
+        f"{name} {s:.3g}" for name, s in zip(trained.groups, spread)),
+        time.perf_counter() - start, len(chosen))
+    return torch.tensor(spread, dtype=torch.float32)
+
