@@ -8,7 +8,7 @@ Sub-commands:
   interpolate  two real files -> the latent line between them, as audio
   evaluate     validation ELBO, log-spectral distance, spectral convergence, and the quality
                of samples and reconstructions against real clips -> metrics.json
-  fit-prior    fit the prior that generate samples from again (train.prior) -> model.pth
+  fit-prior    fit the prior that generate samples from again, and its spread -> model.pth
   fit-texture  fit the texture noise decoded spectrograms get again -> model.pth
 
 Sound -> image (one latent space for spectrograms and video frames; in runs/<name>/images/):
@@ -110,8 +110,9 @@ def build_parser():
     command("fit-prior", "fit the sampling prior again, without training",
             "Fit the prior that generate samples z from (train.prior: kde, with "
             "train.prior_bandwidth, or gmm, with train.prior_components) on the codes of the "
-            "run's training clips and store it in model.pth in place of the one training "
-            "stored; train.prior=none removes it (generate then samples N(0, I)). E.g. "
+            "run's training clips, with each group's spread (generate.spread: fit), and store "
+            "them in model.pth in place of the ones training stored; train.prior=none removes "
+            "them (generate then samples N(0, I)). E.g. "
             "vae.py fit-prior --set train.prior_bandwidth=0.3, then generate or evaluate.")
     command("fit-texture", "fit the texture noise again, without training",
             "Measure the pixel-scale roughness the decoder smooths away (real training "

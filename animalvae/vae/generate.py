@@ -313,7 +313,8 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
     z comes from the group's prior stored in ``model.pth`` (a Gaussian mixture: by default a
     kernel density estimate of the training codes; ``generate.prior: mixture``) or from
     N(0, I) (``normal``, or a model without a mixture), its spread scaled by
-    ``generate.temperature``.
+    ``generate.temperature``, then moved away from its group's centre by ``generate.spread``
+    (``fit``: the group's spread fit after training, :mod:`animalvae.vae.spread`).
 
     Parameters
     ----------
@@ -351,6 +352,10 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
     else:
         names, labels = [UNCONDITIONAL], [0]
 
+    fitted = trained.prior.get(SPREAD) if trained.prior is not None else None
+    if gc.spread == "fit" and gc.prior == "mixture" and fitted is not None:
+        log.info("spread (fit after training): %s", ", ".join(
+            f"{name} {fitted[g].item():.3g}" for name, g in zip(names, labels)))
     y = torch.tensor(labels).repeat_interleave(count)                       # (G*count,)
     x = decode_samples(trained, y, config)                                 # (G*count, H, W)
     audio = to_audio(x, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
