@@ -113,6 +113,8 @@ def fit_spread(trained: TrainedModel, data: SpectrogramSet, config: Config, *,
     n_groups = trained.model.n_groups
     reference = {g: (feats[labels == g] - mean) / std for g in range(n_groups)
                  if (labels == g).sum() >= 2}
+    if not reference:
+        return torch.full((n_groups,), MIN_SPREAD)
     sample_y = torch.tensor(sorted(reference)).repeat_interleave(SAMPLES_PER_GROUP)
 
     def meets(spread: np.ndarray) -> np.ndarray:
