@@ -49,7 +49,7 @@ from .dataset import (
 )
 from .gallery import write_gallery
 from .model import VAE, TrainedModel, kl_divergence, load_model
-from .prior import SPREAD, sample_prior
+from .prior import SPREAD, per_label, sample_prior
 from .run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
 from .texture import add_texture, texture_tables
 
@@ -283,9 +283,7 @@ def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, tempera
     if prior == "mixture":
         log.info("this model.pth has no mixture prior (trained before it existed, or with "
                  "train.prior: none): sampling z ~ N(0, I)")
-    if isinstance(spread, Tensor):
-        spread = spread.float().cpu()[labels, None]
-    scale = temperature * (1.0 if spread is None else spread)
+    scale = temperature * per_label(1.0 if spread is None else spread, labels)
     return torch.randn(len(labels), trained.model.config.latent_dim, generator=gen) * scale
 
 

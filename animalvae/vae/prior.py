@@ -39,7 +39,7 @@ from torch import Tensor
 from ..config import TrainConfig
 
 __all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "mixture_centres",
-           "sample_prior", "PRIOR", "SPREAD"]
+           "per_label", "sample_prior", "PRIOR", "SPREAD"]
 
 #: The key of the mixture in ``model.pth``.
 PRIOR = "prior"
@@ -221,6 +221,14 @@ def mixture_centres(prior: dict[str, Tensor]) -> Tensor:
     return (weights[:, :, None] * prior["means"]).sum(dim=1)
 
 
+def per_label(spread: float | Tensor, labels: Tensor) -> float | Tensor:
+    """A spread as a factor for ``(B, L)`` draws: a number stays one; a per-group ``(G,)``
+    tensor becomes each label's own, ``(B, 1)`` on the CPU."""
+    if isinstance(spread, Tensor):
+        return spread.float().cpu()[labels, None]
+    return spread
+
+
 def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.Generator,
                  temperature: float = 1.0, spread: float | Tensor = 1.0) -> Tensor:
     """Draw one z per label from its group's mixture.
@@ -259,6 +267,4 @@ def sample_prior(prior: dict[str, Tensor], labels: Tensor, *, generator: torch.G
     std = prior["variances"][labels, k].sqrt()                               # (B, L)
     z = mean + temperature * std * torch.randn(mean.shape, generator=generator)
     centre = mixture_centres(prior)[labels]                                   # (B, L)
-    if isinstance(spread, Tensor):
-        spread = spread.float().cpu()[labels, None]                           # (B, 1)
-    return z + (spread - 1.0) * (z - centre)      # spread 1: z exactly
+    return z + (per_label(spread, labels) - 1.0) * (z - centre)     # spread 1: z exactly

@@ -127,8 +127,7 @@ def fit_spread(trained: TrainedModel, data: SpectrogramSet, config: Config, *,
             ok[g] = nearest_ratio(mine, ref) >= 1.0
         return ok
 
-    spread = smallest_meeting(meets, n_groups)
-    spread[[g for g in range(n_groups) if g not in reference]] = MIN_SPREAD
+    spread = smallest_meeting(meets, n_groups)     # a group without a reference always meets
     log.info("spread: %s (fit in %.1f s on %d training clips)", ", ".join(
         f"{name} {s:.3g}" for name, s in zip(trained.groups, spread)),
         time.perf_counter() - start, len(chosen))
