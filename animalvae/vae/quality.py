@@ -28,7 +28,7 @@ puts them together and :func:`animalvae.vae.generate.evaluate` feeds it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ import numpy as np
 from .image_quality import accuracy, frechet_distance
 
 __all__ = ["logmel_stats", "spectral_contrast", "fit_judge",
-           "diversity_ratio", "nearest_ratio", "panns_embeddings", "quality_report",
+           "diversity_ratio", "nearest_ratio", "panns_embeddings", "space_figures",
+           "quality_report",
            "N_MELS", "FRAME_SECONDS"]
 
 #: Mel bands of the judge's features.
@@ -240,10 +241,103 @@ def _share(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
+Labelled = tuple[np.ndarray, np.ndarray]
+
+
+def space_figures(groups: Sequence[str], *, fit: Labelled, ceiling: Labelled, train: Labelled,
+                  val: Labelled, samples: Labelled, reconstructions: np.ndarray,
+                  reference: np.ndarray, real: np.ndarray,
+                  standardised: bool = True) -> dict[str, Any]:
+    """Accuracy, diversity, nearest-training ratio and Fréchet distances in one feature space.
+
+    The judge (:func:`fit_judge`) is fit on ``fit``; its accuracy on ``ceiling`` is what the
+    accuracy of samples and reconstructions is read against. In-sample, ``fit`` is the run's
+    training clips and ``ceiling`` its held-out ones; against independent recordings, ``fit``
+    is those recordings and ``ceiling`` the run's own real clips.
+
+    Parameters
+    ----------
+    groups : list of str
+        Group names; labels index into them.
+    fit, ceiling, train, val, samples : (np.ndarray [shape=(N, D)], np.ndarray [shape=(N,)])
+        Features and group labels: the judge's clips, the clips that give its ceiling, the
+        run's real training and held-out clips (references of diversity and novelty), samples.
+    reconstructions : np.ndarray [shape=(len(val[0]), D)]
+        Features of the reconstructions of ``val``, in its order.
+    reference, real : np.ndarray [shape=(N, D)]
+        Fréchet distances of samples and reconstructions are to ``reference``; that of
+        ``real`` to ``reference`` is the floor a model is read against.
+    standardised : bool
+        Distances in the judge's standardised units (hand-made features of mixed scales), or
+        in the features' own (an embedding, as FAD does).
+
+    Returns
+    -------
+    dict
+        ``{"overall": {...}, "groups": {name: {...}}, "frechet": {...}}``: accuracies
+        (``ceiling``, ``samples``, ``reconstructions`` and their ratios to the ceiling),
+        ``diversity``, ``nearest_training``; overall diversity and novelty are group means.
+    """
+    judge = fit_judge(*fit)
+    scale = judge[0].transform if standardised else (lambda x: x)
+    (train_x, train_y), (val_x, val_y), (gen_x, gen_y) = train, val, samples
+    real_x, real_y = scale(np.concatenate([train_x, val_x])), np.concatenate([train_y, val_y])
+    train_s, val_s, gen_s = scale(train_x), scale(val_x), scale(gen_x)
+    per_group: dict[str, dict[str, float]] = {}
+    for g, name in enumerate(groups):
+        ce, va, ge = ceiling[1] == g, val_y == g, gen_y == g
+        if not (ce.any() and va.any() and ge.any()):
+            continue
+        row = {"ceiling": accuracy(judge, ceiling[0][ce], ceiling[1][ce]),
+               "samples": accuracy(judge, gen_x[ge], gen_y[ge]),
+               "reconstructions": accuracy(judge, reconstructions[va], val_y[va])}
+        for key in ("samples", "reconstructions"):
+            row[f"{key}_vs_ceiling"] = row[key] / max(row["ceiling"], 1e-12)
+        if ge.sum() >= 2 and (real_y == g).sum() >= 2:
+            row["diversity"] = diversity_ratio(gen_s[ge], real_x[real_y == g])
+        if (train_y == g).any():
+            row["nearest_training"] = nearest_ratio(gen_s[ge], train_s[train_y == g],
+                                                    val_s[va])
+        per_group[name] = row
+    overall: dict[str, float] = {
+        "ceiling": accuracy(judge, *ceiling),
+        "samples": accuracy(judge, gen_x, gen_y),
+        "reconstructions": accuracy(judge, reconstructions, val_y),
+    }
+    for key in ("samples", "reconstructions"):
+        overall[f"{key}_vs_ceiling"] = overall[key] / max(overall["ceiling"], 1e-12)
+    for key in ("diversity", "nearest_training"):
+        overall[key] = _share([row[key] for row in per_group.values() if key in row])
+    frechet = {"samples": frechet_distance(gen_s, scale(reference)),
+               "reconstructions": frechet_distance(scale(reconstructions), scale(reference)),
+               "real_train": frechet_distance(scale(real), scale(reference))}
+    return {"overall": overall, "groups": per_group, "frechet": frechet}
+
+
+def _in_sample(groups: Sequence[str], feats: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+               *, standardised: bool) -> dict[str, Any]:
+    """:func:`space_figures` with the judge fit on the run's training clips."""
+    pair = {k: (feats[k], labels[k]) for k in ("train", "val", "gen")}
+    return space_figures(groups, fit=pair["train"], ceiling=pair["val"], train=pair["train"],
+                         val=pair["val"], samples=pair["gen"], reconstructions=feats["rec"],
+                         reference=feats["val"], real=feats["train"], standardised=standardised)
+
+
+def _independent(groups: Sequence[str], feats: dict[str, np.ndarray],
+                 labels: dict[str, np.ndarray], *, standardised: bool) -> dict[str, Any]:
+    """:func:`space_figures` with the judge fit on recordings the model never saw."""
+    real = (np.concatenate([feats["train"], feats["val"]]),
+            np.concatenate([labels["train"], labels["val"]]))
+    pair = {k: (feats[k], labels[k]) for k in ("train", "val", "gen", "judge")}
+    return space_figures(groups, fit=pair["judge"], ceiling=real, train=pair["train"],
+                         val=pair["val"], samples=pair["gen"], reconstructions=feats["rec"],
+                         reference=feats["judge"], real=real[0], standardised=standardised)
+
+
 def quality_report(*, groups: Sequence[str], sample_rate: int,
-                   train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                   samples: tuple[np.ndarray, np.ndarray],
-                   reconstructions: np.ndarray,
+                   train: Labelled, val: Labelled, samples: Labelled,
+                   reconstructions: np.ndarray, independent: Labelled | None = None,
+                   embedding: Callable[[np.ndarray, int], np.ndarray] | None = None,
                    panns: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every quality figure of a run, per group and overall.
 
@@ -259,6 +353,13 @@ def quality_report(*, groups: Sequence[str], sample_rate: int,
         Generated clips.
     reconstructions : np.ndarray [shape=(N_val, n)]
         The model's reconstructions of the ``val`` clips, in the same order.
+    independent : (waves, labels) or None
+        Real recordings the model never trained on (other sources, say), through the same
+        Griffin-Lim: judges fit on them give the out-of-sample figures (``"independent"``).
+    embedding : callable or None
+        ``(waves, sample_rate) -> (N, D)``, a pretrained network's embedding
+        (:func:`animalvae.vae.birdnet.birdnet_embeddings`): the same figures in its space
+        (``"embedding"``), distances in its own units as FAD takes them.
     panns : dict or None
         ``{"checkpoint": Path, "device": str, "classes": {group: [AudioSet indices]}}`` for
         the PANNs figures; None leaves them out.
@@ -266,62 +367,43 @@ def quality_report(*, groups: Sequence[str], sample_rate: int,
     Returns
     -------
     dict
-        ``{"overall": {...}, "groups": {name: {...}}, "frechet": {...}}`` (and ``"panns"``):
-        accuracies (``ceiling``, ``samples``, ``reconstructions`` and their ratios to the
-        ceiling), ``diversity``, ``nearest_training``, ``sharpness_samples``,
-        ``sharpness_reconstructions``; overall ratios are means over the groups.
+        ``{"overall": {...}, "groups": {name: {...}}, "frechet": {...}}`` on log-mel
+        statistics, with ``sharpness_samples`` and ``sharpness_reconstructions`` per group;
+        ``"embedding"`` the same in the embedding's space; ``"independent"``:
+        ``{"logmel": ..., "embedding": ...}`` judged by the independent recordings.
     """
-    (train_w, train_y), (val_w, val_y), (gen_w, gen_y) = train, val, samples
-    feats = {name: logmel_stats(w, sample_rate) for name, w in
-             (("train", train_w), ("val", val_w), ("gen", gen_w), ("rec", reconstructions))}
-    judge = fit_judge(feats["train"], train_y)
-    scaled = {k: judge[0].transform(v) for k, v in feats.items()}
-    contrast = {k: spectral_contrast(w, sample_rate) for k, w in
-                (("train", train_w), ("val", val_w), ("gen", gen_w), ("rec", reconstructions))}
+    waves = {"train": train[0], "val": val[0], "gen": samples[0], "rec": reconstructions}
+    labels = {"train": train[1], "val": val[1], "gen": samples[1], "rec": val[1]}
+    if independent is not None:
+        waves["judge"], labels["judge"] = independent
+    logmel = {k: logmel_stats(w, sample_rate) for k, w in waves.items()}
+    report: dict[str, Any] = {"samples_per_group": int(np.bincount(samples[1]).max()),
+                              **_in_sample(groups, logmel, labels, standardised=True)}
+    contrast = {k: spectral_contrast(waves[k], sample_rate) for k in ("train", "val", "gen", "rec")}
     real_contrast = np.concatenate([contrast["train"], contrast["val"]])
-    real_y = np.concatenate([train_y, val_y])
-    real_scaled = np.concatenate([scaled["train"], scaled["val"]])
-
-    per_group: dict[str, dict[str, float]] = {}
-    for g, name in enumerate(groups):
-        tr, va, ge, re = train_y == g, val_y == g, gen_y == g, real_y == g
-        if not (va.any() and ge.any()):
-            continue
-        ceiling = accuracy(judge, feats["val"][va], val_y[va])
-        row = {
-            "ceiling": ceiling,
-            "samples": accuracy(judge, feats["gen"][ge], gen_y[ge]),
-            "reconstructions": accuracy(judge, feats["rec"][va], val_y[va]),
-            "sharpness_samples": float(contrast["gen"][ge].mean()
-                                       / real_contrast[re].mean()),
-            "sharpness_reconstructions": float(contrast["rec"][va].mean()
-                                               / contrast["val"][va].mean()),
-        }
-        if ge.sum() >= 2 and re.sum() >= 2:
-            row["diversity"] = diversity_ratio(scaled["gen"][ge], real_scaled[re])
-        if tr.any():
-            row["nearest_training"] = nearest_ratio(scaled["gen"][ge], scaled["train"][tr],
-                                                    scaled["val"][va])
-        per_group[name] = row
-
-    overall: dict[str, float] = {
-        "ceiling": accuracy(judge, feats["val"], val_y),
-        "samples": accuracy(judge, feats["gen"], gen_y),
-        "reconstructions": accuracy(judge, feats["rec"], val_y),
-    }
-    for key in ("diversity", "nearest_training", "sharpness_samples",
-                "sharpness_reconstructions"):
-        overall[key] = _share([row[key] for row in per_group.values() if key in row])
-    for key in ("samples", "reconstructions"):
-        overall[f"{key}_vs_ceiling"] = overall[key] / max(overall["ceiling"], 1e-12)
-    frechet = {"samples": frechet_distance(scaled["gen"], scaled["val"]),
-               "reconstructions": frechet_distance(scaled["rec"], scaled["val"]),
-               "real_train": frechet_distance(scaled["train"], scaled["val"])}
-    report: dict[str, Any] = {"samples_per_group": int(np.bincount(gen_y).max()),
-                              "overall": overall, "groups": per_group, "frechet": frechet}
+    real_y = np.concatenate([train[1], val[1]])
+    for name, row in report["groups"].items():
+        g = list(groups).index(name)
+        ge, va = samples[1] == g, val[1] == g
+        row["sharpness_samples"] = float(contrast["gen"][ge].mean()
+                                         / real_contrast[real_y == g].mean())
+        row["sharpness_reconstructions"] = float(contrast["rec"][va].mean()
+                                                 / contrast["val"][va].mean())
+    for key in ("sharpness_samples", "sharpness_reconstructions"):
+        report["overall"][key] = _share([row[key] for row in report["groups"].values()])
+    embedded = ({k: embedding(w, sample_rate) for k, w in waves.items()}
+                if embedding is not None else None)
+    if embedded is not None:
+        report["embedding"] = _in_sample(groups, embedded, labels, standardised=False)
+    if independent is not None:
+        report["independent"] = {"logmel": _independent(groups, logmel, labels,
+                                                         standardised=True)}
+        if embedded is not None:
+            report["independent"]["embedding"] = _independent(groups, embedded, labels,
+                                                              standardised=False)
     if panns is not None:
-        report["panns"] = _panns_figures(panns, groups, sample_rate, train_w, val_w,
-                                         (gen_w, gen_y), reconstructions)
+        report["panns"] = _panns_figures(panns, groups, sample_rate, train[0], val[0],
+                                         samples, reconstructions)
     return report
 
 
