@@ -158,13 +158,52 @@ def describe(audio: Path) -> tuple[list[str], str]:
     return groups, f"{', '.join(parts)}; recordings of 1-10 s at {rate}"
 
 
-def prepare(audio: Path, work: Path, groups: list[str], log: Path) -> list[str]:
-    """Stages 2-4 in ``work``; returns the --set arguments that point every stage there."""
+def source_split(manifest: Path, fold: int) -> dict[str, dict[str, list[str]]]:
+    """Each group's sources into a training side and a judging side, by ``manifest``.
+
+    ``manifest`` is a CSV with ``file`` (relative to the recordings folder), ``group`` and
+    ``source_repo`` (or ``source``) columns. Within a group, sources in order of clip count
+    (largest first, ties by name) go to alternate sides: at ``fold`` 0 the largest trains,
+    the next judges, and so on; fold 1 swaps the sides. Both sides of a group with two sources
+    or more get recordings of their own source(s), none shared.
+
+    Returns
+    -------
+    dict
+        ``{"train": {group: [file, ...]}, "judge": {group: [file, ...]}}``
+    """
+    import csv
+    from collections import Counter, defaultdict
+
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    source_key = "source_repo" if rows and "source_repo" in rows[0] else "source"
+    counts = Counter((r["group"], r[source_key]) for r in rows)
+    side: dict[tuple[str, str], str] = {}
+    for group in sorted({g for g, _ in counts}):
+        ranked = sorted((src for g, src in counts if g == group),
+                        key=lambda src: (-counts[group, src], src))
+        for rank, src in enumerate(ranked):
+            side[group, src] = ("train", "judge")[(rank + fold) % 2]
+    split: dict[str, dict[str, list[str]]] = {"train": defaultdict(list),
+                                              "judge": defaultdict(list)}
+    for r in rows:
+        split[side[r["group"], r[source_key]]][r["group"]].append(r["file"])
+    return {k: dict(v) for k, v in split.items()}
+
+
+def prepare(audio: Path, files: dict[str, list[str]], work: Path, log: Path) -> list[str]:
+    """Stages 2-4 on ``files`` (per group, relative to ``audio``) in ``work``.
+
+    Returns the --set arguments that point every stage there.
+    """
     src = work / "recordings"
-    src.mkdir(parents=True, exist_ok=True)
-    for g in groups:  # only the group folders: a manifest or notes beside them stay out
-        if not (src / g).exists():
-            (src / g).symlink_to((audio / g).resolve(), target_is_directory=True)
+    for g, names in files.items():  # only the listed files: notes beside them stay out
+        (src / g).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            link = src / g / Path(name).name
+            if not link.exists():
+                link.symlink_to((audio / name).resolve())
     paths = [f"paths.{key}={work / key}" for key in
              ("clips", "audio", "detections", "spectrograms", "runs")]
     (work / "clips").mkdir(exist_ok=True)
@@ -173,6 +212,12 @@ def prepare(audio: Path, work: Path, groups: list[str], log: Path) -> list[str]:
     run(["animal_sound_detector.py", *common, "--set", "detect.backend=energy"], log)
     run(["preprocess_audio_vae.py", *common], log)
     return common
+
+
+def all_files(audio: Path, groups: list[str]) -> dict[str, list[str]]:
+    """Every recording of each group folder, relative to ``audio``."""
+    return {g: sorted(f"{g}/{f.name}" for f in (audio / g).iterdir()
+                      if f.suffix.lower() in AUDIO_SUFFIXES) for g in groups}
 
 
 def figures(quality: dict) -> dict[str, float]:
@@ -191,6 +236,32 @@ def figures(quality: dict) -> dict[str, float]:
             "frechet": quality["frechet"]["samples"],
             "frechet_rec": quality["frechet"]["reconstructions"],
             "frechet_real": quality["frechet"]["real_train"]}
+
+
+def judge_figures(figures: dict) -> dict[str, float]:
+    """A judge's columns: samples and reconstructions against its ceiling (overall and the
+    worst group), FAD of samples and its real floor, worst-group diversity and novelty."""
+    per_group = figures["groups"]
+    return {"ceiling": figures["overall"]["ceiling"],
+            "samples_vs": figures["overall"]["samples_vs_ceiling"],
+            "reconstructions_vs": figures["overall"]["reconstructions_vs_ceiling"],
+            **{f"{name}_vs": row["samples_vs_ceiling"] for name, row in per_group.items()},
+            "min_reconstructions_vs": min(r["reconstructions_vs_ceiling"]
+                                          for r in per_group.values()),
+            "min_diversity": min(r.get("diversity", float("nan")) for r in per_group.values()),
+            "min_nearest_training": min(r.get("nearest_training", float("nan"))
+                                        for r in per_group.values()),
+            "fad": figures["frechet"]["samples"], "fad_real": figures["frechet"]["real_train"]}
+
+
+def all_judges(quality: dict) -> dict[str, dict[str, float]]:
+    """:func:`judge_figures` of each judge metrics.json holds, by a short name."""
+    judges = {"log-mel, in sample": quality}
+    if "embedding" in quality:
+        judges["BirdNET, in sample"] = quality["embedding"]
+    for space, figures in quality.get("independent", {}).items():
+        judges[("BirdNET" if space == "embedding" else "log-mel") + ", cross-source"] = figures
+    return {name: judge_figures(figures) for name, figures in judges.items()}
 
 
 def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
@@ -244,6 +315,36 @@ def table(results: dict[str, dict[str, float]],
     return head + "\n".join(rows)
 
 
+def judges_table(judges: dict[str, dict[str, dict[str, float]]], groups: list[str]) -> str:
+    """One row per variant and judge: the figures the pretrained and cross-source targets
+    are read on."""
+    head = (f"| variant | judge | real ceiling | samples ÷ ceiling ({' / '.join(groups)}) | "
+            "samples ÷ ceiling, all | reconstructions ÷ ceiling (worst group) | FAD samples / "
+            "real | diversity (min group) | nearest-training (min) |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for variant, by_judge in judges.items():
+        for judge, f in by_judge.items():
+            per_group = " / ".join(f"{f.get(f'{g}_vs', float('nan')):.2f}" for g in groups)
+            rows.append(f"| {variant} | {judge} | {f['ceiling']:.2f} | {per_group} | "
+                        f"{f['samples_vs']:.2f} | {f['reconstructions_vs']:.2f} "
+                        f"({f['min_reconstructions_vs']:.2f}) | {f['fad']:.1f} / "
+                        f"{f['fad_real']:.1f} | {f['min_diversity']:.2f} | "
+                        f"{f['min_nearest_training']:.2f} |")
+    return head + "\n".join(rows)
+
+
+JUDGES_NOTE = (
+    "Judges: a logistic regression on log-mel statistics or on BirdNET V2.4's 1024-d "
+    "embedding (pretrained; `animalvae/vae/birdnet.py`). *In sample*: fit on the run's real "
+    "training clips, ceiling on its real held-out clips, FAD to those. *Cross-source*: fit on "
+    "the recordings of the sources the model never trained on (`vae.py evaluate "
+    "--judge-dir`), ceiling on the run's own real clips, FAD of samples to the other sources' "
+    "clips beside the FAD of the run's real clips to them (the floor). Diversity and "
+    "nearest-training ratio: in the judge's space, relative to real clips of the training "
+    "sources (1 = like real clips).")
+
+
 def default_title(seeds: list[int]) -> str:
     """The end of the section's heading unless --title gives another."""
     return ("generated sounds vs real recordings" if len(seeds) == 1 else
@@ -252,9 +353,12 @@ def default_title(seeds: list[int]) -> str:
 
 def section(data: str, results: dict[str, dict[str, float]],
             seconds: dict[str, tuple[float, float] | None], samples_per_group: int,
-            names: list[str], seeds: list[int], title: str = "", results_file: str = "") -> str:
+            names: list[str], seeds: list[int], title: str = "", results_file: str = "",
+            judges: dict[str, dict[str, dict[str, float]]] | None = None,
+            groups: list[str] = (), fold: int | None = None) -> str:
     """The Markdown section of bench/results/quality.md (``title``: its heading's end;
-    ``results_file``: the file it goes to when not that one, for the command line)."""
+    ``results_file``: the file it goes to when not that one, for the command line;
+    ``judges``: :func:`all_judges` per row, a second table; ``fold``: the source split)."""
     split = ("the same split" if len(seeds) == 1 else
              "the split and initial weights of each `train.seed` (one row per seed)")
     heading = title or default_title(seeds)
@@ -273,12 +377,15 @@ def section(data: str, results: dict[str, dict[str, float]],
         "Fréchet distance to the real held-out clips, in the classifier's standardised "
         "features (real training clips give the floor). Training time: wall clock and CPU "
         "time (all threads) of `vae.py train` on this shared machine.\n\n"
-        + table(results, seconds) + "\n\nVariants: "
+        + table(results, seconds)
+        + (f"\n\n{JUDGES_NOTE}\n\n{judges_table(judges, list(groups))}" if judges else "")
+        + "\n\nVariants: "
         + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in names)
         + ".\n\nCommand: `python bench/bench_quality.py --audio DIR --variants "
         + ",".join(names) + (" --seeds " + ",".join(map(str, seeds)) if seeds != [0] else "")
         + (f" --title {shlex.quote(heading)}" if heading != default_title(seeds) else "")
-        + (f" --results {shlex.quote(results_file)}" if results_file else "") + "`\n")
+        + (f" --results {shlex.quote(results_file)}" if results_file else "")
+        + (f" --cross-source {fold}" if fold is not None else "") + "`\n")
 
 
 def _seeds(text: str) -> list[int]:
@@ -315,6 +422,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="end of the table's heading \"## quality: ...\" (default: generated "
                         "sounds vs real recordings, and with --seeds: retrained with other "
                         "seeds)")
+    p.add_argument("--cross-source", type=int, choices=(0, 1), default=None, metavar="FOLD",
+                   help="train on some sources of each group and judge on the others (see "
+                        "source_split: sources alternate by size; fold 0 trains on the largest, "
+                        "1 swaps the sides); needs --sources")
+    p.add_argument("--sources", type=Path, default=None, metavar="CSV",
+                   help="with --cross-source: a CSV of file,group,source_repo per recording "
+                        "(default: manifest.csv in the --audio folder)")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--figure", type=Path, default=None,
                    help="draw real vs generated spectrograms per group of the first variant")
@@ -351,7 +465,18 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         log = work / "bench.log"
         print(f"stages 2-4 on {data} (log: {log})", flush=True)
-        common = prepare(args.audio, work, groups, log)
+        judge_args: list[str] = []
+        if args.cross_source is None:
+            common = prepare(args.audio, all_files(args.audio, groups), work, log)
+        else:
+            split = source_split(args.sources or args.audio / "manifest.csv", args.cross_source)
+            common = prepare(args.audio, split["train"], work, log)
+            prepare(args.audio, split["judge"], work / "judge", log)
+            judge_args = ["--judge-dir", str(work / "judge" / "spectrograms")]
+            print(f"cross-source fold {args.cross_source}: training on "
+                  f"{sum(map(len, split['train'].values()))} recordings, judging on "
+                  f"{sum(map(len, split['judge'].values()))}", flush=True)
+        judges: dict[str, dict[str, dict[str, float]]] = {}
         results: dict[str, dict[str, float]] = {}
         seconds: dict[str, tuple[float, float] | None] = {}
         for seed in seeds:
@@ -374,21 +499,23 @@ def main(argv: list[str] | None = None) -> int:
                     seconds[label] = None
                 else:
                     seconds[label] = run(["vae.py", "train", "--force", *variant], log)
-                run(["vae.py", "evaluate", *variant], log)
+                run(["vae.py", "evaluate", *variant, *judge_args], log)
                 quality = json.loads((run_dir / "metrics.json").read_text())["quality"]
                 results[label] = figures(quality)
+                judges[label] = all_judges(quality)
                 took = (f"trained in {seconds[label][0]:.0f} s ({seconds[label][1]:.0f} s of "
                         "CPU)" if seconds[label] else "the defaults' weights")
                 print(f"{label}: {took}; {json.dumps(results[label])}", flush=True)
                 # after every variant, so a long comparison stopped early keeps what it has
                 args.results.write_text(section(data, results, seconds,
                                                 quality["samples_per_group"], names, seeds,
-                                                args.title, results_arg))
+                                                args.title, results_arg, judges, groups,
+                                                args.cross_source))
                 if args.figure and name == names[0] and seed == seeds[0]:
                     draw(run_dir, args.figure)
                     print(f"figure: {args.figure}", flush=True)
     print(section(data, results, seconds, quality["samples_per_group"], names, seeds,
-                  args.title, results_arg))
+                  args.title, results_arg, judges, groups, args.cross_source))
     return 0
 
 

@@ -64,3 +64,43 @@ def test_bench_quality_section_names_the_command_that_remakes_it():
     assert titled.startswith("## quality: levers, three seeds\n")
     assert titled.rstrip().endswith("--variants defaults --seeds 1 --title 'levers, three seeds'"
                                      " --results bench/results/levers.md`")
+
+
+def test_source_split_alternates_each_groups_sources_by_size(tmp_path):
+    bq = _bench_quality()
+    rows = (["dogs/a1.wav,dogs,A", "dogs/a2.wav,dogs,A", "dogs/a3.wav,dogs,A",
+             "dogs/b1.wav,dogs,B", "dogs/b2.wav,dogs,B", "dogs/c1.wav,dogs,C",
+             "cats/x1.wav,cats,X", "cats/y1.wav,cats,Y"])
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,group,source_repo\n" + "\n".join(rows) + "\n")
+    fold0 = bq.source_split(manifest, 0)
+    assert fold0["train"] == {"dogs": ["dogs/a1.wav", "dogs/a2.wav", "dogs/a3.wav",
+                                       "dogs/c1.wav"], "cats": ["cats/x1.wav"]}
+    assert fold0["judge"] == {"dogs": ["dogs/b1.wav", "dogs/b2.wav"], "cats": ["cats/y1.wav"]}
+    fold1 = bq.source_split(manifest, 1)                 # the sides swap
+    assert fold1["train"] == fold0["judge"] and fold1["judge"] == fold0["train"]
+
+
+def test_bench_quality_section_adds_the_judges_table_and_the_fold():
+    bq = _bench_quality()
+    figures = {"ceiling": 1.0, "samples": 0.9, "reconstructions": 1.0, "samples_vs": 0.9,
+               "reconstructions_vs": 1.0, "worst_group_samples": 0.8, "min_diversity": 0.7,
+               "min_nearest_training": 1.1, "min_sharpness_samples": 0.9,
+               "min_sharpness_reconstructions": 0.75, "frechet": 100.0, "frechet_rec": 90.0,
+               "frechet_real": 80.0}
+    row = {"overall": {"ceiling": 0.9, "samples_vs_ceiling": 0.5,
+                       "reconstructions_vs_ceiling": 1.0},
+           "groups": {"cats": {"samples_vs_ceiling": 0.25, "reconstructions_vs_ceiling": 1.0,
+                               "diversity": 0.8, "nearest_training": 0.9},
+                      "dogs": {"samples_vs_ceiling": 0.75, "reconstructions_vs_ceiling": 0.5,
+                               "diversity": 1.0, "nearest_training": 1.2}},
+           "frechet": {"samples": 150.0, "real_train": 90.0}}
+    quality = {**row, "embedding": row, "independent": {"embedding": row}}
+    judges = {"defaults": bq.all_judges(quality)}
+    assert list(judges["defaults"]) == ["log-mel, in sample", "BirdNET, in sample",
+                                        "BirdNET, cross-source"]
+    text = bq.section("data", {"defaults": figures}, {"defaults": (100.0, 190.0)}, 50,
+                      ["defaults"], [0], judges=judges, groups=["cats", "dogs"], fold=0)
+    assert ("| defaults | BirdNET, cross-source | 0.90 | 0.25 / 0.75 | 0.50 | 1.00 (0.50) | "
+            "150.0 / 90.0 | 0.80 | 0.90 |") in text
+    assert text.rstrip().endswith("--variants defaults --cross-source 0`")

@@ -16,8 +16,8 @@ import torch
 from test_vae import write_tiny_config
 
 import vae
-from animalvae.vae import prior as prior_module
 from animalvae.vae import birdnet, quality
+from animalvae.vae import prior as prior_module
 from animalvae.vae.dataset import first_per_group, read_split
 from animalvae.vae.model import load_model
 from animalvae.vae.prior import (
