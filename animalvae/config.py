@@ -323,11 +323,6 @@ class TrainConfig:
     prior: Literal["kde", "gmm", "none"] = "kde"  # how the codes are fit for generate
     prior_bandwidth: float = 0.75   # kde: kernel spread, times the group's spread of codes
     prior_components: int = 16      # gmm: mixture components per group
-    adversarial_epochs: int = 0     # decoder vs a spectrogram discriminator afterwards; 0 = off
-    adversarial_lr: float = 1e-4    # Adam learning rate of the decoder and discriminator there
-    adversarial_weight: float = 0.1  # hinge term's weight against the reconstruction loss's 1
-    feature_matching_weight: float = 1.0  # feature matching's weight, likewise
-    discriminator_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -352,14 +347,6 @@ class TrainConfig:
         if self.prior_components < 1:
             problems.append(f"train.prior_components={self.prior_components} must be > 0 "
                             "(train.prior: none stores no prior)")
-        _positive(problems, "train.adversarial_epochs", self.adversarial_epochs, allow_zero=True)
-        _positive(problems, "train.adversarial_lr", self.adversarial_lr)
-        _positive(problems, "train.adversarial_weight", self.adversarial_weight, allow_zero=True)
-        _positive(problems, "train.feature_matching_weight", self.feature_matching_weight,
-                  allow_zero=True)
-        if not self.discriminator_channels or any(c <= 0 for c in self.discriminator_channels):
-            problems.append(f"train.discriminator_channels={self.discriminator_channels} must "
-                            "be a non-empty list of ints > 0")
         return problems
 
 
@@ -607,6 +594,15 @@ def _resolve_path(value: str | Path, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+#: Keys of earlier releases that no longer exist, and why: a config that still sets one is told
+#: so instead of "unknown key".
+REMOVED_KEYS = {
+    f"train.{key}": "the adversarial phase was removed: it measured no better than the spectral "
+                    "loss alone (docs/benchmarks.md); delete the key"
+    for key in ("adversarial_epochs", "adversarial_lr", "adversarial_weight",
+                "feature_matching_weight", "discriminator_channels")}
+
+
 def _build(cls: type, raw: Any, prefix: str, base: Path, problems: list[str]) -> Any:
     """Build dataclass ``cls`` from mapping ``raw``; unknown keys and bad values go to problems."""
     if raw is None:
@@ -619,6 +615,9 @@ def _build(cls: type, raw: Any, prefix: str, base: Path, problems: list[str]) ->
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
+        if dotted in REMOVED_KEYS:
+            problems.append(f"{dotted}: unknown key: {REMOVED_KEYS[dotted]}")
+            continue
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""

@@ -56,7 +56,7 @@ AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a"}
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     # the previous release's model: one latent vector, per-pixel loss only, z ~ N(0, I)
-    "before": ["train.batch_size=32", "train.epochs=30", "train.adversarial_epochs=0",
+    "before": ["train.batch_size=32", "train.epochs=30",
                "train.prior=none", "generate.prior=normal", "model.latent_dim=64",
                "model.latent_frames=0", "train.spectral_weight=0", "train.modulation_weight=0",
                "generate.restore_peak=false", "model.pitch_candidates=0", "generate.texture=0",
@@ -82,8 +82,6 @@ VARIANTS: dict[str, list[str]] = {
     "latent-frames-16": ["model.latent_dim=128", "model.latent_frames=16"],
     "latent-frames-64": ["model.latent_dim=512", "model.latent_frames=64"],
     "epochs-20": ["train.epochs=20"],
-    "adversarial": ["train.adversarial_epochs=10"],
-    "adversarial-5": ["train.adversarial_epochs=5"],
     # the defaults before batch 4 and latent_dim 512: fewer, larger steps and half the
     # information per time position
     "batch-8-latent-256": ["train.batch_size=8", "model.latent_dim=256"],
@@ -101,6 +99,10 @@ VARIANTS: dict[str, list[str]] = {
     "previous-defaults": ["generate.texture=0", "train.prior_bandwidth=0.5", "generate.spread=1.0"],
     "texture-0.5": ["generate.texture=0.5"],
     "no-spread": ["generate.spread=1.0"],
+    # the decoder's output as it is: no texture, no spread, no peak restoration, the comb at
+    # the model's own pitch temperature
+    "no-corrections": ["generate.texture=0", "generate.spread=1.0",
+                       "generate.restore_peak=false", "generate.pitch_temperature=0.5"],
     "spread-1.15": ["generate.spread=1.15"],
     "spread-1.3": ["generate.spread=1.3"],
     "spread-1.5": ["generate.spread=1.5"],

@@ -46,6 +46,12 @@ def test_unknown_key_suggests_the_closest(write_config):
         load_config(write_config("train:\n  epoch: 3\n"))
 
 
+def test_a_removed_key_says_why_it_went(write_config):
+    with pytest.raises(ConfigError, match=r"train\.adversarial_epochs: unknown key: the "
+                                          r"adversarial phase was removed"):
+        load_config(write_config("train:\n  adversarial_epochs: 0\n"))
+
+
 def test_unknown_section_is_reported(write_config):
     with pytest.raises(ConfigError, match=r"trian: unknown key \(did you mean train\?\)"):
         load_config(write_config("trian:\n  epochs: 3\n"))

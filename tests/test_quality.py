@@ -8,12 +8,13 @@ Fréchet distance. The PANNs path uses a random-weight Cnn14 saved to a temporar
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_vae import write_tiny_config
+from test_vae import make_data, write_tiny_config
 
 import vae
 from animalvae.vae import birdnet, quality
@@ -369,6 +370,25 @@ def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys)
     assert first["frechet"]["samples"] >= 0
     page = (run / "index.html").read_text()
     assert "Sample quality" in page and "sharpness" in page
+    assert ("embedding" in first) == birdnet.available()
+    # recordings of another source: the judges fit on them give the independent figures
+    other = make_data(tmp_path / "other", per_group=6, seed=1)
+    assert vae.main([*argv, "--judge-dir", str(other)]) == 0
+    judged = json.loads((run / "metrics.json").read_text())["quality"]
+    assert judged["overall"] == first["overall"]          # the in-sample figures stay
+    independent = judged["independent"]
+    assert set(independent) == ({"logmel", "embedding"} if birdnet.available() else {"logmel"})
+    for figures in independent.values():
+        assert set(figures["groups"]) == {"birds", "dogs"}
+        assert 0.0 <= figures["overall"]["ceiling"] <= 1.0
+        assert figures["frechet"]["real_train"] >= 0
+    assert "independent recordings" in (run / "index.html").read_text()
+    # a folder with one group cannot judge: one line names it
+    (tmp_path / "one").mkdir()
+    lonely = make_data(tmp_path / "one" / "spectrograms", per_group=3)
+    shutil.rmtree(lonely / "dogs")
+    assert vae.main([*argv, "--judge-dir", str(lonely)]) == 2
+    assert "at least two of the model's groups" in capsys.readouterr().err
 
 
 def test_fit_prior_replaces_the_stored_prior_without_training(tmp_path, capsys):

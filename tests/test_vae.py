@@ -49,7 +49,6 @@ train:
   kl_warmup_epochs: 1
   beta: 1.0
   val_fraction: 0.2
-  adversarial_epochs: 0   # the VAE epochs alone here; tests/test_adversarial.py sets it
 generate:
   count: 2
   griffin_lim_iters: 4
@@ -714,7 +713,7 @@ FLAGS = {   # each sub-command's own flags, beyond COMMON
     "generate": {"--group", "--count"},
     "reconstruct": {"--count"},
     "interpolate": {"--steps"},
-    "evaluate": {"--limit"},
+    "evaluate": {"--limit", "--judge-dir"},
     "fit-prior": set(),
     "fit-texture": set(),
 }

@@ -145,7 +145,42 @@ def _quality_table(path: Path) -> str:
                  f"{_fmt(p['fad_real_train'])}); share of samples whose top AudioSet class is "
                  f"one of their group's {_fmt(p['top_class_share_overall'])}.")
     return (f"<h2>Sample quality</h2><table><tr><th>group</th>{head}</tr>{rows}</table>"
-            f"<p class=\"note\">{html.escape(note)}</p>")
+            f"<p class=\"note\">{html.escape(note)}</p>" + _judges_table(quality))
+
+
+# The other judges of metrics.json's quality section: (where, title).
+_JUDGES = ((("embedding",), "BirdNET embedding, fit on the run's training clips"),
+           (("independent", "logmel"), "log-mel statistics, fit on independent recordings"),
+           (("independent", "embedding"), "BirdNET embedding, fit on independent recordings"))
+
+
+def _judges_table(quality: dict) -> str:
+    """Samples and reconstructions against each other judge's ceiling, and its FAD."""
+    found = []
+    for keys, title in _JUDGES:
+        figures = quality
+        for key in keys:
+            figures = figures.get(key, {}) if isinstance(figures, dict) else {}
+        if figures:
+            found.append((title, figures))
+    if not found:
+        return ""
+    groups = list(found[0][1].get("groups", {}))
+    head = "".join(f"<th>samples ÷ ceiling, {html.escape(g)}</th>" for g in groups)
+    rows = "".join(
+        f"<tr><th>{html.escape(title)}</th><td>{_fmt(f['overall'].get('ceiling'))}</td>"
+        + "".join(f"<td>{_fmt(f['groups'].get(g, {}).get('samples_vs_ceiling'))}</td>"
+                  for g in groups)
+        + f"<td>{_fmt(f['overall'].get('reconstructions_vs_ceiling'))}</td>"
+        f"<td>{_fmt(f['frechet'].get('samples'))} / {_fmt(f['frechet'].get('real_train'))}</td>"
+        "</tr>" for title, f in found)
+    note = ("Other judges: a classifier on a pretrained network's embedding (BirdNET V2.4, "
+            "evaluation only), and judges fit on independent recordings (vae.py evaluate "
+            "--judge-dir), whose ceiling is their accuracy on this run's real clips. Fréchet "
+            "distance of samples to the judge's real reference, beside that of real clips.")
+    return (f"<h3>Other judges</h3><table><tr><th>judge</th><th>real ceiling</th>{head}"
+            f"<th>reconstructions ÷ ceiling</th><th>Fréchet samples / real</th></tr>{rows}"
+            f"</table><p class=\"note\">{html.escape(note)}</p>")
 
 
 def _fmt(value: object) -> str:

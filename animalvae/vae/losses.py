@@ -134,8 +134,8 @@ def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND) ->
 class ReconstructionLoss:
     """The reconstruction term of the module docstring, with its settings.
 
-    Built once per run (:meth:`from_config`) and called on each batch; the VAE epochs, their
-    validation and the adversarial phase's decoder all score reconstructions with it.
+    Built once per run (:meth:`from_config`) and called on each batch; the training epochs and
+    their validation score reconstructions with it.
 
     Parameters
     ----------

@@ -8,10 +8,6 @@ and writes into the run folder (``paths.runs/<train.name>``):
 - ``model.pth``: the weights with the best validation loss so far, plus everything needed to
   use them (see :mod:`animalvae.vae.model`); ``last.pth``: the latest state, for ``--resume``;
 - ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect;
-- with ``train.adversarial_epochs`` > 0, after the VAE epochs: that many epochs that fine-tune
-  the decoder of the best weights alone against a spectrogram discriminator
-  (:mod:`animalvae.vae.adversarial`); ``model.pth`` then holds the latest of them and
-  ``last.pth`` also the discriminator and its optimiser;
 - at the end (unless ``train.prior: none``), a prior per group fit on the training clips'
   codes under the best weights, stored in ``model.pth`` (:mod:`animalvae.vae.prior`), which
   ``generate`` samples from; and the texture, the pixel-scale roughness the decoder smooths
@@ -54,7 +50,6 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +61,6 @@ from ..config import Config, config_to_dict
 from ..errors import AnimalVAEError, ConfigError
 from ..spectrogram import SpectrogramSpec
 from ..stage import StageOptions, atomic_path, write_settings
-from .adversarial import AdversarialPhase, run_phase
 from .checkpoint import (
     check_run_dir,
     clear_run_dir,
@@ -385,9 +379,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
         set_rng_state(state["rng"])
         log.info("resuming at epoch %d, step %d (best validation loss %.5g)", epoch + 1, step,
                  best_val)
-    adversarial_left = (epoch >= tc.epochs and tc.adversarial_epochs
-                        > (state or {}).get("adversarial", {}).get("epoch", 0))
-    if (epoch >= tc.epochs or (tc.max_steps and step >= tc.max_steps)) and not adversarial_left:
+    if epoch >= tc.epochs or (tc.max_steps and step >= tc.max_steps):
         log.info("nothing to do: the run already reached train.epochs=%d / train.max_steps=%d",
                  tc.epochs, tc.max_steps)
         return run_dir / MODEL
@@ -507,12 +499,6 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 _plot_losses(run_dir / LOSS_PLOT, rows)
                 last_plot = time.monotonic()
 
-    if tc.adversarial_epochs and epoch >= tc.epochs:
-        _adversarial_phase(model, train_set, val_set, config=config, run_dir=run_dir, dist=dist,
-                           reconstruction=reconstruction,
-                           saved=(state or {}).get("adversarial"), rows=rows,
-                           checkpoint=checkpoint, progress=options.progress and dist.is_main,
-                           last=vae_state())
     if dist.is_main:
         store_fits(run_dir / MODEL, model, train_set, config, device=device)
     if stop and epoch < tc.epochs:
@@ -521,66 +507,3 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
     log.info("best validation loss %.5g: %s (last state: %s)", best_val, run_dir / MODEL,
              run_dir / LAST)
     return run_dir / MODEL
-
-
-def _adversarial_phase(model: VAE, train_set: SpectrogramSet, val_set: SpectrogramSet, *,
-                       config: Config, run_dir: Path, dist: DistContext,
-                       reconstruction: ReconstructionLoss,
-                       saved: dict[str, Any] | None, rows: list[dict[str, float]],
-                       checkpoint: Callable[..., dict[str, Any]], last: dict[str, Any],
-                       progress: bool) -> None:
-    """``train.adversarial_epochs`` of :mod:`animalvae.vae.adversarial` after the VAE epochs.
-
-    Starts from the best weights (``model.pth``), or from ``saved`` (the phase's state in
-    ``last.pth``) with the weights already in ``model``. After each epoch: validation, a
-    metrics row (its ``train_*`` are the VAE loss terms of the reconstructions), ``model.pth``
-    with the current weights, and ``last.pth`` with ``last`` (the VAE phase's final state) and
-    the phase's own. Under torchrun every rank runs the phase alike on whole batches (the
-    same data, noise and initial weights, so without exchanging gradients; the phase is small
-    next to the VAE epochs), validation is shared out as in the VAE epochs, and rank 0 writes.
-    """
-    tc = config.train
-    dist.sum(torch.zeros(1))  # a barrier under torchrun: rank 0 has written model.pth
-    phase = AdversarialPhase.create(model, channels=tc.discriminator_channels,
-                                    lr=tc.adversarial_lr, seed=tc.seed, device=dist.device)
-    if saved is not None:
-        phase.load_state_dict(saved, source=str(run_dir / LAST))
-    else:
-        model.load_state_dict(read_checkpoint(run_dir / MODEL)["model"])
-    n_pixels = math.prod(model.shape)
-    vae_step = last["step"]
-    t0 = time.monotonic()
-
-    def on_epoch(means: dict[str, float]) -> None:
-        nonlocal t0
-        # the reconstruction and KL only: the decoder alone is tuned, not against the pitch
-        val = _validate(model, val_set, batch_size=tc.batch_size, dist=dist,
-                        reconstruction=reconstruction, beta=tc.beta, pitch_weight=0.0,
-                        seed=tc.seed)
-        rows.append({"epoch": tc.epochs + phase.epoch, "step": vae_step + phase.step,
-                     # as the VAE epochs and validation count it: the whole reconstruction term
-                     "train_loss": means["recon_loss"] + tc.beta * means["kl"] / n_pixels,
-                     "train_recon": means["recon"], "train_kl": means["kl"],
-                     "val_loss": val["loss"], "val_recon": val["recon"], "val_kl": val["kl"],
-                     "beta": tc.beta, "lr": tc.adversarial_lr,
-                     "seconds": time.monotonic() - t0})
-        t0 = time.monotonic()
-        log.info("adversarial epoch %d/%d: discriminator %.4f · decoder recon %.5f, hinge "
-                 "%.4f, feature matching %.4f · val recon %.5f · %.1f s", phase.epoch,
-                 tc.adversarial_epochs, means["d_loss"], means["recon"], means["adversarial"],
-                 means["matching"], val["recon"], rows[-1]["seconds"])
-        if not dist.is_main:
-            return
-        save_checkpoint(run_dir / MODEL, checkpoint(epoch=rows[-1]["epoch"],
-                                                    step=rows[-1]["step"], val_loss=val["loss"]))
-        save_checkpoint(run_dir / LAST, checkpoint(**last, metrics=rows, rng=rng_state(),
-                                                   adversarial=phase.state_dict()))
-        write_metrics(run_dir / METRICS, rows, _METRIC_COLUMNS)
-        if phase.epoch >= tc.adversarial_epochs:
-            _plot_losses(run_dir / LOSS_PLOT, rows)
-
-    run_phase(phase, train_set, epochs=tc.adversarial_epochs, batch_size=tc.batch_size,
-              seed=tc.seed, epoch_offset=tc.epochs, reconstruction=reconstruction,
-              adversarial_weight=tc.adversarial_weight,
-              feature_matching_weight=tc.feature_matching_weight, grad_clip=tc.grad_clip,
-              device=dist.device, on_epoch=on_epoch, progress=progress)
