@@ -64,7 +64,9 @@ def build_parser():
 
     t = command("train", "train the VAE",
                 "Train the VAE; writes model.pth (best by validation), last.pth, metrics.csv, "
-                "loss.png and split.csv into the run folder. Under torchrun (torchrun "
+                "loss.png and split.csv into the run folder, then fits the sampler on the "
+                "training clips (sampler.pth: the prior over codes and the finishing of the "
+                "decoder's output, as vae.py fit-sampler does). Under torchrun (torchrun "
                 "--nproc_per_node N vae.py -- train ...) the N processes train one model with "
                 "DistributedDataParallel, train.batch_size being the global batch, and rank 0 "
                 "writes the run folder.",
@@ -78,8 +80,8 @@ def build_parser():
                    help="continue from the run's last.pth exactly (model, optimiser, "
                         "scheduler, epoch, RNG)")
     g = command("generate", "sample new sounds",
-                "Sample z, decode, add the run's texture noise (generate.texture), undo the "
-                "normalisation and run Griffin-Lim; writes "
+                "Sample z from the run's sampler (sampler.pth), decode and finish the "
+                "spectrogram (generate.*), undo the normalisation and run Griffin-Lim; writes "
                 "samples/<group>_<k>.wav + .png and index.html.")
     g.add_argument("--group", action="append", default=None, metavar="NAME",
                    help="only these groups (repeatable; default: every group)")
@@ -114,20 +116,15 @@ def build_parser():
                         "another source's recordings with another paths.spectrograms): the "
                         "judges are also fit on these, which gives out-of-sample figures "
                         "(metrics.json quality.independent)")
-    command("fit-prior", "fit the sampling prior again, without training",
-            "Fit the prior that generate samples z from (train.prior: kde, with "
-            "train.prior_bandwidth, or gmm, with train.prior_components) on the codes of the "
-            "run's training clips, with each group's spread (generate.spread: fit), and store "
-            "them in model.pth in place of the ones training stored; train.prior=none removes "
-            "them (generate then samples N(0, I)). E.g. "
-            "vae.py fit-prior --set train.prior_bandwidth=0.3, then generate or evaluate.")
-    command("fit-texture", "fit the texture noise again, without training",
-            "Measure the pixel-scale roughness the decoder smooths away (real training "
-            "spectrograms against their reconstructions, per group, frequency band and level) "
-            "and store the noise that restores it in model.pth, which generate, reconstruct, "
-            "interpolate and evaluate then add at generate.texture. Training does this at its "
-            "end; this gives a run trained before textures existed one, or refits it after "
-            "generate.restore_peak changes.")
+    command("fit-sampler", "fit the sampler again, without training",
+            "Fit what turns a code into a spectrogram to listen to on the run's training "
+            "clips under its weights: the prior over each group's codes (train.prior: kde, "
+            "with train.prior_bandwidth, or gmm, with train.prior_components; none: N(0, I)), "
+            "each group's spread (generate.spread: fit) and the texture noise; writes "
+            "sampler.pth beside model.pth with the settings it was fit under. Training does "
+            "this at its end, and generate, reconstruct, interpolate and evaluate do it "
+            "themselves (with a notice) when those settings changed. E.g. "
+            "vae.py fit-sampler --set train.prior_bandwidth=0.5.")
     _image_commands(command)
     return p
 
@@ -182,6 +179,7 @@ def run(args) -> int:
         from animalvae.vae.run_folder import LAST
         try:
             train.train(config, run_dir, resume=args.resume, options=options)
+            _fit_sampler_after_training(config, run_dir)
         except train.TrainingDiverged as exc:
             print(f"vae.py: error: {exc}", file=sys.stderr)
             return 1
@@ -206,15 +204,26 @@ def run(args) -> int:
         generate.reconstruct(config, run_dir, count=args.count, options=options)
     elif args.command == "interpolate":
         generate.interpolate(config, run_dir, args.a, args.b, steps=args.steps, options=options)
-    elif args.command == "fit-prior":
-        from animalvae.vae.fits import refit
-        refit(config, run_dir, prior=True)
-    elif args.command == "fit-texture":
-        from animalvae.vae.fits import refit
-        refit(config, run_dir, texture=True)
+    elif args.command == "fit-sampler":
+        from animalvae.vae.sampler import refit_sampler
+        refit_sampler(config, run_dir, generate.load_run_model(config, run_dir))
     else:
         generate.evaluate(config, run_dir, options=options, judge_dir=args.judge_dir)
     return 0
+
+
+def _fit_sampler_after_training(config, run_dir: Path) -> None:
+    """Fit the sampler of a finished training run, once (rank 0 under torchrun), unless it is
+    newer than the weights (a --resume that had nothing left to train)."""
+    from animalvae.vae.distributed import rank_and_world
+    from animalvae.vae.run_folder import MODEL, SAMPLER
+    sampler, model = run_dir / SAMPLER, run_dir / MODEL
+    if rank_and_world()[0] != 0 or (sampler.is_file()
+                                    and sampler.stat().st_mtime >= model.stat().st_mtime):
+        return
+    from animalvae.vae.generate import load_run_model
+    from animalvae.vae.sampler import refit_sampler
+    refit_sampler(config, run_dir, load_run_model(config, run_dir))
 
 
 def _run_images(args, config, run_dir: Path, options) -> int:

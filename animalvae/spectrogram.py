@@ -66,10 +66,15 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .config import FeaturesConfig
 
-__all__ = ["SpectrogramSpec", "Spectrogram", "InverseSpectrogram", "spectral_convergence",
-           "unit_to_magnitude", "describe_differences", "save_spec", "load_spec", "NORMALIZER",
-           "AMIN", "PEAK_FLOOR_DB"]
+__all__ = ["SpectrogramSpec", "Spectrogram", "InverseSpectrogram", "to_audio",
+           "spectral_convergence", "unit_to_magnitude", "describe_differences", "save_spec",
+           "load_spec", "NORMALIZER", "AMIN", "PEAK_FLOOR_DB", "PEAK_DBFS"]
 
+#: Audio made from spectrograms (:func:`to_audio`) is scaled so its peak sits here.
+PEAK_DBFS = -1.0
+# Spectrograms per Griffin-Lim call. On a CPU small batches are as fast per item as large ones
+# (larger ones fall out of cache); on a GPU large batches fill the device.
+_GL_BATCH = {"cpu": 4, "cuda": 64, "mps": 16}
 #: File name of the saved spec, beside the arrays.
 NORMALIZER = "normalizer.json"
 #: Smallest magnitude taken into the log (-200 dB): keeps log10 finite on exact zeros.
@@ -401,6 +406,42 @@ class InverseSpectrogram(torch.nn.Module):
             S, self.window, n_fft=self.spec.n_fft, hop_length=self.spec.hop_length,
             win_length=self.spec.n_fft, power=1.0, n_iter=self.n_iter,
             momentum=self.momentum, length=self.spec.n_samples, rand_init=True)
+
+
+@torch.no_grad()
+def to_audio(x: Tensor, spec: SpectrogramSpec, *, n_iter: int, momentum: float,
+             seed: int = 0, peak_normalise: bool = True) -> Tensor:
+    """Spectrograms to peak-normalised waveforms with batched Griffin-Lim on ``x``'s device.
+
+    Parameters
+    ----------
+    x : Tensor [shape=(B, n_bins, n_frames), values in [0, 1]]
+    spec : SpectrogramSpec
+    n_iter : int
+        Griffin-Lim iterations.
+    momentum : float
+        Fast Griffin-Lim momentum in [0, 1).
+    seed : int
+        Seeds torch's RNG, which draws the initial phases: the same call gives the same audio.
+    peak_normalise : bool
+        Scale each row's peak to :data:`PEAK_DBFS` (an all-zero row stays zero); False keeps
+        the level the inverse gives (``x = 1`` is a full-scale sine's level).
+
+    Returns
+    -------
+    Tensor [shape=(B, n_samples), float32, on the CPU]
+    """
+    inverse = InverseSpectrogram(spec, n_iter=n_iter, momentum=momentum).to(x.device)
+    torch.manual_seed(seed)
+    out = []
+    batch = _GL_BATCH.get(x.device.type, 4)
+    for start in range(0, len(x), batch):
+        y = inverse(x[start:start + batch]).float()                   # (b, n_samples)
+        if peak_normalise:
+            peak = y.abs().amax(dim=-1, keepdim=True)                 # (b, 1)
+            y = y * torch.where(peak > 0, 10 ** (PEAK_DBFS / 20) / peak.clamp(min=1e-12), 0.0)
+        out.append(y.cpu())
+    return torch.cat(out) if out else torch.empty(0, spec.n_samples)
 
 
 def unit_to_magnitude(x: Tensor, *, top_db: float) -> Tensor:

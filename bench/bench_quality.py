@@ -16,8 +16,7 @@ Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the prev
 batch 32, 30 epochs, no mixture prior, samples from N(0, I)), and one per lever that was measured
 (``--variants`` picks; ``--list`` shows them). Every variant trains on the same split; one that
 changes only the prior or generation (``train.prior*``, ``generate.*``) reuses the ``defaults``
-run's weights (listed first), its prior fit again by ``vae.py fit-prior`` (and its texture by
-``vae.py fit-texture`` when it changes ``generate.restore_peak``). ``--seeds`` repeats
+run's weights (listed first), its sampler fit again by ``vae.py fit-sampler``. ``--seeds`` repeats
 everything for other ``train.seed`` values (each its own split and initial weights), a row each:
 how much a figure moves from one training to the next.
 
@@ -108,8 +107,7 @@ VARIANTS: dict[str, list[str]] = {
     "spread-1.5": ["generate.spread=1.5"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
-#: ``defaults`` run of the same seed (its prior fit again with ``vae.py fit-prior``, its texture
-#: with ``vae.py fit-texture`` when the variant decodes otherwise).
+#: ``defaults`` run of the same seed, its sampler fit again with ``vae.py fit-sampler``.
 _AFTER_TRAINING = ("generate.", "train.prior")
 
 
@@ -274,11 +272,10 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
     from animalvae.config import load_config
     from animalvae.plots import show_spectrogram
     from animalvae.vae.dataset import read_array, read_split
-    from animalvae.vae.generate import decode_samples
-    from animalvae.vae.model import load_model
+    from animalvae.vae.generate import load_run
 
     config = load_config(ROOT / "config.yaml")
-    trained = load_model(run_dir / "model.pth")
+    trained, sampler = load_run(config, run_dir)
     _, val = read_split(run_dir)
     fig = Figure(figsize=(3.0 * (1 + per_group), 2.3 * len(trained.groups)), layout="constrained")
     axes = fig.subplots(len(trained.groups), 1 + per_group, squeeze=False)
@@ -287,7 +284,7 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
         show_spectrogram(axes[g, 0], read_array(Path(real.source), trained.spec.shape)
                          .astype(np.float32), trained.spec, xlabel=g == len(trained.groups) - 1)
         axes[g, 0].set_title(f"{name}: real (held out)", fontsize=9)
-        x = decode_samples(trained, torch.full((per_group,), g), config).numpy()
+        x = sampler.draw(trained.model, torch.full((per_group,), g), config).cpu().numpy()
         for k in range(per_group):
             show_spectrogram(axes[g, 1 + k], x[k], trained.spec, ylabel=False,
                              xlabel=g == len(trained.groups) - 1)
@@ -369,7 +366,7 @@ def section(data: str, results: dict[str, dict[str, float]],
         f"Data: {data}; through stages 2 (extra audio), 3 (energy: the loudest 3 s window) "
         "and 4 at the defaults, then `vae.py train` and `vae.py evaluate` per variant on "
         f"{split} (10 % of each group held out); a variant that changes only the prior or "
-        "generation reuses the defaults' weights (`vae.py fit-prior` for the prior). Figures "
+        "generation reuses the defaults' weights (`vae.py fit-sampler` for its sampler). Figures "
         "from `metrics.json` "
         "(`animalvae/vae/quality.py`): accuracy of a log-mel-statistics classifier fit on the "
         "run's real training clips, on real held-out clips (the ceiling), on "
@@ -494,10 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(run_dir, ignore_errors=True)
                     shutil.copytree(work / "runs" / defaults, run_dir,
                                     ignore=shutil.ignore_patterns("samples", "images"))
-                    if any(s.startswith("train.prior") for s in VARIANTS[name]):
-                        run(["vae.py", "fit-prior", *variant], log)
-                    if any(s.startswith("generate.restore_peak") for s in VARIANTS[name]):
-                        run(["vae.py", "fit-texture", *variant], log)  # fit on what it decodes
+                    run(["vae.py", "fit-sampler", *variant], log)
                     seconds[label] = None
                 else:
                     seconds[label] = run(["vae.py", "train", "--force", *variant], log)

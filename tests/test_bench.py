@@ -46,13 +46,17 @@ def _bench_quality() -> ModuleType:
     return module
 
 
+#: One row of the quality bench's first table.
+FIGURES = {"ceiling": 1.0, "samples": 0.9, "reconstructions": 1.0, "samples_vs": 0.9,
+           "reconstructions_vs": 1.0, "worst_group_samples": 0.8, "min_diversity": 0.7,
+           "min_nearest_training": 1.1, "min_sharpness_samples": 0.9,
+           "min_sharpness_reconstructions": 0.75, "frechet": 100.0, "frechet_rec": 90.0,
+           "frechet_real": 80.0}
+
+
 def test_bench_quality_section_names_the_command_that_remakes_it():
     bq = _bench_quality()
-    figures = {"ceiling": 1.0, "samples": 0.9, "reconstructions": 1.0, "samples_vs": 0.9,
-               "reconstructions_vs": 1.0, "worst_group_samples": 0.8, "min_diversity": 0.7,
-               "min_nearest_training": 1.1, "min_sharpness_samples": 0.9,
-               "min_sharpness_reconstructions": 0.75, "frechet": 100.0, "frechet_rec": 90.0,
-               "frechet_real": 80.0}
+    figures = FIGURES
     plain = bq.section("data", {"defaults": figures}, {"defaults": (100.0, 190.0)}, 50,
                        ["defaults"], [0])
     assert plain.startswith("## quality: generated sounds vs real recordings\n")
@@ -83,11 +87,7 @@ def test_source_split_alternates_each_groups_sources_by_size(tmp_path):
 
 def test_bench_quality_section_adds_the_judges_table_and_the_fold():
     bq = _bench_quality()
-    figures = {"ceiling": 1.0, "samples": 0.9, "reconstructions": 1.0, "samples_vs": 0.9,
-               "reconstructions_vs": 1.0, "worst_group_samples": 0.8, "min_diversity": 0.7,
-               "min_nearest_training": 1.1, "min_sharpness_samples": 0.9,
-               "min_sharpness_reconstructions": 0.75, "frechet": 100.0, "frechet_rec": 90.0,
-               "frechet_real": 80.0}
+    figures = FIGURES
     row = {"overall": {"ceiling": 0.9, "samples_vs_ceiling": 0.5,
                        "reconstructions_vs_ceiling": 1.0},
            "groups": {"cats": {"samples_vs_ceiling": 0.25, "reconstructions_vs_ceiling": 1.0,

@@ -164,17 +164,18 @@ def test_the_pitch_loss_is_a_mean_over_clips_so_torchrun_can_share_a_batch_out()
 
 def test_samples_draw_the_comb_at_generate_pitch_temperature_reconstructions_at_the_models():
     from animalvae.config import Config
-    from animalvae.vae.generate import decode_for_output, restore_peak
+    from animalvae.vae.sampler import Sampler, restore_peak
 
     model = decoder_with_a_fixed_pitch(7).eval()
     with torch.no_grad():                      # a head that prefers high spacings, not surely
         model.decoder.pitch.net[-1].bias.copy_(torch.linspace(0.0, 6.0, 24))
     config = Config()
     assert config.generate.pitch_temperature != model.decoder.pitch_temperature
-    z, cond = torch.randn(3, 8), model.decoder.condition(torch.tensor([0, 1, 0]))
+    z, groups = torch.randn(3, 8), torch.tensor([0, 1, 0])
+    cond = model.decoder.condition(groups)
+    sampled = Sampler({}).decode(model, z, groups, config, sampled=True)
+    encoded = Sampler({}).decode(model, z, groups, config)
     with torch.no_grad():
-        sampled = decode_for_output(model, z, cond, config, sampled=True)
-        encoded = decode_for_output(model, z, cond, config)
         at_generate = model.decoder(z, cond, pitch_temperature=config.generate.pitch_temperature)
         at_model = model.decoder(z, cond)
     assert torch.equal(sampled, restore_peak(at_generate[:, 0]))

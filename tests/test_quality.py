@@ -32,6 +32,10 @@ from animalvae.vae.prior import (
 )
 from animalvae.vae.spread import SPREADS, smallest_meeting
 
+#: The settings a fitted spread adds to a sampler's (animalvae.vae.sampler.fit_settings).
+SPREAD_FIT_KEYS = ("generate.temperature", "generate.pitch_temperature", "generate.texture",
+                   "generate.seed", "generate.momentum")
+
 SR = 8000
 
 
@@ -349,15 +353,16 @@ def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys)
     config = write_tiny_config(tmp_path, epochs=4)
     assert vae.main(["train", "--config", str(config), "-q"]) == 0
     run = tmp_path / "runs" / "default"
-    data = torch.load(run / "model.pth", weights_only=True)
-    assert set(data[PRIOR]) == {"weights", "means", "variances", SPREAD}
-    spread = data[PRIOR][SPREAD]                                    # each group's, from the grid
+    data = torch.load(run / "sampler.pth", weights_only=True)
+    assert set(data["prior"]) == {"weights", "means", "variances"}
+    assert data["settings"]["train.prior"] == "kde" and data["texture"].shape[0] == 2
+    spread = data["spread"]                                         # each group's, from the grid
     assert spread.shape == (2,)
     assert torch.isclose(spread[:, None], torch.tensor(SPREADS)).any(dim=1).all()
     # the default kernel density estimate: one component per training code (8 per group)
-    assert data[PRIOR]["means"].shape == (2, 8, 8)
-    assert ((data[PRIOR]["weights"] > 0).sum(dim=1) == 8).all()
-    assert load_model(run / "model.pth").prior is not None
+    assert data["prior"]["means"].shape == (2, 8, 8)
+    assert ((data["prior"]["weights"] > 0).sum(dim=1) == 8).all()
+    assert PRIOR not in torch.load(run / "model.pth", weights_only=True)  # weights only
     argv = ["evaluate", "--config", str(config), "--set", "generate.eval_samples=4", "-q"]
     assert vae.main(argv) == 0
     first = json.loads((run / "metrics.json").read_text())["quality"]
@@ -391,66 +396,94 @@ def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys)
     assert "at least two of the model's groups" in capsys.readouterr().err
 
 
-def test_fit_prior_replaces_the_stored_prior_without_training(tmp_path, capsys):
+def test_fit_sampler_replaces_the_sampler_and_a_changed_setting_refits_it(tmp_path, capsys):
     config = write_tiny_config(tmp_path, epochs=1)
     run = tmp_path / "runs" / "default"
     base = ["--config", str(config), "-q"]
-    assert vae.main(["fit-prior", *base]) == 2                    # nothing trained yet
+    assert vae.main(["fit-sampler", *base]) == 2                  # nothing trained yet
     assert "model.pth" in capsys.readouterr().err
     assert vae.main(["train", *base]) == 0
-    weights = torch.load(run / "model.pth", weights_only=True)["model"]
-    assert vae.main(["fit-prior", *base, "--set", "train.prior=gmm",
-                     "--set", "train.prior_components=2"]) == 0
-    data = torch.load(run / "model.pth", weights_only=True)
-    assert data[PRIOR]["means"].shape == (2, 2, 8)
-    assert all(torch.equal(data["model"][k], v) for k, v in weights.items())
+    weights = (run / "model.pth").read_bytes()
+    gmm = ["--set", "train.prior=gmm", "--set", "train.prior_components=2"]
+    assert vae.main(["fit-sampler", *base, *gmm]) == 0
+    data = torch.load(run / "sampler.pth", weights_only=True)
+    assert data["prior"]["means"].shape == (2, 2, 8)
+    assert data["settings"]["train.prior_components"] == 2
+    assert (run / "model.pth").read_bytes() == weights              # the weights stay
+    # generate at other fit settings than the sampler's: it is fit again first, and saved
+    argv = ["generate", "--config", str(config), "--count", "1"]
+    assert vae.main(argv) == 0
+    assert "fit with other settings (train.prior 'gmm' -> 'kde'" in capsys.readouterr().err
+    assert torch.load(run / "sampler.pth", weights_only=True)["settings"]["train.prior"] == "kde"
+    assert vae.main(argv) == 0
+    assert "fitting it again" not in capsys.readouterr().err       # now it matches
+    # without the training clips it cannot be fit again: refused with the reason
     gone = Path(read_split(run)[0][0].source)
     gone.rename(gone.with_suffix(".bak"))
-    assert vae.main(["fit-prior", *base]) == 2
+    assert vae.main(["fit-sampler", *base]) == 2
     assert f"{gone} (a training file in" in capsys.readouterr().err
-    assert vae.main(["fit-prior", *base, "--set", "train.prior=none"]) == 0
-    assert load_model(run / "model.pth").prior is None
+    assert vae.main([*argv, *gmm]) == 2
+    err = capsys.readouterr().err
+    assert "its settings differ: train.prior 'kde' -> 'gmm'" in err and "set those values" in err
+    gone.with_suffix(".bak").rename(gone)
+    assert vae.main(["fit-sampler", *base, "--set", "train.prior=none"]) == 0
+    assert torch.load(run / "sampler.pth", weights_only=True)["prior"] is None
+    assert vae.main([*argv, "--set", "train.prior=none"]) == 0
+    assert "sampling z ~ N(0, I)" in capsys.readouterr().err
 
 
-def test_generate_draws_with_each_groups_stored_spread_unless_one_is_set(tmp_path, capsys):
+def test_generate_draws_with_each_groups_fitted_spread_unless_one_is_set(tmp_path, capsys):
     config = write_tiny_config(tmp_path, epochs=1)
     assert vae.main(["train", "--config", str(config), "-q"]) == 0
     run = tmp_path / "runs" / "default"
-    data = torch.load(run / "model.pth", weights_only=True)
+    data = torch.load(run / "sampler.pth", weights_only=True)
 
     def samples(*sets: str) -> dict[str, bytes]:
         argv = ["generate", "--config", str(config), "--count", "2", "-q"]
         assert vae.main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
         return {f.name: f.read_bytes() for f in sorted((run / "samples").glob("*.wav"))}
 
-    data[PRIOR][SPREAD] = torch.tensor([1.0, 2.0])                 # birds, dogs
-    torch.save(data, run / "model.pth")
-    fitted, one, two = samples(), samples("generate.spread=1"), samples("generate.spread=2")
+    data["spread"] = torch.tensor([1.0, 2.0])                       # birds, dogs
+    torch.save(data, run / "sampler.pth")
+    fitted = samples()
+    data["settings"]["generate.spread"] = 1.0                       # a number: no spread fit
+    torch.save({**data, "settings": {k: v for k, v in data["settings"].items()
+                                     if k not in SPREAD_FIT_KEYS}}, run / "sampler.pth")
+    one = samples("generate.spread=1")
+    data["settings"]["generate.spread"] = 2.0
+    torch.save({**data, "settings": {k: v for k, v in data["settings"].items()
+                                     if k not in SPREAD_FIT_KEYS}}, run / "sampler.pth")
+    two = samples("generate.spread=2")
     assert fitted["birds_0.wav"] == one["birds_0.wav"] != two["birds_0.wav"]
     assert fitted["dogs_0.wav"] == two["dogs_0.wav"] != one["dogs_0.wav"]
-    del data[PRIOR][SPREAD]                                         # a prior from before the fit
-    torch.save(data, run / "model.pth")
-    assert samples() == one
-    data[PRIOR][SPREAD] = torch.tensor([1.0, 0.0])
-    torch.save(data, run / "model.pth")
+    data["spread"] = torch.tensor([1.0, 0.0])
+    data["settings"]["generate.spread"] = "fit"
+    torch.save(data, run / "sampler.pth")
     assert vae.main(["generate", "--config", str(config), "-q"]) == 2
-    assert "spread is not one positive value per group" in capsys.readouterr().err
+    assert "its spread is not one positive value per group" in capsys.readouterr().err
 
 
-def test_a_model_without_prior_still_loads_and_generates(tmp_path, capsys):
+def test_a_model_of_the_previous_format_samples_with_the_fits_inside_it(tmp_path, capsys):
     config = write_tiny_config(tmp_path, epochs=2)
     assert vae.main(["train", "--config", str(config), "-q"]) == 0
     run = tmp_path / "runs" / "default"
+    sampler = torch.load(run / "sampler.pth", weights_only=True)
+    argv = ["generate", "--config", str(config), "--count", "1", "-q"]
+    assert vae.main(argv) == 0
+    now = {f.name: f.read_bytes() for f in (run / "samples").glob("*.wav")}
+    # as the previous format wrote it: the prior (spread inside) and texture in model.pth
     data = torch.load(run / "model.pth", weights_only=True)
-    del data[PRIOR]                       # as written before the prior existed
+    data[PRIOR] = {**sampler["prior"], SPREAD: sampler["spread"]}
+    data["texture"] = sampler["texture"]
     torch.save(data, run / "model.pth")
-    assert load_model(run / "model.pth").prior is None
-    assert vae.main(["generate", "--config", str(config), "--count", "1"]) == 0
-    assert "sampling z ~ N(0, I)" in capsys.readouterr().err
-    assert (run / "samples" / "dogs_0.wav").is_file()
+    (run / "sampler.pth").unlink()
+    assert vae.main(argv[:-1]) == 0
+    assert "sampler of an earlier version" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in (run / "samples").glob("*.wav")} == now
+    assert not (run / "sampler.pth").exists()                      # read, not rewritten
     data[PRIOR] = {"weights": torch.ones(5, 1)}
     torch.save(data, run / "model.pth")
-    assert vae.main(["generate", "--config", str(config), "-q"]) == 2
+    assert vae.main(argv) == 2
     assert "its prior does not fit the model" in capsys.readouterr().err
 
 
@@ -506,8 +539,8 @@ def test_restore_peak_puts_each_decoded_spectrogram_back_on_the_representations_
     import dataclasses
 
     from animalvae.config import Config, ModelConfig
-    from animalvae.vae.generate import decode_for_output, restore_peak
     from animalvae.vae.model import VAE
+    from animalvae.vae.sampler import Sampler, restore_peak
 
     x = torch.tensor([[[0.2, 0.4], [0.8, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
     restored = restore_peak(x)
@@ -520,12 +553,13 @@ def test_restore_peak_puts_each_decoded_spectrogram_back_on_the_representations_
 
     model = VAE(ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, latent_frames=0),
                 (16, 8), 2).eval()
-    z, cond = torch.randn(3, 8), model.decoder.condition(torch.tensor([0, 1, 0]))
+    z, groups = torch.randn(3, 8), torch.tensor([0, 1, 0])
     on = Config()
     off = dataclasses.replace(on, generate=dataclasses.replace(on.generate, restore_peak=False))
+    plain = Sampler({})                                   # no prior, no texture
     with torch.no_grad():
-        raw = model.decoder(z, cond)[:, 0]
-        torch.testing.assert_close(decode_for_output(model, z, cond, off), raw)
-        out = decode_for_output(model, z, cond, on)
+        raw = model.decoder(z, model.decoder.condition(groups))[:, 0]
+    torch.testing.assert_close(plain.decode(model, z, groups, off), raw)
+    out = plain.decode(model, z, groups, on)
     torch.testing.assert_close(out.amax(dim=(1, 2)), torch.ones(3))
     assert (raw.amax(dim=(1, 2)) < 0.99).all()            # an untrained decoder's peaks are low

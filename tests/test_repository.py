@@ -1,4 +1,5 @@
-"""The repository stands on its own: no file in it refers to a path outside it."""
+"""The repository stands on its own (no file refers to a path outside it), and its package
+imports run one way (no cycle)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,44 @@ def test_no_tracked_file_names_a_path_outside_the_repository():
     offenders = [name for name in files if name and (ROOT / name).is_file()
                  and OUTSIDE in (ROOT / name).read_text(encoding="utf-8", errors="ignore")]
     assert offenders == []
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Each module of animalvae/ and the modules of animalvae/ it imports (read with ast)."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "animalvae").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        package = parts[:-1]                        # a module's package, or __init__'s own
+        name = ".".join(parts if parts[-1] != "__init__" else package)
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                deps.add(module)
+                deps.update(f"{module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = deps
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_no_module_of_the_package_imports_itself_round_a_cycle():
+    graph, state, cycles = _package_imports(), {}, []
+
+    def visit(module: str, stack: list[str]) -> None:
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            if state.get(dep) == "open":
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, [*stack, dep])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert graph["animalvae.vae.generate"] >= {"animalvae.vae.sampler"}   # the graph is read
+    assert cycles == []

@@ -714,8 +714,7 @@ FLAGS = {   # each sub-command's own flags, beyond COMMON
     "reconstruct": {"--count"},
     "interpolate": {"--steps"},
     "evaluate": {"--limit", "--judge-dir"},
-    "fit-prior": set(),
-    "fit-texture": set(),
+    "fit-sampler": set(),
 }
 
 

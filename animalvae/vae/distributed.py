@@ -152,7 +152,7 @@ def distributed(device_setting: str, *, key: str = "train.device") -> Iterator[D
     try:
         yield DistContext(rank, world, device)
         # every rank leaves together: a rank that tore the group down and exited while
-        # another was still working (rank 0 fits the prior and writes model.pth) could
+        # another was still working (rank 0 writes model.pth) could
         # abort in gloo's teardown ("terminate called without an active exception")
         torch.distributed.barrier()
     finally:

@@ -1,7 +1,9 @@
 """Using a trained run: generate, reconstruct, interpolate, evaluate.
 
 Everything about the model and the representation comes from the run's ``model.pth`` (model
-config, spectrogram spec, group names); the config supplies only ``generate.*`` and
+config, spectrogram spec, group names), and every code is sampled and decoded through the
+run's sampler (``sampler.pth``, :mod:`animalvae.vae.sampler`); the config supplies only
+``generate.*`` (and, when the sampler must be fit again, ``train.prior*``) and
 ``train.device``. Decoded spectrograms go back to sound with
 :class:`~animalvae.spectrogram.InverseSpectrogram` (fast Griffin-Lim, batched, on the model's
 device), are peak-normalised to -1 dBFS and written as 16-bit WAV at the spec's sample rate,
@@ -30,12 +32,12 @@ from ..errors import ConfigError, ItemFailed, ItemSkipped
 from ..segments import load_segment
 from ..spectrogram import (
     NORMALIZER,
-    InverseSpectrogram,
     Spectrogram,
     SpectrogramSpec,
     describe_differences,
     load_spec,
     spectral_convergence,
+    to_audio,
     unit_to_magnitude,
 )
 from ..stage import Item, StageOptions, atomic_path, atomic_write_text
@@ -48,116 +50,37 @@ from .dataset import (
     require_sources,
 )
 from .gallery import write_gallery
-from .model import VAE, TrainedModel, kl_divergence, load_model
-from .prior import SPREAD, per_label, sample_prior
+from .model import TrainedModel, kl_divergence, load_model
 from .run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
-from .texture import add_texture, texture_tables
+from .sampler import Sampler, load_sampler
 
-__all__ = ["generate", "reconstruct", "interpolate", "evaluate", "decode_samples",
-           "decode_for_output", "texture_for", "to_audio", "write_sample", "sample_latents",
-           "log_spectral_distance", "safe_name", "PEAK_DBFS", "UNCONDITIONAL"]
+__all__ = ["generate", "reconstruct", "interpolate", "evaluate", "write_sample",
+           "log_spectral_distance", "safe_name", "load_run", "load_run_model", "UNCONDITIONAL"]
 
 log = logging.getLogger(__name__)
 
-#: Generated audio is scaled so its peak sits here.
-PEAK_DBFS = -1.0
 #: The file-name prefix of samples from a model without groups (model.conditional: false).
 UNCONDITIONAL = "all"
-# Spectrograms per Griffin-Lim call. On a CPU small batches are as fast per item as large ones
-# (larger ones fall out of cache); on a GPU large batches fill the device.
-_GL_BATCH = {"cpu": 4, "cuda": 64, "mps": 16}
 
 
 # --------------------------------------------------------------------------------------------
 # Shared pieces
 # --------------------------------------------------------------------------------------------
 
-def _load_run(config: Config, run_dir: Path) -> TrainedModel:
+def load_run_model(config: Config, run_dir: Path) -> TrainedModel:
+    """A run's model, on ``train.device``."""
     device = pick_device(config.train.device, key="train.device")
     trained = load_model(Path(run_dir) / MODEL, device=device)
     log.info("%s: %s model, %s spectrograms, groups %s, epoch %s", Path(run_dir) / MODEL,
              "conditional" if trained.model.config.conditional else "unconditional",
              trained.spec.shape, ", ".join(trained.groups), trained.info.get("epoch", "?"))
-    if trained.texture is None and config.generate.texture > 0:
-        log.info("this model.pth has no texture (trained before it existed): decoding without "
-                 "it; vae.py fit-texture adds one")
     return trained
 
 
-def texture_for(trained: TrainedModel, groups: Tensor) -> Tensor | None:
-    """Each output's texture table (:mod:`animalvae.vae.texture`) from its group index
-    ``(B,)`` or blend of groups ``(B, G)``; None for a model without a texture. An
-    unconditional model's outputs belong to no group: each gets its one pooled table."""
-    if trained.texture is None:
-        return None
-    if not trained.model.config.conditional:
-        return trained.texture[0].expand(len(groups), *trained.texture.shape[1:])
-    return texture_tables(trained.texture, groups)
-
-
-
-@torch.no_grad()
-def to_audio(x: Tensor, spec: SpectrogramSpec, *, n_iter: int, momentum: float,
-             seed: int = 0, peak_normalise: bool = True) -> Tensor:
-    """Spectrograms to peak-normalised waveforms with batched Griffin-Lim on ``x``'s device.
-
-    Parameters
-    ----------
-    x : Tensor [shape=(B, n_bins, n_frames), values in [0, 1]]
-    spec : SpectrogramSpec
-    n_iter : int
-        Griffin-Lim iterations.
-    momentum : float
-        Fast Griffin-Lim momentum in [0, 1).
-    seed : int
-        Seeds torch's RNG, which draws the initial phases: the same call gives the same audio.
-    peak_normalise : bool
-        Scale each row's peak to :data:`PEAK_DBFS` (an all-zero row stays zero); False keeps
-        the level the inverse gives (``x = 1`` is a full-scale sine's level).
-
-    Returns
-    -------
-    Tensor [shape=(B, n_samples), float32, on the CPU]
-    """
-    inverse = InverseSpectrogram(spec, n_iter=n_iter, momentum=momentum).to(x.device)
-    torch.manual_seed(seed)
-    out = []
-    for idx in iter_batches(len(x), _GL_BATCH.get(x.device.type, 4)):
-        y = inverse(x[idx.to(x.device)]).float()                      # (b, n_samples)
-        if peak_normalise:
-            peak = y.abs().amax(dim=-1, keepdim=True)                 # (b, 1)
-            y = y * torch.where(peak > 0, 10 ** (PEAK_DBFS / 20) / peak.clamp(min=1e-12), 0.0)
-        out.append(y.cpu())
-    return torch.cat(out) if out else torch.empty(0, spec.n_samples)
-
-
-def restore_peak(x: Tensor) -> Tensor:
-    """Divide each decoded spectrogram by its maximum: (..., H, W) -> the same, peak 1.
-
-    Every stage-4 spectrogram has its loudest value at exactly 1 (0 dB re the clip's peak),
-    and the inverse maps ``x`` to dB linearly (``(x - 1) * top_db``), so dividing by the peak
-    stretches the dB range below it. A decoder trained on a per-pixel loss compresses that
-    range (peaks 10-20 dB low, quiet parts too loud next to them, which is how a blurred
-    spectrogram sounds); this undoes the compression (``generate.restore_peak``).
-    An all-zero spectrogram stays zero.
-    """
-    return x / x.amax(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
-
-
-def decode_for_output(model: VAE, z: Tensor, cond: Tensor | None, config: Config, *,
-                      sampled: bool = False, texture: Tensor | None = None) -> Tensor:
-    """``model.decoder(z, cond)`` as the spectrograms to listen to: (B, L) -> (B, H, W), with
-    :func:`restore_peak` when ``generate.restore_peak``. ``sampled``: ``z`` came from the prior,
-    so a pitch comb is drawn at ``generate.pitch_temperature`` (an unseen code's pitch is less
-    sure than an encoded clip's). ``texture``: each output's table (:func:`texture_for`), whose
-    noise is added at ``generate.texture`` with ``generate.seed``; None adds none."""
-    gc = config.generate
-    temperature = gc.pitch_temperature if sampled else None
-    x = model.decoder(z, cond, pitch_temperature=temperature)[:, 0]
-    x = restore_peak(x) if gc.restore_peak else x
-    if texture is not None:
-        x = add_texture(x, texture, scale=gc.texture, seed=gc.seed)
-    return x
+def load_run(config: Config, run_dir: Path) -> tuple[TrainedModel, Sampler]:
+    """A run's model (on ``train.device``) and its sampler (:mod:`animalvae.vae.sampler`)."""
+    trained = load_run_model(config, run_dir)
+    return trained, load_sampler(config, run_dir, trained)
 
 
 def write_sample(path: Path, y: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
@@ -249,66 +172,11 @@ def _held_out(run_dir: Path, trained: TrainedModel, *, per_group: int | None = N
 # Commands
 # --------------------------------------------------------------------------------------------
 
-def sample_latents(trained: TrainedModel, labels: Tensor, *, prior: str, temperature: float,
-                   seed: int, spread: float | Tensor | None) -> Tensor:
-    """One latent vector per label, from the run's mixture prior or from N(0, I).
-
-    Parameters
-    ----------
-    trained : TrainedModel
-    labels : Tensor [shape=(B,), int64, on the CPU]
-        Group indices.
-    prior : {"mixture", "normal"}
-        ``mixture`` uses ``trained.prior`` (see :mod:`animalvae.vae.prior`) and falls back to
-        N(0, I) when the ``model.pth`` has none.
-    temperature : float
-        Scales the prior's standard deviation.
-    seed : int
-        Seeds a CPU generator: the same z on every device.
-    spread : float, Tensor [shape=(G,)] or None
-        Scales each z's distance from its group's centre (N(0, I)'s is 0;
-        :func:`~animalvae.vae.prior.sample_prior`), one for all groups or one per group; None
-        takes the mixture's fitted spread (:mod:`animalvae.vae.spread`), 1 where there is none.
-
-    Returns
-    -------
-    Tensor [shape=(B, L), on the CPU]
-    """
-    gen = torch.Generator().manual_seed(seed)
-    if prior == "mixture" and trained.prior is not None:
-        if spread is None:
-            spread = trained.prior.get(SPREAD, 1.0)
-        return sample_prior(trained.prior, labels, generator=gen, temperature=temperature,
-                            spread=spread)
-    if prior == "mixture":
-        log.info("this model.pth has no mixture prior (trained before it existed, or with "
-                 "train.prior: none): sampling z ~ N(0, I)")
-    scale = temperature * per_label(1.0 if spread is None else spread, labels)
-    return torch.randn(len(labels), trained.model.config.latent_dim, generator=gen) * scale
-
-
-def decode_samples(trained: TrainedModel, labels: Tensor, config: Config, *,
-                   spread: float | Tensor | None = None) -> Tensor:
-    """Sample z for each label (``generate.prior``, ``temperature``, ``spread``, ``seed``) and
-    decode it: (B,) CPU labels -> (B, H, W) spectrograms on the model's device. ``spread``
-    replaces ``generate.spread`` (one, or one per group)."""
-    gc = config.generate
-    device = device_of(trained.model)
-    if spread is None and gc.spread != "fit":
-        spread = gc.spread
-    z = sample_latents(trained, labels, prior=gc.prior, temperature=gc.temperature,
-                       seed=gc.seed, spread=spread)
-    with torch.no_grad():
-        return decode_for_output(trained.model, z.to(device),
-                                 trained.model.decoder.condition(labels.to(device)), config,
-                                 sampled=True, texture=texture_for(trained, labels.to(device)))
-
-
 def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = None,
              count: int | None = None, options: StageOptions | None = None) -> list[Path]:
     """Sample ``count`` new sounds per group: z from the prior, decode, Griffin-Lim.
 
-    z comes from the group's prior stored in ``model.pth`` (a Gaussian mixture: by default a
+    z comes from the group's prior in the run's sampler (a Gaussian mixture: by default a
     kernel density estimate of the training codes; ``generate.prior: mixture``) or from
     N(0, I) (``normal``, or a model without a mixture), its spread scaled by
     ``generate.temperature``, then moved away from its group's centre by ``generate.spread``
@@ -340,7 +208,7 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
     """
     gc = config.generate
     count = gc.count if count is None else count
-    trained = _load_run(config, run_dir)
+    trained, sampler = load_run(config, run_dir)
     if trained.model.config.conditional:
         names = list(dict.fromkeys(groups)) if groups else list(trained.groups)
         labels = [trained.group_index(g) for g in names]
@@ -350,12 +218,11 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
     else:
         names, labels = [UNCONDITIONAL], [0]
 
-    fitted = trained.prior.get(SPREAD) if trained.prior is not None else None
-    if gc.spread == "fit" and gc.prior == "mixture" and fitted is not None:
+    if gc.spread == "fit" and gc.prior == "mixture" and sampler.spread is not None:
         log.info("spread (fit after training): %s", ", ".join(
-            f"{name} {fitted[g].item():.3g}" for name, g in zip(names, labels)))
+            f"{name} {sampler.spread[g].item():.3g}" for name, g in zip(names, labels)))
     y = torch.tensor(labels).repeat_interleave(count)                       # (G*count,)
-    x = decode_samples(trained, y, config)                                 # (G*count, H, W)
+    x = sampler.draw(trained.model, y, config)                             # (G*count, H, W)
     audio = to_audio(x, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)                                          # (G*count, n)
 
@@ -394,15 +261,14 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
     """
     gc = config.generate
     count = gc.count if count is None else count
-    trained = _load_run(config, run_dir)
+    trained, sampler = load_run(config, run_dir)
     device = device_of(trained.model)
     items = _held_out(run_dir, trained, per_group=count)
     data = SpectrogramSet(items, trained.groups, trained.spec.shape)
     x, y = data.batch(torch.arange(len(data)), device)                      # (N, 1, H, W), (N,)
     with torch.no_grad():
         mu, _ = trained.model.encode(x, y)
-        x_rec = decode_for_output(trained.model, mu, trained.model.decoder.condition(y),
-                                  config, texture=texture_for(trained, y))  # (N, H, W)
+    x_rec = sampler.decode(trained.model, mu, y, config)                    # (N, H, W)
     both = torch.cat([x[:, 0], x_rec])                                      # (2N, H, W)
     audio = to_audio(both, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)
@@ -467,7 +333,7 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
         Missing or unreadable files, a wrong-shaped array, or an unknown group.
     """
     gc = config.generate
-    trained = _load_run(config, run_dir)
+    trained, sampler = load_run(config, run_dir)
     device = device_of(trained.model)
     x = torch.stack([_read_input(p, trained, silence_dbfs=config.extract.silence_dbfs)
                      for p in (a, b)])[:, None]                             # (2, 1, H, W)
@@ -486,16 +352,13 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
     t = torch.linspace(0.0, 1.0, steps, device=device)[:, None]            # (S, 1)
     with torch.no_grad():
         mu, _ = model.encode(x, y)                                          # (2, L)
-        z = (1 - t) * mu[0] + t * mu[1]                                     # (S, L)
-        cond = model.decoder.condition(y)                                   # (2, E) or None
-        if cond is not None:
-            cond = (1 - t) * cond[0] + t * cond[1]                          # (S, E)
-        # each step's texture blends the two groups' as cond does
-        ends = (torch.nn.functional.one_hot(y, len(trained.groups)).float() if y is not None
-                else torch.zeros(2, len(trained.groups), device=device))    # (2, G)
+    z = (1 - t) * mu[0] + t * mu[1]                                         # (S, L)
+    # each step's group blends the two ends' as its code does (embedding and texture)
+    blend = None
+    if y is not None:
+        ends = torch.nn.functional.one_hot(y, len(trained.groups)).float()  # (2, G)
         blend = (1 - t) * ends[0] + t * ends[1]                             # (S, G)
-        out = decode_for_output(model, z, cond, config,
-                                texture=texture_for(trained, blend))        # (S, H, W)
+    out = sampler.decode(model, z, blend, config)                           # (S, H, W)
     audio = to_audio(out, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                      seed=gc.seed)
     folder = (Path(run_dir) / SAMPLES / "interpolate"
@@ -558,7 +421,7 @@ def evaluate(config: Config, run_dir: Path, *, options: StageOptions | None = No
         What ``metrics.json`` holds.
     """
     gc = config.generate
-    trained = _load_run(config, run_dir)
+    trained, sampler = load_run(config, run_dir)
     device, model, spec = device_of(trained.model), trained.model, trained.spec
     run_cfg = trained.config.get("train", {})
     recon_loss = run_cfg.get("recon_loss", config.train.recon_loss)
@@ -621,7 +484,8 @@ def evaluate(config: Config, run_dir: Path, *, options: StageOptions | None = No
         "kl_per_dim": [round(v, 6) for v in cat["kl_dims"].mean(dim=0).tolist()],
         "mu_variance_per_dim": [round(v, 6) for v in mu_var.tolist()],
     }
-    metrics["quality"] = _quality(config, run_dir, trained, items, data, judge_dir=judge_dir)
+    metrics["quality"] = _quality(config, run_dir, trained, sampler, items, data,
+                                  judge_dir=judge_dir)
     path = Path(run_dir) / EVALUATION
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     write_gallery(run_dir)
@@ -658,8 +522,9 @@ def _independent_clips(judge_dir: Path, trained: TrainedModel, per_group: int) -
     return clips
 
 
-def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Sequence[Item],
-             val: SpectrogramSet, *, judge_dir: Path | None = None) -> dict[str, Any]:
+def _quality(config: Config, run_dir: Path, trained: TrainedModel, sampler: Sampler,
+             val_items: Sequence[Item], val: SpectrogramSet, *,
+             judge_dir: Path | None = None) -> dict[str, Any]:
     """The sample-quality figures of :func:`animalvae.vae.quality.quality_report` for a run.
 
     Real training spectrograms (the first ``generate.eval_real_per_group`` of each group in
@@ -684,9 +549,8 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, val_items: Se
     y_gen = torch.tensor(groups).repeat_interleave(gc.eval_samples)
     with torch.no_grad():
         mu, _ = model.encode(x_val, y_val)
-        x_rec = decode_for_output(model, mu, model.decoder.condition(y_val), config,
-                                  texture=texture_for(trained, y_val))     # (V, H, W)
-    x_gen = decode_samples(trained, y_gen, config)                         # (G*S, H, W)
+    x_rec = sampler.decode(model, mu, y_val, config)                       # (V, H, W)
+    x_gen = sampler.draw(model, y_gen, config)                             # (G*S, H, W)
     log.info("judging sample quality: Griffin-Lim of %d real, %d generated and %d "
              "reconstructed spectrograms", len(train) + len(val) + len(judge or ()),
              len(y_gen), len(val))

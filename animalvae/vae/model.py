@@ -30,9 +30,9 @@ can reuse it. GroupNorm rather than BatchNorm: it behaves the same in training a
 evaluation, whatever the batch size, so a short run already generates sensibly.
 
 ``model.pth`` holds plain data only (loadable with ``torch.load(weights_only=True)``): the
-weights, the model config, the spectrogram spec, the group names, the shape and the versions;
-after training also the prior (:mod:`animalvae.vae.prior`) and the texture
-(:mod:`animalvae.vae.texture`), which :class:`TrainedModel` carries.
+weights, the model config, the spectrogram spec, the group names, the shape and the versions.
+What is fit after training to sample and finish sounds lives beside it, in ``sampler.pth``
+(:mod:`animalvae.vae.sampler`).
 """
 
 from __future__ import annotations
@@ -409,13 +409,6 @@ class TrainedModel:
     groups: list[str]
     config: dict[str, Any]        # the whole config of the training run, as plain data
     info: dict[str, Any]          # epoch, step, val_loss, versions
-    # the per-group Gaussian mixture over codes (animalvae.vae.prior); None in a model.pth
-    # written before it existed, or by a run with train.prior: none
-    prior: dict[str, Tensor] | None = None
-    # (groups, bands, levels) standard deviations of the noise that restores the pixel-scale
-    # roughness the decoder smooths away (animalvae.vae.texture); None in a model.pth written
-    # before it existed
-    texture: Tensor | None = None
 
     def group_index(self, name: str) -> int:
         """The index of group ``name`` (ConfigError listing the known groups)."""
@@ -534,23 +527,4 @@ def trained_model_from(data: dict[str, Any], path: Path, *,
             from None
     model.to(device).eval()
     info = {k: data[k] for k in ("epoch", "step", "val_loss", "versions") if k in data}
-    prior = data.get("prior")
-    if prior is not None:
-        shapes = [tuple(prior[k].shape) for k in ("weights", "means", "variances")
-                  if isinstance(prior, dict) and isinstance(prior.get(k), Tensor)]
-        g, latent = model.n_groups, config.latent_dim
-        if len(shapes) != 3 or shapes[0][0] != g or shapes[1] != (g, shapes[0][1], latent) \
-                or shapes[2] != shapes[1]:
-            raise ConfigError(f"{path}: its prior does not fit the model ({shapes}); retrain")
-        spread = prior.get("spread")
-        if spread is not None and (not isinstance(spread, Tensor) or spread.shape != (g,)
-                                   or not bool((spread > 0).all())):
-            raise ConfigError(f"{path}: its prior's spread is not one positive value per "
-                              f"group; fit it again with vae.py fit-prior")
-    texture = data.get("texture")
-    if texture is not None and (not isinstance(texture, Tensor) or texture.dim() != 3
-                                or texture.shape[0] != model.n_groups):
-        shape = tuple(texture.shape) if isinstance(texture, Tensor) else type(texture).__name__
-        raise ConfigError(f"{path}: its texture does not fit the model ({shape}); fit it again "
-                          f"with vae.py fit-texture")
-    return TrainedModel(model, spec, groups, data["config"], info, prior, texture)
+    return TrainedModel(model, spec, groups, data["config"], info)

@@ -15,19 +15,17 @@ training clips are fit again, group by group (``train.prior``):
   handful of codes, and a decoded mean is a more typical, less varied sound;
 - ``none``: no prior is stored; ``generate`` samples N(0, I).
 
-The fit runs at the end of ``vae.py train`` and on request (``vae.py fit-prior``), in
-:mod:`animalvae.vae.fits`. ``generate`` samples the stored mixture by default
-(``generate.prior: mixture``) and N(0, I) on request (``normal``) or when a ``model.pth`` has
-none (trained before it existed).
+The fit is part of the run's sampler (:mod:`animalvae.vae.sampler`): at the end of
+``vae.py train`` and on request (``vae.py fit-sampler``). ``generate`` samples the mixture by
+default (``generate.prior: mixture``) and N(0, I) on request (``normal``) or when there is
+none (``train.prior: none``).
 
-Both fits are plain tensors in ``model.pth`` under ``"prior"`` (still loadable with
+Both fits are plain tensors in ``sampler.pth`` under ``"prior"`` (loadable with
 ``torch.load(weights_only=True)``)::
 
     weights   (G, K)     mixture weights per group; unused components have weight 0
     means     (G, K, L)
     variances (G, K, L)  diagonal covariances
-    spread    (G,)       each group's fitted spread (:mod:`animalvae.vae.spread`); absent in a
-                         prior stored before it existed
 """
 
 from __future__ import annotations
@@ -41,9 +39,9 @@ from ..config import TrainConfig
 __all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "mixture_centres",
            "per_label", "sample_prior", "PRIOR", "SPREAD"]
 
-#: The key of the mixture in ``model.pth``.
+#: The key of the mixture in a sampler's payload (and in a previous-format ``model.pth``).
 PRIOR = "prior"
-#: The key of the per-group fitted spread within the prior.
+#: The key of the per-group fitted spread (inside the prior in the previous format).
 SPREAD = "spread"
 _REG_COVAR = 1e-3   # added to each variance: keeps a component of near-identical codes sane
 #: At most this many kernels per group (a seeded random choice of its codes), so that

@@ -2,6 +2,8 @@
 
 ================  ====================================================================
 ``model.pth``     the best weights by validation loss (format: :mod:`animalvae.vae.model`)
+``sampler.pth``   what turns a code into a spectrogram, fit after training
+                  (:mod:`animalvae.vae.sampler`)
 ``last.pth``      the latest state, for ``vae.py train --resume``
 ``split.csv``     which stage-4 arrays train and which are held out
 ``metrics.csv``   one row per epoch; ``loss.png`` draws it
@@ -16,10 +18,11 @@
 :data:`animalvae.stage.SETTINGS`.
 """
 
-__all__ = ["MODEL", "LAST", "SPLIT", "METRICS", "LOSS_PLOT", "EVALUATION", "SAMPLES",
+__all__ = ["MODEL", "SAMPLER", "LAST", "SPLIT", "METRICS", "LOSS_PLOT", "EVALUATION", "SAMPLES",
            "GALLERY", "IMAGE_RUN", "RUN_FILES"]
 
 MODEL = "model.pth"
+SAMPLER = "sampler.pth"
 LAST = "last.pth"
 SPLIT = "split.csv"
 METRICS = "metrics.csv"
@@ -31,4 +34,4 @@ IMAGE_RUN = "images"
 
 #: The files a fresh run (``--force``) removes with the old run's ``samples/``, so that
 #: neither ``--resume`` nor the gallery can mix an old model's files with the new one's.
-RUN_FILES = (MODEL, LAST, METRICS, LOSS_PLOT, SPLIT, EVALUATION, GALLERY)
+RUN_FILES = (MODEL, SAMPLER, LAST, METRICS, LOSS_PLOT, SPLIT, EVALUATION, GALLERY)

@@ -37,10 +37,10 @@ from ..detect import best_window, energy_scores, window_samples
 from ..device import device_of, pick_device
 from ..errors import ConfigError, ItemFailed
 from ..images import load_image, square_resize, write_png
-from ..spectrogram import Spectrogram
+from ..spectrogram import Spectrogram, to_audio
 from ..stage import StageOptions, atomic_write_text
 from .dataset import iter_batches
-from .generate import safe_name, to_audio, write_sample
+from .generate import safe_name, write_sample
 from .image_gallery import write_image_gallery
 from .image_quality import (
     accuracy,

@@ -16,13 +16,13 @@ one (:func:`~animalvae.vae.quality.nearest_ratio` >= 1). A group whose decoder p
 together hardest (near-copies of its training clips) gets the most; the others keep the
 smallest, which keeps their samples most typical of the group.
 
-It runs after the prior is fit (:mod:`animalvae.vae.fits`) and is stored with it, as
-``prior["spread"]`` (G,); ``generate.spread: fit`` uses it, a number overrides it.
+It runs after the prior is fit, as the last part of the sampler's fit
+(:mod:`animalvae.vae.sampler`), and is stored beside the prior, ``(G,)``;
+``generate.spread: fit`` uses it, a number overrides it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -32,10 +32,8 @@ import torch
 from torch import Tensor
 
 from ..config import Config
-from ..device import device_of
-from .dataset import SpectrogramSet, first_per_group, iter_batches
-from .generate import decode_samples, to_audio
-from .model import TrainedModel
+from ..spectrogram import SpectrogramSpec, to_audio
+from .dataset import SpectrogramSet, iter_batches
 from .quality import logmel_stats, nearest_ratio
 
 __all__ = ["SPREADS", "MIN_SPREAD", "MAX_SPREAD", "smallest_meeting", "fit_spread"]
@@ -79,14 +77,15 @@ def smallest_meeting(meets: Callable[[np.ndarray], np.ndarray], n_groups: int,
 
 
 @torch.no_grad()
-def fit_spread(trained: TrainedModel, data: SpectrogramSet, config: Config, *,
-               max_clips: int, batch_size: int = 32) -> Tensor:
+def fit_spread(draw: Callable[[Tensor, Tensor], Tensor], data: SpectrogramSet, chosen: Tensor,
+               *, groups: Sequence[str], spec: SpectrogramSpec, config: Config,
+               device: torch.device, batch_size: int = 32) -> Tensor:
     """Each group's spread (:func:`smallest_meeting` over :data:`SPREADS`), judged against
-    the first ``max_clips`` training clips of each group in ``data``.
+    the clips of ``data`` that ``chosen`` marks (read to ``device``).
 
-    ``trained`` must hold the prior (and the texture, if any) the samples are to be drawn
-    with; samples are drawn as ``generate`` draws them (``generate.temperature``, ``seed``).
-    A group with fewer than two clips gets :data:`MIN_SPREAD`.
+    ``draw(labels, spread)`` samples and decodes one spectrogram per label at a per-group
+    spread ``(G,)``, as ``generate`` draws them (the sampler's :meth:`draw`). A group with
+    fewer than two chosen clips gets :data:`MIN_SPREAD`.
 
     Returns
     -------
@@ -94,23 +93,21 @@ def fit_spread(trained: TrainedModel, data: SpectrogramSet, config: Config, *,
     """
     start = time.perf_counter()
     gc = config.generate
-    config = dataclasses.replace(config, generate=dataclasses.replace(gc, prior="mixture"))
-    spec, device = trained.spec, device_of(trained.model)
 
     def features(x: Tensor) -> np.ndarray:
         waves = to_audio(x, spec, n_iter=GRIFFIN_LIM_ITERS, momentum=gc.momentum, seed=gc.seed)
         return logmel_stats(waves.cpu().numpy(), spec.sample_rate)
 
-    chosen = torch.tensor(first_per_group([it.group for it in data.items], max_clips))
+    index = torch.nonzero(chosen).flatten()
     real, real_y = [], []
-    for idx in iter_batches(len(chosen), batch_size):
-        x, y = data.batch(chosen[idx], device)
+    for idx in iter_batches(len(index), batch_size):
+        x, y = data.batch(index[idx], device)
         real.append(features(x[:, 0]))
         real_y.append(y.cpu().numpy())
     feats, labels = np.concatenate(real), np.concatenate(real_y)
     mean, std = feats.mean(axis=0), feats.std(axis=0)
     std[std == 0] = 1.0
-    n_groups = trained.model.n_groups
+    n_groups = len(groups)
     reference = {g: (feats[labels == g] - mean) / std for g in range(n_groups)
                  if (labels == g).sum() >= 2}
     if not reference:
@@ -118,7 +115,7 @@ def fit_spread(trained: TrainedModel, data: SpectrogramSet, config: Config, *,
     sample_y = torch.tensor(sorted(reference)).repeat_interleave(SAMPLES_PER_GROUP)
 
     def meets(spread: np.ndarray) -> np.ndarray:
-        x = decode_samples(trained, sample_y, config, spread=torch.tensor(spread))
+        x = draw(sample_y, torch.tensor(spread))
         gen = (np.concatenate([features(x[idx]) for idx in iter_batches(len(x), batch_size)])
                - mean) / std
         ok = np.ones(n_groups, dtype=bool)
@@ -129,7 +126,6 @@ def fit_spread(trained: TrainedModel, data: SpectrogramSet, config: Config, *,
 
     spread = smallest_meeting(meets, n_groups)     # a group without a reference always meets
     log.info("spread: %s (fit in %.1f s on %d training clips)", ", ".join(
-        f"{name} {s:.3g}" for name, s in zip(trained.groups, spread)),
-        time.perf_counter() - start, len(chosen))
+        f"{name} {s:.3g}" for name, s in zip(groups, spread)),
+        time.perf_counter() - start, len(index))
     return torch.tensor(spread, dtype=torch.float32)
-

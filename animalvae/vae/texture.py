@@ -11,14 +11,13 @@ per group, frequency band and local level, the variance of ``x - local_mean(x)``
 real training spectrograms minus that of their reconstructions. :func:`add_texture` puts the
 missing variance back as independent Gaussian noise on every decoded spectrogram
 (``generate.texture`` scales it; 0 turns it off). The table, ``(groups, bands, levels)``
-standard deviations, is stored in ``model.pth`` as a plain tensor (``texture``).
+standard deviations, is part of the run's sampler (:mod:`animalvae.vae.sampler`), a plain
+tensor in ``sampler.pth`` (``texture``).
 
 The table is measured on reconstructions (encoded training clips) and serves samples from the
-prior as well, whose codes are new but whose decoder is the same.
-
-Like the prior it is fit at the end of ``vae.py train``, in the same pass over the training
-clips (:mod:`animalvae.vae.fits`), and again on request (``vae.py fit-texture``), so a run
-trained before it existed can have one too.
+prior as well, whose codes are new but whose decoder is the same. Like the prior it is fit at
+the end of ``vae.py train``, in the same pass over the training clips, and again with
+``vae.py fit-sampler``.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from torch.nn import functional as F
 __all__ = ["TEXTURE", "BANDS", "LEVELS", "fine_detail", "TextureFit", "add_texture",
            "texture_tables"]
 
-#: Key of the table in ``model.pth``.
+#: Key of the table in a sampler's payload.
 TEXTURE = "texture"
 #: Frequency bands (equal numbers of rows) and local-level bins ([0, 1] in equal steps) of a
 #: fitted table; a stored table carries its own shape.

@@ -8,10 +8,6 @@ and writes into the run folder (``paths.runs/<train.name>``):
 - ``model.pth``: the weights with the best validation loss so far, plus everything needed to
   use them (see :mod:`animalvae.vae.model`); ``last.pth``: the latest state, for ``--resume``;
 - ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect;
-- at the end (unless ``train.prior: none``), a prior per group fit on the training clips'
-  codes under the best weights, stored in ``model.pth`` (:mod:`animalvae.vae.prior`), which
-  ``generate`` samples from; and the texture, the pixel-scale roughness the decoder smooths
-  away, which ``generate`` adds back (:mod:`animalvae.vae.texture`).
 
 Finding, splitting and loading the data is :mod:`animalvae.vae.dataset`; saving, resuming and
 clearing the run folder is :mod:`animalvae.vae.checkpoint`.
@@ -79,7 +75,6 @@ from .dataset import (
     write_split,
 )
 from .distributed import DistContext, distributed
-from .fits import store_fits
 from .harmonic import pitch_distribution, pitch_loss
 from .losses import ReconstructionLoss
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
@@ -499,8 +494,6 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 _plot_losses(run_dir / LOSS_PLOT, rows)
                 last_plot = time.monotonic()
 
-    if dist.is_main:
-        store_fits(run_dir / MODEL, model, train_set, config, device=device)
     if stop and epoch < tc.epochs:
         log.info("stopped at train.max_steps=%d; continue with vae.py train --resume "
                  "(and a larger or zero train.max_steps)", tc.max_steps)
