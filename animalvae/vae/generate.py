@@ -50,7 +50,7 @@ from .dataset import (
     require_sources,
 )
 from .gallery import write_gallery
-from .model import TrainedModel, kl_divergence, load_model
+from .model import VAE, TrainedModel, kl_divergence, load_model
 from .run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
 from .sampler import Sampler, load_sampler
 
@@ -422,7 +422,7 @@ def evaluate(config: Config, run_dir: Path, *, options: StageOptions | None = No
     """
     gc = config.generate
     trained, sampler = load_run(config, run_dir)
-    device, model, spec = device_of(trained.model), trained.model, trained.spec
+    model, spec = trained.model, trained.spec
     run_cfg = trained.config.get("train", {})
     recon_loss = run_cfg.get("recon_loss", config.train.recon_loss)
     beta = float(run_cfg.get("beta", config.train.beta))
@@ -430,36 +430,8 @@ def evaluate(config: Config, run_dir: Path, *, options: StageOptions | None = No
     items = _held_out(run_dir, trained, limit=(options or StageOptions()).limit)
     data = SpectrogramSet(items, trained.groups, spec.shape)
     n_pixels = math.prod(spec.shape)
-    gen = torch.Generator().manual_seed(gc.seed)
-    forward = Spectrogram(spec).to(device)
-    totals: dict[str, list[Tensor]] = {k: [] for k in ("recon_sum", "kl", "lsd", "sc", "sc_gl",
-                                                      "mu", "kl_dims")}
-    for idx in iter_batches(len(data), batch_size):
-        x, y = data.batch(idx, device)                                      # (B, 1, H, W)
-        noise = torch.randn(len(idx), model.config.latent_dim, generator=gen)
-        with torch.no_grad():
-            x_hat, mu, logvar = model(x, y, noise=noise)
-            x_mean = model.decode(mu, y)                                    # (B, 1, H, W)
-        err = (x_hat - x).abs() if recon_loss == "l1" else (x_hat - x).pow(2)
-        kl_dims = kl_divergence(mu, logvar)                                 # (B, L)
-        totals["recon_sum"].append(err.flatten(1).sum(1).cpu())
-        totals["kl"].append(kl_dims.sum(1).cpu())
-        totals["kl_dims"].append(kl_dims.cpu())
-        totals["mu"].append(mu.cpu())
-        totals["lsd"].append(log_spectral_distance(x[:, 0], x_mean[:, 0],
-                                                   top_db=spec.top_db).cpu())
-        # Griffin-Lim keeps its input's level (not peak-normalised here), so a reconstruction
-        # that misses the original's loudness is charged for it.
-        waves = to_audio(torch.cat([x_mean, x])[:, 0], spec, n_iter=gc.griffin_lim_iters,
-                         momentum=gc.momentum, seed=gc.seed, peak_normalise=False).to(device)
-        with torch.no_grad():                                               # (2B, n_samples)
-            peak_db = forward.peak_db(waves)[:, None, None]                 # (2B, 1, 1)
-            again = unit_to_magnitude(forward(waves), top_db=spec.top_db) \
-                * 10 ** (peak_db / 20)                                      # (2B, H, W)
-        ref = unit_to_magnitude(x[:, 0], top_db=spec.top_db)                # (B, H, W)
-        totals["sc"].append(spectral_convergence(ref, again[:len(idx)]).cpu())
-        totals["sc_gl"].append(spectral_convergence(ref, again[len(idx):]).cpu())
-    cat = {k: torch.cat(v) for k, v in totals.items()}
+    cat = _held_out_terms(model, data, config, spec=spec, recon_loss=recon_loss,
+                          batch_size=batch_size)
     # -log p(x|z) per pixel: |e| + log 2 (Laplace, b = 1) or e**2 + log(pi) / 2 (var 1/2)
     const = math.log(2.0) if recon_loss == "l1" else 0.5 * math.log(math.pi)
     nll = cat["recon_sum"] + n_pixels * const
@@ -497,6 +469,44 @@ def evaluate(config: Config, run_dir: Path, *, options: StageOptions | None = No
              metrics["spectral_convergence_griffin_lim_only"], metrics["active_units"],
              model.config.latent_dim, path)
     return metrics
+
+
+def _held_out_terms(model: VAE, data: SpectrogramSet, config: Config, *, spec: SpectrogramSpec,
+                    recon_loss: str, batch_size: int) -> dict[str, Tensor]:
+    """Per held-out file: the loss terms (``recon_sum``, ``kl``, ``kl_dims``), the posterior
+    mean ``mu``, the log-spectral distance ``lsd`` of its reconstruction, and the spectral
+    convergence after Griffin-Lim of the reconstruction (``sc``) and of the file (``sc_gl``)."""
+    gc, device = config.generate, device_of(model)
+    gen = torch.Generator().manual_seed(gc.seed)
+    forward = Spectrogram(spec).to(device)
+    totals: dict[str, list[Tensor]] = {k: [] for k in ("recon_sum", "kl", "lsd", "sc", "sc_gl",
+                                                      "mu", "kl_dims")}
+    for idx in iter_batches(len(data), batch_size):
+        x, y = data.batch(idx, device)                                      # (B, 1, H, W)
+        noise = torch.randn(len(idx), model.config.latent_dim, generator=gen)
+        with torch.no_grad():
+            x_hat, mu, logvar = model(x, y, noise=noise)
+            x_mean = model.decode(mu, y)                                    # (B, 1, H, W)
+        err = (x_hat - x).abs() if recon_loss == "l1" else (x_hat - x).pow(2)
+        kl_dims = kl_divergence(mu, logvar)                                 # (B, L)
+        totals["recon_sum"].append(err.flatten(1).sum(1).cpu())
+        totals["kl"].append(kl_dims.sum(1).cpu())
+        totals["kl_dims"].append(kl_dims.cpu())
+        totals["mu"].append(mu.cpu())
+        totals["lsd"].append(log_spectral_distance(x[:, 0], x_mean[:, 0],
+                                                   top_db=spec.top_db).cpu())
+        # Griffin-Lim keeps its input's level (not peak-normalised here), so a reconstruction
+        # that misses the original's loudness is charged for it.
+        waves = to_audio(torch.cat([x_mean, x])[:, 0], spec, n_iter=gc.griffin_lim_iters,
+                         momentum=gc.momentum, seed=gc.seed, peak_normalise=False).to(device)
+        with torch.no_grad():                                               # (2B, n_samples)
+            peak_db = forward.peak_db(waves)[:, None, None]                 # (2B, 1, 1)
+            again = unit_to_magnitude(forward(waves), top_db=spec.top_db) \
+                * 10 ** (peak_db / 20)                                      # (2B, H, W)
+        ref = unit_to_magnitude(x[:, 0], top_db=spec.top_db)                # (B, H, W)
+        totals["sc"].append(spectral_convergence(ref, again[:len(idx)]).cpu())
+        totals["sc_gl"].append(spectral_convergence(ref, again[len(idx):]).cpu())
+    return {k: torch.cat(v) for k, v in totals.items()}
 
 
 def _real_clips(items: Sequence[Item], trained: TrainedModel, per_group: int) -> SpectrogramSet:
