@@ -85,7 +85,7 @@ def test_two_ranks_hold_equal_weights_equal_to_one_process(runs):
 def test_only_rank_0_writes_the_run_folder(runs):
     names = sorted(p.name for p in runs["ddp"].iterdir())
     assert names == sorted(["last.pth", "loss.png", "metrics.csv", "model.pth", "rank0.pt",
-                            "rank1.pt", "settings.yaml", "split.csv"])
+                            "rank1.pt", "sampler.pth", "settings.yaml", "split.csv"])
     assert not [p for p in runs["ddp"].iterdir() if p.name.startswith(".")]  # no temp files
 
 
