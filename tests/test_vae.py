@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from torch.nn import functional as F
 
 import vae
 from animalvae.config import ModelConfig, load_config
@@ -231,7 +230,7 @@ def test_modulation_term_asks_for_the_fluctuation_not_the_timing():
     # per pixel, a decoder unsure of the timing does best with the blob ...
     assert (blob - x).abs().mean() < (late - x).abs().mean()
     # ... which the modulation term scores as missing all the fluctuation, the late trill none
-    assert modulation_loss(late, x).item() < 0.01
+    assert modulation_loss(late, x).item() < 1e-5
     assert modulation_loss(blob, x).item() == pytest.approx(1.0)
     both = ReconstructionLoss("l1", modulation_weight=1.0)
     assert both(late, x)[0] < both(blob, x)[0]
@@ -241,26 +240,8 @@ def test_modulation_term_asks_for_the_fluctuation_not_the_timing():
     near = 0.01 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
     assert 0 < modulation_loss(near, silent).item() < 2
     # a height the bands do not divide: the top band takes the rows left over
-    assert modulation_loss(late[:, :, :15], x[:, :, :15]).item() < 0.01
+    assert modulation_loss(late[:, :, :15], x[:, :, :15]).item() < 1e-5
     assert modulation_loss(blob[:, :, :15], x[:, :, :15]).item() == pytest.approx(1.0)
-
-
-def test_modulation_term_does_not_read_the_clip_as_periodic():
-    from animalvae.vae.losses import modulation_loss
-
-    # a call with pulses that ends in silence (a short recording padded with zeros), and a
-    # decoder's smoothed version of it: read as periodic, the jump from the silent end back to
-    # the loud start is one more pulse, which only the first and last frames can answer, so the
-    # term's gradient piled up there (11x the interior's) and taught the decoder edge stripes
-    x = torch.full((1, 1, 32, 128), 0.3)
-    x[..., 96:] = 0.0
-    x[0, 0, 8:16, 2:96:6] = 0.9
-    smooth = F.avg_pool1d(x[:, 0], 9, stride=1, padding=4, count_include_pad=False)[:, None]
-    smooth.requires_grad_(True)
-    modulation_loss(smooth, x).backward()
-    per_frame = smooth.grad[0, 0].abs().mean(dim=0)                   # (W,)
-    edges = per_frame[[0, 1, -2, -1]]
-    assert edges.max() < 2 * per_frame[8:-8].median()
 
 
 def test_split_is_stratified_repeatable_and_disjoint():
