@@ -44,22 +44,22 @@ def row(name: str, x: torch.Tensor) -> str:
 def profile(run: Path, config_sets: list[str], *, clips: int, samples: int) -> list[str]:
     """The table rows of one run folder (module docstring)."""
     from animalvae.config import load_config
-    from animalvae.spectrogram import Spectrogram
+    from animalvae.spectrogram import Spectrogram, to_audio
     from animalvae.vae.dataset import SpectrogramSet, read_split
-    from animalvae.vae.generate import restore_peak, sample_latents, texture_for, to_audio
-    from animalvae.vae.model import load_model
+    from animalvae.vae.generate import load_run
+    from animalvae.vae.sampler import restore_peak
     from animalvae.vae.texture import add_texture
 
-    gc = load_config(ROOT / "config.yaml", overrides=config_sets).generate
-    trained = load_model(run / "model.pth")
+    config = load_config(ROOT / "config.yaml", overrides=config_sets)
+    gc = config.generate
+    trained, sampler = load_run(config, run)
     decoder = trained.model.decoder
     train, _ = read_split(run)
     data = SpectrogramSet(train[::max(1, len(train) // clips)][:clips], trained.groups,
                           trained.spec.shape)
     x, y = data.batch(torch.arange(len(data)), torch.device("cpu"))      # (N, 1, H, W), (N,)
     labels = torch.arange(len(trained.groups)).repeat_interleave(samples)
-    z = sample_latents(trained, labels, prior=gc.prior, temperature=gc.temperature, seed=gc.seed,
-                       spread=None if gc.spread == "fit" else gc.spread)
+    z = sampler.latents(labels, config, latent_dim=trained.model.config.latent_dim)
     steps = {"reconstructions": (decoder(trained.model.encode(x, y)[0], decoder.condition(y)),
                                  y),
              "samples": (decoder(z, decoder.condition(labels),
@@ -72,9 +72,8 @@ def profile(run: Path, config_sets: list[str], *, clips: int, samples: int) -> l
         if gc.restore_peak:
             out = restore_peak(out)
             rows.append(row(f"{kind}: + restore_peak", out))
-        tables = texture_for(trained, groups)
-        if tables is not None and gc.texture > 0:
-            out = add_texture(out, tables, scale=gc.texture, seed=gc.seed)
+        if sampler.texture is not None and gc.texture > 0:
+            out = add_texture(out, sampler.texture[groups], scale=gc.texture, seed=gc.seed)
             rows.append(row(f"{kind}: + texture", out))
         final[kind] = out
     forward = Spectrogram(trained.spec)
