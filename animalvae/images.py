@@ -40,8 +40,8 @@ from .config import Config
 from .errors import ConfigError, ItemFailed
 from .stage import Item, Stage, StageOptions, Summary, atomic_path, read_manifest, run_stage
 
-__all__ = ["ImagesStage", "load_image", "load_picture", "square_resize", "list_image_items", "run", "read_image",
-           "write_png",
+__all__ = ["ImagesStage", "load_image", "load_picture", "square_resize", "list_image_items",
+           "run", "read_image", "write_png",
            "IMAGES", "IMAGE_EXTENSIONS", "MIN_SIDE", "MAX_PIXELS"]
 
 log = logging.getLogger(__name__)

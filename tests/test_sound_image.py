@@ -32,11 +32,21 @@ from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import StageOptions, read_manifest, run_stage, write_manifest
 from animalvae.vae.image_quality import (
     candidate_sets,
+    edge_strength,
     frechet_distance,
+    group_only_recall,
     image_features,
     retrieval_recall,
+    variety,
 )
-from animalvae.vae.multimodal import SoundImageVAE, load_pairs_model, product_of_experts
+from animalvae.vae.multimodal import (
+    SoundImageVAE,
+    draw_residuals,
+    load_pairs_model,
+    product_of_experts,
+    residual_spread,
+)
+from animalvae.vae.train_images import image_loss
 
 SPEC = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64, n_frames=32)
 SIZE = 16
@@ -63,9 +73,11 @@ sound_image:
   kl_warmup_epochs: 1
   count: 2
   candidates: 100
+  edge_weight: {edge}
 """
 
 QUIET = StageOptions(progress=False)
+EDGE = float(__import__("os").environ.get("EDGE", "1.0"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,6 +346,60 @@ def test_quality_measures():
     assert frechet_distance(a, b) == pytest.approx(12.0, rel=0.15)     # |2,2,2|**2
     features = image_features(np.zeros((2, 16, 16, 3), np.uint8))
     assert features.shape == (2, 204) and features[:, 192:].sum(axis=1).tolist() == [3.0, 3.0]
+    scaled = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    keys_2d = np.array([[0.0, 3.0], [1.0, 0.0], [0.0, -3.0]])
+    queries = np.array([[0.0, 0.0], [1.0, 2.0], [0.0, 0.0]])
+    three = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1]])
+    assert retrieval_recall(queries, keys_2d, three, ks=(1,))[1] < 1.0
+    wide_second = np.tile([0.1, 100.0], (3, 1))          # the 2nd dimension: left open
+    assert retrieval_recall(queries + scaled, keys_2d, three, ks=(1,),
+                            scale=wide_second)[1] == pytest.approx(1 / 3)
+    assert retrieval_recall(np.array([[0.0, 9], [1, 9], [2, 9]]), np.array(
+        [[0.0, 0], [1, 0], [2, 0]]), three, ks=(1,), scale=wide_second)[1] == 1.0
+
+
+def test_variety_group_only_recall_and_edges():
+    flat = np.zeros((2, 3, 8, 8, 3), np.uint8)
+    flat[1] = 100                                       # two sounds, each one image thrice
+    within, across = variety(flat)
+    assert within == 0.0 and across == pytest.approx(100.0)
+    noisy = flat.copy()
+    noisy[:, 1] += 10                                   # the second draw of each sound differs
+    within, _ = variety(noisy)
+    assert within == pytest.approx(20 / 3)              # pairs (0,1), (0,2), (1,2): 10, 0, 10
+    assert np.isnan(variety(flat[:, :1])[0]) and np.isnan(variety(flat[:1])[1])
+    labels = np.array([0, 0, 1, 1, 1])
+    candidates = np.array([[0, 1, 2], [1, 0, 2], [2, 3, 4], [3, 2, 4], [4, 2, 3]])
+    assert group_only_recall(labels, candidates) == pytest.approx((0.5 * 2 + 1 / 3 * 3) / 5)
+    steps = np.zeros((1, 4, 4, 3), np.uint8)
+    steps[:, :, 2:] = 255                               # one vertical edge
+    assert edge_strength(steps) == pytest.approx(255 / 3 / 2)
+    assert edge_strength(steps.astype(np.float32) / 255) == pytest.approx(255 / 3 / 2)
+
+
+def test_the_edge_term_charges_for_a_smeared_step():
+    target = torch.zeros(1, 3, 8, 8)
+    target[..., 4:] = 1.0
+    smeared = torch.linspace(0, 1, 8).expand(1, 3, 8, 8)
+    shifted = torch.zeros(1, 3, 8, 8)
+    shifted[..., 5:] = 1.0
+    plain = [image_loss(x, target, edge_weight=0.0) for x in (smeared, shifted)]
+    edges = [image_loss(x, target, edge_weight=1.0) - p for x, p in zip((smeared, shifted),
+                                                                         plain)]
+    assert edges[0] > 1.3 * edges[1] > 0                # a smear costs more than a shifted step
+    assert image_loss(target, target, edge_weight=1.0) == 0.0
+
+
+def test_residual_draws_come_from_the_nearest_groups_pairs():
+    residuals = {"a": (torch.zeros(2), torch.tensor([[1.0, 0.0], [2.0, 0.0]])),
+                 "b": (torch.full((2,), 10.0), torch.tensor([[0.0, -5.0]]))}
+    mu = torch.tensor([[0.5, 0.0], [9.0, 11.0]])
+    draws = draw_residuals(residuals, mu, 6, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (2, 6, 2)
+    assert set(draws[0, :, 0].tolist()) == {1.0, 2.0} and (draws[0, :, 1] == 0).all()
+    assert (draws[1] == torch.tensor([0.0, -5.0])).all()
+    spread = residual_spread(residuals, mu)
+    assert spread[0].tolist() == pytest.approx([0.5, 1e-3]) and (spread[1] == 1.0).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,7 +446,8 @@ def run_vae(argv: list[str], capsys) -> tuple[int, str]:
 def pairs_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pairs")
     make_pairs(tmp / "data")
-    config = _write(tmp / "c.yaml", TINY.format(data=tmp / "data", runs=tmp / "runs", epochs=40))
+    config = _write(tmp / "c.yaml", TINY.format(data=tmp / "data", runs=tmp / "runs", epochs=40,
+                                                        edge=EDGE))
     assert vae.main(["train-images", "--config", str(config), "-q"]) == 0
     return config, tmp / "runs" / "default" / "images"
 
@@ -484,8 +551,16 @@ def test_sound_to_image_on_held_out_pairs_and_evaluate(pairs_run, capsys):
     assert metrics["group_accuracy_real_frames"] == 1.0
     assert metrics["retrieval_r1"] > 2 * metrics["chance_r1"]
     assert metrics["frechet_generated"] >= 0
+    assert metrics["group_only_r1"] == pytest.approx(
+        np.mean([1 / sum(e.parent.name == f.parent.name for f in entries) for e in entries]))
+    # The images of one sound differ (what the sound leaves open: here the pitch it cannot
+    # quite tell) and stay nearer one another than images of other sounds.
+    assert 0 < metrics["variety_within_sound"] < metrics["variety_across_sounds"]
+    assert metrics["variety_ratio"] == pytest.approx(
+        metrics["variety_within_sound"] / metrics["variety_across_sounds"])
+    assert metrics["sharpness_ratio"] > 0
     page = (run / "index.html").read_text()
-    assert "retrieval_r1" in page and "frame.png" in page
+    assert "retrieval_r1" in page and "frame.png" in page and "variety within one sound" in page
 
 
 def test_sound_to_image_from_recordings_of_any_kind(pairs_run, tmp_path, capsys):
@@ -522,10 +597,10 @@ def test_image_to_sound_and_group_samples(pairs_run, tmp_path, capsys):
                    capsys)[0] == 0
     folder = run / "samples" / "from_images" / "blue"
     assert {p.name for p in folder.iterdir()} == {"image.png", "sound.png", "sound.wav"}
-    cv2.imwrite(str(tmp_path / "gray.png"), np.zeros((40, 30), np.uint8))
-    code, err = run_vae(["image-to-sound", "--config", str(config), str(tmp_path / "gray.png")],
+    cv2.imwrite(str(tmp_path / "deep.png"), np.zeros((40, 30), np.uint16))
+    code, err = run_vae(["image-to-sound", "--config", str(config), str(tmp_path / "deep.png")],
                         capsys)
-    assert code == 2 and "gray.png: grayscale" in err
+    assert code == 2 and "deep.png: 16-bit" in err
     assert run_vae(["sample-images", "--config", str(config), "--count", "2"], capsys)[0] == 0
     assert sorted(p.name for p in (run / "samples" / "prior").iterdir()) == [
         "birds_0", "birds_1", "dogs_0", "dogs_1"]

@@ -39,7 +39,8 @@ from .model import Decoder, Encoder, _Down, _Up, _versions, read_checkpoint
 
 __all__ = ["ARCHITECTURE", "ImageEncoder", "ImageDecoder", "SoundImageVAE", "TrainedPairs",
            "FORMAT",
-           "product_of_experts", "pairs_payload", "load_pairs_model", "residual_spread"]
+           "product_of_experts", "pairs_payload", "load_pairs_model", "draw_residuals",
+           "residual_spread"]
 
 #: Tag of a sound <-> image checkpoint; bumped on incompatible change.
 FORMAT = "animalvae.sound_image/2"
@@ -189,32 +190,47 @@ class TrainedPairs:
     spec: SpectrogramSpec
     groups: list[str]
     group_codes: dict[str, tuple[Tensor, Tensor]]    # group -> (mean, std) of codes, (L,) each
-    residuals: dict[str, tuple[Tensor, Tensor]]      # group -> (sound codes' mean, std of
-    #                                                  image code - sound code), (L,) each
+    residuals: dict[str, tuple[Tensor, Tensor]]      # group -> (mean sound code (L,),
+    #                                                  residuals of its pairs (N, L))
     config: dict[str, Any]                           # the whole config of the training run
     info: dict[str, Any]                             # epoch, step, val_loss, versions
 
 
+def _nearest(residuals: dict[str, tuple[Tensor, Tensor]], mu_sound: Tensor) -> Tensor:
+    """(B,) index into ``residuals`` of the group whose mean sound code is nearest each row."""
+    centres = torch.stack([c for c, _ in residuals.values()]).to(mu_sound)    # (G, L)
+    return torch.cdist(mu_sound, centres).argmin(dim=1)
+
+
 def residual_spread(residuals: dict[str, tuple[Tensor, Tensor]], mu_sound: Tensor) -> Tensor:
-    """Per sound code, the residual spread of the group whose sound codes lie nearest.
+    """Per sound code (B, L), the std of its nearest group's residuals, (B, L), at least 1e-3.
+
+    No label is used: the group is the one whose mean sound code lies nearest (Euclidean).
+    """
+    spreads = torch.stack([(r.std(dim=0, unbiased=False) if len(r) > 1 else torch.ones_like(c))
+                           for c, r in residuals.values()]).to(mu_sound)    # (G, L)
+    return spreads[_nearest(residuals, mu_sound)].clamp(min=1e-3)
+
+
+def draw_residuals(residuals: dict[str, tuple[Tensor, Tensor]], mu_sound: Tensor, count: int,
+                   *, generator: torch.Generator) -> Tensor:
+    """``count`` residuals per sound code, drawn with replacement from its nearest group's.
 
     Parameters
     ----------
-    residuals : dict
-        :attr:`TrainedPairs.residuals` (at least one group).
     mu_sound : Tensor [shape=(B, L)]
-        q(z | sound)'s means.
+    generator : torch.Generator
+        A CPU generator (the same draws on any device).
 
     Returns
     -------
-    Tensor [shape=(B, L)]
-        ``r_g`` of each row's group (module docstring); nearness is Euclidean distance to
-        the groups' mean sound codes (no label is used: the group is what the code says).
+    Tensor [shape=(B, count, L)]
     """
-    centres = torch.stack([c for c, _ in residuals.values()]).to(mu_sound)    # (G, L)
-    spreads = torch.stack([r for _, r in residuals.values()]).to(mu_sound)    # (G, L)
-    nearest = torch.cdist(mu_sound, centres).argmin(dim=1)                    # (B,)
-    return spreads[nearest]
+    nearest = _nearest(residuals, mu_sound).cpu()
+    rows = [r for _, r in residuals.values()]
+    out = [rows[g][torch.randint(len(rows[g]), (count,), generator=generator)]
+           for g in nearest.tolist()]
+    return torch.stack(out).to(mu_sound)
 
 
 def pairs_payload(model: SoundImageVAE, *, spec: SpectrogramSpec, groups: list[str],
@@ -230,7 +246,7 @@ def pairs_payload(model: SoundImageVAE, *, spec: SpectrogramSpec, groups: list[s
             "groups": list(groups),
             "group_codes": {g: {"mean": m.detach().cpu(), "std": s.detach().cpu()}
                             for g, (m, s) in group_codes.items()},
-            "residuals": {g: {"centre": c.detach().cpu(), "std": r.detach().cpu()}
+            "residuals": {g: {"centre": c.detach().cpu(), "rows": r.detach().cpu()}
                           for g, (c, r) in residuals.items()},
             "config": config, "versions": _versions(), **extra}
 
@@ -259,7 +275,7 @@ def load_pairs_model(path: Path, *, device: torch.device | str = "cpu") -> Train
     model.to(device).eval()
     codes = {str(g): (c["mean"].to(device), c["std"].to(device))
              for g, c in data["group_codes"].items()}
-    residuals = {str(g): (r["centre"].to(device), r["std"].to(device))
+    residuals = {str(g): (r["centre"].to(device), r["rows"].to(device))
                  for g, r in data["residuals"].items()}
     info = {k: data[k] for k in ("epoch", "step", "val_loss", "versions") if k in data}
     return TrainedPairs(model, spec, [str(g) for g in data["groups"]], codes, residuals,

@@ -13,19 +13,20 @@ under ``<run>/images/samples/`` and rebuilds ``<run>/images/index.html``
                                      sound.png (the sound drawn from it)
     samples/prior/<group>_<k>/       a sample of a group: image.png, sound.wav, sound.png
 
-Images come from the sound alone: z is drawn around q(z | sound)'s mean,
-``mu_s + sound_image.temperature x r x noise``, and decoded by the image half. ``r`` is what the
-sound leaves open (``sound_image.draw: residual``, the default: the residual spread of the
-sound's nearest group, :func:`animalvae.vae.multimodal.residual_spread`) or q(z | sound)'s own
-std (``posterior``: nearly no spread, so the images of one sound are nearly one image). No
-group label is given anywhere. ``metrics.json`` is described at :func:`evaluate_images`.
+Images come from the sound alone: z is drawn around q(z | sound)'s mean ``mu_s`` and decoded
+by the image half. With ``sound_image.draw: residual`` (the default) ``z = mu_s + t x r``, ``r``
+a residual of a training pair of the sound's nearest group (what the sound left open there:
+:func:`animalvae.vae.multimodal.draw_residuals`); with ``posterior``,
+``z = mu_s + t x std x noise``, q(z | sound)'s own spread (nearly none, so the images of one
+sound are nearly one image). ``t`` is ``sound_image.temperature``. No group label is given
+anywhere. ``metrics.json`` is described at :func:`evaluate_images`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -57,7 +58,7 @@ from .image_quality import (
     retrieval_recall,
     variety,
 )
-from .multimodal import TrainedPairs, load_pairs_model, residual_spread
+from .multimodal import TrainedPairs, draw_residuals, load_pairs_model, residual_spread
 from .pairs import ImageSet, PairSet, read_pair_split
 from .run_folder import EVALUATION, MODEL, SAMPLES
 
@@ -88,9 +89,9 @@ def images_from_sounds(trained: TrainedPairs, sounds: Tensor, *, count: int,
     ----------
     sounds : Tensor [shape=(B, 1, H, W), values in [0, 1]]
     count : int
-        Images per sound, each ``mu_s + temperature * r * noise`` (module docstring).
+        Images per sound, each from its own draw (module docstring).
     draw : str
-        ``residual`` or ``posterior``: what ``r`` is (``sound_image.draw``).
+        ``residual`` or ``posterior`` (``sound_image.draw``, module docstring).
     seed : int
         Seeds the noise (on the CPU: the same images on any device).
 
@@ -102,20 +103,16 @@ def images_from_sounds(trained: TrainedPairs, sounds: Tensor, *, count: int,
     gen = torch.Generator().manual_seed(seed)
     out = []
     for idx in iter_batches(len(sounds), _BATCH):
-        mu, spread = _sound_codes(trained, sounds[idx].to(device), draw=draw)   # (b, L) each
-        noise = torch.randn(len(idx), count, mu.shape[1], generator=gen).to(device)
-        z = mu[:, None] + temperature * spread[:, None] * noise                 # (b, c, L)
+        mu, logvar = model.posterior(sound=sounds[idx].to(device))              # (b, L)
+        if draw == "residual":
+            offset = draw_residuals(trained.residuals, mu, count, generator=gen)
+        else:
+            noise = torch.randn(len(idx), count, mu.shape[1], generator=gen).to(device)
+            offset = torch.exp(0.5 * logvar)[:, None] * noise
+        z = mu[:, None] + temperature * offset                                  # (b, c, L)
         images = model.decode_image(z.flatten(0, 1))                            # (b*c, 3, S, S)
         out.append(images.view(len(idx), count, *images.shape[1:]).cpu())
     return torch.cat(out)
-
-
-def _sound_codes(trained: TrainedPairs, sounds: Tensor, *, draw: str) -> tuple[Tensor, Tensor]:
-    """q(z | sound)'s means and the spread images are drawn with (``draw``), (B, L) each."""
-    mu, logvar = trained.model.posterior(sound=sounds)
-    if draw == "posterior":
-        return mu, torch.exp(0.5 * logvar)
-    return mu, residual_spread(trained.residuals, mu)
 
 
 def _write_png(path: Path, image: Tensor | np.ndarray) -> None:
@@ -326,9 +323,9 @@ def evaluate_images(config: Config, run_dir: Path, *,
     - ``retrieval_r1``, ``retrieval_r5`` among ``retrieval_candidates`` frames (min of
       ``sound_image.candidates`` and the held-out pairs), with ``chance_r1``/``chance_r5`` and
       ``group_only_r1`` (what knowing only the sound's group gives): each held-out sound's
-      q(z | sound) mean against the frames' q(z | image) means, distances in units of the
-      spread images are drawn with (``sound_image.draw``), so what the sound leaves open
-      counts less;
+      q(z | sound) mean against the frames' q(z | image) means; with ``draw: residual``,
+      distances in units of the spread of the sound's group's residuals, so what the sound
+      leaves open counts less;
     - ``group_accuracy_generated``: a classifier fit on real training frames
       (:func:`~animalvae.vae.image_quality.fit_group_classifier`) labels the
       ``sound_image.count`` images generated from each held-out sound; beside it
@@ -390,16 +387,16 @@ def _retrieval(trained: TrainedPairs, sounds: Tensor, frames: Tensor, labels: np
                k: int, seed: int, draw: str) -> dict[str, Any]:
     """Sound -> image retrieval among ``k`` candidates (:func:`evaluate_images`)."""
     device, model = device_of(trained.model), trained.model
-    sound_mu, spread, frame_mu = [], [], []
+    sound_mu, frame_mu = [], []
     for i in iter_batches(len(sounds), _BATCH):
-        mu, r = _sound_codes(trained, sounds[i].to(device), draw=draw)
-        sound_mu.append(mu.cpu())
-        spread.append(r.cpu())
+        sound_mu.append(model.posterior(sound=sounds[i].to(device))[0])
         frame_mu.append(model.posterior(image=frames[i].to(device))[0].cpu())
+    mu = torch.cat(sound_mu)
+    scale = residual_spread(trained.residuals, mu).cpu().numpy() if draw == "residual" else None
     candidates = candidate_sets(len(sounds), k, seed=seed)
     k = candidates.shape[1]
-    recall = retrieval_recall(torch.cat(sound_mu).numpy(), torch.cat(frame_mu).numpy(),
-                              candidates, scale=torch.cat(spread).numpy())
+    recall = retrieval_recall(mu.cpu().numpy(), torch.cat(frame_mu).numpy(), candidates,
+                              scale=scale)
     return {"retrieval_candidates": k, "retrieval_r1": recall[1], "chance_r1": 1 / k,
             "group_only_r1": group_only_recall(labels, candidates),
             "retrieval_r5": recall[5], "chance_r5": min(5, k) / k}
