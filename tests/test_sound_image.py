@@ -77,7 +77,6 @@ sound_image:
 """
 
 QUIET = StageOptions(progress=False)
-EDGE = float(__import__("os").environ.get("EDGE", "1.0"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +446,7 @@ def pairs_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pairs")
     make_pairs(tmp / "data")
     config = _write(tmp / "c.yaml", TINY.format(data=tmp / "data", runs=tmp / "runs", epochs=40,
-                                                        edge=EDGE))
+                                                        edge=0.0))   # per-pixel: judged so
     assert vae.main(["train-images", "--config", str(config), "-q"]) == 0
     return config, tmp / "runs" / "default" / "images"
 
@@ -489,9 +488,9 @@ def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
     from animalvae.vae import train_images
     make_pairs(tmp_path / "data", per_group=6, unpaired=0)
     whole = _write(tmp_path / "a.yaml", TINY.format(data=tmp_path / "data",
-                                                   runs=tmp_path / "a", epochs=4))
+                                                   runs=tmp_path / "a", epochs=4, edge=1.0))
     part = _write(tmp_path / "b.yaml", TINY.format(data=tmp_path / "data",
-                                                  runs=tmp_path / "b", epochs=4))
+                                                  runs=tmp_path / "b", epochs=4, edge=1.0))
     assert vae.main(["train-images", "--config", str(whole), "-q"]) == 0
     validate, calls = train_images._validate, []
 
