@@ -10,7 +10,8 @@ stage-4 folder (``vae.py train-images --run <seed>/runs/<variant>`` with the var
 ``--set``s) and is judged by ``vae.py evaluate-images``. Variants:
 
 - ``before``: the previous release's way, images drawn with q(z | sound)'s own spread
-  (``sound_image.draw=posterior``), per-pixel image loss only (``edge_weight=0``);
+  (``sound_image.draw=posterior``, temperature 1), per-pixel image loss only
+  (``edge_weight=0``), 40 epochs;
 - ``residual``: images drawn with the residuals of real training pairs, per-pixel loss only;
 - ``defaults``: the demo's own run (residual draws and the edge term).
 
@@ -36,7 +37,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {"before": ["sound_image.draw=posterior", "sound_image.edge_weight=0"],
+VARIANTS = {"before": ["sound_image.draw=posterior", "sound_image.edge_weight=0",
+                       "sound_image.epochs=40", "sound_image.temperature=1.0"],
             "residual": ["sound_image.edge_weight=0"],
             "defaults": None}
 COLUMNS = (("retrieval_r1", "R@1"), ("group_only_r1", "group alone"),
