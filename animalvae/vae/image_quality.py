@@ -52,8 +52,7 @@ def candidate_sets(n: int, k: int, *, seed: int) -> np.ndarray:
 
 
 def retrieval_recall(queries: np.ndarray, keys: np.ndarray, candidates: np.ndarray,
-                     ks: tuple[int, ...] = (1, 5), *,
-                     scale: np.ndarray | None = None) -> dict[int, float]:
+                     ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
     """R@k of each query finding its own key (column 0 of ``candidates``) among the others.
 
     Parameters
@@ -63,9 +62,6 @@ def retrieval_recall(queries: np.ndarray, keys: np.ndarray, candidates: np.ndarr
     candidates : np.ndarray [shape=(n, K)]
         Indices into ``keys``; ``candidates[i, 0] == i``.
     ks : tuple of int
-    scale : np.ndarray [shape=(n, d)] or None
-        Per query, the spread of each dimension: distances are measured in units of it (a
-        dimension that varies widely between a sound and its picture counts less). None: 1.
 
     Returns
     -------
@@ -73,10 +69,7 @@ def retrieval_recall(queries: np.ndarray, keys: np.ndarray, candidates: np.ndarr
         ``{k: share of queries whose own key ranks among the k nearest}``; a tie counts
         against the query (its own key must be strictly nearer than those it beats).
     """
-    diff = queries[:, None, :] - keys[candidates]                               # (n, K, d)
-    if scale is not None:
-        diff = diff / scale[:, None, :]
-    dist = np.linalg.norm(diff, axis=-1)                                        # (n, K)
+    dist = np.linalg.norm(queries[:, None, :] - keys[candidates], axis=-1)     # (n, K)
     rank = (dist[:, 1:] <= dist[:, :1]).sum(axis=1)                            # 0 = first
     return {k: float(np.mean(rank < k)) for k in ks}
 

@@ -39,8 +39,7 @@ from .model import Decoder, Encoder, _Down, _Up, _versions, read_checkpoint
 
 __all__ = ["ARCHITECTURE", "ImageEncoder", "ImageDecoder", "SoundImageVAE", "TrainedPairs",
            "FORMAT",
-           "product_of_experts", "pairs_payload", "load_pairs_model", "draw_residuals",
-           "residual_spread"]
+           "product_of_experts", "pairs_payload", "load_pairs_model", "draw_residuals"]
 
 #: Tag of a sound <-> image checkpoint; bumped on incompatible change.
 FORMAT = "animalvae.sound_image/2"
@@ -200,16 +199,6 @@ def _nearest(residuals: dict[str, tuple[Tensor, Tensor]], mu_sound: Tensor) -> T
     """(B,) index into ``residuals`` of the group whose mean sound code is nearest each row."""
     centres = torch.stack([c for c, _ in residuals.values()]).to(mu_sound)    # (G, L)
     return torch.cdist(mu_sound, centres).argmin(dim=1)
-
-
-def residual_spread(residuals: dict[str, tuple[Tensor, Tensor]], mu_sound: Tensor) -> Tensor:
-    """Per sound code (B, L), the std of its nearest group's residuals, (B, L), at least 1e-3.
-
-    No label is used: the group is the one whose mean sound code lies nearest (Euclidean).
-    """
-    spreads = torch.stack([(r.std(dim=0, unbiased=False) if len(r) > 1 else torch.ones_like(c))
-                           for c, r in residuals.values()]).to(mu_sound)    # (G, L)
-    return spreads[_nearest(residuals, mu_sound)].clamp(min=1e-3)
 
 
 def draw_residuals(residuals: dict[str, tuple[Tensor, Tensor]], mu_sound: Tensor, count: int,

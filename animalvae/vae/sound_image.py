@@ -58,7 +58,7 @@ from .image_quality import (
     retrieval_recall,
     variety,
 )
-from .multimodal import TrainedPairs, draw_residuals, load_pairs_model, residual_spread
+from .multimodal import TrainedPairs, draw_residuals, load_pairs_model
 from .pairs import ImageSet, PairSet, read_pair_split
 from .run_folder import EVALUATION, MODEL, SAMPLES
 
@@ -323,9 +323,7 @@ def evaluate_images(config: Config, run_dir: Path, *,
     - ``retrieval_r1``, ``retrieval_r5`` among ``retrieval_candidates`` frames (min of
       ``sound_image.candidates`` and the held-out pairs), with ``chance_r1``/``chance_r5`` and
       ``group_only_r1`` (what knowing only the sound's group gives): each held-out sound's
-      q(z | sound) mean against the frames' q(z | image) means; with ``draw: residual``,
-      distances in units of the spread of the sound's group's residuals, so what the sound
-      leaves open counts less;
+      q(z | sound) mean against the frames' q(z | image) means (Euclidean distance);
     - ``group_accuracy_generated``: a classifier fit on real training frames
       (:func:`~animalvae.vae.image_quality.fit_group_classifier`) labels the
       ``sound_image.count`` images generated from each held-out sound; beside it
@@ -357,7 +355,7 @@ def evaluate_images(config: Config, run_dir: Path, *,
     sounds, frames, labels = val.batch(torch.arange(len(val)), torch.device("cpu"))
     metrics: dict[str, Any] = {"pairs": len(val), "images_per_sound": si.count,
                                **_retrieval(trained, sounds, frames, labels.numpy(),
-                                            k=si.candidates, seed=seed, draw=si.draw)}
+                                            k=si.candidates, seed=seed)}
     generated = images_from_sounds(trained, sounds, count=si.count, temperature=si.temperature,
                                    seed=seed, draw=si.draw)                  # (N, c, 3, S, S)
     generated = generated.permute(0, 1, 3, 4, 2).numpy()                     # (N, c, S, S, 3)
@@ -384,19 +382,17 @@ def evaluate_images(config: Config, run_dir: Path, *,
 
 @torch.no_grad()
 def _retrieval(trained: TrainedPairs, sounds: Tensor, frames: Tensor, labels: np.ndarray, *,
-               k: int, seed: int, draw: str) -> dict[str, Any]:
+               k: int, seed: int) -> dict[str, Any]:
     """Sound -> image retrieval among ``k`` candidates (:func:`evaluate_images`)."""
     device, model = device_of(trained.model), trained.model
     sound_mu, frame_mu = [], []
     for i in iter_batches(len(sounds), _BATCH):
-        sound_mu.append(model.posterior(sound=sounds[i].to(device))[0])
+        sound_mu.append(model.posterior(sound=sounds[i].to(device))[0].cpu())
         frame_mu.append(model.posterior(image=frames[i].to(device))[0].cpu())
-    mu = torch.cat(sound_mu)
-    scale = residual_spread(trained.residuals, mu).cpu().numpy() if draw == "residual" else None
     candidates = candidate_sets(len(sounds), k, seed=seed)
     k = candidates.shape[1]
-    recall = retrieval_recall(mu.cpu().numpy(), torch.cat(frame_mu).numpy(), candidates,
-                              scale=scale)
+    recall = retrieval_recall(torch.cat(sound_mu).numpy(), torch.cat(frame_mu).numpy(),
+                              candidates)
     return {"retrieval_candidates": k, "retrieval_r1": recall[1], "chance_r1": 1 / k,
             "group_only_r1": group_only_recall(labels, candidates),
             "retrieval_r5": recall[5], "chance_r5": min(5, k) / k}
