@@ -138,6 +138,17 @@ def _photo_metrics(run: Path, *, per_group: int) -> dict:
             "photo_l1": float(np.abs(back * 255 - crops).mean())}
 
 
+def _table(rows: list, columns: tuple) -> list[str]:
+    """Markdown table lines: one row per (variant, seed, metrics)."""
+    lines = ["| variant | seed | " + " | ".join(title for _, title in columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
+    for name, seed, m in rows:
+        lines.append(f"| {name} | {seed} | " + " | ".join(
+            f"{m[k]:.2f}" if isinstance(m.get(k), float) else str(m.get(k, "n/a"))
+            for k, _ in columns) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2", help="demo seeds (default: 0,1,2)")
@@ -183,25 +194,14 @@ def main(argv: list[str] | None = None) -> int:
              "of different sounds (across); sharpness: edge strength of generated images over "
              "the real held-out frames'; Fréchet distance of generated to real held-out frames "
              "on image features (real training frames beside it: the floor).", "",
-             "| variant | seed | " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|---|---:|" + "---:|" * len(COLUMNS)]
-    for name, seed, m in rows:
-        lines.append(f"| {name} | {seed} | " + " | ".join(
-            f"{m[k]:.2f}" if isinstance(m.get(k), float) else str(m.get(k, "n/a"))
-            for k, _ in COLUMNS) + " |")
+             *_table(rows, COLUMNS)]
     if photo_rows:
         photo_columns = (*COLUMNS[:1], *COLUMNS[2:8], ("photo_sharpness", "photos: sharpness"),
                          ("photo_l1", "photos: mean |error|"))
         lines += ["", f"With {args.photos} photograph crops per group as unpaired images "
                   "(seed 0); the last two columns: held-out crops of the same photographs "
                   "through the image half (sharpness of the result over the crops', and its "
-                  "mean absolute error, 0-255).", "",
-                  "| variant | seed | " + " | ".join(t for _, t in photo_columns) + " |",
-                  "|---|---:|" + "---:|" * len(photo_columns)]
-        for name, seed, m in photo_rows:
-            lines.append(f"| {name} | {seed} | " + " | ".join(
-                f"{m[k]:.2f}" if isinstance(m.get(k), float) else str(m.get(k, "n/a"))
-                for k, _ in photo_columns) + " |")
+                  "mean absolute error, 0-255).", "", *_table(photo_rows, photo_columns)]
     lines += ["", "Variants: " + "; ".join(
         f"`{n}` = {' '.join(VARIANTS[n]) if VARIANTS[n] else 'configs/demo.yaml as it is'}"
         for n in variants) + ".", "",
