@@ -383,6 +383,10 @@ class GenerateConfig:
         return problems
 
 
+#: How images from a sound spread around its code (``sound_image.draw``).
+DRAWS = ("residual", "posterior")
+
+
 @dataclass(frozen=True)
 class SoundImageConfig:
     """Stage 5: the sound <-> image model (one latent space; ``vae.py train-images``)."""
@@ -396,8 +400,11 @@ class SoundImageConfig:
     beta: float = 1.0               # KL weight; KL per value of both halves, like train.beta
     kl_warmup_epochs: int = 5
     image_weight: float = 1.0       # weight of the image reconstruction against the sound's
+    edge_weight: float = 1.0        # weight of the edge term of the image loss (0 = per-pixel only)
     count: int = 4                  # images per sound (sound-to-image), samples per group
-    temperature: float = 1.0        # spread of the sampled z around the posterior mean
+    temperature: float = 1.0        # scales the spread of the sampled z around the sound's code
+    draw: str = "residual"          # that spread: residual (what the sound leaves open, fit on
+    #                                 the training pairs) | posterior (q(z | sound)'s own std)
     candidates: int = 100           # retrieval: K candidate frames per validation sound
     threads: int = 0                # torch CPU threads while training; 0 = torch's default
 
@@ -411,8 +418,10 @@ class SoundImageConfig:
                                 "ints > 0")
         for key in ("epochs", "batch_size", "lr", "count", "temperature", "candidates"):
             _positive(problems, f"sound_image.{key}", getattr(self, key))
-        for key in ("beta", "kl_warmup_epochs", "image_weight", "threads"):
+        for key in ("beta", "kl_warmup_epochs", "image_weight", "edge_weight", "threads"):
             _positive(problems, f"sound_image.{key}", getattr(self, key), allow_zero=True)
+        if self.draw not in DRAWS:
+            problems.append(f"sound_image.draw={self.draw!r} must be one of {', '.join(DRAWS)}")
         return problems
 
 

@@ -7,19 +7,26 @@ Reads every frame stage 3 paired with a segment (the ``frame`` column of
 class folders; the id is the file name's stem) as *unpaired* images. Writes
 ``paths.spectrograms/images/<group>/<id>.png``: the picture centre-cropped to a square and
 resized (OpenCV, area interpolation) to ``features.image_size`` pixels, 8-bit RGB, with a
-``manifest.csv`` there (columns ``paired``, ``width``, ``height``, ``mode``, ``size``). A segment
-without a frame (an audio-only recording) simply has no image: it trains as unpaired sound.
+``manifest.csv`` there (columns ``paired``, ``width``, ``height``, ``mode`` (the picture's own),
+``converted``, ``size``). A segment without a frame (an audio-only recording) simply has no
+image: it trains as unpaired sound.
+
+Converted, and said so in the ``converted`` column (ImageNet, where the original authors took
+their pictures, holds both kinds): grayscale (``L``, ``LA``, ``1``) to three equal channels;
+CMYK through its embedded ICC profile to sRGB (Pillow's ImageCms, perceptual intent), or, with
+no usable profile, by Pillow's plain formula (``R = 255 - min(255, C + K)``, ...). Colour
+modes (``RGB``, ``RGBA``, palette) become RGB as they are.
 
 What is refused, each as a ``failed`` row with a one-line reason (nothing else is lost):
-unreadable or corrupt files, truncated files, grayscale (``L``, ``LA``, ``1``), CMYK and 16-bit
-or float images (the model learns colour 8-bit scenes, and converting them would invent
-colours or levels), pictures smaller than :data:`MIN_SIDE` pixels on a side, and pictures of
-more than :data:`MAX_PIXELS` pixels (decoding them would take gigabytes; the header is read
-first, so a 20000 x 20000 file costs nothing).
+unreadable or corrupt files, truncated files, 16-bit or float images (their range is not
+known, so any scaling to 8 bits would be a guess), pictures smaller than :data:`MIN_SIDE`
+pixels on a side, and pictures of more than :data:`MAX_PIXELS` pixels (decoding them would
+take gigabytes; the header is read first, so a 20000 x 20000 file costs nothing).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import warnings
@@ -33,8 +40,8 @@ from .config import Config
 from .errors import ConfigError, ItemFailed
 from .stage import Item, Stage, StageOptions, Summary, atomic_path, read_manifest, run_stage
 
-__all__ = ["ImagesStage", "load_image", "square_resize", "list_image_items", "run", "read_image",
-           "write_png",
+__all__ = ["ImagesStage", "load_image", "load_picture", "square_resize", "list_image_items",
+           "run", "read_image", "write_png",
            "IMAGES", "IMAGE_EXTENSIONS", "MIN_SIDE", "MAX_PIXELS"]
 
 log = logging.getLogger(__name__)
@@ -52,10 +59,8 @@ _GRAY_MODES = {"L", "LA", "1", "La"}
 
 def _mode_problem(mode: str, rawmode: str) -> str | None:
     """Why an image of this PIL mode (and tile raw mode) is refused, or None."""
-    if mode in _GRAY_MODES:
-        return f"grayscale image (mode {mode}): the model needs colour (RGB) pictures"
-    if mode == "CMYK":
-        return "CMYK image: convert it to RGB first (its colours depend on a print profile)"
+    if mode in _GRAY_MODES or mode == "CMYK":
+        return None
     if mode.startswith("I") or mode == "F" or ";16" in rawmode or rawmode.endswith("16B"):
         return (f"16-bit or float image (mode {mode}{', ' + rawmode if rawmode else ''}): "
                 "save it as 8-bit RGB")
@@ -65,7 +70,12 @@ def _mode_problem(mode: str, rawmode: str) -> str | None:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Read one picture as 8-bit RGB, refusing what :mod:`animalvae.images` lists as bad.
+    """Read one picture as 8-bit RGB (:func:`load_picture` without the conversion note)."""
+    return load_picture(path)[0]
+
+
+def load_picture(path: Path) -> tuple[np.ndarray, str, str]:
+    """Read one picture as 8-bit RGB, converting or refusing as :mod:`animalvae.images` lists.
 
     Parameters
     ----------
@@ -73,32 +83,20 @@ def load_image(path: Path) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray [shape=(height, width, 3), dtype=uint8]
+    rgb : np.ndarray [shape=(height, width, 3), dtype=uint8]
+    mode : str
+        The picture's own PIL mode (``RGB``, ``L``, ``CMYK``, ...).
+    converted : str
+        How it became RGB: ``""`` (it was colour), ``grayscale to 3 equal channels``,
+        ``CMYK via its ICC profile`` or ``CMYK without a profile (Pillow's formula)``.
 
     Raises
     ------
     ItemFailed
-        With a one-line reason: unreadable, corrupt, truncated, grayscale, CMYK, 16-bit,
-        too small or too large.
+        With a one-line reason: unreadable, corrupt, truncated, 16-bit or float, too small
+        or too large.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    if not Path(path).is_file():
-        raise ItemFailed(f"missing: {path} is not a file")
-    try:
-        with warnings.catch_warnings():
-            # PIL warns, then raises DecompressionBombError well above MAX_PIXELS; the
-            # header alone gives the size, which is checked below before any decoding.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except UnidentifiedImageError:
-        raise ItemFailed("not an image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:   # PIL's parsers raise these on junk
-        raise ItemFailed(f"corrupt image ({' '.join(str(exc).split())[:120]})") from None
-    except Image.DecompressionBombError as exc:      # PIL's own limit, far above ours
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
-        raise ItemFailed(f"too large ({size}; at most {MAX_PIXELS / 1e6:.0f})") from None
+    image = _open(path)
     with image:
         width, height = image.size
         if width * height > MAX_PIXELS:
@@ -116,8 +114,53 @@ def load_image(path: Path) -> np.ndarray:
             text = " ".join(str(exc).split())
             kind = "truncated image" if "truncated" in text else "corrupt image"
             raise ItemFailed(f"{kind} ({text[:120]})") from None
-        rgb = image.convert("RGB")
-    return np.asarray(rgb, dtype=np.uint8)
+        mode = image.mode
+        rgb, converted = _to_rgb(image)
+    return np.asarray(rgb, dtype=np.uint8), mode, converted
+
+
+def _open(path: Path):
+    """``PIL.Image.open`` with its failures as one-line ItemFailed reasons (header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise ItemFailed(f"missing: {path} is not a file")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns, then raises DecompressionBombError well above MAX_PIXELS; the
+            # header alone gives the size, which is checked before any decoding.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except UnidentifiedImageError:
+        raise ItemFailed("not an image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:   # PIL's parsers raise these on junk
+        raise ItemFailed(f"corrupt image ({' '.join(str(exc).split())[:120]})") from None
+    except Image.DecompressionBombError as exc:      # PIL's own limit, far above ours
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+        raise ItemFailed(f"too large ({size}; at most {MAX_PIXELS / 1e6:.0f})") from None
+
+
+def _to_rgb(image: Any) -> tuple[Any, str]:
+    """A loaded PIL image as RGB, and how it was converted (:func:`load_picture`)."""
+    if image.mode in _GRAY_MODES:
+        return image.convert("L").convert("RGB"), "grayscale to 3 equal channels"
+    if image.mode == "CMYK":
+        icc = image.info.get("icc_profile")
+        if icc:
+            from PIL import ImageCms
+
+            try:
+                source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                rgb = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"),
+                                                outputMode="RGB")
+                return rgb, "CMYK via its ICC profile"
+            except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+                log.warning("%s: its ICC profile is unusable (%s); converting without it",
+                            getattr(image, "filename", "picture"), " ".join(str(exc).split()))
+                return image.convert("RGB"), "CMYK without a usable profile (Pillow's formula)"
+        return image.convert("RGB"), "CMYK without a profile (Pillow's formula)"
+    return image.convert("RGB"), ""
 
 
 def square_resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -177,7 +220,7 @@ class ImagesStage(Stage):
     name = "images"
     unit = "image"
     suffix = ".png"
-    columns = ("paired", "width", "height", "mode", "size")
+    columns = ("paired", "width", "height", "mode", "converted", "size")
     executor = "thread"
 
     def __init__(self, size: int):
@@ -189,11 +232,11 @@ class ImagesStage(Stage):
                 and super().is_done(output, row))
 
     def process(self, item: Item, output: Path) -> dict[str, Any]:
-
-        image = load_image(Path(item.source))
+        image, mode, converted = load_picture(Path(item.source))
         write_png(output, square_resize(image, self.size))
         return {"paired": item.upstream.get("paired", "no"), "width": image.shape[1],
-                "height": image.shape[0], "mode": "RGB", "size": f"{self.size}x{self.size}"}
+                "height": image.shape[0], "mode": mode, "converted": converted,
+                "size": f"{self.size}x{self.size}"}
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

@@ -32,11 +32,20 @@ from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import StageOptions, read_manifest, run_stage, write_manifest
 from animalvae.vae.image_quality import (
     candidate_sets,
+    edge_strength,
     frechet_distance,
+    group_only_recall,
     image_features,
     retrieval_recall,
+    variety,
 )
-from animalvae.vae.multimodal import SoundImageVAE, load_pairs_model, product_of_experts
+from animalvae.vae.multimodal import (
+    SoundImageVAE,
+    draw_residuals,
+    load_pairs_model,
+    product_of_experts,
+)
+from animalvae.vae.train_images import image_loss
 
 SPEC = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64, n_frames=32)
 SIZE = 16
@@ -63,6 +72,7 @@ sound_image:
   kl_warmup_epochs: 1
   count: 2
   candidates: 100
+  edge_weight: {edge}
 """
 
 QUIET = StageOptions(progress=False)
@@ -93,14 +103,12 @@ def _bad_images(folder: Path) -> dict[str, str]:
     data = (folder / "whole.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (folder / "whole.jpg").unlink()
-    cv2.imwrite(str(folder / "gray.png"), scene[..., 0])
-    Image.fromarray(scene).convert("CMYK").save(folder / "cmyk.jpg")
     cv2.imwrite(str(folder / "deep.png"), scene.astype(np.uint16) * 257)
     cv2.imwrite(str(folder / "tiny.png"), scene[:1, :1])
     _png_claiming(folder / "huge.png", 20000, 20000)
     _png_claiming(folder / "big.png", 8000, 8000)            # below PIL's own limit
     return {"corrupt.jpg": "corrupt image", "truncated.jpg": "truncated",
-            "gray.png": "grayscale", "cmyk.jpg": "CMYK", "deep.png": "16-bit",
+            "deep.png": "16-bit",
             "tiny.png": "too small (1x1", "huge.png": "too large (400 megapixels",
             "big.png": "too large (8000x8000 px"}
 
@@ -124,6 +132,66 @@ def test_good_images_of_any_colour_layout_load_as_rgb(tmp_path):
         image = images_mod.load_image(tmp_path / name)
         assert image.shape == (40, 60, 3) and image.dtype == np.uint8
         assert image[..., 0].mean() > 150 and image[..., 2].mean() < 50, name
+
+
+def _s15(x: float) -> bytes:
+    return struct.pack(">i", round(x * 65536))
+
+
+def _cmyk_profile(lab: tuple[float, float, float]) -> bytes:
+    """A minimal ICC v2 CMYK profile (lut8 A2B0) that maps every ink mix to one Lab colour."""
+    desc = b"desc" + bytes(4) + struct.pack(">I", 5) + b"test\0" + bytes(4 + 4 + 2 + 1 + 67)
+    wtpt = b"XYZ " + bytes(4) + _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+    entry = bytes([round(lab[0] * 255 / 100), round(lab[1] + 128), round(lab[2] + 128)])
+    a2b0 = (b"mft1" + bytes(4) + bytes([4, 3, 2, 0])
+            + b"".join(_s15(1.0 if i % 4 == 0 else 0.0) for i in range(9))
+            + bytes(range(256)) * 4 + entry * 2 ** 4 + bytes(range(256)) * 3)
+    tags = [(b"desc", desc), (b"wtpt", wtpt), (b"cprt", b"text" + bytes(4) + b"none\0"),
+            (b"A2B0", a2b0)]
+    start = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for sig, body in tags:
+        data += bytes(-(start + len(data)) % 4)
+        table += sig + struct.pack(">II", start + len(data), len(body))
+        data += body
+    header = (struct.pack(">I", start + len(data)) + bytes(4) + struct.pack(">I", 0x02100000)
+              + b"prtrCMYKLab " + bytes(12) + b"acsp" + bytes(28)
+              + _s15(0.9642) + _s15(1.0) + _s15(0.8249) + bytes(48))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def _gray_and_cmyk(folder: Path) -> dict[str, tuple[str, str]]:
+    """Grayscale and CMYK JPEGs as ImageNet holds them; {name: (mode, converted words)}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ramp = np.tile(np.linspace(0, 255, 60).astype(np.uint8), (40, 1))
+    Image.fromarray(ramp, "L").save(folder / "gray.jpg")
+    Image.fromarray(ramp, "L").convert("1").save(folder / "bilevel.png")
+    blank = Image.new("CMYK", (60, 40), (0, 0, 0, 0))       # no ink: white on paper
+    blank.save(folder / "cmyk_plain.jpg")
+    blank.save(folder / "cmyk_profile.jpg", icc_profile=_cmyk_profile((60.0, -60.0, 50.0)))
+    blank.save(folder / "cmyk_bad_profile.jpg", icc_profile=b"not a profile" * 20)
+    return {"gray.jpg": ("L", "grayscale to 3 equal channels"),
+            "bilevel.png": ("1", "grayscale to 3 equal channels"),
+            "cmyk_plain.jpg": ("CMYK", "CMYK without a profile"),
+            "cmyk_profile.jpg": ("CMYK", "CMYK via its ICC profile"),
+            "cmyk_bad_profile.jpg": ("CMYK", "CMYK without a usable profile")}
+
+
+def test_grayscale_and_cmyk_pictures_are_converted_and_say_how(tmp_path):
+    expected = _gray_and_cmyk(tmp_path)
+    for name, (mode, words) in expected.items():
+        rgb, found_mode, converted = images_mod.load_picture(tmp_path / name)
+        assert rgb.shape == (40, 60, 3) and rgb.dtype == np.uint8, name
+        assert found_mode == mode and words in converted, (name, converted)
+    gray, _, _ = images_mod.load_picture(tmp_path / "gray.jpg")
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    assert gray[:, :5].mean() < 20 and gray[:, -5:].mean() > 235      # the ramp survives
+    plain = images_mod.load_image(tmp_path / "cmyk_plain.jpg")
+    assert plain.min() > 245                                          # no ink: white
+    through = images_mod.load_image(tmp_path / "cmyk_profile.jpg")
+    r, g, b = through.reshape(-1, 3).mean(axis=0)
+    assert g > r + 50 and g > b + 50                  # the profile's green, not the formula's
+    assert (images_mod.load_image(tmp_path / "cmyk_bad_profile.jpg") == plain).all()
 
 
 def test_square_resize_keeps_the_centre():
@@ -153,6 +221,7 @@ def test_stage4_images_pair_frames_by_id_and_lose_nothing_else(tmp_path):
     write_manifest(detections, rows, ("frame",))
     extra = tmp_path / "imagenet"
     reasons = _bad_images(extra / "cats")
+    converted = _gray_and_cmyk(extra / "cats")
     cv2.imwrite(str(extra / "cats" / "good_cat.jpg"), np.full((300, 200, 3), 90, np.uint8))
     spectrograms = tmp_path / "spectrograms"
     config = load_config(_write(tmp_path / "c.yaml", f"""
@@ -160,7 +229,7 @@ paths: {{detections: {detections}, spectrograms: {spectrograms}}}
 features: {{image_size: 32, extra_image_dirs: [{extra}]}}
 """))
     summary = images_mod.run(config, QUIET)
-    assert (summary.ok, summary.failed) == (4, len(reasons))
+    assert (summary.ok, summary.failed) == (4 + len(converted), len(reasons))
     manifest = read_manifest(spectrograms / images_mod.IMAGES)
     assert "audio_only" not in manifest                  # no frame: stays an unpaired sound
     for i in range(3):
@@ -169,16 +238,20 @@ features: {{image_size: 32, extra_image_dirs: [{extra}]}}
         image = images_mod.read_image(spectrograms / images_mod.IMAGES / row["output"], 32)
         assert abs(int(image.mean()) - (60 * i + 20)) <= 2
     assert manifest["good_cat"]["paired"] == "no" and manifest["good_cat"]["status"] == "ok"
+    assert (manifest["good_cat"]["mode"], manifest["good_cat"]["converted"]) == ("RGB", "")
+    for name, (mode, words) in converted.items():
+        row = manifest[Path(name).stem]
+        assert row["status"] == "ok" and row["mode"] == mode and words in row["converted"], row
     for name, words in reasons.items():
         row = manifest[Path(name).stem]
         assert row["status"] == "failed" and words in row["reason"], row
     again = images_mod.run(config, QUIET)       # a rerun redoes nothing
-    assert again.ok == 0 and again.already_done == 4
+    assert again.ok == 0 and again.already_done == 4 + len(converted)
     bigger = load_config(_write(tmp_path / "c.yaml", f"""
 paths: {{detections: {detections}, spectrograms: {spectrograms}}}
 features: {{image_size: 64, extra_image_dirs: [{extra}]}}
 """))
-    assert images_mod.run(bigger, QUIET).ok == 4  # another size: redone
+    assert images_mod.run(bigger, QUIET).ok == 4 + len(converted)   # another size: redone
 
 
 def test_shards_of_stage_4_prepare_the_images_of_their_own_ids(tmp_path):
@@ -273,6 +346,48 @@ def test_quality_measures():
     assert features.shape == (2, 204) and features[:, 192:].sum(axis=1).tolist() == [3.0, 3.0]
 
 
+def test_variety_group_only_recall_and_edges():
+    flat = np.zeros((2, 3, 8, 8, 3), np.uint8)
+    flat[1] = 100                                       # two sounds, each one image thrice
+    within, across = variety(flat)
+    assert within == 0.0 and across == pytest.approx(100.0)
+    noisy = flat.copy()
+    noisy[:, 1] += 10                                   # the second draw of each sound differs
+    within, _ = variety(noisy)
+    assert within == pytest.approx(20 / 3)              # pairs (0,1), (0,2), (1,2): 10, 0, 10
+    assert np.isnan(variety(flat[:, :1])[0]) and np.isnan(variety(flat[:1])[1])
+    labels = np.array([0, 0, 1, 1, 1])
+    candidates = np.array([[0, 1, 2], [1, 0, 2], [2, 3, 4], [3, 2, 4], [4, 2, 3]])
+    assert group_only_recall(labels, candidates) == pytest.approx((0.5 * 2 + 1 / 3 * 3) / 5)
+    steps = np.zeros((1, 4, 4, 3), np.uint8)
+    steps[:, :, 2:] = 255                               # one vertical edge
+    assert edge_strength(steps) == pytest.approx(255 / 3 / 2)
+    assert edge_strength(steps.astype(np.float32) / 255) == pytest.approx(255 / 3 / 2)
+
+
+def test_the_edge_term_charges_for_a_smeared_step():
+    target = torch.zeros(1, 3, 8, 8)
+    target[..., 4:] = 1.0
+    smeared = torch.linspace(0, 1, 8).expand(1, 3, 8, 8)
+    shifted = torch.zeros(1, 3, 8, 8)
+    shifted[..., 5:] = 1.0
+    plain = [image_loss(x, target, edge_weight=0.0) for x in (smeared, shifted)]
+    edges = [image_loss(x, target, edge_weight=1.0) - p for x, p in zip((smeared, shifted),
+                                                                         plain)]
+    assert edges[0] > 1.3 * edges[1] > 0                # a smear costs more than a shifted step
+    assert image_loss(target, target, edge_weight=1.0) == 0.0
+
+
+def test_residual_draws_come_from_the_nearest_groups_pairs():
+    residuals = {"a": (torch.zeros(2), torch.tensor([[1.0, 0.0], [2.0, 0.0]])),
+                 "b": (torch.full((2,), 10.0), torch.tensor([[0.0, -5.0]]))}
+    mu = torch.tensor([[0.5, 0.0], [9.0, 11.0]])
+    draws = draw_residuals(residuals, mu, 6, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (2, 6, 2)
+    assert set(draws[0, :, 0].tolist()) == {1.0, 2.0} and (draws[0, :, 1] == 0).all()
+    assert (draws[1] == torch.tensor([0.0, -5.0])).all()
+
+
 # --------------------------------------------------------------------------------------------
 # Training and the commands, on a tiny stage-4 folder
 # --------------------------------------------------------------------------------------------
@@ -317,7 +432,8 @@ def run_vae(argv: list[str], capsys) -> tuple[int, str]:
 def pairs_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pairs")
     make_pairs(tmp / "data")
-    config = _write(tmp / "c.yaml", TINY.format(data=tmp / "data", runs=tmp / "runs", epochs=40))
+    config = _write(tmp / "c.yaml", TINY.format(data=tmp / "data", runs=tmp / "runs", epochs=40,
+                                                        edge=0.0))   # per-pixel: judged so
     assert vae.main(["train-images", "--config", str(config), "-q"]) == 0
     return config, tmp / "runs" / "default" / "images"
 
@@ -332,7 +448,7 @@ def test_training_writes_the_model_folder_and_learns(pairs_run):
     first, last = (dict(zip(rows[0].split(","), r.split(","))) for r in (rows[1], rows[-1]))
     assert float(last["val_image_from_sound_l1"]) < 0.6 * float(first["val_image_from_sound_l1"])
     data = torch.load(run / "model.pth", weights_only=True)
-    assert data["format"] == "animalvae.sound_image/1" and set(data["group_codes"]) == set(COLOURS)
+    assert data["format"] == "animalvae.sound_image/2" and set(data["group_codes"]) == set(COLOURS)
     trained = load_pairs_model(run / "model.pth")
     assert trained.groups == sorted(COLOURS) and trained.model.image_size == SIZE
 
@@ -359,9 +475,9 @@ def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
     from animalvae.vae import train_images
     make_pairs(tmp_path / "data", per_group=6, unpaired=0)
     whole = _write(tmp_path / "a.yaml", TINY.format(data=tmp_path / "data",
-                                                   runs=tmp_path / "a", epochs=4))
+                                                   runs=tmp_path / "a", epochs=4, edge=1.0))
     part = _write(tmp_path / "b.yaml", TINY.format(data=tmp_path / "data",
-                                                  runs=tmp_path / "b", epochs=4))
+                                                  runs=tmp_path / "b", epochs=4, edge=1.0))
     assert vae.main(["train-images", "--config", str(whole), "-q"]) == 0
     validate, calls = train_images._validate, []
 
@@ -421,8 +537,16 @@ def test_sound_to_image_on_held_out_pairs_and_evaluate(pairs_run, capsys):
     assert metrics["group_accuracy_real_frames"] == 1.0
     assert metrics["retrieval_r1"] > 2 * metrics["chance_r1"]
     assert metrics["frechet_generated"] >= 0
+    assert metrics["group_only_r1"] == pytest.approx(
+        np.mean([1 / sum(e.parent.name == f.parent.name for f in entries) for e in entries]))
+    # The images of one sound differ (what the sound leaves open: here the pitch it cannot
+    # quite tell) and stay nearer one another than images of other sounds.
+    assert 0 < metrics["variety_within_sound"] < metrics["variety_across_sounds"]
+    assert metrics["variety_ratio"] == pytest.approx(
+        metrics["variety_within_sound"] / metrics["variety_across_sounds"])
+    assert metrics["sharpness_ratio"] > 0
     page = (run / "index.html").read_text()
-    assert "retrieval_r1" in page and "frame.png" in page
+    assert "retrieval_r1" in page and "frame.png" in page and "variety within one sound" in page
 
 
 def test_sound_to_image_from_recordings_of_any_kind(pairs_run, tmp_path, capsys):
@@ -459,10 +583,10 @@ def test_image_to_sound_and_group_samples(pairs_run, tmp_path, capsys):
                    capsys)[0] == 0
     folder = run / "samples" / "from_images" / "blue"
     assert {p.name for p in folder.iterdir()} == {"image.png", "sound.png", "sound.wav"}
-    cv2.imwrite(str(tmp_path / "gray.png"), np.zeros((40, 30), np.uint8))
-    code, err = run_vae(["image-to-sound", "--config", str(config), str(tmp_path / "gray.png")],
+    cv2.imwrite(str(tmp_path / "deep.png"), np.zeros((40, 30), np.uint16))
+    code, err = run_vae(["image-to-sound", "--config", str(config), str(tmp_path / "deep.png")],
                         capsys)
-    assert code == 2 and "gray.png: grayscale" in err
+    assert code == 2 and "deep.png: 16-bit" in err
     assert run_vae(["sample-images", "--config", str(config), "--count", "2"], capsys)[0] == 0
     assert sorted(p.name for p in (run / "samples" / "prior").iterdir()) == [
         "birds_0", "birds_1", "dogs_0", "dogs_1"]

@@ -68,6 +68,8 @@ class SampleClip:
     group: str
     seed: int
     pitch: float          # in [0, 1]: the call's pitch, shown as the animal's size
+    place: float = 0.5    # in [0, 1]: where the animal stands while calling (not in the sound)
+    light: float = 1.0    # in (0, 1]: the scene's brightness (not in the sound)
 
 
 def _ytid(rng: np.random.Generator, *, dash: bool = False) -> str:
@@ -95,12 +97,13 @@ def plan_dataset(clips_per_group: int, *, seed: int = 0) -> list[SampleClip]:
     for g, (group, labels) in enumerate(DEMO_LABELS.items()):
         for k in range(clips_per_group):
             rng = np.random.default_rng([seed, g, k])
+            ytid = _ytid(rng, dash=(g == 0 and k == 1))
+            start = int(rng.integers(0, int(SERVED_SECONDS - CLIP_SECONDS) + 1))
+            clip_seed, pitch = int(rng.integers(2 ** 31)), float(rng.uniform())
             clips.append(SampleClip(
-                ytid=_ytid(rng, dash=(g == 0 and k == 1)),
-                start=int(rng.integers(0, int(SERVED_SECONDS - CLIP_SECONDS) + 1)),
-                label=labels[k % len(labels)],
-                split="test" if k % 5 == 4 else "train",
-                group=group, seed=int(rng.integers(2 ** 31)), pitch=float(rng.uniform())))
+                ytid=ytid, start=start, label=labels[k % len(labels)],
+                split="test" if k % 5 == 4 else "train", group=group, seed=clip_seed,
+                pitch=pitch, place=float(rng.uniform()), light=float(rng.uniform(0.55, 1.0))))
     return clips
 
 
@@ -145,7 +148,8 @@ def render_clip(clip: SampleClip, path: Path) -> tuple[float, float]:
         clip.group, seconds=SERVED_SECONDS, sr=AUDIO_SR, rng=rng,
         call_between_s=(clip.start + 0.5, clip.start + CLIP_SECONDS - 0.5), pitch=clip.pitch)
     frames = np.stack([synth.video_frame(clip.group, i / FPS, call_s=(call_start, call_end),
-                                         width=WIDTH, height=HEIGHT, pitch=clip.pitch)
+                                         width=WIDTH, height=HEIGHT, pitch=clip.pitch,
+                                         place=clip.place, light=clip.light)
                        for i in range(int(SERVED_SECONDS * FPS))])   # (n, h, w, 3)
     with tempfile.TemporaryDirectory(prefix="animalvae-demo-") as tmpdir, \
             atomic_path(path) as tmp:

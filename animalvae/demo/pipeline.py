@@ -239,9 +239,12 @@ def _image_metrics(path: Path) -> str:
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
         return (f"\n      retrieval R@1 {m['retrieval_r1']:.2f} among {m['retrieval_candidates']} "
-                f"(chance {m['chance_r1']:.2f}); group accuracy of images made from held-out "
-                f"sounds {m['group_accuracy_generated']:.2f} (real frames "
-                f"{m['group_accuracy_real_frames']:.2f})")
+                f"(chance {m['chance_r1']:.2f}, the group alone {m['group_only_r1']:.2f}); "
+                f"group accuracy of images made from held-out sounds "
+                f"{m['group_accuracy_generated']:.2f} (real frames "
+                f"{m['group_accuracy_real_frames']:.2f}); images of one sound differ by "
+                f"{m['variety_within_sound']:.1f}, of different sounds by "
+                f"{m['variety_across_sounds']:.1f} (0-255)")
     except (OSError, ValueError, KeyError):
         return ""
 

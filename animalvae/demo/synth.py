@@ -12,7 +12,9 @@ Each group has a call that is easy to tell apart by ear and in a spectrogram:
 detector that picks the loudest window (``detect.backend: energy``) finds the call. Calls last
 about 1.5-2.7 s, so they nearly fill a 3 s window and sit in it at similar places.
 :func:`video_frame` draws a group-coloured scene whose shape jumps while the animal calls, its
-size following the call's pitch (the ``pitch`` argument of both).
+size following the call's pitch (the ``pitch`` argument of both); where it stands and how bright
+the scene is (``place``, ``light``) vary from clip to clip and are not in the sound, as a real
+video's pose and light are not.
 Everything is seeded through the ``rng`` argument; nothing here touches files.
 """
 
@@ -238,9 +240,10 @@ GROUP_STYLES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int],
 
 
 def video_frame(group: str, t_s: float, *, call_s: tuple[float, float], width: int = 160,
-                height: int = 120, pitch: float = 0.5) -> np.ndarray:
+                height: int = 120, pitch: float = 0.5, place: float = 0.5,
+                light: float = 1.0) -> np.ndarray:
     """One frame of a group's scene at time ``t_s``: a shape walks along; while calling it
-    stands in the middle, raised, its size following the call's pitch.
+    stands still at ``place``, raised, its size following the call's pitch.
 
     Parameters
     ----------
@@ -257,6 +260,12 @@ def video_frame(group: str, t_s: float, *, call_s: tuple[float, float], width: i
         In [0, 1]: the call's pitch (:func:`clip_audio`). While calling, the shape's size
         follows it (a fifth of the frame's height at 0, almost half at 1), so a picture made
         from the sound alone can show more than the group: how high the animal called.
+    place : float
+        In [0, 1]: where the animal stands while calling, from a quarter of the width (0) to
+        three quarters (1). Nothing in the sound tells it.
+    light : float
+        In (0, 1]: the brightness of sky and ground (the time of day). Nothing in the sound
+        tells it either.
 
     Returns
     -------
@@ -267,15 +276,16 @@ def video_frame(group: str, t_s: float, *, call_s: tuple[float, float], width: i
     rows = np.linspace(0.6, 1.0, height)[:, None, None]     # a gradient: never a flat frame
     frame = np.empty((height, width, 3))
     horizon = int(height * 0.65)
-    frame[:horizon] = np.array(sky) * rows[:horizon]
-    frame[horizon:] = np.array(ground) * rows[horizon:]
+    frame[:horizon] = np.array(sky) * light * rows[:horizon]
+    frame[horizon:] = np.array(ground) * light * rows[horizon:]
     # A moment's margin each side: the frame picked at a call's loudest instant may be one
     # video frame before its first burst or after its last.
     calling = call_s[0] - CALL_MARGIN_S <= t_s <= call_s[1] + CALL_MARGIN_S
     size = int(height * ((0.2 + 0.25 * pitch) if calling else 0.2))
-    # It walks along, and stands in the middle while it calls (so the frame at the call shows
-    # what the sound tells: the group and, by its size, the pitch).
-    cx = width // 2 if calling else int((0.1 + 0.8 * ((t_s / 12.0) % 1.0)) * width)
+    # It walks along, and stands still at its place while it calls (so the frame at the call
+    # shows what the sound tells, the group and, by its size, the pitch, and what it does not).
+    cx = int((0.25 + 0.5 * place) * width) if calling else \
+        int((0.1 + 0.8 * ((t_s / 12.0) % 1.0)) * width)
     cy = horizon - size // 2 - (int(height * 0.15) if calling else 0)
     yy, xx = np.mgrid[0:height, 0:width]
     dx, dy = xx - cx, yy - cy

@@ -53,10 +53,27 @@ def _entry(folder: Path, root: Path) -> str:
             f'</h3><div class="row">{"".join(parts)}</div></div>')
 
 
-def _metrics(path: Path) -> str:
+def _read_metrics(path: Path) -> dict:
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _variety_note(metrics: dict) -> str:
+    """A line on how much the images of one sound differ, beside images of different sounds."""
+    within, across = metrics.get("variety_within_sound"), metrics.get("variety_across_sounds")
+    if not isinstance(within, float) or not isinstance(across, float):
+        return ""
+    return (f'<p class="note">Images of one sound differ by {within:.1f} on average (mean '
+            f"absolute pixel difference, 0-255), images of different sounds by {across:.1f}: "
+            "variety within one sound is what the sound leaves open (pose, background, "
+            "light), variety across sounds what it tells.</p>")
+
+
+def _metrics(metrics: dict) -> str:
+    if not metrics:
         return ""
     rows = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>"
@@ -77,16 +94,19 @@ def write_image_gallery(run_dir: Path) -> Path:
         The page.
     """
     run_dir = Path(run_dir)
+    metrics = _read_metrics(run_dir / EVALUATION)
     sections = []
     for kind, heading in _SECTIONS:
         base = run_dir / SAMPLES / kind
         entries = sorted({p.parent for p in base.rglob("*.png")}, key=lambda p: _natural_key(
             p.relative_to(base).as_posix())) if base.is_dir() else []
         if entries:
-            sections.append(f"<h2>{heading}</h2>" + "".join(_entry(e, run_dir) for e in entries))
+            note = _variety_note(metrics) if kind == "val" else ""
+            sections.append(f"<h2>{heading}</h2>{note}"
+                            + "".join(_entry(e, run_dir) for e in entries))
     if not sections:
         sections.append("<p>No images yet: run <code>vae.py sound-to-image</code>.</p>")
-    sections.append(_metrics(run_dir / EVALUATION))
+    sections.append(_metrics(metrics))
     title = f"{html.escape(run_dir.parent.name)}: sound → image"
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{title}</title><style>{_STYLE}{_EXTRA_STYLE}</style></head><body>"

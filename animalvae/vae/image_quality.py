@@ -14,6 +14,12 @@ Pure functions on arrays (no files, no model), used by ``vae.py evaluate-images`
   generated from held-out sounds.
 - :func:`frechet_distance`: between two feature sets (Heusel et al. 2017), each summarised by
   its mean and covariance.
+- :func:`variety`: how much the images of one sound differ from one another, beside how much
+  images of different sounds differ (mean absolute pixel difference, 0-255).
+- :func:`group_only_recall`: the R@1 of a ranker that knows only each sound's group (it picks
+  one candidate of that group at random): what retrieval must beat to show more than the group.
+- :func:`edge_strength`: mean absolute difference of neighbouring pixels (0-255), the sharpness
+  of a set of images; generated against real frames, below 1 is blur.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["retrieval_recall", "image_features", "fit_group_classifier", "accuracy",
-           "frechet_distance", "candidate_sets"]
+           "frechet_distance", "candidate_sets", "variety", "group_only_recall",
+           "edge_strength"]
 
 
 def candidate_sets(n: int, k: int, *, seed: int) -> np.ndarray:
@@ -129,3 +136,56 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     root = np.real(root)  # rounding leaves a tiny imaginary part on near-singular products
     value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
     return max(value, 0.0)
+
+
+def group_only_recall(labels: np.ndarray, candidates: np.ndarray) -> float:
+    """R@1 of knowing only the group: per query, 1 / (candidates of its own group), averaged.
+
+    Parameters
+    ----------
+    labels : np.ndarray [shape=(n,), int]
+        Group of each pair.
+    candidates : np.ndarray [shape=(n, K)]
+        As for :func:`retrieval_recall`.
+    """
+    same = labels[candidates] == labels[:, None]                                # (n, K)
+    return float(np.mean(1.0 / same.sum(axis=1)))
+
+
+def _as_255(images: np.ndarray) -> np.ndarray:
+    x = np.asarray(images)
+    return x.astype(np.float64) if np.issubdtype(x.dtype, np.integer) else x * 255.0
+
+
+def variety(images: np.ndarray) -> tuple[float, float]:
+    """Within-sound and across-sound variety of generated images, 0-255 scale.
+
+    Parameters
+    ----------
+    images : np.ndarray [shape=(n_sounds, count, S, S, 3), uint8 or float in [0, 1]]
+
+    Returns
+    -------
+    within : float
+        Mean absolute pixel difference between two images of one sound (NaN when
+        ``count`` < 2).
+    across : float
+        The same between image k of one sound and image k of another (NaN for one sound).
+    """
+    x = _as_255(images).reshape(images.shape[0], images.shape[1], -1)          # (n, c, P)
+    n, count = x.shape[:2]
+    within = [np.abs(x[:, a] - x[:, b]).mean() for a in range(count) for b in range(a + 1, count)]
+    across = [np.abs(x[i] - x[j]).mean() for i in range(n) for j in range(i + 1, n)]
+    return (float(np.mean(within)) if within else math.nan,
+            float(np.mean(across)) if across else math.nan)
+
+
+def edge_strength(images: np.ndarray) -> float:
+    """Mean absolute difference of horizontally and vertically neighbouring pixels, 0-255.
+
+    Parameters
+    ----------
+    images : np.ndarray [shape=(n, S, S, 3), uint8 or float in [0, 1]]
+    """
+    x = _as_255(images)
+    return float((np.abs(np.diff(x, axis=1)).mean() + np.abs(np.diff(x, axis=2)).mean()) / 2)

@@ -39,10 +39,10 @@ from .model import Decoder, Encoder, _Down, _Up, _versions, read_checkpoint
 
 __all__ = ["ARCHITECTURE", "ImageEncoder", "ImageDecoder", "SoundImageVAE", "TrainedPairs",
            "FORMAT",
-           "product_of_experts", "pairs_payload", "load_pairs_model"]
+           "product_of_experts", "pairs_payload", "load_pairs_model", "draw_residuals"]
 
 #: Tag of a sound <-> image checkpoint; bumped on incompatible change.
-FORMAT = "animalvae.sound_image/1"
+FORMAT = "animalvae.sound_image/2"
 #: The ``sound_image`` settings that shape the weights (the others only steer training).
 ARCHITECTURE = ("latent_dim", "sound_channels", "image_channels")
 
@@ -189,14 +189,45 @@ class TrainedPairs:
     spec: SpectrogramSpec
     groups: list[str]
     group_codes: dict[str, tuple[Tensor, Tensor]]    # group -> (mean, std) of codes, (L,) each
+    residuals: dict[str, tuple[Tensor, Tensor]]      # group -> (mean sound code (L,),
+    #                                                  residuals of its pairs (N, L))
     config: dict[str, Any]                           # the whole config of the training run
     info: dict[str, Any]                             # epoch, step, val_loss, versions
 
 
+def _nearest(residuals: dict[str, tuple[Tensor, Tensor]], mu_sound: Tensor) -> Tensor:
+    """(B,) index into ``residuals`` of the group whose mean sound code is nearest each row."""
+    centres = torch.stack([c for c, _ in residuals.values()]).to(mu_sound)    # (G, L)
+    return torch.cdist(mu_sound, centres).argmin(dim=1)
+
+
+def draw_residuals(residuals: dict[str, tuple[Tensor, Tensor]], mu_sound: Tensor, count: int,
+                   *, generator: torch.Generator) -> Tensor:
+    """``count`` residuals per sound code, drawn with replacement from its nearest group's.
+
+    Parameters
+    ----------
+    mu_sound : Tensor [shape=(B, L)]
+    generator : torch.Generator
+        A CPU generator (the same draws on any device).
+
+    Returns
+    -------
+    Tensor [shape=(B, count, L)]
+    """
+    nearest = _nearest(residuals, mu_sound).cpu()
+    rows = [r for _, r in residuals.values()]
+    out = [rows[g][torch.randint(len(rows[g]), (count,), generator=generator)]
+           for g in nearest.tolist()]
+    return torch.stack(out).to(mu_sound)
+
+
 def pairs_payload(model: SoundImageVAE, *, spec: SpectrogramSpec, groups: list[str],
-                  group_codes: dict[str, tuple[Tensor, Tensor]], config: dict[str, Any],
+                  group_codes: dict[str, tuple[Tensor, Tensor]],
+                  residuals: dict[str, tuple[Tensor, Tensor]], config: dict[str, Any],
                   **extra: Any) -> dict[str, Any]:
-    """The dict the file holds: weights (CPU), settings, spec, groups, codes, versions."""
+    """The dict the file holds: weights (CPU), settings, spec, groups, codes, residuals,
+    versions."""
     return {"format": FORMAT, "model": {k: v.detach().cpu() for k, v in
                                         model.state_dict().items()},
             "model_config": dataclasses.asdict(model.config), "spec": spec.to_dict(),
@@ -204,6 +235,8 @@ def pairs_payload(model: SoundImageVAE, *, spec: SpectrogramSpec, groups: list[s
             "groups": list(groups),
             "group_codes": {g: {"mean": m.detach().cpu(), "std": s.detach().cpu()}
                             for g, (m, s) in group_codes.items()},
+            "residuals": {g: {"centre": c.detach().cpu(), "rows": r.detach().cpu()}
+                          for g, (c, r) in residuals.items()},
             "config": config, "versions": _versions(), **extra}
 
 
@@ -218,7 +251,7 @@ def load_pairs_model(path: Path, *, device: torch.device | str = "cpu") -> Train
     """
     data = read_checkpoint(path, what=Path(path).name, fmt=FORMAT,
                            keys=("model", "model_config", "spec", "shape", "image_size",
-                                 "groups", "group_codes", "config"))
+                                 "groups", "group_codes", "residuals", "config"))
     try:
         config = SoundImageConfig(**data["model_config"])
         spec = SpectrogramSpec.from_dict(data["spec"])
@@ -231,6 +264,8 @@ def load_pairs_model(path: Path, *, device: torch.device | str = "cpu") -> Train
     model.to(device).eval()
     codes = {str(g): (c["mean"].to(device), c["std"].to(device))
              for g, c in data["group_codes"].items()}
+    residuals = {str(g): (r["centre"].to(device), r["rows"].to(device))
+                 for g, r in data["residuals"].items()}
     info = {k: data[k] for k in ("epoch", "step", "val_loss", "versions") if k in data}
-    return TrainedPairs(model, spec, [str(g) for g in data["groups"]], codes, data["config"],
-                        info)
+    return TrainedPairs(model, spec, [str(g) for g in data["groups"]], codes, residuals,
+                        data["config"], info)

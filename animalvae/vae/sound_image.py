@@ -13,15 +13,20 @@ under ``<run>/images/samples/`` and rebuilds ``<run>/images/index.html``
                                      sound.png (the sound drawn from it)
     samples/prior/<group>_<k>/       a sample of a group: image.png, sound.wav, sound.png
 
-Images come from the sound alone: z is drawn from q(z | sound) (image 0: its mean; the others:
-mean + ``sound_image.temperature`` x std x noise) and decoded by the image half. No group label
-is given anywhere. ``metrics.json`` is described at :func:`evaluate_images`.
+Images come from the sound alone: z is drawn around q(z | sound)'s mean ``mu_s`` and decoded
+by the image half. With ``sound_image.draw: residual`` (the default) ``z = mu_s + t x r``, ``r``
+a residual of a training pair of the sound's nearest group (what the sound left open there:
+:func:`animalvae.vae.multimodal.draw_residuals`); with ``posterior``,
+``z = mu_s + t x std x noise``, q(z | sound)'s own spread (nearly none, so the images of one
+sound are nearly one image). ``t`` is ``sound_image.temperature``. No group label is given
+anywhere. ``metrics.json`` is described at :func:`evaluate_images`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -45,12 +50,15 @@ from .image_gallery import write_image_gallery
 from .image_quality import (
     accuracy,
     candidate_sets,
+    edge_strength,
     fit_group_classifier,
     frechet_distance,
+    group_only_recall,
     image_features,
     retrieval_recall,
+    variety,
 )
-from .multimodal import TrainedPairs, load_pairs_model
+from .multimodal import TrainedPairs, draw_residuals, load_pairs_model
 from .pairs import ImageSet, PairSet, read_pair_split
 from .run_folder import EVALUATION, MODEL, SAMPLES
 
@@ -74,14 +82,16 @@ def _load(config: Config, run_dir: Path) -> TrainedPairs:
 
 @torch.no_grad()
 def images_from_sounds(trained: TrainedPairs, sounds: Tensor, *, count: int,
-                       temperature: float, seed: int) -> Tensor:
+                       temperature: float, seed: int, draw: str = "residual") -> Tensor:
     """``count`` images per spectrogram, from q(z | sound) alone.
 
     Parameters
     ----------
     sounds : Tensor [shape=(B, 1, H, W), values in [0, 1]]
     count : int
-        Image 0 decodes the posterior mean; the others mean + temperature * std * noise.
+        Images per sound, each from its own draw (module docstring).
+    draw : str
+        ``residual`` or ``posterior`` (``sound_image.draw``, module docstring).
     seed : int
         Seeds the noise (on the CPU: the same images on any device).
 
@@ -93,11 +103,14 @@ def images_from_sounds(trained: TrainedPairs, sounds: Tensor, *, count: int,
     gen = torch.Generator().manual_seed(seed)
     out = []
     for idx in iter_batches(len(sounds), _BATCH):
-        mu, logvar = model.posterior(sound=sounds[idx].to(device))          # (b, L)
-        noise = torch.randn(len(idx), count, mu.shape[1], generator=gen).to(device)
-        noise[:, 0] = 0.0
-        z = mu[:, None] + temperature * torch.exp(0.5 * logvar)[:, None] * noise  # (b, c, L)
-        images = model.decode_image(z.flatten(0, 1))                          # (b*c, 3, S, S)
+        mu, logvar = model.posterior(sound=sounds[idx].to(device))              # (b, L)
+        if draw == "residual":
+            offset = draw_residuals(trained.residuals, mu, count, generator=gen)
+        else:
+            noise = torch.randn(len(idx), count, mu.shape[1], generator=gen).to(device)
+            offset = torch.exp(0.5 * logvar)[:, None] * noise
+        z = mu[:, None] + temperature * offset                                  # (b, c, L)
+        images = model.decode_image(z.flatten(0, 1))                            # (b*c, 3, S, S)
         out.append(images.view(len(idx), count, *images.shape[1:]).cpu())
     return torch.cat(out)
 
@@ -195,7 +208,7 @@ def sound_to_image(config: Config, run_dir: Path, files: Sequence[Path] = (), *,
         with torch.no_grad():
             x = Spectrogram(spec)(waves)[:, None].clamp(0, 1)                 # (N, 1, H, W)
         images = images_from_sounds(trained, x, count=count, temperature=si.temperature,
-                                    seed=config.generate.seed)
+                                    seed=config.generate.seed, draw=si.draw)
         _reset(samples / "files")
         names: dict[str, int] = {}
         for f, wave, xi, generated in zip(files, waves, x, images):
@@ -213,7 +226,7 @@ def sound_to_image(config: Config, run_dir: Path, files: Sequence[Path] = (), *,
         data = PairSet(items, trained.groups, spec.shape, trained.model.image_size)
         sounds, frames, _ = data.batch(torch.arange(len(data)), torch.device("cpu"))
         images = images_from_sounds(trained, sounds, count=count, temperature=si.temperature,
-                                    seed=config.generate.seed)
+                                    seed=config.generate.seed, draw=si.draw)
         gc = config.generate
         audio = to_audio(sounds[:, 0], spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
                          seed=gc.seed)
@@ -308,13 +321,19 @@ def evaluate_images(config: Config, run_dir: Path, *,
     """Metrics of the model on its held-out pairs -> ``run_dir/metrics.json``.
 
     - ``retrieval_r1``, ``retrieval_r5`` among ``retrieval_candidates`` frames (min of
-      ``sound_image.candidates`` and the held-out pairs), with ``chance_r1``/``chance_r5``:
-      each held-out sound's q(z | sound) mean against the frames' q(z | image) means;
+      ``sound_image.candidates`` and the held-out pairs), with ``chance_r1``/``chance_r5`` and
+      ``group_only_r1`` (what knowing only the sound's group gives): each held-out sound's
+      q(z | sound) mean against the frames' q(z | image) means (Euclidean distance);
     - ``group_accuracy_generated``: a classifier fit on real training frames
       (:func:`~animalvae.vae.image_quality.fit_group_classifier`) labels the
       ``sound_image.count`` images generated from each held-out sound; beside it
       ``group_accuracy_real_frames`` (the same classifier on the real held-out frames: the
       ceiling) and ``chance_group_accuracy`` (the largest group's share of them);
+    - ``variety_within_sound`` and ``variety_across_sounds``: mean absolute pixel difference
+      (0-255) between the images of one sound, and between images of different sounds, with
+      ``variety_ratio`` (within / across; 0: every sound gives one image);
+    - ``edge_strength_generated`` against ``edge_strength_real_frames`` (mean neighbour pixel
+      difference, 0-255) and their ratio ``sharpness_ratio`` (below 1: blur);
     - ``frechet_generated`` between the generated images' features and the real held-out
       frames', and ``frechet_train_frames``, real training frames against the same (the
       floor real images reach).
@@ -326,56 +345,89 @@ def evaluate_images(config: Config, run_dir: Path, *,
     """
     si, seed = config.sound_image, config.generate.seed
     trained = _load(config, run_dir)
-    device, model = device_of(trained.model), trained.model
     items = read_pair_split(run_dir)
-    size = model.image_size
+    size = trained.model.image_size
     val = PairSet(items.val, trained.groups, trained.spec.shape, size)
     train_frames = ImageSet([Path(it.upstream["image"]) for it in items.train]
                             + [Path(it.source) for it in items.images],
                             [trained.groups.index(it.group) for it in items.train + items.images],
                             size)
     sounds, frames, labels = val.batch(torch.arange(len(val)), torch.device("cpu"))
-    with torch.no_grad():
-        sound_mu = torch.cat([model.posterior(sound=sounds[i].to(device))[0].cpu()
-                              for i in iter_batches(len(val), _BATCH)]).numpy()
-        frame_mu = torch.cat([model.posterior(image=frames[i].to(device))[0].cpu()
-                              for i in iter_batches(len(val), _BATCH)]).numpy()
-    candidates = candidate_sets(len(val), si.candidates, seed=seed)
-    k = candidates.shape[1]
-    recall = retrieval_recall(sound_mu, frame_mu, candidates)
-    generated = images_from_sounds(trained, sounds, count=si.count, temperature=si.temperature,
-                                   seed=seed)                               # (N, c, 3, S, S)
-    gen_features = image_features(generated.flatten(0, 1).permute(0, 2, 3, 1).numpy())
-    real_features = image_features(frames.permute(0, 2, 3, 1).numpy())
-    train_features = image_features(train_frames.x.permute(0, 2, 3, 1).numpy())
-    y_val = labels.numpy()
     metrics: dict[str, Any] = {"pairs": len(val), "images_per_sound": si.count,
-                               "retrieval_candidates": k,
-                               "retrieval_r1": recall[1], "chance_r1": 1 / k,
-                               "retrieval_r5": recall[5], "chance_r5": min(5, k) / k}
-    if len(np.unique(train_frames.y.numpy())) > 1:
-        classifier = fit_group_classifier(train_features, train_frames.y.numpy(), seed=seed)
-        metrics["group_accuracy_generated"] = accuracy(classifier, gen_features,
-                                                       np.repeat(y_val, si.count))
-        metrics["group_accuracy_real_frames"] = accuracy(classifier, real_features, y_val)
-        metrics["chance_group_accuracy"] = float(np.bincount(y_val).max() / len(y_val))
-    else:
-        log.warning("evaluate-images: the training frames are of one group; no group accuracy")
-    if len(val) > 1:
-        metrics["frechet_generated"] = frechet_distance(gen_features, real_features)
-        metrics["frechet_train_frames"] = frechet_distance(train_features, real_features)
+                               **_retrieval(trained, sounds, frames, labels.numpy(),
+                                            k=si.candidates, seed=seed)}
+    generated = images_from_sounds(trained, sounds, count=si.count, temperature=si.temperature,
+                                   seed=seed, draw=si.draw)                  # (N, c, 3, S, S)
+    generated = generated.permute(0, 1, 3, 4, 2).numpy()                     # (N, c, S, S, 3)
+    real = frames.permute(0, 2, 3, 1).numpy()
+    metrics.update(_image_metrics(generated, real, labels.numpy(), train_frames, seed=seed))
     metrics["epoch"] = trained.info.get("epoch")
     path = Path(run_dir) / EVALUATION
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     write_image_gallery(run_dir)
     log.info("evaluate-images on %d held-out pair(s): sound -> image retrieval R@1 %.2f "
-             "(chance %.2f), R@5 %.2f (chance %.2f) among %d; group accuracy of generated "
-             "images %s (real frames %s, chance %s); Fréchet %s (real training frames %s) -> %s",
-             len(val), recall[1], 1 / k, recall[5], min(5, k) / k, k,
-             _fmt(metrics.get("group_accuracy_generated")),
-             _fmt(metrics.get("group_accuracy_real_frames")),
-             _fmt(metrics.get("chance_group_accuracy")), _fmt(metrics.get("frechet_generated")),
-             _fmt(metrics.get("frechet_train_frames")), path)
+             "(chance %.2f, the group alone %.2f), R@5 %.2f (chance %.2f) among %d; group "
+             "accuracy of generated images %s (real frames %s, chance %s); variety within one "
+             "sound %s, across sounds %s (ratio %s); sharpness %s of real frames'; Fréchet %s "
+             "(real training frames %s) -> %s",
+             len(val), metrics["retrieval_r1"], metrics["chance_r1"], metrics["group_only_r1"],
+             metrics["retrieval_r5"], metrics["chance_r5"], metrics["retrieval_candidates"],
+             *(_fmt(metrics.get(k)) for k in (
+                 "group_accuracy_generated", "group_accuracy_real_frames",
+                 "chance_group_accuracy", "variety_within_sound", "variety_across_sounds",
+                 "variety_ratio", "sharpness_ratio", "frechet_generated",
+                 "frechet_train_frames")), path)
+    return metrics
+
+
+@torch.no_grad()
+def _retrieval(trained: TrainedPairs, sounds: Tensor, frames: Tensor, labels: np.ndarray, *,
+               k: int, seed: int) -> dict[str, Any]:
+    """Sound -> image retrieval among ``k`` candidates (:func:`evaluate_images`)."""
+    device, model = device_of(trained.model), trained.model
+    sound_mu, frame_mu = [], []
+    for i in iter_batches(len(sounds), _BATCH):
+        sound_mu.append(model.posterior(sound=sounds[i].to(device))[0].cpu())
+        frame_mu.append(model.posterior(image=frames[i].to(device))[0].cpu())
+    candidates = candidate_sets(len(sounds), k, seed=seed)
+    k = candidates.shape[1]
+    recall = retrieval_recall(torch.cat(sound_mu).numpy(), torch.cat(frame_mu).numpy(),
+                              candidates)
+    return {"retrieval_candidates": k, "retrieval_r1": recall[1], "chance_r1": 1 / k,
+            "group_only_r1": group_only_recall(labels, candidates),
+            "retrieval_r5": recall[5], "chance_r5": min(5, k) / k}
+
+
+def _image_metrics(generated: np.ndarray, real: np.ndarray, labels: np.ndarray,
+                   train_frames: ImageSet, *, seed: int) -> dict[str, Any]:
+    """Group accuracy, variety, sharpness and Fréchet distance of generated images.
+
+    ``generated`` (N, c, S, S, 3) and ``real`` (N, S, S, 3) in [0, 1]: the images of each
+    held-out sound and its true frame.
+    """
+    count = generated.shape[1]
+    gen_features = image_features(generated.reshape(-1, *generated.shape[2:]))
+    real_features = image_features(real)
+    train_features = image_features(train_frames.x.permute(0, 2, 3, 1).numpy())
+    within, across = variety(generated)
+    metrics: dict[str, Any] = {
+        "variety_within_sound": within, "variety_across_sounds": across,
+        "variety_ratio": within / across if across > 0 else math.nan,
+        "edge_strength_generated": edge_strength(generated.reshape(-1, *generated.shape[2:])),
+        "edge_strength_real_frames": edge_strength(real)}
+    metrics["sharpness_ratio"] = (metrics["edge_strength_generated"]
+                                  / max(metrics["edge_strength_real_frames"], 1e-9))
+    if len(np.unique(train_frames.y.numpy())) > 1:
+        classifier = fit_group_classifier(train_features, train_frames.y.numpy(), seed=seed)
+        metrics["group_accuracy_generated"] = accuracy(classifier, gen_features,
+                                                       np.repeat(labels, count))
+        metrics["group_accuracy_real_frames"] = accuracy(classifier, real_features, labels)
+        metrics["chance_group_accuracy"] = float(np.bincount(labels).max() / len(labels))
+    else:
+        log.warning("evaluate-images: the training frames are of one group; no group accuracy")
+    if len(real) > 1:
+        metrics["frechet_generated"] = frechet_distance(gen_features, real_features)
+        metrics["frechet_train_frames"] = frechet_distance(train_features, real_features)
     return metrics
 
 
