@@ -32,19 +32,21 @@ _EXIT_CODES = ("Exit codes: 0 done, 1 {diverged}a system error such as a full di
 _DIVERGED = "training diverged (the loss became NaN or Inf) or "
 _SETTINGS = ("Every setting lives in config.yaml (see the comments there); --set changes one "
              "for this run, e.g. --set train.epochs=5. Paths in the config file are relative "
-             "to it; --input and --run are relative to the current directory. -v/-q go before "
-             "or after the sub-command.")
+             "to it; --input and --run-dir are relative to the current directory. -v/-q go "
+             "before or after the sub-command.")
 
 
 def _parents(*, input_help: str | None = None, limit_help: str | None = None,
              force_help: str | None = None) -> list[argparse.ArgumentParser]:
-    """A sub-command's shared flags: --config, --set, -v, -q, --run, and those named here."""
+    """A sub-command's shared flags: --config, --set, -v, -q, --run-dir, and those named here."""
     common = cli.common_parent(input_help=input_help, output_help=None, limit_help=limit_help,
                                workers_help=None, force_help=force_help,
                                verbosity_defaults=False)
     run_flag = argparse.ArgumentParser(add_help=False)
-    run_flag.add_argument("--run", type=Path, default=None, metavar="DIR",
-                          help="run folder (default: paths.runs/<train.name>)")
+    # --run-dir, not --run: torchrun takes "--run" anywhere on its line for its --run-path
+    run_flag.add_argument("--run-dir", "--run", dest="run", type=Path, default=None,
+                          metavar="DIR", help="run folder (default: paths.runs/<train.name>; "
+                          "--run is the same flag, except after torchrun)")
     return [common, run_flag]
 
 
@@ -65,9 +67,9 @@ def build_parser():
     t = command("train", "train the VAE",
                 "Train the VAE; writes model.pth (best by validation), last.pth, metrics.csv, "
                 "loss.png and split.csv into the run folder. Under torchrun (torchrun "
-                "--nproc_per_node N vae.py -- train ...) the N processes train one model with "
-                "DistributedDataParallel, train.batch_size being the global batch, and rank 0 "
-                "writes the run folder.",
+                "--nproc_per_node N vae.py train --run-dir DIR ...) the N processes train one "
+                "model with DistributedDataParallel, train.batch_size being the global batch, "
+                "and rank 0 writes the run folder.",
                 input_help="stage-4 folder of spectrograms (default: paths.spectrograms)",
                 limit_help="train on at most N spectrograms, taken from every group (a smoke "
                            "test)",
@@ -127,7 +129,7 @@ def build_parser():
 
 def _image_commands(command) -> None:
     """The sound <-> image sub-commands (their model lives in <run>/images/)."""
-    folder = "; the model is in <run>/images/ (--run names the run folder)"
+    folder = "; the model is in <run>/images/ (--run-dir names the run folder)"
     t = command("train-images", "train the sound <-> image model",
                 "Train one latent space for spectrograms and images (a product-of-experts VAE) "
                 "on stage 4's pairs (each spectrogram and its video frame, same id), unpaired "
