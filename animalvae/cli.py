@@ -33,8 +33,8 @@ _EPILOG_COMMON = (
     "run, e.g. --set extract.min_seconds=2. Paths in the config file and in --set "
     "paths.*=... are relative to the config file; --input/--output are relative to the "
     "current directory. A rerun skips finished items; Ctrl-C (or SIGTERM, as Slurm sends) "
-    "stops cleanly and the same command continues. Exit codes: 0 done, 1 every item failed (or a system error such as a "
-    "full disk), 2 bad settings or input, 130 interrupted.")
+    "stops cleanly and the same command continues. Exit codes: 0 done, 1 every item failed "
+    "(or a system error such as a full disk), 2 bad settings or input, 130 interrupted.")
 
 
 _LIMIT_HELP = "process at most N items that still need work (a rerun continues)"
