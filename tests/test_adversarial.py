@@ -188,7 +188,7 @@ def test_under_torchrun_the_phase_gives_what_one_process_gives(tmp_path):
     config = write_tiny_config(tmp_path, data=make_data(tmp_path / "spectrograms"))
     base = ["train", "--config", str(config), *STEPS, "--set", "train.adversarial_epochs=2"]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    torchrun(2, ddp, [*base, "--run", str(ddp)])
+    torchrun(2, ddp, [*base, "--run-dir", str(ddp)])
     assert run_vae_quiet([*base, "--run", str(single)]) == 0
     assert torch.load(ddp / "last.pth", weights_only=True)["adversarial"]["epoch"] == 2
     assert_same(weights(ddp / "model.pth"), weights(single / "model.pth"), atol=1e-5)
