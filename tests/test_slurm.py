@@ -16,6 +16,7 @@ missing Slurm fails.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import http.server
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_cluster import REQUIRE_ENV, LocalSlurm, processes_with, unavailable
+from slurm_cluster import REQUIRE_ENV, TERMINAL, LocalSlurm, processes_with, unavailable
 
 from animalvae.demo import data as demo_data
 from animalvae.demo.pipeline import DEMO_CONFIG
@@ -102,17 +103,18 @@ class _Server(http.server.ThreadingHTTPServer):
         pass                          # a client gone (the cancelled task): nothing to report
 
 
-def serve(videos: Path, hold: _Hold | None = None) -> tuple[_Server, str]:
+@contextlib.contextmanager
+def serving(videos: Path, hold: _Hold | None = None) -> Iterator[str]:
+    """Serve ``videos`` on 127.0.0.1 while the block runs; yields the base url."""
     server = _Server(("127.0.0.1", 0), functools.partial(_Videos, directory=str(videos)))
     server.hold = hold or _Hold()
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-def stop(server: _Server) -> None:
-    server.hold.released.set()
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.hold.released.set()
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -162,15 +164,12 @@ def plain(dataset, tmp_path_factory) -> Path:
     """Stages 1-4 run plainly, one script after the other: the data folder."""
     videos, csv_path = dataset
     folder = tmp_path_factory.mktemp("plain")
-    server, url = serve(videos)
-    try:
+    with serving(videos) as url:
         config = write_config(folder, csv_path, url)
         for script in STAGES:
             done = subprocess.run([PYTHON, str(ROOT / script), "--config", str(config), "-q"],
                                   capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr[-3000:]
-    finally:
-        stop(server)
     return folder / "data"
 
 
@@ -183,16 +182,13 @@ def pipeline(slurm, dataset, tmp_path_factory) -> dict:
     """tools/slurm_pipeline.sh with 2 shards, run from outside the repository, to the end."""
     videos, csv_path = dataset
     folder = tmp_path_factory.mktemp("through slurm")   # a space in the path, on purpose
-    server, url = serve(videos)
-    try:
+    with serving(videos) as url:
         config = write_config(folder, csv_path, url)
         out = slurm.command("bash", str(ROOT / "tools" / "slurm_pipeline.sh"), "--cpus", "1",
                             "--train-procs", "2", "--logs", str(folder / "logs"), "2",
                             "--config", str(config), "-q", cwd=folder)
         jobs = dict(re.findall(r"(download|extract|detect|features|train) (\d+)", out))
         states = slurm.wait(*jobs.values(), timeout_s=420)
-    finally:
-        stop(server)
     return {"folder": folder, "config": config, "jobs": jobs, "states": states, "out": out}
 
 
@@ -250,6 +246,7 @@ def test_the_logs_hold_no_traceback(pipeline):
 def stage_array(slurm: LocalSlurm, script: str, config: Path, logs: Path, *, array: str,
                 shards: int, after: str = "") -> str:
     """Submit ``tools/slurm_stage.sbatch SCRIPT`` as a user does, from the repository."""
+    logs.mkdir(exist_ok=True)          # Slurm does not make the folder of --output
     argv = ["sbatch", "--parsable", f"--array={array}", "--cpus-per-task=1",
             f"--output={logs}/%x-%A_%a.out", f"--job-name={Path(script).stem}"]
     if after:
@@ -265,38 +262,34 @@ def test_a_task_cancelled_mid_stage_and_resubmitted_alone_loses_and_doubles_noth
     ids = {f"{c.ytid}_{c.start:06d}": f"{c.ytid}.mp4" for c in clips}
     mine = {item_id for item_id in ids if Shard(2, 3).owns(item_id)}     # three clips
     hold = _Hold({ids[item_id] for item_id in mine})   # the second of them waits at the server
-    server, url = serve(videos, hold)
     data, logs = tmp_path / "data", tmp_path / "logs"
-    try:
+    with serving(videos, hold) as url:
         config = write_config(tmp_path, csv_path, url)
         download = stage_array(slurm, "download_video.py", config, logs, array="1-3", shards=3)
         extract = stage_array(slurm, "video_to_audio.py", config, logs, array="1-3", shards=3,
                               after=download)
-        assert hold.arrived.wait(180), slurm.job_states(download)
+        while not hold.arrived.wait(1):
+            tasks = slurm.job_states(download)
+            assert not all(s[0] in TERMINAL for s in tasks.values()), tasks
         assert slurm.job_states(download)["2"][0] == "RUNNING"      # mid-stage: one clip done
         slurm.command("scancel", f"{download}_2")
         states = slurm.wait(download, extract, timeout_s=180)
-    finally:
-        stop(server)
-    assert states[download]["2"][0] == "CANCELLED"
-    assert [states[download][k][0] for k in "13"] == ["COMPLETED"] * 2
-    # SIGTERM ended it as Ctrl-C does: the clip it finished is recorded, the folder is free
-    log = (logs / f"download_video-{download}_2.out").read_text()
-    assert "interrupted; finished items are kept" in log and "Traceback" not in log
-    first = next(i for i in mine if ids[i] == hold.seen[0])
-    part = read_manifest(data / "clips")
-    assert {i for i in mine if i in part} == {first} and part[first]["status"] == "ok"
-    assert not list((data / "clips").glob(".lock*"))
-    # stage 2 went on with what stage 1 has: every clip but the cancelled task's other two
-    clips_ok = {i for i, s in statuses(data / "clips").items() if s == "ok"}
-    assert statuses(data / "audio") == dict.fromkeys(clips_ok, "ok") and len(clips_ok) == 4
+        assert states[download]["2"][0] == "CANCELLED"
+        assert [states[download][k][0] for k in "13"] == ["COMPLETED"] * 2
+        # SIGTERM ended it as Ctrl-C does: the clip it finished is recorded, the folder free
+        log = (logs / f"download_video-{download}_2.out").read_text()
+        assert "interrupted; finished items are kept" in log and "Traceback" not in log
+        first = next(i for i in mine if ids[i] == hold.seen[0])
+        part = read_manifest(data / "clips")
+        assert {i for i in mine if i in part} == {first} and part[first]["status"] == "ok"
+        assert not list((data / "clips").glob(".lock*"))
+        # stage 2 went on with what stage 1 has: every clip but the cancelled task's other two
+        clips_ok = {i for i, s in statuses(data / "clips").items() if s == "ok"}
+        assert statuses(data / "audio") == dict.fromkeys(clips_ok, "ok") and len(clips_ok) == 4
 
-    hold.released.set()            # the video is there again; task 2 alone, then stage 2
-    try:
+        hold.released.set()        # the video is there again: task 2 alone, then stage 2
         again = stage_array(slurm, "download_video.py", config, logs, array="2", shards=3)
         assert slurm.wait(again)[again] == {"2": ("COMPLETED", "0:0")}
-    finally:
-        stop(server)
     extract = stage_array(slurm, "video_to_audio.py", config, logs, array="1-3", shards=3)
     assert all(s == ("COMPLETED", "0:0") for s in slurm.wait(extract)[extract].values())
     for name in ("clips", "audio"):
