@@ -26,8 +26,9 @@ def build_parser():
     p.add_argument("--by-group", action="store_true", help="one line per stage and group")
     p.add_argument("--reasons", type=cli.int_at_least(1), default=3, metavar="N",
                    help="the N commonest reasons per stage for skips and failures (default: 3)")
-    p.add_argument("--run", type=Path, default=None, metavar="DIR",
-                   help="training run folder (default: paths.runs/<train.name>)")
+    p.add_argument("--run-dir", "--run", dest="run", type=Path, default=None, metavar="DIR",
+                   help="training run folder (default: paths.runs/<train.name>; --run is the "
+                        "same flag)")
     return p
 
 

@@ -2,14 +2,13 @@
 """Stage 5: train a convolutional VAE on the spectrograms, and make new animal sounds with it.
 
 Sub-commands:
-  train        paths.spectrograms -> runs/<name>/model.pth, metrics.csv, loss.png
+  train        paths.spectrograms -> runs/<name>/model.pth, sampler.pth, metrics.csv, loss.png
   generate     model.pth -> samples/<group>_<k>.wav + .png, index.html gallery
   reconstruct  held-out spectrograms -> original vs reconstruction pairs
   interpolate  two real files -> the latent line between them, as audio
   evaluate     validation ELBO, log-spectral distance, spectral convergence, and the quality
                of samples and reconstructions against real clips -> metrics.json
-  fit-prior    fit the prior that generate samples from again, and its spread -> model.pth
-  fit-texture  fit the texture noise decoded spectrograms get again -> model.pth
+  fit-sampler  fit the sampler (prior, spread, texture) again -> sampler.pth
 
 Sound -> image (one latent space for spectrograms and video frames; in runs/<name>/images/):
   train-images     spectrograms + stage 4's frames -> images/model.pth, metrics.csv
@@ -32,19 +31,21 @@ _EXIT_CODES = ("Exit codes: 0 done, 1 {diverged}a system error such as a full di
 _DIVERGED = "training diverged (the loss became NaN or Inf) or "
 _SETTINGS = ("Every setting lives in config.yaml (see the comments there); --set changes one "
              "for this run, e.g. --set train.epochs=5. Paths in the config file are relative "
-             "to it; --input and --run are relative to the current directory. -v/-q go before "
-             "or after the sub-command.")
+             "to it; --input and --run-dir are relative to the current directory. -v/-q go "
+             "before or after the sub-command.")
 
 
 def _parents(*, input_help: str | None = None, limit_help: str | None = None,
              force_help: str | None = None) -> list[argparse.ArgumentParser]:
-    """A sub-command's shared flags: --config, --set, -v, -q, --run, and those named here."""
+    """A sub-command's shared flags: --config, --set, -v, -q, --run-dir, and those named here."""
     common = cli.common_parent(input_help=input_help, output_help=None, limit_help=limit_help,
                                workers_help=None, force_help=force_help,
                                verbosity_defaults=False)
     run_flag = argparse.ArgumentParser(add_help=False)
-    run_flag.add_argument("--run", type=Path, default=None, metavar="DIR",
-                          help="run folder (default: paths.runs/<train.name>)")
+    # --run-dir, not --run: torchrun takes "--run" anywhere on its line for its --run-path
+    run_flag.add_argument("--run-dir", "--run", dest="run", type=Path, default=None,
+                          metavar="DIR", help="run folder (default: paths.runs/<train.name>; "
+                          "--run is the same flag, except after torchrun)")
     return [common, run_flag]
 
 
@@ -67,9 +68,9 @@ def build_parser():
                 "loss.png and split.csv into the run folder, then fits the sampler on the "
                 "training clips (sampler.pth: the prior over codes and the finishing of the "
                 "decoder's output, as vae.py fit-sampler does). Under torchrun (torchrun "
-                "--nproc_per_node N vae.py -- train ...) the N processes train one model with "
-                "DistributedDataParallel, train.batch_size being the global batch, and rank 0 "
-                "writes the run folder.",
+                "--nproc_per_node N vae.py train --run-dir DIR ...) the N processes train one "
+                "model with DistributedDataParallel, train.batch_size being the global batch, "
+                "and rank 0 writes the run folder.",
                 input_help="stage-4 folder of spectrograms (default: paths.spectrograms)",
                 limit_help="train on at most N spectrograms, taken from every group (a smoke "
                            "test)",
@@ -131,7 +132,7 @@ def build_parser():
 
 def _image_commands(command) -> None:
     """The sound <-> image sub-commands (their model lives in <run>/images/)."""
-    folder = "; the model is in <run>/images/ (--run names the run folder)"
+    folder = "; the model is in <run>/images/ (--run-dir names the run folder)"
     t = command("train-images", "train the sound <-> image model",
                 "Train one latent space for spectrograms and images (a product-of-experts VAE) "
                 "on stage 4's pairs (each spectrogram and its video frame, same id), unpaired "

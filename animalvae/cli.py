@@ -11,8 +11,10 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,9 +32,9 @@ _EPILOG_COMMON = (
     "Every setting lives in config.yaml (see the comments there); --set changes one for this "
     "run, e.g. --set extract.min_seconds=2. Paths in the config file and in --set "
     "paths.*=... are relative to the config file; --input/--output are relative to the "
-    "current directory. A rerun skips finished items; Ctrl-C stops cleanly and the same "
-    "command continues. Exit codes: 0 done, 1 every item failed (or a system error such as a "
-    "full disk), 2 bad settings or input, 130 interrupted.")
+    "current directory. A rerun skips finished items; Ctrl-C (or SIGTERM, as Slurm sends) "
+    "stops cleanly and the same command continues. Exit codes: 0 done, 1 every item failed "
+    "(or a system error such as a full disk), 2 bad settings or input, 130 interrupted.")
 
 
 _LIMIT_HELP = "process at most N items that still need work (a rerun continues)"
@@ -148,11 +150,26 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _stop_like_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM (scancel, a time limit, preemption) stops a run the way Ctrl-C does: finished
+    items are recorded and the output folder's lock is released."""
+    on_ctrl_c = signal.getsignal(signal.SIGINT)
+    if callable(on_ctrl_c):      # Python's, or a stage's own (stage 1 wakes its threads)
+        on_ctrl_c(signal.SIGINT, frame)
+    raise KeyboardInterrupt      # Ctrl-C is ignored (a background job): stop all the same
+
+
 def main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
          argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, set up logging, call ``run(args)`` and map errors to exit codes."""
+    """Parse ``argv``, set up logging, call ``run(args)`` and map errors to exit codes.
+
+    While ``run`` works, SIGTERM is handled as Ctrl-C (in the main thread only, where Python
+    runs signal handlers).
+    """
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_like_ctrl_c) if main_thread else None
     try:
         return run(args)
     except ConfigError as exc:
@@ -167,6 +184,9 @@ def main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], in
         log.debug("traceback", exc_info=True)
         log.error("%s: error: %s (rerun with -v for details)", parser.prog, exc)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def config_from_args(args: argparse.Namespace, *, input_key: str | None = None,

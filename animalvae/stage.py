@@ -607,15 +607,17 @@ def _row(stage: Stage, item: Item, rel: Path, outcome: Outcome) -> dict[str, Any
 
 @contextlib.contextmanager
 def sigint_deferred() -> Iterator[None]:
-    """Ignore Ctrl-C for the duration (in the main thread; elsewhere signals cannot be set)."""
+    """Ignore Ctrl-C and SIGTERM (which the scripts treat alike) for the duration (in the main
+    thread; elsewhere signals cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def shutdown_pools(*pools: cf.Executor) -> None:
@@ -663,8 +665,10 @@ def drain(pending: dict[cf.Future, W], *, keep: int) -> Iterator[tuple[W, cf.Fut
 
 
 def _ignore_sigint() -> None:
-    # Pool workers finish their current item on Ctrl-C; the parent stops handing out new ones.
+    # Pool workers finish their current item on Ctrl-C, or on the SIGTERM a scheduler sends to
+    # every process of a job; the parent stops handing out new ones.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _execute(stage: Stage, todo: list[tuple[Item, Path]], workers: int,

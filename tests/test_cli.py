@@ -1,6 +1,8 @@
 """The shared command line: --input/--output/--set mapping, exit codes, missing binaries."""
 
 import argparse
+import signal
+import time
 
 import pytest
 
@@ -57,6 +59,39 @@ def test_main_maps_errors_to_exit_codes(capsys):
     assert cli.main(parser, interrupted, []) == 130
     assert "rerun the same command to continue" in capsys.readouterr().err
     assert cli.main(parser, lambda args: 0, []) == 0
+
+
+@pytest.mark.parametrize("ctrl_c", ["python's", "a stage's own", "ignored"])
+def test_sigterm_stops_a_run_as_ctrl_c_does(ctrl_c, capsys):
+    # Slurm's scancel, a time limit or preemption sends SIGTERM: the run stops the way Ctrl-C
+    # stops it (finished items recorded, folder released), also where Ctrl-C is ignored (a
+    # background job)
+    parser = argparse.ArgumentParser(prog="x.py")
+    called = []
+
+    def on_ctrl_c(signum, frame):     # e.g. stage 1's, which wakes its sleeping threads
+        called.append(signum)
+        raise KeyboardInterrupt
+
+    def stopped_by_the_scheduler(args):
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(30)                # interrupted at once
+        return 0
+
+    handler = {"python's": signal.default_int_handler, "a stage's own": on_ctrl_c,
+               "ignored": signal.SIG_IGN}[ctrl_c]
+    before = {signal.SIGINT: signal.signal(signal.SIGINT, handler),
+              signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    try:
+        start = time.monotonic()
+        assert cli.main(parser, stopped_by_the_scheduler, []) == 130
+        assert time.monotonic() - start < 10
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # put back afterwards
+    finally:
+        for signum, previous in before.items():
+            signal.signal(signum, previous)
+    assert "x.py: interrupted; finished items are kept" in capsys.readouterr().err
+    assert called == ([signal.SIGINT] if ctrl_c == "a stage's own" else [])
 
 
 def test_missing_binary_says_how_to_install(monkeypatch):

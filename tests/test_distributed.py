@@ -1,7 +1,9 @@
 """Stage 5 under torchrun: two gloo processes on the CPU train one model with DDP.
 
 Real torch.distributed: ``torchrun --standalone --nproc_per_node 2`` runs ``vae.py train``
-through ``tests/ddp_worker.py``, which keeps each rank's final weights. The data and model
+through ``tests/ddp_worker.py``, which keeps each rank's final weights; so do two torchrun
+launchers as two nodes (``--nnodes 2``, c10d rendezvous on 127.0.0.1); and the command a user
+types, ``torchrun ... vae.py train --run-dir DIR``, trains. The data and model
 are the tiny ones of ``test_vae.py``; ``train.batch_size=5`` over 16 training files makes
 batches of 5, 5, 5 and 1, so the ranks get unequal shares and, in the last batch, one rank
 none at all.
@@ -10,6 +12,7 @@ none at all.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,21 +24,40 @@ from test_vae import make_data, read_metrics, write_tiny_config
 import vae
 from animalvae.vae.distributed import DistContext
 
-WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = ROOT / "tests" / "ddp_worker.py"
+TORCHRUN = Path(sys.executable).parent / "torchrun"      # the command installed with torch
 # gloo on the CPU, also where a GPU is present: one GPU cannot hold two ranks, and the runs
 # compared with them must use the same kernels
 STEPS = ["--set", "train.batch_size=5", "--set", "train.epochs=2", "--set", "train.device=cpu"]
 
 
 def torchrun(n: int, out: Path, argv: list[str]) -> subprocess.CompletedProcess:
-    # "--" after the script: torchrun would take "--run" for an abbreviation of its --run-path
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={n}", str(WORKER), "--", str(out), *argv, "-q"]
+           f"--nproc_per_node={n}", str(WORKER), str(out), *argv, "-q"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def two_nodes(out: Path, argv: list[str]) -> None:
+    """One torchrun launcher per "node", one process each, meeting at a c10d rendezvous."""
+    out.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launchers = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+         str(node), "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
+         f"127.0.0.1:{port}", "--rdzv_id", "two-nodes", str(WORKER), str(out), *argv, "-q"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for node in (0, 1)]
+    errors = [launcher.communicate(timeout=300)[1] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], errors[0][-3000:] + \
+        errors[1][-3000:]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -51,17 +73,27 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: fl
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A 2-process run of 6 steps, the same in one process, and a 2-process run of 3 steps."""
+    """A 2-process run of 6 steps, the same in one process, the same on two "nodes", and a
+    2-process run of 3 steps by the command a user types."""
     tmp = tmp_path_factory.mktemp("ddp")
     config = write_tiny_config(tmp, data=make_data(tmp / "spectrograms"))
     base = ["train", "--config", str(config), *STEPS]
     paths = {"config": config, "ddp": tmp / "ddp", "single": tmp / "single",
-             "half": tmp / "half"}
-    torchrun(2, paths["ddp"], [*base, "--run", str(paths["ddp"]), "--set", "train.max_steps=6"])
+             "nodes": tmp / "nodes", "half": tmp / "half"}
+    torchrun(2, paths["ddp"], [*base, "--run-dir", str(paths["ddp"]),
+                               "--set", "train.max_steps=6"])
     assert vae.main([*base, "--run", str(paths["single"]), "--set", "train.max_steps=6",
                      "-q"]) == 0
-    torchrun(2, paths["half"], [*base, "--run", str(paths["half"]),
-                                "--set", "train.max_steps=3"])
+    two_nodes(paths["nodes"], [*base, "--run-dir", str(paths["nodes"]),
+                               "--set", "train.max_steps=6"])
+    # exactly as the README has it (no "--"): torchrun reads "--run" as its own --run-path
+    typed = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "vae.py",
+                            "train", "--run-dir", str(paths["half"]), "--set",
+                            "train.device=cpu", "--config", str(config), *STEPS,
+                            "--set", "train.max_steps=3", "-q"], cwd=ROOT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                           text=True, timeout=300)
+    assert typed.returncode == 0, typed.stderr[-3000:]
     return paths
 
 
@@ -82,6 +114,23 @@ def test_two_ranks_hold_equal_weights_equal_to_one_process(runs):
 
 
 @pytest.mark.slow
+def test_two_nodes_give_the_weights_of_one_process(runs):
+    nodes = runs["nodes"]
+    assert_same(weights(nodes / "rank0.pt"), weights(nodes / "rank1.pt"), atol=0)
+    assert_same(weights(nodes / "rank0.pt"), weights(runs["single"] / "last.pth"), atol=1e-5)
+    last = torch.load(nodes / "last.pth", weights_only=True)
+    assert (last["step"], last["world_size"]) == (6, 2)
+
+
+@pytest.mark.slow
+def test_the_command_a_user_types_trains(runs):
+    half = runs["half"]
+    assert (half / "model.pth").stat().st_size > 0
+    last = torch.load(half / "last.pth", weights_only=True)
+    assert (last["step"], last["world_size"]) == (3, 2)
+
+
+@pytest.mark.slow
 def test_only_rank_0_writes_the_run_folder(runs):
     names = sorted(p.name for p in runs["ddp"].iterdir())
     assert names == sorted(["last.pth", "loss.png", "metrics.csv", "model.pth", "rank0.pt",
@@ -93,8 +142,8 @@ def test_only_rank_0_writes_the_run_folder(runs):
 def test_resume_under_the_same_world_size_continues_exactly(runs, tmp_path):
     half = tmp_path / "half"
     subprocess.run(["cp", "-r", str(runs["half"]), str(half)], check=True)
-    torchrun(2, half, ["train", "--config", str(runs["config"]), *STEPS, "--run", str(half),
-                       "--resume", "--set", "train.max_steps=6"])
+    torchrun(2, half, ["train", "--config", str(runs["config"]), *STEPS, "--run-dir",
+                       str(half), "--resume", "--set", "train.max_steps=6"])
     assert_same(weights(half / "rank0.pt"), weights(runs["ddp"] / "rank0.pt"), atol=1e-6)
     assert_same(weights(half / "rank1.pt"), weights(half / "rank0.pt"), atol=0)
 

@@ -707,7 +707,8 @@ def test_ctrl_c_during_training_says_whether_to_resume(tmp_path, capsys, monkeyp
 # Command line
 # --------------------------------------------------------------------------------------------
 
-COMMON = {"--config", "--set", "--run", "-v", "--verbose", "-q", "--quiet", "-h", "--help"}
+COMMON = {"--config", "--set", "--run-dir", "--run", "-v", "--verbose", "-q", "--quiet", "-h",
+          "--help"}
 FLAGS = {   # each sub-command's own flags, beyond COMMON
     "train": {"--input", "--limit", "--force", "--resume"},
     "generate": {"--group", "--count"},

@@ -229,7 +229,7 @@ def _report(config: Config, total_s: float, *, show_run: bool) -> str:
              "Next: more samples with  " + shlex.join(
                  ["python", "vae.py", "generate", "--config",
                   os.path.relpath(config.source or DEMO_CONFIG, ROOT),
-                  *(["--run", rel(run_dir)] if show_run else []),
+                  *(["--run-dir", rel(run_dir)] if show_run else []),
                   "--group", "dogs", "--count", "8"])]
     return "\n".join(lines)
 

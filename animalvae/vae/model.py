@@ -468,8 +468,8 @@ def read_checkpoint(path: Path, *, what: str = "model.pth", fmt: str = FORMAT,
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path} not found: train first (vae.py train), or pass --run DIR "
-                          f"with the run folder that holds {what}")
+        raise ConfigError(f"{path} not found: train first (vae.py train), or pass --run-dir "
+                          f"DIR with the run folder that holds {what}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
