@@ -69,11 +69,16 @@ def state_dict_problems(state: Mapping[str, torch.Tensor]) -> list[str]:
     return problems
 
 
-def _fold(weight: torch.Tensor, state: Mapping[str, torch.Tensor], norm: str,
-          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``conv`` then eval-mode ``norm`` as one convolution: (scaled weight, bias)."""
+def _fold(weight: torch.Tensor, state: Mapping[str, torch.Tensor], norm: str, eps: float,
+          layout: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+    """``conv`` then eval-mode ``norm`` as one convolution: (scaled weight in ``layout``, bias).
+
+    The product is written straight into ``layout``: one pass over the weights, not two.
+    """
     scale, shift = _affine(state, norm, eps)
-    return weight * scale[:, None, None, None], shift
+    folded = torch.empty_like(weight, memory_format=layout)
+    torch.mul(weight, scale[:, None, None, None], out=folded)
+    return folded, shift
 
 
 def _affine(state: Mapping[str, torch.Tensor], norm: str, eps: float
@@ -115,14 +120,15 @@ class Cnn14Detector(nn.Module):
         for block in range(1, len(WIDTHS)):
             for conv in (1, 2):
                 weight, bias = _fold(state[f"conv_block{block}.conv{conv}.weight"], state,
-                                     f"conv_block{block}.bn{conv}", eps)
-                self.conv_weights.append(nn.Parameter(weight.contiguous(memory_format=layout),
-                                                      requires_grad=False))
-                self.conv_biases.append(nn.Parameter(bias.clone(), requires_grad=False))
+                                     f"conv_block{block}.bn{conv}", eps, layout)
+                self.conv_weights.append(nn.Parameter(weight, requires_grad=False))
+                self.conv_biases.append(nn.Parameter(bias, requires_grad=False))
         self.fc1 = nn.Linear(2048, 2048, device="meta")
         self.fc_audioset = nn.Linear(2048, NUM_CLASSES, device="meta")
-        self.load_state_dict({k: state[k] for k in ("fc1.weight", "fc1.bias",
-                                                    "fc_audioset.weight", "fc_audioset.bias")},
+        # Copies: no tensor of the module keeps a memory-mapped checkpoint file in use.
+        self.load_state_dict({k: state[k].clone() for k in ("fc1.weight", "fc1.bias",
+                                                            "fc_audioset.weight",
+                                                            "fc_audioset.bias")},
                              strict=False, assign=True)
         self.channels_last = channels_last
 

@@ -289,7 +289,9 @@ def read_state_dict(path: Path) -> dict:
     Besides ``"model"``, the PANNs training script saved ``"iteration"`` and the sampler's
     state: numpy integers and index arrays, which ``weights_only=True`` refuses by default.
     The numpy globals those pickle to (:func:`_numpy_data_globals`) are allowed for this one
-    load: they rebuild plain data and run no other code. Only ``"model"`` is kept.
+    load: they rebuild plain data and run no other code. Only ``"model"`` is kept. A
+    zip-format file (what ``torch.save`` writes) is memory-mapped rather than read into a
+    second copy: the models copy what they keep.
 
     Raises
     ------
@@ -303,7 +305,8 @@ def read_state_dict(path: Path) -> dict:
 
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True,
+                               mmap=zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
             zipfile.BadZipFile) as exc:
         raise ConfigError(f"detect.checkpoint={path} cannot be loaded "
