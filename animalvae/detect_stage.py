@@ -459,7 +459,7 @@ def run(config: Config, options: StageOptions) -> Summary:
                         "(segments keep %d Hz); set it to %d to skip that",
                         config.extract.sample_rate, panns.SAMPLE_RATE,
                         config.extract.sample_rate, panns.SAMPLE_RATE)
-        scorer: Scorer = PannsScorer(panns.load_model(settings.checkpoint, device), device)
+        scorer: Scorer = PannsScorer(panns.load_detector(settings.checkpoint, device), device)
     else:
         log.info("detect.backend=energy: the loudest window is chosen (not animal-aware)")
         scorer = EnergyScorer()

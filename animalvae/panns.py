@@ -9,7 +9,8 @@ files behind and the package silently ends up with 0 classes. So this module
 - builds ``Cnn14_DecisionLevelMax`` itself (once per process) and loads ``detect.checkpoint``
   with ``torch.load(weights_only=True)``, after checking the file is there and large enough
   (the training extras saved beside the weights, numpy scalars and arrays, are allowed as
-  data; only ``"model"`` is kept);
+  data; only ``"model"`` is kept); stage 3 runs the same weights through
+  :class:`animalvae.cnn14.Cnn14Detector` (:func:`load_detector`), the inference-only form;
 - downloads only on request (:func:`download_models`, ``animal_sound_detector.py
   --download-models``), with a progress bar, a size check and an atomic rename.
 
@@ -25,7 +26,7 @@ import http.client
 import logging
 import shutil
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,8 @@ __all__ = [
     "LABELS_CSV", "CHECKPOINT_URL", "CHECKPOINT_RECORD", "LABELS_URL", "SAMPLE_RATE",
     "HOP_LENGTH", "NUM_CLASSES", "ANIMAL_CLASSES", "MIN_CHECKPOINT_BYTES",
     "audioset_labels", "resolve_classes", "check_checkpoint", "install_package_labels",
-    "build_model", "load_model", "read_state_dict", "clear_model_cache", "download_models",
+    "build_model", "load_model", "load_detector", "read_state_dict", "clear_model_cache",
+    "download_models",
 ]
 
 log = logging.getLogger(__name__)
@@ -201,11 +203,14 @@ def build_model() -> torch.nn.Module:
     return model.eval()
 
 
-_MODELS: dict[tuple[str, int, int, str], torch.nn.Module] = {}
+_MODELS: dict[tuple[str, str, int, int, str], torch.nn.Module] = {}
 
 
 def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The model with ``checkpoint``'s weights on ``device``, built once per process.
+    """The stock ``Cnn14_DecisionLevelMax`` with ``checkpoint``'s weights on ``device``.
+
+    Built once per process (see :func:`load_detector` for the cheaper inference-only module
+    stage 3 runs; this one also gives ``clipwise_output`` and hooks on its layers).
 
     Parameters
     ----------
@@ -221,28 +226,61 @@ def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> torch.nn
         When the file is missing, too small, not loadable with ``weights_only=True``, or
         not a ``Cnn14_DecisionLevelMax`` with 527 classes.
     """
+    return _load(checkpoint, device, _stock_model)
+
+
+def load_detector(checkpoint: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """:class:`animalvae.cnn14.Cnn14Detector` with ``checkpoint``'s weights on ``device``.
+
+    The same ``framewise_output`` as :func:`load_model`'s module, to float32 rounding,
+    built without random initialisation and cheaper to run; channels-last on a CPU. Built
+    once per process; same parameters and errors as :func:`load_model`.
+    """
+    return _load(checkpoint, device, _detector)
+
+
+def _load(checkpoint: Path, device: torch.device | str,
+          make: Callable[[dict, Path, torch.device], torch.nn.Module]) -> torch.nn.Module:
+    """Check, read and build (``make``) a model once per process: the cache of both loaders."""
     import torch
 
     path = Path(checkpoint).expanduser()
     if problems := check_checkpoint(path):
         raise ConfigError(problems)
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(torch.device(device)))
+    device = torch.device(device)
+    key = (make.__name__, str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(device))
     if key in _MODELS:
         return _MODELS[key]
-    state = read_state_dict(path)
+    model = make(read_state_dict(path), path, device).to(device).eval()
+    _MODELS.clear()  # one model per process: a new checkpoint replaces the old one
+    _MODELS[key] = model
+    log.info("loaded PANNs Cnn14_DecisionLevelMax (%s) from %s on %s", type(model).__name__,
+             path, device)
+    return model
+
+
+def _stock_model(state: dict, path: Path, device: torch.device) -> torch.nn.Module:
     model = build_model()
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"detect.checkpoint={path} is not a Cnn14_DecisionLevelMax "
-                          f"checkpoint with {NUM_CLASSES} classes ({_short(exc)}): "
-                          f"{_how_to_get(path)}") from None
-    model = model.to(device).eval()
-    _MODELS.clear()  # one model per process: a new checkpoint replaces the old one
-    _MODELS[key] = model
-    log.info("loaded PANNs Cnn14_DecisionLevelMax from %s on %s", path, device)
+        raise ConfigError(_not_cnn14(path, _short(exc))) from None
     return model
+
+
+def _detector(state: dict, path: Path, device: torch.device) -> torch.nn.Module:
+    from .cnn14 import Cnn14Detector, state_dict_problems
+
+    if problems := state_dict_problems(state):
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise ConfigError(_not_cnn14(path, problems[0] + more))
+    return Cnn14Detector(state, channels_last=device.type == "cpu")
+
+
+def _not_cnn14(path: Path, why: str) -> str:
+    return (f"detect.checkpoint={path} is not a Cnn14_DecisionLevelMax checkpoint with "
+            f"{NUM_CLASSES} classes ({why}): {_how_to_get(path)}")
 
 
 def read_state_dict(path: Path) -> dict:
@@ -251,7 +289,9 @@ def read_state_dict(path: Path) -> dict:
     Besides ``"model"``, the PANNs training script saved ``"iteration"`` and the sampler's
     state: numpy integers and index arrays, which ``weights_only=True`` refuses by default.
     The numpy globals those pickle to (:func:`_numpy_data_globals`) are allowed for this one
-    load: they rebuild plain data and run no other code. Only ``"model"`` is kept.
+    load: they rebuild plain data and run no other code. Only ``"model"`` is kept. A
+    zip-format file (what ``torch.save`` writes) is memory-mapped rather than read into a
+    second copy: the models copy what they keep.
 
     Raises
     ------
@@ -265,7 +305,8 @@ def read_state_dict(path: Path) -> dict:
 
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True,
+                               mmap=zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
             zipfile.BadZipFile) as exc:
         raise ConfigError(f"detect.checkpoint={path} cannot be loaded "
@@ -310,7 +351,8 @@ def _unpickling_reason(exc: BaseException) -> str:
 
 
 def clear_model_cache() -> None:
-    """Forget the model :func:`load_model` keeps (frees its ~1 GB; the next call reloads)."""
+    """Forget the model :func:`load_model` or :func:`load_detector` keeps (frees its ~1 GB;
+    the next call reloads)."""
     _MODELS.clear()
 
 

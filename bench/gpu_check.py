@@ -5,7 +5,9 @@ One script for a CUDA machine, done in a few minutes; it prints a Markdown secti
 named) for docs/benchmarks.md and writes it to ``bench/results/gpu.md`` (``--out``):
 
 - stage 3: PANNs ``Cnn14_DecisionLevelMax`` (random weights, the cost of the real ones) on
-  10 s clips at 32 kHz, batch ``--batch``, float32 and bf16 autocast: clips/s;
+  10 s clips at 32 kHz, batch 32, float32 and bf16 autocast: clips/s, for panns_inference's
+  module and for stage 3's :class:`animalvae.cnn14.Cnn14Detector` (contiguous, as
+  ``panns.load_detector`` builds it off the CPU, and channels-last);
 - stage 4: :class:`animalvae.spectrogram.Spectrogram` at the default settings on 3 s
   segments, batch 64: clips/s; Griffin-Lim (:class:`InverseSpectrogram`, 32 iterations);
 - stage 5: one optimiser step of the default VAE on 512 x 256 spectrograms, batch 32, float32
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from animalvae import panns  # noqa: E402
+from animalvae.cnn14 import Cnn14Detector  # noqa: E402
 from animalvae.config import ModelConfig, TrainConfig  # noqa: E402
 from animalvae.spectrogram import InverseSpectrogram, Spectrogram, SpectrogramSpec, save_spec  # noqa: E402
 from animalvae.vae.losses import ReconstructionLoss  # noqa: E402
@@ -67,16 +70,24 @@ def autocast(device: torch.device, bf16: bool):
 
 
 def check_detection(device: torch.device, batch: int, seconds: float, repeats: int) -> list[str]:
-    model = panns.build_model().to(device)
+    """panns_inference's module and stage 3's :class:`Cnn14Detector` (both layouts), float32
+    and bf16 autocast: which one ``detect_stage`` should run on this device."""
+    stock = panns.build_model()
+    models = {"panns_inference module": stock.to(device)}
+    for channels_last in (False, True):
+        detector = Cnn14Detector(stock.state_dict(), channels_last=channels_last)
+        layout = "channels-last" if channels_last else "contiguous"
+        models[f"Cnn14Detector, {layout}"] = detector.to(device).eval()
     x = torch.randn(batch, int(seconds * panns.SAMPLE_RATE), device=device) * 0.1
     rows = []
-    for bf16 in (False, True):
-        def forward(bf16: bool = bf16) -> None:
-            with torch.inference_mode(), autocast(device, bf16):
-                model(x)
-        s = timed(forward, device=device, repeats=repeats)
-        rows.append(f"| 3 detect: PANNs forward, {seconds:g} s clips, batch {batch}, "
-                    f"{'bf16' if bf16 else 'float32'} | {batch / s:.1f} clips/s |")
+    for name, model in models.items():
+        for bf16 in (False, True):
+            def forward(model: torch.nn.Module = model, bf16: bool = bf16) -> None:
+                with torch.inference_mode(), autocast(device, bf16):
+                    model(x)
+            s = timed(forward, device=device, repeats=repeats)
+            rows.append(f"| 3 detect: {name} forward, {seconds:g} s clips, batch {batch}, "
+                        f"{'bf16' if bf16 else 'float32'} | {batch / s:.1f} clips/s |")
     return rows
 
 
