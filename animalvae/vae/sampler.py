@@ -74,18 +74,18 @@ def fit_settings(config: Config) -> dict[str, Any]:
 
     The prior depends on ``train.prior*`` (and ``train.seed``, which picks the kernels of a
     large group), the texture on how an encoded clip is decoded (``generate.restore_peak``),
-    and a fitted spread (``generate.spread: fit``) on how samples are drawn and decoded.
+    and a fitted spread (``generate.spread: fit``) on how samples are drawn and decoded; a
+    number for ``generate.spread`` is applied as it is and needs no fit.
     """
     tc, gc = config.train, config.generate
     settings: dict[str, Any] = {"train.prior": tc.prior, "train.seed": tc.seed,
-                                "generate.restore_peak": gc.restore_peak,
-                                "generate.spread": gc.spread}
+                                "generate.restore_peak": gc.restore_peak}
     if tc.prior == "kde":
         settings["train.prior_bandwidth"] = tc.prior_bandwidth
     elif tc.prior == "gmm":
         settings["train.prior_components"] = tc.prior_components
     if gc.spread == "fit" and tc.prior != "none":
-        settings.update({"generate.temperature": gc.temperature,
+        settings.update({"generate.spread": "fit", "generate.temperature": gc.temperature,
                          "generate.pitch_temperature": gc.pitch_temperature,
                          "generate.texture": gc.texture, "generate.seed": gc.seed,
                          "generate.momentum": gc.momentum})
@@ -316,8 +316,9 @@ def load_sampler(config: Config, run_dir: Path, trained: TrainedModel) -> Sample
                      "model.pth): using it as it is", Path(run_dir) / MODEL)
     sampler = Sampler.from_payload(data, trained.model, path) if data is not None else None
     wanted = fit_settings(config)
-    if sampler is not None and (sampler.settings.get("legacy")
-                                or sampler.settings == wanted):
+    # a sampler fit with more (a spread fit) serves a request that needs less (a number)
+    if sampler is not None and (sampler.settings.get("legacy") or all(
+            sampler.settings.get(k) == v for k, v in wanted.items())):
         return sampler
     changed = (", ".join(f"{k} {sampler.settings.get(k)!r} -> {v!r}" for k, v in wanted.items()
                          if sampler.settings.get(k) != v)
