@@ -176,8 +176,8 @@ def run(args) -> int:
     options = StageOptions(force=getattr(args, "force", False),
                                limit=getattr(args, "limit", None), progress=not args.quiet)
     if args.command == "train":
-        from animalvae.vae import train
-        from animalvae.vae.run_folder import LAST
+        from animalvae.sound import train
+        from animalvae.training.run_folder import LAST
         try:
             train.train(config, run_dir, resume=args.resume, options=options)
             _fit_sampler_after_training(config, run_dir)
@@ -196,8 +196,8 @@ def run(args) -> int:
         return 0
     if args.command.endswith("images") or args.command in ("sound-to-image", "image-to-sound"):
         return _run_images(args, config, run_dir, options)
-    from animalvae.vae import generate
-    from animalvae.vae.distributed import require_one_process
+    from animalvae.sound import generate
+    from animalvae.training.distributed import require_one_process
     require_one_process(f"vae.py {args.command}")
     if args.command == "generate":
         generate.generate(config, run_dir, groups=args.group, count=args.count, options=options)
@@ -206,7 +206,7 @@ def run(args) -> int:
     elif args.command == "interpolate":
         generate.interpolate(config, run_dir, args.a, args.b, steps=args.steps, options=options)
     elif args.command == "fit-sampler":
-        from animalvae.vae.sampler import refit_sampler
+        from animalvae.sound.sampler import refit_sampler
         refit_sampler(config, run_dir, generate.load_run_model(config, run_dir))
     else:
         generate.evaluate(config, run_dir, options=options, judge_dir=args.judge_dir)
@@ -216,29 +216,30 @@ def run(args) -> int:
 def _fit_sampler_after_training(config, run_dir: Path) -> None:
     """Fit the sampler of a finished training run, once (rank 0 under torchrun), unless it is
     newer than the weights (a --resume that had nothing left to train)."""
-    from animalvae.vae.distributed import rank_and_world
-    from animalvae.vae.run_folder import MODEL, SAMPLER
+    from animalvae.training.distributed import rank_and_world
+    from animalvae.training.run_folder import MODEL, SAMPLER
     sampler, model = run_dir / SAMPLER, run_dir / MODEL
     if rank_and_world()[0] != 0 or (sampler.is_file()
                                     and sampler.stat().st_mtime >= model.stat().st_mtime):
         return
-    from animalvae.vae.generate import load_run_model
-    from animalvae.vae.sampler import refit_sampler
+    from animalvae.sound.generate import load_run_model
+    from animalvae.sound.sampler import refit_sampler
     refit_sampler(config, run_dir, load_run_model(config, run_dir))
 
 
 def _run_images(args, config, run_dir: Path, options) -> int:
-    from animalvae.vae.run_folder import IMAGE_RUN
+    from animalvae.training.run_folder import IMAGE_RUN
     image_dir = run_dir / IMAGE_RUN
     if args.command == "train-images":
-        from animalvae.vae import train, train_images
+        from animalvae.image import train as train_images
+        from animalvae.sound import train
         try:
             train_images.train_images(config, image_dir, resume=args.resume, options=options)
         except train.TrainingDiverged as exc:
             print(f"vae.py: error: {exc}", file=sys.stderr)
             return 1
         return 0
-    from animalvae.vae import sound_image
+    from animalvae.image import sound_to_image as sound_image
     if args.command == "sound-to-image":
         sound_image.sound_to_image(config, image_dir, args.files, count=args.count,
                                    options=options)

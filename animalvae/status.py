@@ -22,7 +22,7 @@ import pandas as pd
 from .config import Config
 from .errors import ConfigError
 from .stage import read_manifest, reason_kind
-from .vae.run_folder import METRICS
+from .training.run_folder import METRICS
 
 __all__ = ["StageState", "collect", "status_table", "top_reasons", "training_line", "report",
            "STATUSES"]

@@ -45,10 +45,10 @@ def profile(run: Path, config_sets: list[str], *, clips: int, samples: int) -> l
     """The table rows of one run folder (module docstring)."""
     from animalvae.config import load_config
     from animalvae.spectrogram import Spectrogram, to_audio
-    from animalvae.vae.dataset import SpectrogramSet, read_split
-    from animalvae.vae.generate import load_run
-    from animalvae.vae.sampler import restore_peak
-    from animalvae.vae.texture import add_texture
+    from animalvae.training.dataset import SpectrogramSet, read_split
+    from animalvae.sound.generate import load_run
+    from animalvae.sound.sampler import restore_peak
+    from animalvae.sound.texture import add_texture
 
     config = load_config(ROOT / "config.yaml", overrides=config_sets)
     gc = config.generate

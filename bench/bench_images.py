@@ -2,11 +2,11 @@
 """Stage 5, sound -> image: training throughput (pairs/s) and peak memory on the CPU.
 
 One optimiser step of ``vae.py train-images`` on random pairs in memory (speed does not depend
-on the values): :func:`animalvae.vae.train_images.pair_loss` (three posteriors: two
+on the values): :func:`animalvae.image.train.pair_loss` (three posteriors: two
 spectrogram decodes and three image decodes per pair), backward, clip, AdamW step; timed after
 a warm-up step, best of the rounds (the machine is shared: other work only slows a round).
-The baseline is the spectrogram VAE alone (:class:`animalvae.vae.model.VAE`, unconditional,
-same spectrograms, batch and latent size, :func:`animalvae.vae.train.vae_loss`): the ratio is
+The baseline is the spectrogram VAE alone (:class:`animalvae.sound.model.VAE`, unconditional,
+same spectrograms, batch and latent size, :func:`animalvae.sound.train.vae_loss`): the ratio is
 what the image half and the cross terms cost.
 
 Peak memory: each configuration runs in its own process, and the figure is the growth of
@@ -41,11 +41,11 @@ def _measure(config_path: str, kind: str) -> dict:
     import torch
 
     from animalvae.config import ModelConfig, load_config
-    from animalvae.vae.losses import ReconstructionLoss
-    from animalvae.vae.model import VAE
-    from animalvae.vae.multimodal import SoundImageVAE
-    from animalvae.vae.train import vae_loss
-    from animalvae.vae.train_images import pair_loss
+    from animalvae.sound.losses import ReconstructionLoss
+    from animalvae.sound.model import VAE
+    from animalvae.image.model import SoundImageVAE
+    from animalvae.sound.train import vae_loss
+    from animalvae.image.train import pair_loss
 
     config = load_config(ROOT / config_path)
     si, f = config.sound_image, config.features

@@ -8,7 +8,7 @@ pipeline runs as a user would run it: ``video_to_audio.py`` with the folder as
 loudest 3 s window; no PANNs checkpoint needed), ``preprocess_audio_vae.py`` at the defaults.
 Then, for each variant, ``vae.py train`` (timed, wall clock) and ``vae.py evaluate`` at the
 defaults plus the variant's settings, and the figures of ``metrics.json``'s ``quality``
-(:mod:`animalvae.vae.quality`): the judge's accuracy on real held-out clips (the ceiling), on
+(:mod:`animalvae.evaluation.quality`): the judge's accuracy on real held-out clips (the ceiling), on
 samples and on reconstructions; diversity, nearest-training ratio and sharpness (worst group);
 the Fréchet distance of samples to real held-out clips (real training clips give the floor).
 
@@ -88,11 +88,11 @@ VARIANTS: dict[str, list[str]] = {
     "beta-0.25": ["train.beta=0.25"],
     "lr-2e-3": ["train.lr=0.002"],
     "channelnorm": ["model.decoder_norm=channel"],
-    # the defaults before the harmonic comb output (animalvae/vae/harmonic.py)
+    # the defaults before the harmonic comb output (animalvae/sound/harmonic.py)
     "no-pitch-comb": ["model.pitch_candidates=0"],
     # samples with the comb drawn as sharply as in reconstructions
     "sample-pitch-temperature-0.5": ["generate.pitch_temperature=0.5"],
-    # the decoder's output without the texture noise (animalvae/vae/texture.py); the defaults
+    # the decoder's output without the texture noise (animalvae/sound/texture.py); the defaults
     # before it (no texture, kde bandwidth 0.5); half the fitted noise
     "no-texture": ["generate.texture=0"],
     "previous-defaults": ["generate.texture=0", "train.prior_bandwidth=0.5", "generate.spread=1.0"],
@@ -271,8 +271,8 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
 
     from animalvae.config import load_config
     from animalvae.plots import show_spectrogram
-    from animalvae.vae.dataset import read_array, read_split
-    from animalvae.vae.generate import load_run
+    from animalvae.training.dataset import read_array, read_split
+    from animalvae.sound.generate import load_run
 
     config = load_config(ROOT / "config.yaml")
     trained, sampler = load_run(config, run_dir)
@@ -335,7 +335,7 @@ def judges_table(judges: dict[str, dict[str, dict[str, float]]], groups: list[st
 
 JUDGES_NOTE = (
     "Judges: a logistic regression on log-mel statistics or on BirdNET V2.4's 1024-d "
-    "embedding (pretrained; `animalvae/vae/birdnet.py`). *In sample*: fit on the run's real "
+    "embedding (pretrained; `animalvae/evaluation/birdnet.py`). *In sample*: fit on the run's real "
     "training clips, ceiling on its real held-out clips, FAD to those. *Cross-source*: fit on "
     "the recordings of the sources the model never trained on (`vae.py evaluate "
     "--judge-dir`), ceiling on the run's own real clips, FAD of samples to the other sources' "
@@ -368,7 +368,7 @@ def section(data: str, results: dict[str, dict[str, float]],
         f"{split} (10 % of each group held out); a variant that changes only the prior or "
         "generation reuses the defaults' weights (`vae.py fit-sampler` for its sampler). Figures "
         "from `metrics.json` "
-        "(`animalvae/vae/quality.py`): accuracy of a log-mel-statistics classifier fit on the "
+        "(`animalvae/evaluation/quality.py`): accuracy of a log-mel-statistics classifier fit on the "
         "run's real training clips, on real held-out clips (the ceiling), on "
         f"{samples_per_group} samples per group and on reconstructions of the "
         "held-out clips; diversity, nearest-training ratio and sharpness relative to real "

@@ -123,8 +123,8 @@ def _photo_metrics(run: Path, *, per_group: int) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from animalvae.images import square_resize
-    from animalvae.vae.image_quality import edge_strength
-    from animalvae.vae.multimodal import load_pairs_model
+    from animalvae.evaluation.image_quality import edge_strength
+    from animalvae.image.model import load_pairs_model
 
     model = load_pairs_model(run / "images" / "model.pth").model
     size = model.image_size

@@ -4,8 +4,8 @@
 Training, on random spectrograms in memory (speed does not depend on the values), one optimiser
 step = forward + loss + backward + clip + AdamW step, timed after a warm-up:
 
-- ours: :class:`animalvae.vae.model.VAE` at the default config (``model.*``, ``train.batch_size``)
-  on whole 3 s spectrograms (512 x 256), with :func:`animalvae.vae.train.vae_loss`;
+- ours: :class:`animalvae.sound.model.VAE` at the default config (``model.*``, ``train.batch_size``)
+  on whole 3 s spectrograms (512 x 256), with :func:`animalvae.sound.train.vae_loss`;
 - ours with ``model.channels: [16, 32, 64, 128, 256]`` (wider, one block fewer), to show what
   the default choice buys;
 - original: the ``VAE.py`` architecture of the original scripts, re-implemented here layer for
@@ -50,9 +50,9 @@ from animalvae.spectrogram import (  # noqa: E402
     SpectrogramSpec,
     spectral_convergence,
 )
-from animalvae.vae.losses import ReconstructionLoss  # noqa: E402
-from animalvae.vae.model import VAE  # noqa: E402
-from animalvae.vae.train import pitch_term, vae_loss  # noqa: E402
+from animalvae.sound.losses import ReconstructionLoss  # noqa: E402
+from animalvae.sound.model import VAE  # noqa: E402
+from animalvae.sound.train import pitch_term, vae_loss  # noqa: E402
 
 ORIGINAL_SECONDS = 64 * 512 / 48000  # 64 frames, hop 512, 48 kHz
 ROUNDS = 3

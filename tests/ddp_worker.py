@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import vae  # noqa: E402
-from animalvae.vae import train as train_mod  # noqa: E402
+from animalvae.sound import train as train_mod  # noqa: E402
 
 
 def main() -> int:

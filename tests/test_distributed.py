@@ -22,7 +22,7 @@ import torch
 from test_vae import make_data, read_metrics, write_tiny_config
 
 import vae
-from animalvae.vae.distributed import DistContext
+from animalvae.training.distributed import DistContext
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "ddp_worker.py"

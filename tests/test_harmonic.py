@@ -1,4 +1,4 @@
-"""The harmonic comb output (animalvae/vae/harmonic.py): combs, pitch targets, the decoder
+"""The harmonic comb output (animalvae/sound/harmonic.py): combs, pitch targets, the decoder
 that draws them, and training that teaches the pitch head. Tiny shapes; a few seconds."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from test_vae import read_metrics, run_vae, write_tiny_config
 from torch.nn import functional as F
 
 from animalvae.config import ModelConfig
-from animalvae.vae import harmonic
-from animalvae.vae.model import VAE, load_model
-from animalvae.vae.train import pitch_term
+from animalvae.sound import harmonic
+from animalvae.sound.model import VAE, load_model
+from animalvae.sound.train import pitch_term
 
 
 def harmonic_stack(spacing: float, *, n_bins: int = 512, n_frames: int = 16,
@@ -164,7 +164,7 @@ def test_the_pitch_loss_is_a_mean_over_clips_so_torchrun_can_share_a_batch_out()
 
 def test_samples_draw_the_comb_at_generate_pitch_temperature_reconstructions_at_the_models():
     from animalvae.config import Config
-    from animalvae.vae.sampler import Sampler, restore_peak
+    from animalvae.sound.sampler import Sampler, restore_peak
 
     model = decoder_with_a_fixed_pitch(7).eval()
     with torch.no_grad():                      # a head that prefers high spacings, not surely

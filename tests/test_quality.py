@@ -1,4 +1,4 @@
-"""Sample-quality measures (animalvae.vae.quality) and the mixture prior (animalvae.vae.prior).
+"""Sample-quality measures (animalvae.evaluation.quality) and the mixture prior (animalvae.sound.prior).
 
 The measures run on generated calls whose answer is known: low vs high tone stacks for the
 judge, a harmonic stack vs the same band of noise for sharpness, shifted Gaussians for the
@@ -17,11 +17,11 @@ import torch
 from test_vae import make_data, write_tiny_config
 
 import vae
-from animalvae.vae import birdnet, quality
-from animalvae.vae import prior as prior_module
-from animalvae.vae.dataset import first_per_group, read_split
-from animalvae.vae.model import load_model
-from animalvae.vae.prior import (
+from animalvae.evaluation import birdnet, quality
+from animalvae.sound import prior as prior_module
+from animalvae.training.dataset import first_per_group, read_split
+from animalvae.sound.model import load_model
+from animalvae.sound.prior import (
     PRIOR,
     SPREAD,
     fit_gmm,
@@ -30,7 +30,7 @@ from animalvae.vae.prior import (
     sample_prior,
     spread_components,
 )
-from animalvae.vae.spread import SPREADS, smallest_meeting
+from animalvae.sound.spread import SPREADS, smallest_meeting
 
 SR = 8000
 
@@ -482,7 +482,7 @@ def test_a_model_of_the_previous_format_samples_with_the_fits_inside_it(tmp_path
 # --------------------------------------------------------------------------------------------
 
 def test_channel_norm_keeps_positions_independent():
-    from animalvae.vae.model import ChannelNorm
+    from animalvae.sound.model import ChannelNorm
 
     norm = ChannelNorm(6)
     x = torch.randn(2, 6, 5, 4)
@@ -501,7 +501,7 @@ def test_a_model_from_before_decoder_norm_and_latent_frames_loads_as_it_was(tmp_
 
     from animalvae.config import ModelConfig
     from animalvae.spectrogram import SpectrogramSpec
-    from animalvae.vae.model import VAE, checkpoint_payload
+    from animalvae.sound.model import VAE, checkpoint_payload
 
     config = ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, decoder_norm="group",
                          latent_frames=0, pitch_candidates=0)
@@ -529,8 +529,8 @@ def test_restore_peak_puts_each_decoded_spectrogram_back_on_the_representations_
     import dataclasses
 
     from animalvae.config import Config, ModelConfig
-    from animalvae.vae.model import VAE
-    from animalvae.vae.sampler import Sampler, restore_peak
+    from animalvae.sound.model import VAE
+    from animalvae.sound.sampler import Sampler, restore_peak
 
     x = torch.tensor([[[0.2, 0.4], [0.8, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
     restored = restore_peak(x)

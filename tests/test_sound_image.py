@@ -30,7 +30,7 @@ from animalvae.errors import ConfigError, ItemFailed
 from animalvae.shards import parse_shard
 from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import StageOptions, read_manifest, run_stage, write_manifest
-from animalvae.vae.image_quality import (
+from animalvae.evaluation.image_quality import (
     candidate_sets,
     edge_strength,
     frechet_distance,
@@ -39,13 +39,13 @@ from animalvae.vae.image_quality import (
     retrieval_recall,
     variety,
 )
-from animalvae.vae.multimodal import (
+from animalvae.image.model import (
     SoundImageVAE,
     draw_residuals,
     load_pairs_model,
     product_of_experts,
 )
-from animalvae.vae.train_images import image_loss
+from animalvae.image.train import image_loss
 
 SPEC = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64, n_frames=32)
 SIZE = 16
@@ -472,7 +472,7 @@ def test_the_image_follows_the_sound_beyond_its_group(pairs_run):
 
 
 def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
-    from animalvae.vae import train_images
+    from animalvae.image import train as train_images
     make_pairs(tmp_path / "data", per_group=6, unpaired=0)
     whole = _write(tmp_path / "a.yaml", TINY.format(data=tmp_path / "data",
                                                    runs=tmp_path / "a", epochs=4, edge=1.0))
@@ -640,7 +640,7 @@ def test_the_gallery_loads_in_a_real_browser(pairs_run, capsys):
 
 
 def test_the_run_gallery_links_the_image_model(pairs_run):
-    from animalvae.vae.gallery import write_gallery
+    from animalvae.evaluation.gallery import write_gallery
     _, run = pairs_run
     page = write_gallery(run.parent).read_text()
     assert 'href="images/index.html"' in page

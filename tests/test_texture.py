@@ -1,4 +1,4 @@
-"""The texture noise (animalvae.vae.texture, fit by animalvae.vae.sampler): fitting the
+"""The texture noise (animalvae.sound.texture, fit by animalvae.sound.sampler): fitting the
 roughness a decoder smooths away, adding it back, and its life in sampler.pth (train,
 fit-sampler, generate, reconstruct)."""
 
@@ -9,7 +9,7 @@ import torch
 from test_vae import write_tiny_config
 
 import vae
-from animalvae.vae.texture import TEXTURE, TextureFit, add_texture, fine_detail, texture_tables
+from animalvae.sound.texture import TEXTURE, TextureFit, add_texture, fine_detail, texture_tables
 
 
 def fit_texture(pairs, *, n_groups: int, bands: int, levels: int) -> torch.Tensor:

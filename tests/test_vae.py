@@ -23,10 +23,10 @@ from animalvae.config import ModelConfig, load_config
 from animalvae.errors import ConfigError
 from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import Item
-from animalvae.vae import dataset as dataset_mod
-from animalvae.vae import train as train_mod
-from animalvae.vae.losses import ReconstructionLoss
-from animalvae.vae.model import VAE, kl_divergence, load_model
+from animalvae.training import dataset as dataset_mod
+from animalvae.sound import train as train_mod
+from animalvae.sound.losses import ReconstructionLoss
+from animalvae.sound.model import VAE, kl_divergence, load_model
 
 SPEC = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64, n_frames=32)
 BANDS = {"birds": slice(40, 56), "dogs": slice(4, 16)}   # rows that are bright, per group
@@ -194,7 +194,7 @@ def test_loss_terms_free_bits_and_schedules():
 
 
 def test_spectral_convergence_weighs_loud_pixels_and_joins_the_loss():
-    from animalvae.vae.losses import spectral_loss
+    from animalvae.sound.losses import spectral_loss
 
     x = torch.full((1, 1, 8, 8), 0.5)                    # -40 dB everywhere
     x[0, 0, 2, 3] = 1.0                                  # one peak at 0 dB
@@ -219,7 +219,7 @@ def test_spectral_convergence_weighs_loud_pixels_and_joins_the_loss():
 
 
 def test_modulation_term_asks_for_the_fluctuation_not_the_timing():
-    from animalvae.vae.losses import modulation_loss
+    from animalvae.sound.losses import modulation_loss
 
     # a trill: one band pulsing every 8 frames over a quiet floor
     x = torch.full((1, 1, 16, 64), 0.2)

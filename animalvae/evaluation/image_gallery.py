@@ -1,8 +1,8 @@
 """``<run>/images/index.html``: the sound <-> image model's page, rebuilt from disk.
 
-One row per entry folder under ``samples/`` (:mod:`animalvae.vae.sound_image` writes them):
+One row per entry folder under ``samples/`` (:mod:`animalvae.image.sound_to_image` writes them):
 the sound's player and spectrogram, the true frame or the input picture, and the generated
-images; then ``metrics.json``. Like the run's own gallery (:mod:`animalvae.vae.gallery`):
+images; then ``metrics.json``. Like the run's own gallery (:mod:`animalvae.evaluation.gallery`):
 relative, URL-quoted links, no script, no external resource, so it opens from disk and the
 folder can be moved.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..stage import atomic_write_text
 from .gallery import _STYLE, _link, _natural_key, write_gallery
-from .run_folder import EVALUATION, GALLERY, SAMPLES
+from ..training.run_folder import EVALUATION, GALLERY, SAMPLES
 
 __all__ = ["write_image_gallery"]
 

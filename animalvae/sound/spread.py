@@ -3,21 +3,21 @@
 A decoder trained on a reconstruction loss pulls every code towards its group's typical
 sound, so samples from the prior vary less than real clips do, and by how much differs from
 group to group and from run to run. ``generate`` undoes it by moving each sampled code away
-from its group's centre (:func:`~animalvae.vae.prior.sample_prior`'s ``spread``); too little
+from its group's centre (:func:`~animalvae.sound.prior.sample_prior`'s ``spread``); too little
 and a group's samples are near-copies of its training clips, too much and they stop sounding
 like the group.
 
 :func:`fit_spread` starts every group at :data:`MIN_SPREAD`, which undoes the pull on
 variety (measured over five trainings, docs/benchmarks.md "spread, five seeds"), and raises a
 group's spread, up to :data:`MAX_SPREAD`, until its samples, sent through Griffin-Lim and
-compared on the log-mel statistics of :mod:`animalvae.vae.quality`, are as new as a real clip
+compared on the log-mel statistics of :mod:`animalvae.evaluation.quality`, are as new as a real clip
 is: as far from their nearest training clip as each training clip is from its nearest other
-one (:func:`~animalvae.vae.quality.nearest_ratio` >= 1). A group whose decoder pulls its codes
+one (:func:`~animalvae.evaluation.quality.nearest_ratio` >= 1). A group whose decoder pulls its codes
 together hardest (near-copies of its training clips) gets the most; the others keep the
 smallest, which keeps their samples most typical of the group.
 
 It runs after the prior is fit, as the last part of the sampler's fit
-(:mod:`animalvae.vae.sampler`), and is stored beside the prior, ``(G,)``;
+(:mod:`animalvae.sound.sampler`), and is stored beside the prior, ``(G,)``;
 ``generate.spread: fit`` uses it, a number overrides it.
 """
 
@@ -33,8 +33,8 @@ from torch import Tensor
 
 from ..config import Config
 from ..spectrogram import SpectrogramSpec, to_audio
-from .dataset import SpectrogramSet, iter_batches
-from .quality import logmel_stats, nearest_ratio
+from ..training.dataset import SpectrogramSet, iter_batches
+from ..evaluation.quality import logmel_stats, nearest_ratio
 
 __all__ = ["SPREADS", "MIN_SPREAD", "MAX_SPREAD", "smallest_meeting", "fit_spread"]
 

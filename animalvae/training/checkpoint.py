@@ -1,7 +1,7 @@
 """Checkpoints that resume exactly, and the run folder that holds them.
 
 A run folder (``paths.runs/<train.name>``) holds ``model.pth`` (the best weights, see
-:mod:`animalvae.vae.model` for the format), ``last.pth`` (the latest state, for ``--resume``),
+:mod:`animalvae.sound.model` for the format), ``last.pth`` (the latest state, for ``--resume``),
 ``split.csv``, ``metrics.csv``, ``loss.png``, ``settings.yaml`` and, after ``vae.py
 generate``, ``samples/`` and ``index.html``. Checkpoints are plain data (loadable with
 ``torch.load(..., weights_only=True)``), written atomically; ``last.pth`` also carries every

@@ -2,12 +2,12 @@
 
 Everything about the model and the representation comes from the run's ``model.pth`` (model
 config, spectrogram spec, group names), and every code is sampled and decoded through the
-run's sampler (``sampler.pth``, :mod:`animalvae.vae.sampler`); the config supplies only
+run's sampler (``sampler.pth``, :mod:`animalvae.sound.sampler`); the config supplies only
 ``generate.*`` (and, when the sampler must be fit again, ``train.prior*``) and
 ``train.device``. Decoded spectrograms go back to sound with
 :class:`~animalvae.spectrogram.InverseSpectrogram` (fast Griffin-Lim, batched, on the model's
 device), are peak-normalised to -1 dBFS and written as 16-bit WAV at the spec's sample rate,
-each with a PNG of its spectrogram; ``index.html`` (:mod:`animalvae.vae.gallery`) is rebuilt after
+each with a PNG of its spectrogram; ``index.html`` (:mod:`animalvae.evaluation.gallery`) is rebuilt after
 every command. Held-out files are the ``val`` rows of the run's ``split.csv``, never training
 files.
 """
@@ -41,7 +41,7 @@ from ..spectrogram import (
     unit_to_magnitude,
 )
 from ..stage import Item, StageOptions, atomic_path, atomic_write_text
-from .dataset import (
+from ..training.dataset import (
     SpectrogramSet,
     first_per_group,
     iter_batches,
@@ -49,9 +49,9 @@ from .dataset import (
     read_split,
     require_sources,
 )
-from .gallery import write_gallery
+from ..evaluation.gallery import write_gallery
 from .model import VAE, TrainedModel, kl_divergence, load_model
-from .run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
+from ..training.run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
 from .sampler import Sampler, load_sampler
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "write_sample",
@@ -78,7 +78,7 @@ def load_run_model(config: Config, run_dir: Path) -> TrainedModel:
 
 
 def load_run(config: Config, run_dir: Path) -> tuple[TrainedModel, Sampler]:
-    """A run's model (on ``train.device``) and its sampler (:mod:`animalvae.vae.sampler`)."""
+    """A run's model (on ``train.device``) and its sampler (:mod:`animalvae.sound.sampler`)."""
     trained = load_run_model(config, run_dir)
     return trained, load_sampler(config, run_dir, trained)
 
@@ -180,7 +180,7 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
     kernel density estimate of the training codes; ``generate.prior: mixture``) or from
     N(0, I) (``normal``, or a model without a mixture), its spread scaled by
     ``generate.temperature``, then moved away from its group's centre by ``generate.spread``
-    (``fit``: the group's spread fit after training, :mod:`animalvae.vae.spread`).
+    (``fit``: the group's spread fit after training, :mod:`animalvae.sound.spread`).
 
     Parameters
     ----------
@@ -519,7 +519,7 @@ def _real_clips(items: Sequence[Item], trained: TrainedModel, per_group: int) ->
 
 def _independent_clips(judge_dir: Path, trained: TrainedModel, per_group: int) -> SpectrogramSet:
     """Real spectrograms of recordings the model never saw (a stage-4 folder), for the judges."""
-    from .dataset import find_spectrograms
+    from ..training.dataset import find_spectrograms
 
     spec, items = find_spectrograms(Path(judge_dir))
     if changed := describe_differences(trained.spec.differences(spec)):
@@ -535,7 +535,7 @@ def _independent_clips(judge_dir: Path, trained: TrainedModel, per_group: int) -
 def _quality(config: Config, run_dir: Path, trained: TrainedModel, sampler: Sampler,
              val_items: Sequence[Item], val: SpectrogramSet, *,
              judge_dir: Path | None = None) -> dict[str, Any]:
-    """The sample-quality figures of :func:`animalvae.vae.quality.quality_report` for a run.
+    """The sample-quality figures of :func:`animalvae.evaluation.quality.quality_report` for a run.
 
     Real training spectrograms (the first ``generate.eval_real_per_group`` of each group in
     ``split.csv``) and held-out ones, ``generate.eval_samples`` samples per group (as
@@ -544,7 +544,7 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, sampler: Samp
     (``generate.griffin_lim_iters``, peak-normalised) before they are judged. The BirdNET
     embedding is used when installed, PANNs when ``detect.checkpoint`` is present.
     """
-    from . import birdnet, quality
+    from ..evaluation import birdnet, quality
 
     gc = config.generate
     device, model, spec = device_of(trained.model), trained.model, trained.spec

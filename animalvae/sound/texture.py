@@ -11,7 +11,7 @@ per group, frequency band and local level, the variance of ``x - local_mean(x)``
 real training spectrograms minus that of their reconstructions. :func:`add_texture` puts the
 missing variance back as independent Gaussian noise on every decoded spectrogram
 (``generate.texture`` scales it; 0 turns it off). The table, ``(groups, bands, levels)``
-standard deviations, is part of the run's sampler (:mod:`animalvae.vae.sampler`), a plain
+standard deviations, is part of the run's sampler (:mod:`animalvae.sound.sampler`), a plain
 tensor in ``sampler.pth`` (``texture``).
 
 The table is measured on reconstructions (encoded training clips) and serves samples from the

@@ -10,7 +10,7 @@ and every input is a peak-normalised waveform at the spectrogram's sample rate:
 - **a judge** (:func:`fit_judge`): a logistic regression on standardised features, fit on the
   run's *training* clips; its accuracy on the real *validation* clips is the ceiling that the
   accuracy of samples and reconstructions is read against;
-- **Fréchet distance** (:func:`animalvae.vae.image_quality.frechet_distance`, Heusel et al.
+- **Fréchet distance** (:func:`animalvae.evaluation.image_quality.frechet_distance`, Heusel et al.
   2017, shared with the image half) between two feature sets, in the judge's standardised
   units; with a PANNs checkpoint, the same on Cnn14's
   2048-d embeddings (FAD, Kilgour et al. 2019, :func:`panns_embeddings`);
@@ -22,7 +22,7 @@ and every input is a peak-normalised waveform at the spectrogram's sample rate:
   octave band, dB; librosa) over that of real clips; a blurred spectrogram scores below 1.
 
 The functions here are pure (arrays in, numbers out; deterministic); :func:`quality_report`
-puts them together and :func:`animalvae.vae.generate.evaluate` feeds it.
+puts them together and :func:`animalvae.sound.generate.evaluate` feeds it.
 """
 
 from __future__ import annotations
@@ -358,7 +358,7 @@ def quality_report(*, groups: Sequence[str], sample_rate: int,
         Griffin-Lim: judges fit on them give the out-of-sample figures (``"independent"``).
     embedding : callable or None
         ``(waves, sample_rate) -> (N, D)``, a pretrained network's embedding
-        (:func:`animalvae.vae.birdnet.birdnet_embeddings`): the same figures in its space
+        (:func:`animalvae.evaluation.birdnet.birdnet_embeddings`): the same figures in its space
         (``"embedding"``), distances in its own units as FAD takes them.
     panns : dict or None
         ``{"checkpoint": Path, "device": str, "classes": {group: [AudioSet indices]}}`` for

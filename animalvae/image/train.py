@@ -1,9 +1,9 @@
 """Training the sound <-> image model (``vae.py train-images``).
 
 Reads stage 4's folder (spectrograms and, in ``images/``, the frames under the same ids; see
-:mod:`animalvae.vae.pairs`) and writes the sub-folder ``images/`` of the run folder
+:mod:`animalvae.image.pairs`) and writes the sub-folder ``images/`` of the run folder
 (``paths.runs/<train.name>/images``): ``model.pth`` (best validation loss;
-:mod:`animalvae.vae.multimodal` describes it), ``last.pth`` (for ``--resume``, after every
+:mod:`animalvae.image.model` describes it), ``last.pth`` (for ``--resume``, after every
 epoch), ``split.csv``, ``metrics.csv``, ``settings.yaml``.
 
 Loss. For a posterior q and what it must reconstruct (``S``: the spectrogram, ``I``: the image;
@@ -26,7 +26,7 @@ for: JMVAE, Suzuki et al. 2016), q(z | image) decodes the image (a spectrogram d
 far more than an image's at these sizes; image -> sound rests on the joint term). An
 unpaired sound trains q(z | sound) on the sound, an unpaired image q(z | image) on the image.
 The step's loss is the mean of those terms. ``beta`` rises over
-``sound_image.kl_warmup_epochs``; the learning rate follows :func:`animalvae.vae.train.lr_at`
+``sound_image.kl_warmup_epochs``; the learning rate follows :func:`animalvae.sound.train.lr_at`
 (``train.warmup_steps``, cosine to a tenth). The validation loss (which picks ``model.pth``)
 is the pairs' term with the full ``beta`` and seeded noise.
 """
@@ -48,7 +48,7 @@ from ..config import Config, config_to_dict
 from ..device import pick_device
 from ..errors import ConfigError
 from ..stage import StageOptions, write_settings
-from .checkpoint import (
+from ..training.checkpoint import (
     check_run_dir,
     clear_run_dir,
     rng_state,
@@ -56,12 +56,12 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .dataset import SpectrogramSet, epoch_order, iter_batches
-from .model import kl_divergence, read_checkpoint, reparameterize
-from .multimodal import ARCHITECTURE, FORMAT, SoundImageVAE, pairs_payload, product_of_experts
+from ..training.dataset import SpectrogramSet, epoch_order, iter_batches
+from ..sound.model import kl_divergence, read_checkpoint, reparameterize
+from .model import ARCHITECTURE, FORMAT, SoundImageVAE, pairs_payload, product_of_experts
 from .pairs import ImageSet, PairSet, find_pairs, read_pair_split, write_pair_split
-from .run_folder import LAST, METRICS, MODEL, SPLIT
-from .train import TrainingDiverged, beta_at, lr_at, make_optimizer, write_metrics
+from ..training.run_folder import LAST, METRICS, MODEL, SPLIT
+from ..sound.train import TrainingDiverged, beta_at, lr_at, make_optimizer, write_metrics
 
 __all__ = ["train_images", "elbo_term", "pair_loss", "code_statistics", "image_loss"]
 
@@ -164,7 +164,7 @@ def code_statistics(model: SoundImageVAE, data: PairSet, groups: list[str], *,
         group -> (mean, std) of q(z | sound, image)'s means (sampling a group).
     residuals : dict
         group -> (mean of q(z | sound)'s means (L,), each pair's q(z | image) mean minus its
-        q(z | sound) mean (N, L)): what the sound leaves open (:mod:`animalvae.vae.multimodal`).
+        q(z | sound) mean (N, L)): what the sound leaves open (:mod:`animalvae.image.model`).
     """
     model.eval()
     rows: dict[str, list[Tensor]] = {"joint": [], "sound": [], "image": [], "y": []}

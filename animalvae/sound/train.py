@@ -6,11 +6,11 @@ and writes into the run folder (``paths.runs/<train.name>``):
 - ``split.csv``: which file is in ``train`` and which in ``val`` (held out per group, fixed by
   ``train.seed``); ``reconstruct`` and ``evaluate`` use the ``val`` rows only;
 - ``model.pth``: the weights with the best validation loss so far, plus everything needed to
-  use them (see :mod:`animalvae.vae.model`); ``last.pth``: the latest state, for ``--resume``;
+  use them (see :mod:`animalvae.sound.model`); ``last.pth``: the latest state, for ``--resume``;
 - ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect;
 
-Finding, splitting and loading the data is :mod:`animalvae.vae.dataset`; saving, resuming and
-clearing the run folder is :mod:`animalvae.vae.checkpoint`.
+Finding, splitting and loading the data is :mod:`animalvae.training.dataset`; saving, resuming and
+clearing the run folder is :mod:`animalvae.training.checkpoint`.
 
 Loss (per pixel, so its size does not depend on the spectrogram shape)::
 
@@ -25,10 +25,10 @@ divided by the number of pixels, up to a constant, with the KL weighted by ``bet
 magnitudes, where the loud pixels that make a call recognisable count most, and
 ``train.modulation_weight`` times the distance ``mod`` of the modulation spectra, which asks
 for a trill's or a bark train's fluctuation without asking when each pulse falls (both in
-:mod:`animalvae.vae.losses`, :class:`~animalvae.vae.losses.ReconstructionLoss`). With the
+:mod:`animalvae.sound.losses`, :class:`~animalvae.sound.losses.ReconstructionLoss`). With the
 pitch comb (``model.pitch_candidates`` > 0), ``pitch`` is the cross-entropy of the decoder's
 pitch head, at the sampled code, against each frame's best-fitting comb
-(:func:`animalvae.vae.harmonic.pitch_loss`), times ``train.pitch_weight``. ``beta``
+(:func:`animalvae.sound.harmonic.pitch_loss`), times ``train.pitch_weight``. ``beta``
 rises linearly from 0 to ``train.beta`` over the first ``train.kl_warmup_epochs`` epochs (per
 step). With ``train.free_bits`` > 0 each latent dimension's batch-mean KL is penalised only
 above that many nats. ``metrics.csv`` logs ``recon`` and the unclipped ``kl`` separately; the
@@ -57,7 +57,7 @@ from ..config import Config, config_to_dict
 from ..errors import AnimalVAEError, ConfigError
 from ..spectrogram import SpectrogramSpec
 from ..stage import StageOptions, atomic_path, write_settings
-from .checkpoint import (
+from ..training.checkpoint import (
     check_run_dir,
     clear_run_dir,
     rng_state,
@@ -65,7 +65,7 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .dataset import (
+from ..training.dataset import (
     SpectrogramSet,
     epoch_order,
     find_spectrograms,
@@ -74,11 +74,11 @@ from .dataset import (
     split_items,
     write_split,
 )
-from .distributed import DistContext, distributed
+from ..training.distributed import DistContext, distributed
 from .harmonic import pitch_distribution, pitch_loss
 from .losses import ReconstructionLoss
 from .model import VAE, build_model, checkpoint_payload, kl_divergence, read_checkpoint
-from .run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
+from ..training.run_folder import LAST, LOSS_PLOT, METRICS, MODEL, SPLIT
 
 __all__ = ["train", "TrainingDiverged", "LossTerms", "vae_loss", "lr_at", "beta_at",
            "make_optimizer", "write_metrics"]
@@ -245,7 +245,7 @@ def train(config: Config, run_dir: Path, *, resume: bool = False,
     """Train the VAE on ``config.paths.spectrograms``; write the run folder.
 
     Under ``torchrun`` every process calls this; they train one model together with
-    DistributedDataParallel (see :mod:`animalvae.vae.distributed`) and rank 0 writes the run
+    DistributedDataParallel (see :mod:`animalvae.training.distributed`) and rank 0 writes the run
     folder.
 
     Parameters

@@ -1,8 +1,8 @@
 """Using a trained sound <-> image model: sound -> image, image -> sound, group samples, metrics.
 
-The model lives in ``<run>/images/`` (:mod:`animalvae.vae.train_images`). Every command writes
+The model lives in ``<run>/images/`` (:mod:`animalvae.image.train`). Every command writes
 under ``<run>/images/samples/`` and rebuilds ``<run>/images/index.html``
-(:mod:`animalvae.vae.image_gallery`); one folder per entry::
+(:mod:`animalvae.evaluation.image_gallery`); one folder per entry::
 
     samples/val/<group>/<id>/        a held-out pair: sound.wav + sound.png (its spectrogram
                                      through Griffin-Lim), frame.png (the true frame),
@@ -16,7 +16,7 @@ under ``<run>/images/samples/`` and rebuilds ``<run>/images/index.html``
 Images come from the sound alone: z is drawn around q(z | sound)'s mean ``mu_s`` and decoded
 by the image half. With ``sound_image.draw: residual`` (the default) ``z = mu_s + t x r``, ``r``
 a residual of a training pair of the sound's nearest group (what the sound left open there:
-:func:`animalvae.vae.multimodal.draw_residuals`); with ``posterior``,
+:func:`animalvae.image.model.draw_residuals`); with ``posterior``,
 ``z = mu_s + t x std x noise``, q(z | sound)'s own spread (nearly none, so the images of one
 sound are nearly one image). ``t`` is ``sound_image.temperature``. No group label is given
 anywhere. ``metrics.json`` is described at :func:`evaluate_images`.
@@ -44,10 +44,10 @@ from ..errors import ConfigError, ItemFailed
 from ..images import load_image, square_resize, write_png
 from ..spectrogram import Spectrogram, to_audio
 from ..stage import StageOptions, atomic_write_text
-from .dataset import iter_batches
-from .generate import safe_name, write_sample
-from .image_gallery import write_image_gallery
-from .image_quality import (
+from ..training.dataset import iter_batches
+from ..sound.generate import safe_name, write_sample
+from ..evaluation.image_gallery import write_image_gallery
+from ..evaluation.image_quality import (
     accuracy,
     candidate_sets,
     edge_strength,
@@ -58,9 +58,9 @@ from .image_quality import (
     retrieval_recall,
     variety,
 )
-from .multimodal import TrainedPairs, draw_residuals, load_pairs_model
+from .model import TrainedPairs, draw_residuals, load_pairs_model
 from .pairs import ImageSet, PairSet, read_pair_split
-from .run_folder import EVALUATION, MODEL, SAMPLES
+from ..training.run_folder import EVALUATION, MODEL, SAMPLES
 
 __all__ = ["sound_to_image", "image_to_sound", "sample_images", "evaluate_images",
            "images_from_sounds", "read_recording"]
@@ -325,7 +325,7 @@ def evaluate_images(config: Config, run_dir: Path, *,
       ``group_only_r1`` (what knowing only the sound's group gives): each held-out sound's
       q(z | sound) mean against the frames' q(z | image) means (Euclidean distance);
     - ``group_accuracy_generated``: a classifier fit on real training frames
-      (:func:`~animalvae.vae.image_quality.fit_group_classifier`) labels the
+      (:func:`~animalvae.evaluation.image_quality.fit_group_classifier`) labels the
       ``sound_image.count`` images generated from each held-out sound; beside it
       ``group_accuracy_real_frames`` (the same classifier on the real held-out frames: the
       ceiling) and ``chance_group_accuracy`` (the largest group's share of them);

@@ -20,7 +20,7 @@ the linear layer on each side, so ``z`` is T codes of ``L / T`` values (still fl
 everything outside this module).
 
 With ``model.pitch_candidates`` K > 0 the decoder also draws harmonics at a pitch it names
-(:mod:`animalvae.vae.harmonic`): a pitch head reads the first feature map's time positions and
+(:mod:`animalvae.sound.harmonic`): a pitch head reads the first feature map's time positions and
 gives a distribution over K harmonic spacings, the last layer gives a second channel (the
 comb's gain), and the output is ``sigmoid(logits + softplus(gain) * comb)``. The encoder is
 then also handed, per time position, how well each comb fits its input.
@@ -32,7 +32,7 @@ evaluation, whatever the batch size, so a short run already generates sensibly.
 ``model.pth`` holds plain data only (loadable with ``torch.load(weights_only=True)``): the
 weights, the model config, the spectrogram spec, the group names, the shape and the versions.
 What is fit after training to sample and finish sounds lives beside it, in ``sampler.pth``
-(:mod:`animalvae.vae.sampler`).
+(:mod:`animalvae.sound.sampler`).
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ class Decoder(nn.Module):
              pitch_temperature: float | None = None) -> tuple[Tensor, Tensor | None]:
         """:meth:`forward`, and the pitch head's logits over the K spacings (B, K, T) that the
         comb was drawn from (None without the comb): training reads them at temperature 1
-        (:func:`animalvae.vae.harmonic.pitch_loss`)."""
+        (:func:`animalvae.sound.harmonic.pitch_loss`)."""
         if self.latent_frames:
             z = z.view(len(z), -1, 1, self.latent_frames)     # (B, L/T, 1, T)
             if cond is not None:
@@ -458,7 +458,7 @@ def read_checkpoint(path: Path, *, what: str = "model.pth", fmt: str = FORMAT,
     """``torch.load(path, weights_only=True)``, with any failure as a one-line ConfigError.
 
     ``fmt`` is the format tag expected and ``keys`` the entries it must hold (the sound <->
-    image model, :mod:`animalvae.vae.multimodal`, has its own).
+    image model, :mod:`animalvae.image.model`, has its own).
 
     Raises
     ------

@@ -1,9 +1,9 @@
 """The names of the files in a run folder (``paths.runs/<train.name>``), defined once.
 
 ================  ====================================================================
-``model.pth``     the best weights by validation loss (format: :mod:`animalvae.vae.model`)
+``model.pth``     the best weights by validation loss (format: :mod:`animalvae.sound.model`)
 ``sampler.pth``   what turns a code into a spectrogram, fit after training
-                  (:mod:`animalvae.vae.sampler`)
+                  (:mod:`animalvae.sound.sampler`)
 ``last.pth``      the latest state, for ``vae.py train --resume``
 ``split.csv``     which stage-4 arrays train and which are held out
 ``metrics.csv``   one row per epoch; ``loss.png`` draws it
@@ -11,7 +11,7 @@
 ``samples/``      generated, reconstructed and interpolated sounds with their pictures
 ``index.html``    the gallery over ``samples/``
 ``images/``       the sound <-> image model (``vae.py train-images``), a run folder of its
-                  own with the same names: :mod:`animalvae.vae.train_images`
+                  own with the same names: :mod:`animalvae.image.train`
 ================  ====================================================================
 
 ``settings.yaml`` (the settings in effect) is written by every stage under one name,

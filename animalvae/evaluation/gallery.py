@@ -5,7 +5,7 @@ The page is rebuilt from what is on disk under ``<run>/samples/`` after every ``
 Links are relative and URL-quoted, there is no script and no external resource: the folder
 can be zipped, moved, and opened from disk in any browser.
 
-Layout it reads (written by :mod:`animalvae.vae.generate`)::
+Layout it reads (written by :mod:`animalvae.sound.generate`)::
 
     samples/<group>_<k>.wav|png                           generated
     samples/reconstruct/<group>/<id>_original.wav|png     held-out file (through Griffin-Lim)
@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..stage import atomic_write_text
-from .run_folder import EVALUATION, GALLERY, IMAGE_RUN, LOSS_PLOT, SAMPLES
+from ..training.run_folder import EVALUATION, GALLERY, IMAGE_RUN, LOSS_PLOT, SAMPLES
 
 __all__ = ["write_gallery", "GALLERY", "SAMPLES"]
 
@@ -119,7 +119,7 @@ _QUALITY_COLUMNS = (
 
 
 def _quality_table(path: Path) -> str:
-    """The per-group sample-quality table of metrics.json (see animalvae.vae.quality)."""
+    """The per-group sample-quality table of metrics.json (see animalvae.evaluation.quality)."""
     try:
         quality = json.loads(path.read_text(encoding="utf-8"))["quality"]
     except (OSError, ValueError, KeyError, TypeError):

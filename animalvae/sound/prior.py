@@ -15,7 +15,7 @@ training clips are fit again, group by group (``train.prior``):
   handful of codes, and a decoded mean is a more typical, less varied sound;
 - ``none``: no prior is stored; ``generate`` samples N(0, I).
 
-The fit is part of the run's sampler (:mod:`animalvae.vae.sampler`): at the end of
+The fit is part of the run's sampler (:mod:`animalvae.sound.sampler`): at the end of
 ``vae.py train`` and on request (``vae.py fit-sampler``). ``generate`` samples the mixture by
 default (``generate.prior: mixture``) and N(0, I) on request (``normal``) or when there is
 none (``train.prior: none``).

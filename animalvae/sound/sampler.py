@@ -7,12 +7,12 @@ under). Every command that decodes goes through it, so generate, reconstruct, in
 and evaluate finish the decoder's output the same way:
 
 - **codes** (:meth:`Sampler.latents`): each group's prior over its training codes
-  (:mod:`animalvae.vae.prior`, ``train.prior``), scaled by ``generate.temperature`` and
-  moved from the group's centre by its spread (:mod:`animalvae.vae.spread`,
+  (:mod:`animalvae.sound.prior`, ``train.prior``), scaled by ``generate.temperature`` and
+  moved from the group's centre by its spread (:mod:`animalvae.sound.spread`,
   ``generate.spread``); N(0, I) with ``generate.prior: normal`` or ``train.prior: none``;
 - **the decoder's output, finished** (:meth:`Sampler.decode`): the comb drawn at
   ``generate.pitch_temperature`` for sampled codes, the peak restored
-  (``generate.restore_peak``), and the texture noise (:mod:`animalvae.vae.texture`) added at
+  (``generate.restore_peak``), and the texture noise (:mod:`animalvae.sound.texture`) added at
   ``generate.texture``.
 
 The fit depends on the settings :func:`fit_settings` lists; when the config in effect
@@ -36,11 +36,11 @@ from torch import Tensor
 from ..config import Config
 from ..device import device_of
 from ..errors import ConfigError
-from .checkpoint import save_checkpoint
-from .dataset import SpectrogramSet, first_per_group, iter_batches, read_split, require_sources
+from ..training.checkpoint import save_checkpoint
+from ..training.dataset import SpectrogramSet, first_per_group, iter_batches, read_split, require_sources
 from .model import VAE, TrainedModel, read_checkpoint
 from .prior import fit_prior, per_label, sample_prior
-from .run_folder import MODEL, SAMPLER
+from ..training.run_folder import MODEL, SAMPLER
 from .texture import TextureFit, add_texture, texture_tables
 
 __all__ = ["Sampler", "fit_settings", "fit_sampler", "save_sampler", "load_sampler",
@@ -102,11 +102,11 @@ class Sampler:
         :func:`fit_settings` of the config it was fit under.
     prior : dict of Tensor or None
         ``weights (G, K)``, ``means (G, K, L)``, ``variances (G, K, L)``
-        (:func:`animalvae.vae.prior.fit_prior`); None: codes are drawn from N(0, I).
+        (:func:`animalvae.sound.prior.fit_prior`); None: codes are drawn from N(0, I).
     spread : Tensor [shape=(G,)] or None
-        Each group's fitted spread (:func:`animalvae.vae.spread.fit_spread`); None: 1.
+        Each group's fitted spread (:func:`animalvae.sound.spread.fit_spread`); None: 1.
     texture : Tensor [shape=(G, bands, levels)] or None
-        The texture noise's standard deviations (:mod:`animalvae.vae.texture`); None: none.
+        The texture noise's standard deviations (:mod:`animalvae.sound.texture`); None: none.
     """
 
     settings: dict[str, Any]

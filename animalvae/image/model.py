@@ -11,7 +11,7 @@ the product of those experts and the prior expert N(0, I)::
 
 So the same model encodes a sound alone (``q(z | sound)``, no group label anywhere) and decodes
 an image from it: the group in the picture is what the model heard. The spectrogram halves are
-:class:`~animalvae.vae.model.Encoder` and :class:`~animalvae.vae.model.Decoder` (unconditional);
+:class:`~animalvae.sound.model.Encoder` and :class:`~animalvae.sound.model.Decoder` (unconditional);
 the image halves mirror them with three input channels.
 
 The file (``runs/<name>/images/model.pth``) holds plain data only, loadable with
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig, SoundImageConfig
 from ..errors import ConfigError
 from ..spectrogram import SpectrogramSpec
-from .model import Decoder, Encoder, _Down, _Up, _versions, read_checkpoint
+from ..sound.model import Decoder, Encoder, _Down, _Up, _versions, read_checkpoint
 
 __all__ = ["ARCHITECTURE", "ImageEncoder", "ImageDecoder", "SoundImageVAE", "TrainedPairs",
            "FORMAT",

@@ -7,7 +7,7 @@ same files. :class:`SpectrogramSet` holds the arrays in memory (float16) when th
 reads them per batch otherwise.
 
 The order of the data is a pure function of (seed, epoch) (:func:`epoch_order`), the same in
-every process under torchrun; :mod:`animalvae.vae.distributed` gives each rank its share of
+every process under torchrun; :mod:`animalvae.training.distributed` gives each rank its share of
 every batch.
 """
 

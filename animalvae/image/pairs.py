@@ -7,7 +7,7 @@ spectrogram without an image (an audio-only recording) is an *unpaired sound*; a
 without a spectrogram (an ImageNet-style picture) is an *unpaired image*.
 
 The pairs are split into ``train`` and ``val`` per group, fixed by ``train.seed``
-(:func:`animalvae.vae.dataset.split_items`: the same rule as the spectrogram VAE's); unpaired
+(:func:`animalvae.training.dataset.split_items`: the same rule as the spectrogram VAE's); unpaired
 items only train. The split is recorded in the run folder's ``split.csv``
 (``id, group, split, sound, image``; ``split`` is ``train``, ``val``, ``sound`` or ``image``).
 """
@@ -26,8 +26,8 @@ from ..errors import ConfigError
 from ..images import IMAGES, read_image
 from ..spectrogram import SpectrogramSpec, load_spec
 from ..stage import Item, atomic_path, list_items, read_manifest
-from .dataset import SpectrogramSet, split_items
-from .run_folder import SPLIT
+from ..training.dataset import SpectrogramSet, split_items
+from ..training.run_folder import SPLIT
 
 __all__ = ["PairItems", "find_pairs", "write_pair_split", "read_pair_split", "ImageSet",
            "PairSet"]

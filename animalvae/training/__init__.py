@@ -1,0 +1,3 @@
+"""What both stage-5 models share to train: the run folder's file names (``run_folder``), the
+stage-4 arrays, the seeded split and the batch order (``dataset``), checkpoints and the
+--resume/--force rules (``checkpoint``) and torchrun (``distributed``)."""
