@@ -177,11 +177,12 @@ def run(args) -> int:
                                limit=getattr(args, "limit", None), progress=not args.quiet)
     if args.command == "train":
         from animalvae.sound import train
+        from animalvae.training.loop import TrainingDiverged
         from animalvae.training.run_folder import LAST
         try:
             train.train(config, run_dir, resume=args.resume, options=options)
             _fit_sampler_after_training(config, run_dir)
-        except train.TrainingDiverged as exc:
+        except TrainingDiverged as exc:
             print(f"vae.py: error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
@@ -232,10 +233,10 @@ def _run_images(args, config, run_dir: Path, options) -> int:
     image_dir = run_dir / IMAGE_RUN
     if args.command == "train-images":
         from animalvae.image import train as train_images
-        from animalvae.sound import train
+        from animalvae.training.loop import TrainingDiverged
         try:
             train_images.train_images(config, image_dir, resume=args.resume, options=options)
-        except train.TrainingDiverged as exc:
+        except TrainingDiverged as exc:
             print(f"vae.py: error: {exc}", file=sys.stderr)
             return 1
         return 0

@@ -142,7 +142,7 @@ def ours_step(model_config: ModelConfig, spec: SpectrogramSpec, batch_size: int,
     y = torch.randint(0, n_groups, (batch_size,))
 
     def step() -> None:
-        x_hat, mu, logvar, logits = model(x, y, pitch_logits=True)
+        x_hat, mu, logvar, logits = model(x, y)
         terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=1.0)
         loss = terms.loss + pitch_term(logits, x, model.decoder.combs, weight=pitch_weight)
         optimizer.zero_grad(set_to_none=True)

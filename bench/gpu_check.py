@@ -119,7 +119,7 @@ def _train_step(device: torch.device, spec: SpectrogramSpec, model_config: Model
 
     def step() -> None:
         with autocast(device, bf16):
-            x_hat, mu, logvar, logits = model(x, y, pitch_logits=True)
+            x_hat, mu, logvar, logits = model(x, y)
         terms = vae_loss(x_hat.float(), x, mu.float(), logvar.float(),
                          reconstruction=reconstruction, beta=1.0)
         pitch = pitch_term(None if logits is None else logits.float(), x, model.decoder.combs,

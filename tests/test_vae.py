@@ -25,6 +25,7 @@ from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import Item
 from animalvae.training import dataset as dataset_mod
 from animalvae.sound import train as train_mod
+from animalvae.training import loop
 from animalvae.sound.losses import ReconstructionLoss
 from animalvae.sound.model import VAE, kl_divergence, load_model
 
@@ -114,10 +115,10 @@ def test_vae_shapes_and_the_encoder_alone():
     model = VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16], embed_dim=4, latent_frames=0,
                             pitch_candidates=0), (64, 32), 3)
     x, y = torch.rand(5, 1, 64, 32), torch.tensor([0, 1, 2, 1, 0])
-    x_hat, mu, logvar = model(x, y)
+    x_hat, mu, logvar, logits = model(x, y)
     assert x_hat.shape == x.shape and mu.shape == logvar.shape == (5, 8)
     assert 0 <= x_hat.min() and x_hat.max() <= 1
-    assert model(x, y, pitch_logits=True)[3] is None          # no pitch comb: no pitch logits
+    assert logits is None                                    # no pitch comb: no pitch logits
     assert train_mod.pitch_term(None, x, None, weight=0.3) == 0  # and no pitch term
     assert model.encoder.features(x).shape == (5, 16 * 8 * 4)  # no label needed
     assert model.encoder.feature_shape == (16, 8, 4)
@@ -132,7 +133,7 @@ def test_a_latent_with_a_time_axis_keeps_each_code_at_its_time():
     model = VAE(config, (64, 32), 2).eval()
     assert model.encoder.feature_shape == (16, 8, 8)    # time halved twice, to 8 positions
     x, y = torch.rand(3, 1, 64, 32), torch.tensor([0, 1, 0])
-    x_hat, mu, logvar = model(x, y)
+    x_hat, mu, logvar, _ = model(x, y)
     assert x_hat.shape == x.shape and mu.shape == logvar.shape == (3, 16)
     # z is (values per position, position) flattened: changing the codes of the first
     # position changes the first frames of the output and leaves the last ones as they were
@@ -185,12 +186,12 @@ def test_loss_terms_free_bits_and_schedules():
     free = train_mod.vae_loss(x, x, mu, logvar, reconstruction=ReconstructionLoss("mse"), beta=1.0,
                               free_bits=1.0)
     assert free.loss.item() == pytest.approx(3 * 1.0 / 32) and free.kl.item() == 0.5
-    lrs = [train_mod.lr_at(s, lr=1.0, warmup_steps=4, total_steps=20) for s in range(21)]
+    lrs = [loop.lr_at(s, lr=1.0, warmup_steps=4, total_steps=20) for s in range(21)]
     assert lrs[:4] == sorted(lrs[:4]) and max(lrs) == pytest.approx(1.0)
     assert lrs[20] == pytest.approx(0.1) and lrs[4:] == sorted(lrs[4:], reverse=True)
-    assert [train_mod.beta_at(s, beta=2.0, warmup_steps=4) for s in (0, 2, 4, 9)] == \
+    assert [loop.beta_at(s, beta=2.0, warmup_steps=4) for s in (0, 2, 4, 9)] == \
         [0.0, 1.0, 2.0, 2.0]
-    assert train_mod.beta_at(0, beta=2.0, warmup_steps=0) == 2.0
+    assert loop.beta_at(0, beta=2.0, warmup_steps=0) == 2.0
 
 
 def test_spectral_convergence_weighs_loud_pixels_and_joins_the_loss():
@@ -402,7 +403,7 @@ def test_a_nan_loss_stops_with_the_step(tmp_path, capsys, monkeypatch):
     code, err = run_vae(["train", "--config", str(config)], capsys)
     assert code == 1 and "Traceback" not in err     # a failed run, not a settings error
     assert "vae.py: error: training diverged: the loss is nan at epoch 1, step 3" in err
-    assert not isinstance(train_mod.TrainingDiverged("x"), ConfigError)
+    assert not isinstance(loop.TrainingDiverged("x"), ConfigError)
 
 
 def test_force_starts_over_only_once_the_new_data_checks_out(tmp_path, capsys):

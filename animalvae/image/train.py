@@ -26,7 +26,7 @@ for: JMVAE, Suzuki et al. 2016), q(z | image) decodes the image (a spectrogram d
 far more than an image's at these sizes; image -> sound rests on the joint term). An
 unpaired sound trains q(z | sound) on the sound, an unpaired image q(z | image) on the image.
 The step's loss is the mean of those terms. ``beta`` rises over
-``sound_image.kl_warmup_epochs``; the learning rate follows :func:`animalvae.sound.train.lr_at`
+``sound_image.kl_warmup_epochs``; the learning rate follows :func:`animalvae.training.loop.lr_at`
 (``train.warmup_steps``, cosine to a tenth). The validation loss (which picks ``model.pth``)
 is the pairs' term with the full ``beta`` and seeded noise.
 """
@@ -34,42 +34,34 @@ is the pairs' term with the full ``beta`` and seeded noise.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..config import Config, config_to_dict
+from ..config import Config, SoundImageConfig, config_to_dict
 from ..device import pick_device
 from ..errors import ConfigError
-from ..stage import StageOptions, write_settings
-from ..training.checkpoint import (
-    check_run_dir,
-    clear_run_dir,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
-from ..training.dataset import SpectrogramSet, epoch_order, iter_batches
 from ..sound.model import kl_divergence, read_checkpoint, reparameterize
+from ..spectrogram import SpectrogramSpec
+from ..stage import StageOptions
+from ..training.checkpoint import check_run_dir, seed_everything
+from ..training.dataset import SpectrogramSet, epoch_order, iter_batches
+from ..training.distributed import DistContext
+from ..training.loop import Batch, Schedule, StepLoss, TrainingLoop, make_optimizer, start_run_dir
+from ..training.run_folder import LAST, MODEL, SPLIT
 from .model import ARCHITECTURE, FORMAT, SoundImageVAE, pairs_payload, product_of_experts
-from .pairs import ImageSet, PairSet, find_pairs, read_pair_split, write_pair_split
-from ..training.run_folder import LAST, METRICS, MODEL, SPLIT
-from ..sound.train import TrainingDiverged, beta_at, lr_at, make_optimizer, write_metrics
+from .pairs import ImageSet, PairItems, PairSet, find_pairs, read_pair_split, write_pair_split
 
 __all__ = ["train_images", "elbo_term", "pair_loss", "code_statistics", "image_loss"]
 
 log = logging.getLogger(__name__)
-
-_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_sound_l1", "val_image_from_sound_l1",
-            "beta", "lr", "seconds")
-
 
 def _edge_energy(images: Tensor) -> Tensor:
     """|horizontal| + |vertical| neighbour differences, averaged over 5 x 5 neighbourhoods.
@@ -199,14 +191,15 @@ def _validate(model: SoundImageVAE, data: PairSet, *, device: torch.device, batc
     when decoding q(z | sound)'s mean."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    sums = {"loss": 0.0, "sound": 0.0, "image": 0.0}
+    sums = {"loss": 0.0, "sound_l1": 0.0, "image_from_sound_l1": 0.0}
     for idx in iter_batches(len(data), batch_size):
         sound, image, _ = data.batch(idx, device)
         sums["loss"] += pair_loss(model, sound, image, beta=beta, image_weight=image_weight,
                                   edge_weight=edge_weight, generator=gen).item() * len(idx)
         mu, _ = model.posterior(sound=sound)
-        sums["sound"] += (model.decode_sound(mu) - sound).abs().mean().item() * len(idx)
-        sums["image"] += (model.decode_image(mu) - image).abs().mean().item() * len(idx)
+        sums["sound_l1"] += (model.decode_sound(mu) - sound).abs().mean().item() * len(idx)
+        sums["image_from_sound_l1"] += ((model.decode_image(mu) - image).abs().mean().item()
+                                        * len(idx))
     model.train()
     return {k: v / len(data) for k, v in sums.items()}
 
@@ -229,6 +222,52 @@ def _cycle(n: int, *, seed: int, epoch: int, step: int, batch_size: int) -> Tens
         return torch.zeros(0, dtype=torch.long)
     order = epoch_order(n, seed=seed + 1, epoch=epoch)
     return order[(torch.arange(batch_size) + step * batch_size) % len(order)]
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The training pairs, the unpaired sounds (None without any) and the unpaired images."""
+
+    pairs: PairSet
+    sounds: SpectrogramSet | None
+    images: ImageSet
+
+    @classmethod
+    def load(cls, items: PairItems, groups: list[str], shape: tuple[int, int], size: int, *,
+             progress: bool) -> tuple[_Data, PairSet]:
+        """The training data and the validation pairs of ``items``."""
+        pairs = PairSet(items.train, groups, shape, size, progress=progress)
+        val = PairSet(items.val, groups, shape, size, progress=progress)
+        sounds = SpectrogramSet(items.sounds, groups, shape) if items.sounds else None
+        images = ImageSet([Path(it.source) for it in items.images],
+                          [groups.index(it.group) for it in items.images], size)
+        return cls(pairs, sounds, images), val
+
+
+def _step(batch: Batch, *, model: SoundImageVAE, data: _Data, si: SoundImageConfig, seed: int,
+          n_values: int, device: torch.device) -> StepLoss:
+    """The loss of one step: a batch of pairs and as many unpaired sounds and images."""
+    # the pairs: q(z | sound, image), q(z | sound) and q(z | image)
+    sound, image, _ = data.pairs.batch(batch.rows, device)
+    terms = [pair_loss(model, sound, image, beta=batch.beta, image_weight=si.image_weight,
+                       edge_weight=si.edge_weight)]
+    # unpaired sounds, in their own order: q(z | sound) decodes the sound
+    if data.sounds is not None:
+        s, _ = data.sounds.batch(_cycle(len(data.sounds), seed=seed, epoch=batch.epoch,
+                                        step=batch.index, batch_size=len(sound)), device)
+        terms.append(elbo_term(model, *model.posterior(sound=s), sound=s, image=None,
+                               beta=batch.beta, image_weight=si.image_weight,
+                               n_values=n_values))
+    # unpaired images, in their own order: q(z | image) decodes the image
+    if len(data.images):
+        im, _ = data.images.batch(_cycle(len(data.images), seed=seed, epoch=batch.epoch,
+                                         step=batch.index, batch_size=len(sound)), device)
+        terms.append(elbo_term(model, *model.posterior(image=im), sound=None, image=im,
+                               beta=batch.beta, image_weight=si.image_weight,
+                               edge_weight=si.edge_weight, n_values=n_values))
+    # the mean of the terms
+    loss = torch.stack(terms).mean()
+    return StepLoss(loss, {"loss": loss}, rows=len(sound), n=len(sound))
 
 
 def train_images(config: Config, run_dir: Path, *, resume: bool = False,
@@ -264,147 +303,98 @@ def train_images(config: Config, run_dir: Path, *, resume: bool = False,
     TrainingDiverged
         When the loss becomes NaN or Inf.
     """
-    from tqdm.auto import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     options = options or StageOptions()
-    si, tc = config.sound_image, config.train
+    si, tc, size = config.sound_image, config.train, config.features.image_size
     run_dir = Path(run_dir)
-    device = pick_device(tc.device, key="train.device")
+    dist = DistContext(0, 1, pick_device(tc.device, key="train.device"))  # one process
     check_run_dir(run_dir, resume=resume, force=options.force)
-    state: dict[str, Any] | None = None
-    if resume:
-        state = read_checkpoint(run_dir / LAST, what=LAST, fmt=FORMAT, keys=(
-            "model", "model_config", "spec", "groups", "optimizer", "epoch"))
-        now = config_to_dict(si)
-        changed = [k for k in ARCHITECTURE if state["model_config"].get(k) != now[k]]
-        if state["image_size"] != config.features.image_size:
-            changed.append("features.image_size")
-        if changed:
-            raise ConfigError(f"--resume: {', '.join(changed)} differ from those in "
-                              f"{run_dir / LAST}; resume with the same values, or start over "
-                              "with --force")
-        if any(state["model_config"].get(k) != now[k] for k in ("epochs", "batch_size", "lr")):
-            log.warning("--resume with other sound_image.epochs/batch_size/lr than the run so "
-                        "far: the learning-rate curve changes from here on")
-        from ..spectrogram import SpectrogramSpec
-        spec = SpectrogramSpec.from_dict(state["spec"])
-        items = read_pair_split(run_dir)
-        groups = [str(g) for g in state["groups"]]
-    else:
-        spec, items = find_pairs(config.paths.spectrograms, image_size=config.features.image_size,
-                                 val_fraction=tc.val_fraction, seed=tc.seed, limit=options.limit)
-        groups = sorted({it.group for it in [*items.train, *items.val, *items.sounds,
-                                             *items.images]})
+    # the pairs: found and split afresh, or the recorded split when resuming
+    state = _read_last(config, run_dir) if resume else None
+    spec, groups, items = _read_pairs(config, run_dir, state, options)
+    # the model, seeded first so that its initial weights are repeatable
     seed_everything(tc.seed)
-    model = SoundImageVAE(si, spec.shape, config.features.image_size).to(device)
-    size = config.features.image_size
-    train_set = PairSet(items.train, groups, spec.shape, size, progress=options.progress)
-    val_set = PairSet(items.val, groups, spec.shape, size, progress=options.progress)
-    sounds = SpectrogramSet(items.sounds, groups, spec.shape) if items.sounds else None
-    images = ImageSet([Path(it.source) for it in items.images],
-                      [groups.index(it.group) for it in items.images], size)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        clear_run_dir(run_dir)
-        write_pair_split(run_dir / SPLIT, items)
-    write_settings(run_dir, config_to_dict(config))
+    model = SoundImageVAE(si, spec.shape, size).to(dist.device)
+    data, val_set = _Data.load(items, groups, spec.shape, size, progress=options.progress)
+    start_run_dir(run_dir, dist, resume=resume, settings=config_to_dict(config),
+                  write_split=lambda: write_pair_split(run_dir / SPLIT, items))
     log.info("%d training pairs, %d validation pairs, %d unpaired sounds, %d unpaired images "
              "in %d group(s) (%s); spectrograms %s, images %d px; %.2f M parameters on %s",
-             len(train_set), len(val_set), len(items.sounds), len(images), len(groups),
+             len(data.pairs), len(val_set), len(items.sounds), len(data.images), len(groups),
              ", ".join(groups), spec.shape, size,
-             sum(p.numel() for p in model.parameters()) / 1e6, device)
-
-    optimizer = make_optimizer(model, lr=si.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_set) / si.batch_size))
-    total_steps = si.epochs * steps_per_epoch
-    warmup = min(tc.warmup_steps, total_steps // 5)
-    n_values = math.prod(spec.shape) + 3 * size * size
-    epoch, step, best_val, rows = 0, 0, math.inf, []
+             sum(p.numel() for p in model.parameters()) / 1e6, dist.device)
+    # the schedule, the optimiser and the loop around them
+    steps_per_epoch = max(1, math.ceil(len(data.pairs) / si.batch_size))
+    schedule = Schedule(epochs=si.epochs, steps_per_epoch=steps_per_epoch, lr=si.lr,
+                        warmup_steps=min(tc.warmup_steps, si.epochs * steps_per_epoch // 5),
+                        beta=si.beta, kl_warmup_steps=si.kl_warmup_epochs * steps_per_epoch)
+    loop = TrainingLoop(model, make_optimizer(model, lr=si.lr, weight_decay=tc.weight_decay),
+                        schedule, dist, run_dir, batch_size=si.batch_size,
+                        n_train=len(data.pairs), seed=tc.seed, grad_clip=tc.grad_clip,
+                        what="sound_image", epoch_log_level=logging.DEBUG)
+    # go on from last.pth
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, step, best_val, rows = (state["epoch"], state["step"], state["best_val"],
-                                       list(state["metrics"]))
-        set_rng_state(state["rng"])
-        log.info("resuming at epoch %d (best validation loss %.5g)", epoch + 1, best_val)
-    if epoch >= si.epochs:
-        log.info("nothing to do: the run already reached sound_image.epochs=%d", si.epochs)
+        loop.resume(state)
+        log.info("resuming at epoch %d (best validation loss %.5g)", loop.epoch + 1,
+                 loop.best_val)
+    if loop.done():
         return run_dir / MODEL
-
-    def payload(**extra: Any) -> dict[str, Any]:
-        codes, residuals = code_statistics(model, train_set, groups, device=device,
-                                           batch_size=si.batch_size)
-        return pairs_payload(model, spec=spec, groups=groups, group_codes=codes,
-                             residuals=residuals, config=config_to_dict(config), **extra)
-
-    model.train()
-    bar = tqdm(total=total_steps, initial=step, desc="train-images", unit="step",
-               disable=not options.progress, dynamic_ncols=True)
-    with bar, logging_redirect_tqdm(), _torch_threads(si.threads if device.type == "cpu" else 0):
-        while epoch < si.epochs:
-            t0 = time.monotonic()
-            order = epoch_order(len(train_set), seed=tc.seed, epoch=epoch)
-            total, count = 0.0, 0
-            beta = lr = 0.0
-            for b in range(steps_per_epoch):
-                lr = lr_at(step, lr=si.lr, warmup_steps=warmup, total_steps=total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                beta = beta_at(step, beta=si.beta,
-                               warmup_steps=si.kl_warmup_epochs * steps_per_epoch)
-                sound, image, _ = train_set.batch(order[b * si.batch_size:
-                                                        (b + 1) * si.batch_size], device)
-                terms = [pair_loss(model, sound, image, beta=beta, image_weight=si.image_weight,
-                                   edge_weight=si.edge_weight)]
-                if sounds is not None:
-                    s, _ = sounds.batch(_cycle(len(sounds), seed=tc.seed, epoch=epoch, step=b,
-                                               batch_size=len(sound)), device)
-                    terms.append(elbo_term(model, *model.posterior(sound=s), sound=s, image=None,
-                                           beta=beta, image_weight=si.image_weight,
-                                           n_values=n_values))
-                if len(images):
-                    im, _ = images.batch(_cycle(len(images), seed=tc.seed, epoch=epoch, step=b,
-                                                batch_size=len(sound)), device)
-                    terms.append(elbo_term(model, *model.posterior(image=im), sound=None,
-                                           image=im, beta=beta, image_weight=si.image_weight,
-                                           edge_weight=si.edge_weight, n_values=n_values))
-                loss = torch.stack(terms).mean()
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"training diverged: the loss is {value} at epoch {epoch + 1}, step "
-                        f"{step + 1}; lower sound_image.lr={si.lr}, then train-images --force")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                step += 1
-                total, count = total + value * len(sound), count + len(sound)
-                bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", refresh=False)
-            val = _validate(model, val_set, device=device, batch_size=si.batch_size,
-                            beta=si.beta, image_weight=si.image_weight,
-                            edge_weight=si.edge_weight, seed=tc.seed)
-            epoch += 1
-            rows.append({"epoch": epoch, "step": step, "train_loss": total / max(1, count),
-                         "val_loss": val["loss"], "val_sound_l1": val["sound"],
-                         "val_image_from_sound_l1": val["image"], "beta": beta, "lr": lr,
-                         "seconds": time.monotonic() - t0})
-            log.debug("epoch %d/%d: train %.5f · val %.5f · image from sound |err| %.4f",
-                      epoch, si.epochs, rows[-1]["train_loss"], val["loss"], val["image"])
-            if val["loss"] < best_val:
-                best_val = val["loss"]
-                save_checkpoint(run_dir / MODEL, payload(epoch=epoch, step=step,
-                                                         val_loss=best_val))
-            save_checkpoint(run_dir / LAST, {
-                **pairs_payload(model, spec=spec, groups=groups, group_codes={}, residuals={},
-                                config=config_to_dict(config)),
-                "epoch": epoch, "step": step, "best_val": best_val, "metrics": rows,
-                "optimizer": optimizer.state_dict(), "rng": rng_state()})
-            write_metrics(run_dir / METRICS, rows, _COLUMNS)
+    _run(loop, config, data, val_set, spec=spec, groups=groups, progress=options.progress)
     log.info("train-images: %d epoch(s), best validation loss %.5g (image from sound: mean "
-             "|error| %.4f at the end) -> %s", epoch, best_val,
-             rows[-1]["val_image_from_sound_l1"], run_dir / MODEL)
+             "|error| %.4f at the end) -> %s", loop.epoch, loop.best_val,
+             loop.rows[-1]["val_image_from_sound_l1"], run_dir / MODEL)
     return run_dir / MODEL
+
+
+def _run(loop: TrainingLoop, config: Config, data: _Data, val_set: PairSet, *,
+         spec: SpectrogramSpec, groups: list[str], progress: bool) -> None:
+    """Train: the image model's step, validation and payload in the loop."""
+    si, tc, device = config.sound_image, config.train, loop.dist.device
+    model = loop.model
+
+    def payload(best: bool) -> dict[str, Any]:
+        """The model's part of model.pth (with the codes of the training pairs) or last.pth."""
+        codes, residuals = (code_statistics(model, data.pairs, groups, device=device,
+                                            batch_size=si.batch_size) if best else ({}, {}))
+        return pairs_payload(model, spec=spec, groups=groups, group_codes=codes,
+                             residuals=residuals, config=config_to_dict(config))
+
+    # train: one step per batch, validation and checkpoints after each epoch
+    size = config.features.image_size
+    step = functools.partial(_step, model=model, data=data, si=si, seed=tc.seed,
+                             n_values=math.prod(spec.shape) + 3 * size * size, device=device)
+    validate = functools.partial(_validate, model, val_set, device=device,
+                                 batch_size=si.batch_size, beta=si.beta,
+                                 image_weight=si.image_weight, edge_weight=si.edge_weight,
+                                 seed=tc.seed)
+    with _torch_threads(si.threads if device.type == "cpu" else 0):
+        loop.run(step, validate, payload, desc="train-images", progress=progress)
+
+
+def _read_last(config: Config, run_dir: Path) -> dict[str, Any]:
+    """``last.pth``, checked against the architecture settings in effect."""
+    state = read_checkpoint(run_dir / LAST, what=LAST, fmt=FORMAT, keys=(
+        "model", "model_config", "spec", "groups", "optimizer", "epoch"))
+    now = config_to_dict(config.sound_image)
+    changed = [k for k in ARCHITECTURE if state["model_config"].get(k) != now[k]]
+    if state["image_size"] != config.features.image_size:
+        changed.append("features.image_size")
+    if changed:
+        raise ConfigError(f"--resume: {', '.join(changed)} differ from those in "
+                          f"{run_dir / LAST}; resume with the same values, or start over "
+                          "with --force")
+    return state
+
+
+def _read_pairs(config: Config, run_dir: Path, state: dict[str, Any] | None,
+                options: StageOptions) -> tuple[SpectrogramSpec, list[str], PairItems]:
+    """The spectrogram spec, the groups and the pairs: found and split afresh, or (resuming,
+    ``state`` = ``last.pth``) the recorded ones."""
+    if state is not None:
+        return (SpectrogramSpec.from_dict(state["spec"]), [str(g) for g in state["groups"]],
+                read_pair_split(run_dir))
+    spec, items = find_pairs(config.paths.spectrograms, image_size=config.features.image_size,
+                             val_fraction=config.train.val_fraction, seed=config.train.seed,
+                             limit=options.limit)
+    groups = sorted({it.group for it in [*items.train, *items.val, *items.sounds,
+                                         *items.images]})
+    return spec, groups, items

@@ -485,7 +485,7 @@ def _held_out_terms(model: VAE, data: SpectrogramSet, config: Config, *, spec: S
         x, y = data.batch(idx, device)                                      # (B, 1, H, W)
         noise = torch.randn(len(idx), model.config.latent_dim, generator=gen)
         with torch.no_grad():
-            x_hat, mu, logvar = model(x, y, noise=noise)
+            x_hat, mu, logvar, _ = model(x, y, noise=noise)
             x_mean = model.decode(mu, y)                                    # (B, 1, H, W)
         err = (x_hat - x).abs() if recon_loss == "l1" else (x_hat - x).pow(2)
         kl_dims = kl_divergence(mu, logvar)                                 # (B, L)

@@ -41,7 +41,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +52,7 @@ from ..errors import ConfigError
 from ..spectrogram import SpectrogramSpec
 from .harmonic import PitchHead, add_comb, comb_correlation, expected_comb, harmonic_combs
 
-__all__ = ["Encoder", "Decoder", "VAE", "TrainedModel", "FORMAT", "build_model",
+__all__ = ["Encoder", "Decoder", "VAE", "Reconstruction", "TrainedModel", "FORMAT", "build_model",
            "reparameterize", "kl_divergence", "checkpoint_payload", "read_checkpoint", "load_model",
            "trained_model_from"]
 
@@ -288,6 +288,16 @@ class Decoder(nn.Module):
         return add_comb(out[:, :1], out[:, 1:], comb), logits
 
 
+class Reconstruction(NamedTuple):
+    """What :meth:`VAE.forward` returns: one shape whatever the model (a tuple, so DDP and
+    unpacking see its tensors)."""
+
+    x_hat: Tensor                   # (B, 1, H, W) in [0, 1]
+    mu: Tensor                      # (B, L)
+    logvar: Tensor                  # (B, L)
+    pitch_logits: Tensor | None     # (B, K, T) of the pitch head (Decoder.draw); None: no comb
+
+
 class VAE(nn.Module):
     """Encoder + reparameterisation + decoder.
 
@@ -310,7 +320,7 @@ class VAE(nn.Module):
     >>> from animalvae.config import ModelConfig
     >>> vae = VAE(ModelConfig(latent_dim=8, channels=[4, 8], latent_frames=0), (64, 32),
     ...           n_groups=2)
-    >>> x_hat, mu, logvar = vae(torch.rand(3, 1, 64, 32), torch.tensor([0, 1, 0]))
+    >>> x_hat, mu, logvar, _ = vae(torch.rand(3, 1, 64, 32), torch.tensor([0, 1, 0]))
     >>> tuple(x_hat.shape), tuple(mu.shape)
     ((3, 1, 64, 32), (3, 8))
     """
@@ -349,8 +359,8 @@ class VAE(nn.Module):
         """(B, L), (B,) -> (B, 1, H, W) in [0, 1]."""
         return self.decoder(z, self.decoder.condition(y))
 
-    def forward(self, x: Tensor, y: Tensor | None = None, *, noise: Tensor | None = None,
-                pitch_logits: bool = False) -> tuple[Tensor, ...]:
+    def forward(self, x: Tensor, y: Tensor | None = None, *,
+                noise: Tensor | None = None) -> Reconstruction:
         """Reconstruct ``x`` through a sampled ``z``.
 
         Parameters
@@ -360,22 +370,18 @@ class VAE(nn.Module):
             Group indices (required when conditional).
         noise : Tensor [shape=(B, L)] or None
             The ``eps`` of the reparameterisation; None draws it from torch's RNG.
-        pitch_logits : bool
-            Also return the pitch head's logits (:meth:`Decoder.draw`), for training's pitch
-            term: from this same pass, under DDP too.
 
         Returns
         -------
-        x_hat : Tensor [shape=(B, 1, H, W)]
-        mu, logvar : Tensor [shape=(B, L)]
-        logits : Tensor [shape=(B, K, T)] or None
-            Only with ``pitch_logits``; None without the comb.
+        Reconstruction
+            ``x_hat``, ``mu``, ``logvar`` and the pitch head's ``pitch_logits`` (None without
+            the comb).
         """
         mu, logvar = self.encoder(x, y)                       # (B, L), (B, L)
         eps = torch.randn_like(mu) if noise is None else noise.to(mu)
         z = reparameterize(mu, logvar, eps)
         x_hat, logits = self.decoder.draw(z, self.decoder.condition(y))
-        return (x_hat, mu, logvar, logits) if pitch_logits else (x_hat, mu, logvar)
+        return Reconstruction(x_hat, mu, logvar, logits)
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
