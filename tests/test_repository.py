@@ -1,5 +1,5 @@
-"""The repository stands on its own (no file refers to a path outside it), and its package
-imports run one way (no cycle)."""
+"""The repository stands on its own (no file refers to a path outside it), its package
+imports run one way (no cycle) and no function of it is over 80 lines."""
 
 from __future__ import annotations
 
@@ -57,3 +57,30 @@ def test_no_module_of_the_package_imports_itself_round_a_cycle():
             visit(module, [module])
     assert graph["animalvae.sound.generate"] >= {"animalvae.sound.sampler"}   # the graph is read
     assert cycles == []
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def _long_functions(source: str, name: str) -> list[str]:
+    """``name:line function (N lines)`` for each function of ``source`` over the limit (ast)."""
+    import ast
+
+    return [f"{name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+def test_the_length_check_counts_every_line_of_a_method():
+    body = "".join(f"        x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES - 1))
+    method = f"class A:\n    def f(self):\n{body}"                 # 80 lines with its def
+    assert _long_functions(method, "a.py") == []
+    assert _long_functions(method + "        y = 0\n", "a.py") == ["a.py:2 f (81 lines)"]
+
+
+def test_no_function_of_the_package_is_over_80_lines():
+    found = [hit for path in sorted((ROOT / "animalvae").rglob("*.py"))
+             for hit in _long_functions(path.read_text(encoding="utf-8"),
+                                        str(path.relative_to(ROOT)))]
+    assert found == []
