@@ -1,4 +1,4 @@
-"""Training the VAE: one readable loop, with its loss, schedules and logs just above it.
+"""Training the VAE: its loss, its step and its validation in the one training loop.
 
 Reads a stage-4 folder (``paths.spectrograms``: ``<group>/<id>.npy`` + ``normalizer.json``)
 and writes into the run folder (``paths.runs/<train.name>``):
@@ -9,8 +9,9 @@ and writes into the run folder (``paths.runs/<train.name>``):
   use them (see :mod:`animalvae.sound.model`); ``last.pth``: the latest state, for ``--resume``;
 - ``metrics.csv`` (one row per epoch) and ``loss.png``; ``settings.yaml``: the config in effect;
 
-Finding, splitting and loading the data is :mod:`animalvae.training.dataset`; saving, resuming and
-clearing the run folder is :mod:`animalvae.training.checkpoint`.
+The epochs, schedules, checkpoints, ``--resume``, metrics and torchrun's part are
+:mod:`animalvae.training.loop` (shared with the sound -> image model); finding, splitting and
+loading the data is :mod:`animalvae.training.dataset`.
 
 Loss (per pixel, so its size does not depend on the spectrogram shape)::
 
