@@ -57,8 +57,14 @@ from ..training.checkpoint import (
     set_rng_state,
 )
 from ..training.dataset import SpectrogramSet, epoch_order, iter_batches
-from ..sound.model import kl_divergence, read_checkpoint, reparameterize
-from .model import ARCHITECTURE, FORMAT, SoundImageVAE, pairs_payload, product_of_experts
+from ..sound.model import kl_divergence, reparameterize
+from .model import (
+    ARCHITECTURE,
+    SoundImageVAE,
+    pairs_payload,
+    product_of_experts,
+    read_pairs_checkpoint,
+)
 from .pairs import ImageSet, PairSet, find_pairs, read_pair_split, write_pair_split
 from ..training.run_folder import LAST, METRICS, MODEL, SPLIT
 from ..sound.train import TrainingDiverged, beta_at, lr_at, make_optimizer, write_metrics
@@ -274,7 +280,7 @@ def train_images(config: Config, run_dir: Path, *, resume: bool = False,
     check_run_dir(run_dir, resume=resume, force=options.force)
     state: dict[str, Any] | None = None
     if resume:
-        state = read_checkpoint(run_dir / LAST, what=LAST, fmt=FORMAT, keys=(
+        state = read_pairs_checkpoint(run_dir / LAST, what=LAST, keys=(
             "model", "model_config", "spec", "groups", "optimizer", "epoch"))
         now = config_to_dict(si)
         changed = [k for k in ARCHITECTURE if state["model_config"].get(k) != now[k]]
