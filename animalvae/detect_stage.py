@@ -7,8 +7,9 @@ For each stage-2 WAV (``paths.audio/<group>/<id>.wav``) this writes
   ``detect.pad`` when the clip is shorter;
 - ``paths.detections/frames/<group>/<id>.jpg``: the video frame at the score's peak inside the
   window (nearest non-blank one), when the stage-2 manifest names a video;
-- one ``manifest.csv`` with ``frame, window_start, window_end, score, peak_time, frame_time,
-  top_labels`` (times in seconds from the clip start).
+- one ``manifest.csv`` with ``frame, window_start, window_end, score, backend, peak_time,
+  frame_time, top_labels`` (times in seconds from the clip start; ``backend``: ``panns`` or
+  ``energy``, whose scores the row's are; a low-score skip keeps ``score`` and ``backend`` too).
 
 Clips run through PANNs in batches of ``detect.batch_size`` while ``detect.workers`` threads
 read (and, for other rates than 32 kHz, resample) the next batches and as many write the
@@ -32,7 +33,16 @@ import numpy as np
 import soundfile as sf
 
 from . import detect, frames, panns
-from .audio import as_float32, pad_audio, read_mono, resample
+from .audio import (
+    FRAMES_PER_S,
+    as_float32,
+    best_window,
+    energy_scores,
+    pad_audio,
+    read_mono,
+    resample,
+    window_samples,
+)
 from .config import Config, DetectConfig, config_to_dict
 from .device import pick_device
 from .errors import ConfigError, ItemFailed
@@ -50,6 +60,7 @@ from .stage import (
     list_items,
     outcome_from_exception,
     prefetch,
+    recorded_float,
     run_stage,
     shutdown_pools,
 )
@@ -70,7 +81,8 @@ def _warn_unused_classes(audioset_classes: Mapping[str, Any], groups: set[str]) 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 _PREFETCH_BATCHES = 2  # batches read ahead of the model
 _WRITE_BEHIND_BATCHES = 2  # batches of finished clips that may wait for their writes
-# The reason of a low-score skip; should_retry reads the backend back from it.
+# The reason of a low-score skip, for people: should_retry reads the ``score`` and ``backend``
+# columns instead.
 _LOW_SCORE = "no {what} sound (score {score:.2f})"
 
 
@@ -145,7 +157,7 @@ class EnergyScorer:
     labels = None
 
     def __call__(self, clips: list[Clip]) -> list[np.ndarray]:
-        return [detect.energy_scores(c.audio, c.sr)[:, None] for c in clips]
+        return [energy_scores(c.audio, c.sr)[:, None] for c in clips]
 
 
 class DetectStage(Stage):
@@ -154,8 +166,8 @@ class DetectStage(Stage):
     name = "detect"
     unit = "clip"
     suffix = ".wav"
-    columns = ("frame", "window_start", "window_end", "score", "peak_time", "frame_time",
-               "top_labels")
+    columns = ("frame", "window_start", "window_end", "score", "backend", "peak_time",
+               "frame_time", "top_labels")
     executor = "stream"
 
     def __init__(self, settings: DetectConfig, *, scorer: Scorer,
@@ -177,8 +189,10 @@ class DetectStage(Stage):
         self.scorer = scorer
         self.classes = classes or {}
         self.io_workers = default_workers(settings.workers if io_workers is None else io_workers)
-        self.window_frames = int(round(settings.segment_seconds * detect.FRAMES_PER_S))
-        # What a low score means: no animal (PANNs classes) or nothing loud (energy).
+        self.window_frames = int(round(settings.segment_seconds * FRAMES_PER_S))
+        # Which backend's scores these are (a manifest column: scores of the two do not
+        # compare), and what a low score means: no animal (PANNs classes) or nothing loud.
+        self.backend = "panns" if scorer.labels is not None else "energy"
         self.sound = "animal" if scorer.labels is not None else "loud"
 
     # ---- layout -----------------------------------------------------------------------------
@@ -205,21 +219,15 @@ class DetectStage(Stage):
         return not frame or (output.parents[2] / frame).is_file()
 
     def should_retry(self, row: Mapping[str, str]) -> bool:
-        """Retry failures; revisit a low-score skip when ``detect.min_score`` is now at or
-        below its recorded ``score`` (or another backend skipped it); keep other skips."""
+        """Retry failures; revisit a low-score skip (a skip that recorded its ``score``) when
+        ``detect.min_score`` is now at or below that score, or when another ``backend``
+        scored it (the two backends' scores do not compare); keep other skips."""
         if row.get("status") == "failed":
             return True
-        reason = row.get("reason") or ""
-        skipped_by = next((what for what in ("animal", "loud")
-                           if reason.startswith(f"no {what} sound (score ")), None)
-        if skipped_by is None:
+        score = recorded_float(row, "score")
+        if score is None:
             return False
-        if skipped_by != self.sound:
-            return True  # the other backend's scores are not comparable
-        try:
-            return self.settings.min_score <= float(row.get("score") or "nan")
-        except ValueError:
-            return False  # no readable score: keep the decision
+        return row.get("backend") != self.backend or self.settings.min_score <= score
 
     def discard(self, output: Path) -> None:
         """Remove an item's segment and its frame (see :meth:`Stage.discard`)."""
@@ -318,27 +326,27 @@ class DetectStage(Stage):
         if not columns:
             raise ItemFailed(f"no AudioSet classes configured for group {item.group!r}")
         scores = detect.frame_scores(probs, columns)
-        start, score = detect.best_window(scores, window_frames=self.window_frames)
+        start, score = best_window(scores, window_frames=self.window_frames)
         if score < settings.min_score:
             return Outcome("skipped", _LOW_SCORE.format(what=self.sound, score=score),
-                           {"score": score})
+                           {"score": score, "backend": self.backend})
         peak = detect.peak_frame(scores, start, self.window_frames)
         labels = (detect.top_labels(probs[start:start + self.window_frames], self.scorer.labels)
                   if self.scorer.labels is not None else [])
 
         segment_samples = int(round(settings.segment_seconds * clip.sr))
-        first = detect.window_samples(start, segment_samples=segment_samples,
+        first = window_samples(start, segment_samples=segment_samples,
                                       n_samples=clip.audio.shape[0], sr=clip.sr)
         window_s = (first / clip.sr, (first + segment_samples) / clip.sr)
-        peak_s = min(max(peak / detect.FRAMES_PER_S, window_s[0]), window_s[1])
+        peak_s = min(max(peak / FRAMES_PER_S, window_s[0]), window_s[1])
 
         frame_rel, frame_time, note = self._write_frame(clip, peak_s, window_s)
         with atomic_path(clip.output) as tmp:  # last: the segment marks the item done
             sf.write(str(tmp), clip.audio[first:first + segment_samples], clip.sr,
                      subtype="PCM_16", format="WAV")
         fields = {"frame": frame_rel, "window_start": window_s[0], "window_end": window_s[1],
-                  "score": score, "peak_time": peak_s, "frame_time": frame_time,
-                  "top_labels": "; ".join(labels)}
+                  "score": score, "backend": self.backend, "peak_time": peak_s,
+                  "frame_time": frame_time, "top_labels": "; ".join(labels)}
         if notes := "; ".join(n for n in (clip.note, note) if n):
             fields["_note"] = notes
         return fields
@@ -467,5 +475,5 @@ def run(config: Config, options: StageOptions) -> Summary:
     output_dir = config.paths.detections
     return run_stage(stage, items, output_dir, force=options.force, limit=options.limit,
                      progress=options.progress, shard=options.shard,
-                     settings={**config_to_dict(settings), "frames_per_s": detect.FRAMES_PER_S,
+                     settings={**config_to_dict(settings), "frames_per_s": FRAMES_PER_S,
                                "device_used": str(device or "cpu")})

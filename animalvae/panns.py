@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .detect import FRAMES_PER_S
+from .audio import FRAMES_PER_S
 from .errors import ConfigError
 from .stage import atomic_path
 

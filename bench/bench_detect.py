@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from media import make_wav, tone  # noqa: E402
 
-from animalvae import detect, detect_stage, panns  # noqa: E402
+from animalvae import audio, detect, detect_stage, panns  # noqa: E402
 from animalvae.config import load_config  # noqa: E402
 from animalvae.stage import StageOptions  # noqa: E402
 
@@ -65,9 +65,9 @@ def make_clips(folder: Path) -> list[Path]:
 def choose_and_write(y: np.ndarray, probs: np.ndarray, out: Path, classes: list[int]) -> None:
     """What every variant does after the forward pass (the stage does the same, plus frames)."""
     scores = detect.frame_scores(probs, classes)
-    window = int(3.0 * detect.FRAMES_PER_S)
-    start, _ = detect.best_window(scores, window_frames=window)
-    first = detect.window_samples(start, segment_samples=3 * SR, n_samples=len(y), sr=SR)
+    window = int(3.0 * audio.FRAMES_PER_S)
+    start, _ = audio.best_window(scores, window_frames=window)
+    first = audio.window_samples(start, segment_samples=3 * SR, n_samples=len(y), sr=SR)
     sf.write(out, y[first:first + 3 * SR], SR, subtype="PCM_16")
 
 

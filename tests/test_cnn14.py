@@ -12,7 +12,7 @@ import pytest
 import torch
 from media import animal_call, tone
 
-from animalvae import detect, panns
+from animalvae import audio, detect, panns
 from animalvae.cnn14 import Cnn14Detector, state_dict_problems
 from animalvae.errors import ConfigError
 
@@ -74,14 +74,14 @@ def test_windows_peaks_scores_and_labels_do_not_move(stock):
     with torch.inference_mode():
         outputs = [m(x)["framewise_output"].numpy() for m in (stock, detector)]
     labels = panns.audioset_labels()
-    window = 3 * detect.FRAMES_PER_S
+    window = 3 * audio.FRAMES_PER_S
     starts = set()
     for classes in (list(panns.ANIMAL_CLASSES), [74, 75, 76]):  # the "*" and a few dog ones
         for expected, got in zip(*outputs):
             chosen = []
             for probs in (expected, got):
                 scores = detect.frame_scores(probs, classes)
-                start, score = detect.best_window(scores, window_frames=window)
+                start, score = audio.best_window(scores, window_frames=window)
                 chosen.append((start, detect.peak_frame(scores, start, window), score,
                                detect.top_labels(probs[start:start + window], labels)))
             (start, peak, score, top), (start2, peak2, score2, top2) = chosen

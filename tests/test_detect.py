@@ -26,7 +26,7 @@ import yaml
 from media import make_colour_video, make_wav, tone
 
 import animal_sound_detector
-from animalvae import detect, frames, panns
+from animalvae import audio, detect, frames, panns
 from animalvae.config import load_config
 from animalvae.detect_stage import DetectStage, PannsScorer, run
 from animalvae.errors import ConfigError
@@ -162,23 +162,23 @@ def test_best_window_finds_the_plateau():
     scores = np.zeros(1000)
     scores[420:720] = 0.9
     scores[100:150] = 1.0  # a higher but shorter burst loses on the window mean
-    start, mean = detect.best_window(scores, window_frames=300)
+    start, mean = audio.best_window(scores, window_frames=300)
     assert (start, mean) == (420, pytest.approx(0.9))
     assert detect.peak_frame(scores, start, 300) == 420
 
 
 def test_best_window_matches_brute_force_and_prefers_the_earliest_tie(rng):
     scores = rng.random(503)
-    start, mean = detect.best_window(scores, window_frames=37)
+    start, mean = audio.best_window(scores, window_frames=37)
     means = [scores[i:i + 37].mean() for i in range(503 - 37 + 1)]
     assert start == int(np.argmax(means)) and mean == pytest.approx(max(means))
-    assert detect.best_window(np.ones(10), window_frames=3) == (0, 1.0)
+    assert audio.best_window(np.ones(10), window_frames=3) == (0, 1.0)
 
 
 def test_short_clip_is_one_window():
-    assert detect.best_window(np.array([0.2, 0.4]), window_frames=300) == (0, pytest.approx(0.3))
+    assert audio.best_window(np.array([0.2, 0.4]), window_frames=300) == (0, pytest.approx(0.3))
     with pytest.raises(ValueError, match="window_frames=0 must be > 0"):
-        detect.best_window(np.ones(5), window_frames=0)
+        audio.best_window(np.ones(5), window_frames=0)
 
 
 def test_frame_scores_take_the_max_over_the_chosen_classes():
@@ -191,7 +191,7 @@ def test_energy_scores_map_dbfs_to_unit_range():
     sr = 22050  # not a multiple of 100 or 320: frames still 10 ms apart
     y = np.zeros(sr, dtype=np.float32)
     y[sr // 2:] = tone(0.5, sr, amplitude=1.0)  # full-scale sine: -3 dBFS
-    scores = detect.energy_scores(y, sr)
+    scores = audio.energy_scores(y, sr)
     assert scores.shape == (100,)
     assert scores[:50].max() == 0.0
     np.testing.assert_allclose(scores[51:], 1 - 3.01 / 80, atol=2e-3)
@@ -417,11 +417,24 @@ def test_low_score_skip_is_revisited_only_when_min_score_drops_to_its_score(
     assert read_manifest(tmp_path / "det")["clip"]["reason"] == "no loud sound (score 0.30)"
     assert once(0.5) == (0, 1, 0)  # another backend's skip is revisited, whatever its score
     row = read_manifest(tmp_path / "det")["clip"]
-    assert (row["reason"], float(row["score"])) == ("no animal sound (score 0.30)",
-                                                    pytest.approx(0.3))
+    assert (row["reason"], float(row["score"]), row["backend"]) == (
+        "no animal sound (score 0.30)", pytest.approx(0.3), "panns")
     assert once(0.5) == (0, 0, 1)  # same threshold: the skip stands
     assert once(0.31) == (0, 0, 1)  # still above the recorded score
     assert once(0.3) == (1, 0, 0)  # now at its score: revisited, and it passes
+
+
+def test_a_skip_is_revisited_from_its_recorded_score_and_backend_not_its_reason(write_config,
+                                                                                tmp_path):
+    config = detect_config(write_config, tmp_path, min_score=0.5)
+    stage = DetectStage(config.detect, scorer=FixedScorer(np.full(401, 0.3)))
+    skip = {"status": "skipped", "reason": "reworded for people", "score": "0.4",
+            "backend": "panns"}
+    assert not stage.should_retry(skip)                                 # 0.5 > 0.4: it stands
+    assert stage.should_retry({**skip, "score": "0.5"})                 # now at its score
+    assert stage.should_retry({**skip, "backend": "energy"})            # scores do not compare
+    assert not stage.should_retry({"status": "skipped", "reason": "no animal sound (score 0.9)"})
+    assert stage.should_retry({"status": "failed", "reason": "", "score": "0.1"})
 
 
 class PickyScorer(FixedScorer):

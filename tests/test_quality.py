@@ -22,8 +22,6 @@ from animalvae.sound import prior as prior_module
 from animalvae.training.dataset import first_per_group, read_split
 from animalvae.sound.model import load_model
 from animalvae.sound.prior import (
-    PRIOR,
-    SPREAD,
     fit_gmm,
     fit_kde,
     mixture_centres,
@@ -358,7 +356,7 @@ def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys)
     # the default kernel density estimate: one component per training code (8 per group)
     assert data["prior"]["means"].shape == (2, 8, 8)
     assert ((data["prior"]["weights"] > 0).sum(dim=1) == 8).all()
-    assert PRIOR not in torch.load(run / "model.pth", weights_only=True)  # weights only
+    assert "prior" not in torch.load(run / "model.pth", weights_only=True)  # weights only
     argv = ["evaluate", "--config", str(config), "--set", "generate.eval_samples=4", "-q"]
     assert vae.main(argv) == 0
     first = json.loads((run / "metrics.json").read_text())["quality"]
@@ -461,9 +459,10 @@ def test_a_model_of_the_previous_format_samples_with_the_fits_inside_it(tmp_path
     argv = ["generate", "--config", str(config), "--count", "1", "-q"]
     assert vae.main(argv) == 0
     now = {f.name: f.read_bytes() for f in (run / "samples").glob("*.wav")}
-    # as the previous format wrote it: the prior (spread inside) and texture in model.pth
+    # as version 1 wrote it: the prior (spread inside) and texture in model.pth
     data = torch.load(run / "model.pth", weights_only=True)
-    data[PRIOR] = {**sampler["prior"], SPREAD: sampler["spread"]}
+    data["format"] = "animalvae.vae/1"
+    data["prior"] = {**sampler["prior"], "spread": sampler["spread"]}
     data["texture"] = sampler["texture"]
     torch.save(data, run / "model.pth")
     (run / "sampler.pth").unlink()
@@ -471,7 +470,7 @@ def test_a_model_of_the_previous_format_samples_with_the_fits_inside_it(tmp_path
     assert "sampler of an earlier version" in capsys.readouterr().err
     assert {f.name: f.read_bytes() for f in (run / "samples").glob("*.wav")} == now
     assert not (run / "sampler.pth").exists()                      # read, not rewritten
-    data[PRIOR] = {"weights": torch.ones(5, 1)}
+    data["prior"] = {"weights": torch.ones(5, 1)}
     torch.save(data, run / "model.pth")
     assert vae.main(argv) == 2
     assert "its prior does not fit the model" in capsys.readouterr().err
@@ -513,6 +512,7 @@ def test_a_model_from_before_decoder_norm_and_latent_frames_loads_as_it_was(tmp_
            if k not in ("decoder_norm", "latent_frames", "pitch_candidates",
                         "pitch_temperature")}
     payload["model_config"] = old           # as model.pth files were written before
+    payload["format"] = "animalvae.vae/1"
     torch.save(payload, tmp_path / "model.pth")
     loaded = load_model(tmp_path / "model.pth")
     assert loaded.model.config.decoder_norm == "group"

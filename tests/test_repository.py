@@ -1,5 +1,6 @@
-"""The repository stands on its own (no file refers to a path outside it), its package
-imports run one way (no cycle) and no function of it is over 80 lines."""
+"""The repository stands on its own (no file refers to a path outside it), its package imports
+run one way (no cycle), take only public names from one another and keep stage 5's rooms off
+stage 3's detector, and no function of it is over 80 lines."""
 
 from __future__ import annotations
 
@@ -84,3 +85,47 @@ def test_no_function_of_the_package_is_over_80_lines():
              for hit in _long_functions(path.read_text(encoding="utf-8"),
                                         str(path.relative_to(ROOT)))]
     assert found == []
+
+
+def _imports_from_the_package() -> list[tuple[str, str, list[str]]]:
+    """``(module, imported module, names)`` for every ``from ... import`` inside animalvae/."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "animalvae").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        package = parts[:-1]
+        name = ".".join(parts if parts[-1] != "__init__" else package)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                if module.split(".")[0] == "animalvae":
+                    found.append((name, module, [a.name for a in node.names]))
+    return found
+
+
+def test_no_module_of_the_package_imports_a_private_name_from_another():
+    """A name starting with ``_`` belongs to its module: one another module needs is public
+    (dunders such as ``__version__`` are public)."""
+    found = _imports_from_the_package()
+    offenders = [f"{module} imports {name} from {source}" for module, source, names in found
+                 for name in names if name.startswith("_") and not name.endswith("__")]
+    assert ("animalvae.image.model", "animalvae.sound.model") in {(m, s) for m, s, _ in found}
+    assert offenders == []
+
+
+def test_stage_5_reads_audio_through_the_stage_neutral_modules_not_stage_3s_detector():
+    """The rule: nothing in the rooms of stage 5 (sound, image, evaluation, training) imports
+    stage 3's detector (detect, detect_stage, cnn14) or the PANNs model (panns), except the
+    evaluation's PANNs figures (evaluation/quality: FAD on PANNs embeddings, a judge); the
+    loudest window of a clip and audio reading live in animalvae/audio.py for every stage."""
+    stage_3 = {f"animalvae.{m}" for m in ("detect", "detect_stage", "cnn14", "panns")}
+    rooms = tuple(f"animalvae.{room}" for room in ("sound", "image", "evaluation", "training"))
+    allowed = {("animalvae.evaluation.quality", "animalvae.panns")}
+    found = _imports_from_the_package()
+    offenders = [(module, target) for module, source, names in found if module.startswith(rooms)
+                 for target in {source, *(f"{source}.{n}" for n in names)} & stage_3
+                 if (module, target) not in allowed]
+    assert ("animalvae.image.sound_to_image", "animalvae.audio") in {(m, s) for m, s, _ in found}
+    assert offenders == []

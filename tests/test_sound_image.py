@@ -448,7 +448,7 @@ def test_training_writes_the_model_folder_and_learns(pairs_run):
     first, last = (dict(zip(rows[0].split(","), r.split(","))) for r in (rows[1], rows[-1]))
     assert float(last["val_image_from_sound_l1"]) < 0.6 * float(first["val_image_from_sound_l1"])
     data = torch.load(run / "model.pth", weights_only=True)
-    assert data["format"] == "animalvae.sound_image/2" and set(data["group_codes"]) == set(COLOURS)
+    assert data["format"] == "animalvae.sound_image/3" and set(data["group_codes"]) == set(COLOURS)
     trained = load_pairs_model(run / "model.pth")
     assert trained.groups == sorted(COLOURS) and trained.model.image_size == SIZE
 

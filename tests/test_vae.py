@@ -554,6 +554,12 @@ class _Evil:
                r"\(damaged or another format\)\)$"),
     ("pickle", r"is not a model\.pth written by vae\.py train \(cannot load it safely"),
     ("other", r"is not a model\.pth written by this version of vae\.py train \(format None"),
+    ("newer", r"model\.pth is a model\.pth of format 'animalvae\.vae/3', newer than this "
+              r"version of animalvae reads \('animalvae\.vae/2'\); update animalvae$"),
+    ("older", r"model\.pth is a model\.pth of format 'animalvae\.vae/0', too old to upgrade "
+              r"to 'animalvae\.vae/2'; retrain$"),
+    ("image", r"is not a model\.pth written by this version of vae\.py train \(format "
+              r"'animalvae\.sound_image/3', expected 'animalvae\.vae/2'\); retrain$"),
     ("missing", r"model\.pth not found: train first"),
 ])
 def test_a_bad_model_pth_is_a_clear_error(tmp_path, capsys, content, message):
@@ -572,6 +578,10 @@ def test_a_bad_model_pth_is_a_clear_error(tmp_path, capsys, content, message):
         torch.save({"format": _Evil()}, run / "model.pth")
     elif content == "other":
         torch.save({"weights": torch.zeros(2)}, run / "model.pth")
+    elif content in ("newer", "older", "image"):
+        tag = {"newer": "animalvae.vae/3", "older": "animalvae.vae/0",
+               "image": "animalvae.sound_image/3"}[content]
+        torch.save({"format": tag, "model": {}}, run / "model.pth")
     code, err = run_vae(["generate", "--config", str(config), "--run", str(run)], capsys)
     assert code == 2 and re.search(message, err.strip()), err
     assert len(err.strip().splitlines()) == 1, err

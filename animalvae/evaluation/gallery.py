@@ -24,10 +24,10 @@ from urllib.parse import quote
 from ..stage import atomic_write_text
 from ..training.run_folder import EVALUATION, GALLERY, IMAGE_RUN, LOSS_PLOT, SAMPLES
 
-__all__ = ["write_gallery", "GALLERY", "SAMPLES"]
+__all__ = ["write_gallery", "GALLERY", "SAMPLES", "PAGE_STYLE", "natural_key", "href"]
 
-
-_STYLE = """
+#: The CSS of every gallery page (the image gallery adds its own rules after it).
+PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; background: #fafafa; }
 h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; } h3 { font-size: 1rem; }
 .row { display: flex; flex-wrap: wrap; gap: 0.8rem; }
@@ -41,19 +41,21 @@ td, th { padding: 0.2rem 0.6rem; border-bottom: 1px solid #ddd; }
 """
 
 
-def _natural_key(text: str) -> list:
+def natural_key(text: str) -> list:
+    """A sort key that orders the numbers inside ``text`` by value (``s_2`` before ``s_10``)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
-def _link(path: Path, root: Path) -> str:
+def href(path: Path, root: Path) -> str:
+    """``path`` as a URL-quoted, HTML-escaped link relative to ``root`` (the page's folder)."""
     return html.escape(quote(path.relative_to(root).as_posix()))
 
 
 def _figure(wav: Path, root: Path, caption: str) -> str:
     png = wav.with_suffix(".png")
-    img = (f'<img src="{_link(png, root)}" alt="spectrogram of {html.escape(caption)}">'
+    img = (f'<img src="{href(png, root)}" alt="spectrogram of {html.escape(caption)}">'
            if png.is_file() else "")
-    return (f"<figure>{img}<audio controls preload=\"none\" src=\"{_link(wav, root)}\"></audio>"
+    return (f"<figure>{img}<audio controls preload=\"none\" src=\"{href(wav, root)}\"></audio>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
@@ -66,7 +68,7 @@ def _generated(samples: Path, root: Path) -> list[str]:
     parts = []
     for group in sorted(by_group):
         figures = [_figure(w, root, w.stem) for w in sorted(by_group[group],
-                                                            key=lambda p: _natural_key(p.stem))]
+                                                            key=lambda p: natural_key(p.stem))]
         parts.append(f"<h3>{html.escape(group)}</h3><div class=\"row\">{''.join(figures)}</div>")
     return parts
 
@@ -91,7 +93,7 @@ def _reconstructions(folder: Path, root: Path) -> list[str]:
 def _interpolations(folder: Path, root: Path) -> list[str]:
     parts = []
     for line in sorted(p for p in folder.glob("*") if p.is_dir()):
-        wavs = sorted(line.glob("[0-9]*.wav"), key=lambda p: _natural_key(p.stem))
+        wavs = sorted(line.glob("[0-9]*.wav"), key=lambda p: natural_key(p.stem))
         if wavs:
             a, _, b = line.name.partition("__")
             figures = [_figure(w, root, f"step {w.stem}") for w in wavs]
@@ -225,7 +227,7 @@ def write_gallery(run_dir: Path, *, title: str = "") -> Path:
     sections.append(_metrics_table(run_dir / EVALUATION))
     name = html.escape(title or run_dir.name)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{name}</title><style>{_STYLE}</style></head><body>"
+            f"<title>{name}</title><style>{PAGE_STYLE}</style></head><body>"
             f"<h1>{name}</h1><p class=\"note\">Spectrograms: time left to right, frequency "
             f"bottom to top. Audio: Griffin-Lim, peak-normalised.</p>"
             f"{''.join(sections)}</body></html>\n")

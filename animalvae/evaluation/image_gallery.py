@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from ..stage import atomic_write_text
-from .gallery import _STYLE, _link, _natural_key, write_gallery
 from ..training.run_folder import EVALUATION, GALLERY, SAMPLES
+from .gallery import PAGE_STYLE, href, natural_key, write_gallery
 
 __all__ = ["write_image_gallery"]
 
@@ -28,7 +28,7 @@ _EXTRA_STYLE = ".entry { margin-bottom: 1rem; } figure img.px { width: 128px; " 
 
 
 def _img(path: Path, root: Path, caption: str) -> str:
-    return (f'<figure><img class="px" src="{_link(path, root)}" alt="{html.escape(caption)}">'
+    return (f'<figure><img class="px" src="{href(path, root)}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
@@ -36,9 +36,9 @@ def _sound(folder: Path, root: Path) -> str:
     wav, png = folder / "sound.wav", folder / "sound.png"
     if not wav.is_file():
         return ""
-    picture = (f'<img src="{_link(png, root)}" alt="spectrogram of the sound">'
+    picture = (f'<img src="{href(png, root)}" alt="spectrogram of the sound">'
                if png.is_file() else "")
-    return (f'<figure>{picture}<audio controls preload="none" src="{_link(wav, root)}"></audio>'
+    return (f'<figure>{picture}<audio controls preload="none" src="{href(wav, root)}"></audio>'
             f"<figcaption>sound</figcaption></figure>")
 
 
@@ -47,7 +47,7 @@ def _entry(folder: Path, root: Path) -> str:
     for name, caption in (("frame.png", "true frame"), ("image.png", "picture")):
         if (folder / name).is_file():
             parts.append(_img(folder / name, root, caption))
-    for png in sorted(folder.glob("generated_*.png"), key=lambda p: _natural_key(p.stem)):
+    for png in sorted(folder.glob("generated_*.png"), key=lambda p: natural_key(p.stem)):
         parts.append(_img(png, root, f"from the sound #{png.stem.rpartition('_')[2]}"))
     return (f'<div class="entry"><h3>{html.escape(folder.relative_to(root / SAMPLES).as_posix())}'
             f'</h3><div class="row">{"".join(parts)}</div></div>')
@@ -98,7 +98,7 @@ def write_image_gallery(run_dir: Path) -> Path:
     sections = []
     for kind, heading in _SECTIONS:
         base = run_dir / SAMPLES / kind
-        entries = sorted({p.parent for p in base.rglob("*.png")}, key=lambda p: _natural_key(
+        entries = sorted({p.parent for p in base.rglob("*.png")}, key=lambda p: natural_key(
             p.relative_to(base).as_posix())) if base.is_dir() else []
         if entries:
             note = _variety_note(metrics) if kind == "val" else ""
@@ -109,7 +109,7 @@ def write_image_gallery(run_dir: Path) -> Path:
     sections.append(_metrics(metrics))
     title = f"{html.escape(run_dir.parent.name)}: sound → image"
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{title}</title><style>{_STYLE}{_EXTRA_STYLE}</style></head><body>"
+            f"<title>{title}</title><style>{PAGE_STYLE}{_EXTRA_STYLE}</style></head><body>"
             f"<h1>{title}</h1><p class=\"note\">Images are made from the sound alone (no group "
             "label). Spectrograms: time left to right, frequency bottom to top. Audio: "
             f"Griffin-Lim, peak-normalised.</p>{''.join(sections)}</body></html>\n")

@@ -361,8 +361,8 @@ def quality_report(*, groups: Sequence[str], sample_rate: int,
         (:func:`animalvae.evaluation.birdnet.birdnet_embeddings`): the same figures in its space
         (``"embedding"``), distances in its own units as FAD takes them.
     panns : dict or None
-        ``{"checkpoint": Path, "device": str, "classes": {group: [AudioSet indices]}}`` for
-        the PANNs figures; None leaves them out.
+        ``{"checkpoint": Path, "device": str, "classes": {group: [AudioSet class names or
+        indices]}}`` (``detect.*``'s) for the PANNs figures; None leaves them out.
 
     Returns
     -------
@@ -412,6 +412,8 @@ def _panns_figures(panns: dict[str, Any], groups: Sequence[str], sample_rate: in
                    samples: tuple[np.ndarray, np.ndarray],
                    reconstructions: np.ndarray) -> dict[str, Any]:
     """FAD on PANNs embeddings and the share of samples whose top class fits their group."""
+    from ..panns import resolve_classes
+
     gen_w, gen_y = samples
     embed = {}
     tops = None
@@ -425,7 +427,7 @@ def _panns_figures(panns: dict[str, Any], groups: Sequence[str], sample_rate: in
     for g, name in enumerate(groups):
         mask = gen_y == g
         if mask.any():
-            allowed = set(panns["classes"].get(name, ()))
+            allowed = set(resolve_classes(panns["classes"].get(name, ()))[0])
             share[name] = float(np.mean([int(t) in allowed for t in tops[mask]]))
     return {"fad_samples": frechet_distance(embed["gen"], embed["val"]),
             "fad_reconstructions": frechet_distance(embed["rec"], embed["val"]),

@@ -14,11 +14,17 @@ an image from it: the group in the picture is what the model heard. The spectrog
 :class:`~animalvae.sound.model.Encoder` and :class:`~animalvae.sound.model.Decoder` (unconditional);
 the image halves mirror them with three input channels.
 
-The file (``runs/<name>/images/model.pth``) holds plain data only, loadable with
-``torch.load(weights_only=True)``: weights, the ``sound_image`` settings, the spectrogram
-spec, the image size, the group names, the per-group code statistics (mean and standard
-deviation of the training pairs' posterior means, for sampling a group: Ghosh et al. 2020's
-fitted prior, diagonal) and the versions.
+The file (``runs/<name>/images/model.pth``; ``images/last.pth`` adds what resuming needs) holds
+plain data only, loadable with ``torch.load(weights_only=True)`` and tagged ``format:
+animalvae.sound_image/<version>`` (:mod:`animalvae.training.file_format`). Version 3, written
+now: ``model`` (the weights), ``model_config`` (the ``sound_image`` settings), ``spec``,
+``shape``, ``image_size``, ``groups``, ``group_codes`` (per group, mean and standard deviation
+of the training pairs' posterior means, for sampling a group: Ghosh et al. 2020's fitted prior,
+diagonal), ``residuals`` (per group, the mean sound code and what each pair's code adds to it),
+``config`` (the whole config of the run), ``versions`` and ``epoch``, ``step``, ``val_loss``.
+Version 2 held the same; 3 marks the files written since stage 5 moved into rooms, so that an
+older animalvae refuses them rather than misreads them. Version 1 (no residuals) is too old to
+upgrade. :func:`upgrade_pairs_checkpoint` is the one function that knows this.
 """
 
 from __future__ import annotations
@@ -34,15 +40,26 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, SoundImageConfig
 from ..errors import ConfigError
+from ..sound.model import Decoder, DownBlock, Encoder, UpBlock
 from ..spectrogram import SpectrogramSpec
-from ..sound.model import Decoder, Encoder, _Down, _Up, _versions, read_checkpoint
+from ..training.file_format import (
+    format_tag,
+    library_versions,
+    read_payload,
+    require_keys,
+    upgrade,
+)
 
 __all__ = ["ARCHITECTURE", "ImageEncoder", "ImageDecoder", "SoundImageVAE", "TrainedPairs",
-           "FORMAT",
-           "product_of_experts", "pairs_payload", "load_pairs_model", "draw_residuals"]
+           "FORMAT", "VERSION", "product_of_experts", "pairs_payload", "upgrade_pairs_checkpoint",
+           "read_pairs_checkpoint", "load_pairs_model", "draw_residuals"]
 
-#: Tag of a sound <-> image checkpoint; bumped on incompatible change.
-FORMAT = "animalvae.sound_image/2"
+#: The version of a sound <-> image checkpoint this module writes (module docstring).
+VERSION = 3
+FORMAT = format_tag("sound_image", VERSION)
+#: What every such file holds (``last.pth`` adds the optimiser and the RNG states).
+PAIRS_KEYS = ("model", "model_config", "spec", "shape", "image_size", "groups", "group_codes",
+              "residuals", "config")
 #: The ``sound_image`` settings that shape the weights (the others only steer training).
 ARCHITECTURE = ("latent_dim", "sound_channels", "image_channels")
 
@@ -75,7 +92,7 @@ class ImageEncoder(nn.Module):
     def __init__(self, channels: list[int], size: int, latent_dim: int):
         super().__init__()
         widths = [3, *channels]
-        self.convs = nn.Sequential(*[_Down(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.convs = nn.Sequential(*[DownBlock(a, b) for a, b in zip(widths[:-1], widths[1:])])
         with torch.no_grad():
             self.feature_shape = tuple(self.convs(torch.zeros(1, 3, size, size)).shape[1:])
         self.to_stats = nn.Linear(math.prod(self.feature_shape), 2 * latent_dim)
@@ -93,7 +110,7 @@ class ImageDecoder(nn.Module):
         self.feature_shape = tuple(feature_shape)
         self.from_z = nn.Linear(latent_dim, math.prod(self.feature_shape))
         widths = list(reversed(channels))
-        self.ups = nn.Sequential(*[_Up(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.ups = nn.Sequential(*[UpBlock(a, b) for a, b in zip(widths[:-1], widths[1:])])
         self.to_image = nn.ConvTranspose2d(widths[-1], 3, 4, stride=2, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -237,7 +254,33 @@ def pairs_payload(model: SoundImageVAE, *, spec: SpectrogramSpec, groups: list[s
                             for g, (m, s) in group_codes.items()},
             "residuals": {g: {"centre": c.detach().cpu(), "rows": r.detach().cpu()}
                           for g, (c, r) in residuals.items()},
-            "config": config, "versions": _versions(), **extra}
+            "config": config, "versions": library_versions(), **extra}
+
+
+def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 -> 3: the same content."""
+    return data
+
+
+def upgrade_pairs_checkpoint(data: Any, path: Path, *, what: str = "model.pth"
+                             ) -> dict[str, Any]:
+    """A sound <-> image checkpoint's payload of any version brought to the current one.
+
+    Version 2 -> 3 changes only the tag (module docstring). Raises a one-line ConfigError
+    naming ``path`` for something that is not such a payload, a version newer than this
+    code's, or one too old to upgrade.
+    """
+    return upgrade(data, kind="sound_image", current=VERSION, steps={2: _from_version_2},
+                   path=path, what=what)
+
+
+def read_pairs_checkpoint(path: Path, *, what: str = "model.pth",
+                          keys: tuple[str, ...] = PAIRS_KEYS) -> dict[str, Any]:
+    """The payload of a sound <-> image ``model.pth`` or ``last.pth`` at the current version,
+    with ``keys`` in it (one-line ConfigError naming ``path`` otherwise)."""
+    data = upgrade_pairs_checkpoint(read_payload(path, what=what), path, what=what)
+    require_keys(data, keys, path=path, what=what)
+    return data
 
 
 def load_pairs_model(path: Path, *, device: torch.device | str = "cpu") -> TrainedPairs:
@@ -249,9 +292,7 @@ def load_pairs_model(path: Path, *, device: torch.device | str = "cpu") -> Train
         When the file is missing, not plain data, not this format, or its weights do not fit
         the settings it records.
     """
-    data = read_checkpoint(path, what=Path(path).name, fmt=FORMAT,
-                           keys=("model", "model_config", "spec", "shape", "image_size",
-                                 "groups", "group_codes", "residuals", "config"))
+    data = read_pairs_checkpoint(path, what=Path(path).name)
     try:
         config = SoundImageConfig(**data["model_config"])
         spec = SpectrogramSpec.from_dict(data["spec"])

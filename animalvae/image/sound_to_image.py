@@ -37,15 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..audio import FRAMES_PER_S, best_window, energy_scores, window_samples
 from ..config import Config
-from ..detect import best_window, energy_scores, window_samples
 from ..device import device_of, pick_device
 from ..errors import ConfigError, ItemFailed
-from ..images import load_image, square_resize, write_png
-from ..spectrogram import Spectrogram, to_audio
-from ..stage import StageOptions, atomic_write_text
-from ..training.dataset import iter_batches
-from ..sound.generate import safe_name, write_sample
 from ..evaluation.image_gallery import write_image_gallery
 from ..evaluation.image_quality import (
     accuracy,
@@ -58,9 +53,14 @@ from ..evaluation.image_quality import (
     retrieval_recall,
     variety,
 )
+from ..images import load_image, square_resize, write_png
+from ..sound.generate import safe_name, write_sample
+from ..spectrogram import Spectrogram, to_audio
+from ..stage import StageOptions, atomic_write_text
+from ..training.dataset import iter_batches
+from ..training.run_folder import EVALUATION, MODEL, SAMPLES
 from .model import TrainedPairs, draw_residuals, load_pairs_model
 from .pairs import ImageSet, PairSet, read_pair_split
-from ..training.run_folder import EVALUATION, MODEL, SAMPLES
 
 __all__ = ["sound_to_image", "image_to_sound", "sample_images", "evaluate_images",
            "images_from_sounds", "read_recording"]
@@ -154,7 +154,7 @@ def read_recording(path: Path, sample_rate: int, n_samples: int) -> np.ndarray:
     if y.size <= n_samples:
         return np.pad(y, (0, n_samples - y.size))
     start_frame, _ = best_window(energy_scores(y, sample_rate),
-                                 window_frames=round(n_samples * 100 / sample_rate))
+                                 window_frames=round(n_samples * FRAMES_PER_S / sample_rate))
     start = window_samples(start_frame, segment_samples=n_samples, n_samples=y.size,
                            sr=sample_rate)
     return y[start:start + n_samples].copy()

@@ -48,7 +48,7 @@ from torch import Tensor
 from ..config import Config, SoundImageConfig, config_to_dict
 from ..device import pick_device
 from ..errors import ConfigError
-from ..sound.model import kl_divergence, read_checkpoint, reparameterize
+from ..sound.model import kl_divergence, reparameterize
 from ..spectrogram import SpectrogramSpec
 from ..stage import StageOptions
 from ..training.checkpoint import check_run_dir, seed_everything
@@ -56,7 +56,13 @@ from ..training.dataset import SpectrogramSet, epoch_order, iter_batches
 from ..training.distributed import DistContext
 from ..training.loop import Batch, Schedule, StepLoss, TrainingLoop, make_optimizer, start_run_dir
 from ..training.run_folder import LAST, MODEL, SPLIT
-from .model import ARCHITECTURE, FORMAT, SoundImageVAE, pairs_payload, product_of_experts
+from .model import (
+    ARCHITECTURE,
+    SoundImageVAE,
+    pairs_payload,
+    product_of_experts,
+    read_pairs_checkpoint,
+)
 from .pairs import ImageSet, PairItems, PairSet, find_pairs, read_pair_split, write_pair_split
 
 __all__ = ["train_images", "elbo_term", "pair_loss", "code_statistics", "image_loss"]
@@ -372,7 +378,7 @@ def _run(loop: TrainingLoop, config: Config, data: _Data, val_set: PairSet, *,
 
 def _read_last(config: Config, run_dir: Path) -> dict[str, Any]:
     """``last.pth``, checked against the architecture settings in effect."""
-    state = read_checkpoint(run_dir / LAST, what=LAST, fmt=FORMAT, keys=(
+    state = read_pairs_checkpoint(run_dir / LAST, what=LAST, keys=(
         "model", "model_config", "spec", "groups", "optimizer", "epoch"))
     now = config_to_dict(config.sound_image)
     changed = [k for k in ARCHITECTURE if state["model_config"].get(k) != now[k]]

@@ -590,11 +590,9 @@ def _panns_settings(config: Config, trained: TrainedModel) -> dict[str, Any] | N
     checkpoint = Path(config.detect.checkpoint).expanduser()
     if not checkpoint.is_file():
         return None
-    from ..panns import resolve_classes
     classes = config.detect.audioset_classes
     return {"checkpoint": checkpoint, "device": str(device_of(trained.model)),
-            "classes": {g: resolve_classes(classes.get(g, classes.get("*", [])))[0]
-                        for g in trained.groups}}
+            "classes": {g: classes.get(g, classes.get("*", [])) for g in trained.groups}}
 
 
 def _log_quality(report: dict[str, Any]) -> None:

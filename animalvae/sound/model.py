@@ -29,10 +29,27 @@ The encoder stands alone (:meth:`Encoder.features` needs no group): the sound ->
 can reuse it. GroupNorm rather than BatchNorm: it behaves the same in training and
 evaluation, whatever the batch size, so a short run already generates sensibly.
 
-``model.pth`` holds plain data only (loadable with ``torch.load(weights_only=True)``): the
-weights, the model config, the spectrogram spec, the group names, the shape and the versions.
+``model.pth`` holds plain data only (loadable with ``torch.load(weights_only=True)``), tagged
+``format: animalvae.vae/<version>`` (:mod:`animalvae.training.file_format`); ``last.pth`` is the
+same plus what resuming needs (optimiser, scheduler, RNG states). Version 2, written now::
+
+    model          the weights (state_dict, CPU tensors)
+    model_config   every ``model.*`` setting (:class:`~animalvae.config.ModelConfig`)
+    spec           the spectrogram spec (:meth:`SpectrogramSpec.to_dict`)
+    shape          [H, W] of one spectrogram
+    groups         the group names, in label order
+    config         the whole config of the training run, as plain data
+    versions       torch, torchaudio, animalvae
+    epoch, step, val_loss    where training was
+    sampler        only in a file upgraded from version 1 that held a prior or a texture:
+                   that sampler, as a ``sampler.pth`` payload of version 1
+
 What is fit after training to sample and finish sounds lives beside it, in ``sampler.pth``
-(:mod:`animalvae.sound.sampler`).
+(:mod:`animalvae.sound.sampler`). Version 1 (``animalvae.vae/1``) was the same except that its
+``model_config`` may lack ``decoder_norm``, ``latent_frames`` and ``pitch_candidates`` (files
+from before they existed: GroupNorm, one latent vector, no comb) and that it may hold the prior
+(with each group's spread inside it) and the texture itself, from before ``sampler.pth``.
+:func:`upgrade_checkpoint` is the one function that knows this: every loader reads through it.
 """
 
 from __future__ import annotations
@@ -50,14 +67,23 @@ from torch.nn import functional as F
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..spectrogram import SpectrogramSpec
+from ..training.file_format import (
+    format_tag,
+    library_versions,
+    read_payload,
+    require_keys,
+    upgrade,
+)
 from .harmonic import PitchHead, add_comb, comb_correlation, expected_comb, harmonic_combs
 
-__all__ = ["Encoder", "Decoder", "VAE", "Reconstruction", "TrainedModel", "FORMAT", "build_model",
-           "reparameterize", "kl_divergence", "checkpoint_payload", "read_checkpoint", "load_model",
+__all__ = ["Encoder", "Decoder", "VAE", "DownBlock", "UpBlock", "Reconstruction", "TrainedModel",
+           "FORMAT", "VERSION", "build_model", "reparameterize", "kl_divergence",
+           "checkpoint_payload", "upgrade_checkpoint", "read_checkpoint", "load_model",
            "trained_model_from"]
 
-#: Tag of a ``model.pth``/``last.pth`` written by this module; bumped on incompatible change.
-FORMAT = "animalvae.vae/1"
+#: The version of ``model.pth``/``last.pth`` this module writes (module docstring).
+VERSION = 2
+FORMAT = format_tag("vae", VERSION)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -65,7 +91,7 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(max(1, min(32, channels // 8)), channels)
 
 
-class _Down(nn.Sequential):
+class DownBlock(nn.Sequential):
     """3x3 conv, GroupNorm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, H/2, W/2).
 
     With ``halve_time=False`` only the frequency axis is halved: (B, c_out, H/2, W).
@@ -109,7 +135,7 @@ class ChannelNorm(nn.Module):
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
-class _Up(nn.Sequential):
+class UpBlock(nn.Sequential):
     """Stride-2 4x4 transposed conv, norm, LeakyReLU: (B, c_in, H, W) -> (B, c_out, 2H, 2W)
     (with ``double_time=False``: (B, c_out, 2H, W)).
 
@@ -153,7 +179,7 @@ class Encoder(nn.Module):
         super().__init__()
         widths = [1, *config.channels]
         self.halves_time = _halves_time(config, shape[1])   # per block: halves time too?
-        self.convs = nn.Sequential(*[_Down(a, b, t) for a, b, t
+        self.convs = nn.Sequential(*[DownBlock(a, b, t) for a, b, t
                                      in zip(widths[:-1], widths[1:], self.halves_time)])
         with torch.no_grad():  # the flattened size, from a dummy input rather than by hand
             self.feature_shape = tuple(self.convs(torch.zeros(1, 1, *shape)).shape[1:])
@@ -236,7 +262,7 @@ class Decoder(nn.Module):
         widths = list(reversed(config.channels))
         # the encoder's time halvings, undone in reverse order (the last one by to_image)
         doubles = list(reversed(halves_time or [True] * len(config.channels)))
-        self.ups = nn.Sequential(*[_Up(a, b, config.decoder_norm, t) for a, b, t
+        self.ups = nn.Sequential(*[UpBlock(a, b, config.decoder_norm, t) for a, b, t
                                    in zip(widths[:-1], widths[1:], doubles)])
         pitch = config.pitch_candidates
         # with the pitch comb: a second output channel (the comb's gain), and the pitch head,
@@ -424,15 +450,6 @@ class TrainedModel:
         return self.groups.index(name)
 
 
-def _versions() -> dict[str, str]:
-    import torchaudio
-
-    from .. import __version__
-    # str(): torch.__version__ is a str subclass that weights_only loading refuses
-    return {"torch": str(torch.__version__), "torchaudio": str(torchaudio.__version__),
-            "animalvae": str(__version__)}
-
-
 def checkpoint_payload(model: VAE, *, spec: SpectrogramSpec, groups: list[str],
                        config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The dict ``model.pth`` holds: weights (on the CPU), configs, spec, groups, versions.
@@ -444,52 +461,50 @@ def checkpoint_payload(model: VAE, *, spec: SpectrogramSpec, groups: list[str],
     return {"format": FORMAT, "model": weights,
             "model_config": dataclasses.asdict(model.config), "spec": spec.to_dict(),
             "groups": list(groups), "shape": list(model.shape), "config": config,
-            "versions": _versions(), **extra}
+            "versions": library_versions(), **extra}
 
 
-def _load_failure(path: Path, exc: Exception) -> str:
-    """A short reason why ``torch.load(path, weights_only=True)`` raised ``exc``."""
-    text = str(exc)
-    if "Unsupported global:" in text:  # a real pickle holding more than plain data
-        reason = text[text.index("Unsupported global:"):].split(". Please")[0]
-        return f"cannot load it safely: {' '.join(reason.split())[:200]}"
-    if path.stat().st_size == 0:
-        return "not a PyTorch checkpoint (empty file)"
-    return "not a PyTorch checkpoint (damaged or another format)"
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: the model settings that version 1 files may lack get the values they
+    had before they existed, and a prior and texture inside the file become its ``sampler``."""
+    # before model.decoder_norm / latent_frames / pitch_candidates existed, a decoder had
+    # GroupNorm, one latent vector per clip and no pitch comb
+    data["model_config"] = {"decoder_norm": "group", "latent_frames": 0,
+                            "pitch_candidates": 0, **data.get("model_config", {})}
+    prior, texture = data.pop("prior", None), data.pop("texture", None)
+    if prior is not None or texture is not None:
+        prior = dict(prior) if isinstance(prior, dict) else prior
+        spread = prior.pop("spread", None) if isinstance(prior, dict) else None
+        # the settings it was fit under are not in the file: "legacy" says so (see
+        # animalvae.sound.sampler.load_sampler)
+        data["sampler"] = {"format": format_tag("sampler", 1), "settings": {"legacy": True},
+                           "prior": prior, "spread": spread, "texture": texture}
+    return data
 
 
-def read_checkpoint(path: Path, *, what: str = "model.pth", fmt: str = FORMAT,
-                    keys: tuple[str, ...] = ("model", "model_config", "spec", "groups", "shape",
-                                             "config")) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``, with any failure as a one-line ConfigError.
+def upgrade_checkpoint(data: Any, path: Path, *, what: str = "model.pth") -> dict[str, Any]:
+    """A ``model.pth``/``last.pth`` payload of any version brought to the current one.
 
-    ``fmt`` is the format tag expected and ``keys`` the entries it must hold (the sound <->
-    image model, :mod:`animalvae.image.model`, has its own).
+    The one place that knows the older versions (module docstring): each step takes one
+    version to the next. Raises a one-line ConfigError naming ``path`` for something that is
+    not such a payload, a version newer than this code's, or one too old to upgrade.
+    """
+    return upgrade(data, kind="vae", current=VERSION, steps={1: _from_version_1}, path=path,
+                   what=what)
+
+
+def read_checkpoint(path: Path, *, what: str = "model.pth") -> dict[str, Any]:
+    """The payload of ``model.pth`` or ``last.pth`` at the current version.
 
     Raises
     ------
     ConfigError
         When the file is missing, not a torch file, holds something other than plain data,
-        or was not written by ``vae.py train`` (another format tag).
+        is of another kind or of a version this code cannot upgrade, or lacks an entry.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: train first (vae.py train), or pass --run-dir "
-                          f"DIR with the run folder that holds {what}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # noqa: BLE001 - torch.load on an arbitrary user file
-        raise ConfigError(f"{path} is not a {what} written by vae.py train "
-                          f"({_load_failure(path, exc)})") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ConfigError(f"{path} is not a {what} written by this version of vae.py train "
-                          f"(format {found!r}, expected {fmt!r}); retrain")
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise ConfigError(f"{path} lacks {', '.join(missing)}: not a complete {what}; retrain")
+    data = upgrade_checkpoint(read_payload(path, what=what), path, what=what)
+    require_keys(data, ("model", "model_config", "spec", "groups", "shape", "config"),
+                 path=path, what=what)
     return data
 
 
@@ -502,18 +517,9 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> TrainedMode
         When the file is not a usable checkpoint, its model config is unknown to this version,
         or its weights do not fit the model its config describes.
     """
-    return trained_model_from(read_checkpoint(path, what=Path(path).name), path, device=device)
-
-
-def trained_model_from(data: dict[str, Any], path: Path, *,
-                       device: torch.device | str = "cpu") -> TrainedModel:
-    """:func:`load_model` on a payload already read from ``path`` (named in its errors), for
-    a caller that rewrites the file afterwards and so needs the payload too."""
+    data = read_checkpoint(path, what=Path(path).name)
     try:
-        # a model.pth from before model.decoder_norm / latent_frames / pitch_candidates existed
-        # has GroupNorm in its decoder, one latent vector per clip and no pitch comb
-        config = ModelConfig(**{"decoder_norm": "group", "latent_frames": 0,
-                                "pitch_candidates": 0, **data["model_config"]})
+        config = ModelConfig(**data["model_config"])
         spec = SpectrogramSpec.from_dict(data["spec"])
         if problems := config._check():
             raise ConfigError("; ".join(problems))

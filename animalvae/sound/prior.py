@@ -37,15 +37,11 @@ from torch import Tensor
 from ..config import TrainConfig
 
 __all__ = ["fit_gmm", "fit_kde", "fit_prior", "spread_components", "mixture_centres",
-           "per_label", "sample_prior", "PRIOR", "SPREAD"]
+           "per_label", "sample_prior"]
 
-#: The key of the mixture in a sampler's payload (and in a previous-format ``model.pth``).
-PRIOR = "prior"
-#: The key of the per-group fitted spread (inside the prior in the previous format).
-SPREAD = "spread"
 _REG_COVAR = 1e-3   # added to each variance: keeps a component of near-identical codes sane
 #: At most this many kernels per group (a seeded random choice of its codes), so that
-#: ``model.pth`` stays small on a large dataset: 512 codes of 256 values, means and variances,
+#: ``sampler.pth`` stays small on a large dataset: 512 codes of 256 values, means and variances,
 #: are 1 MiB per group.
 MAX_KERNELS = 512
 

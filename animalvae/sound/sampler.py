@@ -17,9 +17,17 @@ and evaluate finish the decoder's output the same way:
 
 The fit depends on the settings :func:`fit_settings` lists; when the config in effect
 differs from those in ``sampler.pth``, :func:`load_sampler` fits it again (one line says
-so) and saves it, or refuses when the training clips it needs are gone. A ``model.pth`` of
-the previous format, with the prior and the texture inside it, is read through
-:func:`upgrade_legacy`.
+so) and saves it, or refuses when the training clips it needs are gone.
+
+``sampler.pth`` is plain data tagged ``format: animalvae.sampler/<version>``
+(:mod:`animalvae.training.file_format`). Version 2, written now: ``settings`` (exactly
+:func:`fit_settings` of the config it was fit under; ``{"legacy": True}`` for a sampler carried
+over from a version-1 ``model.pth``, whose settings were not kept), ``prior``, ``spread`` and
+``texture`` (the :class:`Sampler` attributes). Version 1 was the same, except that its settings
+always held ``generate.spread``, a number included, which a fit does not depend on.
+:func:`upgrade_sampler` is the one function that knows this; a run folder without
+``sampler.pth`` whose ``model.pth`` held the sampler (version 1) uses the one that
+:func:`animalvae.sound.model.upgrade_checkpoint` carried over, as it is.
 """
 
 from __future__ import annotations
@@ -37,19 +45,27 @@ from ..config import Config
 from ..device import device_of
 from ..errors import ConfigError
 from ..training.checkpoint import save_checkpoint
-from ..training.dataset import SpectrogramSet, first_per_group, iter_batches, read_split, require_sources
+from ..training.dataset import (
+    SpectrogramSet,
+    first_per_group,
+    iter_batches,
+    read_split,
+    require_sources,
+)
+from ..training.file_format import format_tag, read_payload, require_keys, upgrade
+from ..training.run_folder import MODEL, SAMPLER
 from .model import VAE, TrainedModel, read_checkpoint
 from .prior import fit_prior, per_label, sample_prior
-from ..training.run_folder import MODEL, SAMPLER
 from .texture import TextureFit, add_texture, texture_tables
 
 __all__ = ["Sampler", "fit_settings", "fit_sampler", "save_sampler", "load_sampler",
-           "refit_sampler", "upgrade_legacy", "restore_peak", "FORMAT", "MAX_CLIPS"]
+           "refit_sampler", "upgrade_sampler", "restore_peak", "FORMAT", "VERSION", "MAX_CLIPS"]
 
 log = logging.getLogger(__name__)
 
-#: The format tag of ``sampler.pth``; it changes when the format does.
-FORMAT = "animalvae.sampler/1"
+#: The version of ``sampler.pth`` this module writes (module docstring).
+VERSION = 2
+FORMAT = format_tag("sampler", VERSION)
 #: Training clips per group the texture and the spread are fit on: a 16 x 16 table per group
 #: needs far fewer pixels than that many clips hold, and a large dataset should not wait on
 #: the decoding.
@@ -280,21 +296,25 @@ def refit_sampler(config: Config, run_dir: Path, trained: TrainedModel) -> Sampl
     return sampler
 
 
-def upgrade_legacy(payload: dict[str, Any]) -> dict[str, Any] | None:
-    """A ``sampler.pth`` payload from a ``model.pth`` of the previous format, which held the
-    prior (with its spread inside it) and the texture itself; None when it holds neither.
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: ``generate.spread`` stays in the settings only when it was ``fit``."""
+    settings = dict(data.get("settings") or {})
+    if settings.get("generate.spread", "fit") != "fit":
+        del settings["generate.spread"]
+    data["settings"] = settings
+    return data
 
-    Its settings are marked ``legacy``: they were those of the training run, which the file
-    does not keep apart, so :func:`load_sampler` uses it as it is until ``vae.py
-    fit-sampler`` replaces it.
+
+def upgrade_sampler(data: Any, path: Path) -> dict[str, Any]:
+    """A ``sampler.pth`` payload of any version brought to the current one (module docstring).
+
+    Raises a one-line ConfigError naming ``path`` for something that is not such a payload, a
+    version newer than this code's, or one too old to upgrade.
     """
-    prior, texture = payload.get("prior"), payload.get("texture")
-    if prior is None and texture is None:
-        return None
-    prior = dict(prior) if isinstance(prior, dict) else prior
-    spread = prior.pop("spread", None) if isinstance(prior, dict) else None
-    return {"format": FORMAT, "settings": {"legacy": True}, "prior": prior, "spread": spread,
-            "texture": texture}
+    data = upgrade(data, kind="sampler", current=VERSION, steps={1: _from_version_1},
+                   path=path, what=SAMPLER)
+    require_keys(data, ("settings",), path=path, what=SAMPLER)
+    return data
 
 
 def load_sampler(config: Config, run_dir: Path, trained: TrainedModel) -> Sampler:
@@ -308,12 +328,14 @@ def load_sampler(config: Config, run_dir: Path, trained: TrainedModel) -> Sample
     """
     path = Path(run_dir) / SAMPLER
     if path.is_file():
-        data = read_checkpoint(path, what=SAMPLER, fmt=FORMAT, keys=("settings",))
+        data = upgrade_sampler(read_payload(path, what=SAMPLER), path)
     else:
-        data = upgrade_legacy(read_checkpoint(Path(run_dir) / MODEL))
+        model_path = Path(run_dir) / MODEL
+        data = read_checkpoint(model_path).get("sampler")
         if data is not None:
+            data = upgrade_sampler(data, model_path)
             log.info("%s holds the sampler of an earlier version (prior and texture inside "
-                     "model.pth): using it as it is", Path(run_dir) / MODEL)
+                     "model.pth): using it as it is", model_path)
     sampler = Sampler.from_payload(data, trained.model, path) if data is not None else None
     wanted = fit_settings(config)
     # a sampler fit with more (a spread fit) serves a request that needs less (a number)
