@@ -44,11 +44,11 @@ def row(name: str, x: torch.Tensor) -> str:
 def profile(run: Path, config_sets: list[str], *, clips: int, samples: int) -> list[str]:
     """The table rows of one run folder (module docstring)."""
     from animalvae.config import load_config
-    from animalvae.spectrogram import Spectrogram, to_audio
-    from animalvae.training.dataset import SpectrogramSet, read_split
     from animalvae.sound.generate import load_run
     from animalvae.sound.sampler import restore_peak
     from animalvae.sound.texture import add_texture
+    from animalvae.spectrogram import Spectrogram, to_audio
+    from animalvae.training.dataset import SpectrogramSet, read_split
 
     config = load_config(ROOT / "config.yaml", overrides=config_sets)
     gc = config.generate

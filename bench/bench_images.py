@@ -41,11 +41,11 @@ def _measure(config_path: str, kind: str) -> dict:
     import torch
 
     from animalvae.config import ModelConfig, load_config
+    from animalvae.image.model import SoundImageVAE
+    from animalvae.image.train import pair_loss
     from animalvae.sound.losses import ReconstructionLoss
     from animalvae.sound.model import VAE
-    from animalvae.image.model import SoundImageVAE
     from animalvae.sound.train import vae_loss
-    from animalvae.image.train import pair_loss
 
     config = load_config(ROOT / config_path)
     si, f = config.sound_image, config.features

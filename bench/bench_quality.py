@@ -271,8 +271,8 @@ def draw(run_dir: Path, path: Path, per_group: int = 3) -> None:
 
     from animalvae.config import load_config
     from animalvae.plots import show_spectrogram
-    from animalvae.training.dataset import read_array, read_split
     from animalvae.sound.generate import load_run
+    from animalvae.training.dataset import read_array, read_split
 
     config = load_config(ROOT / "config.yaml")
     trained, sampler = load_run(config, run_dir)
@@ -368,7 +368,8 @@ def section(data: str, results: dict[str, dict[str, float]],
         f"{split} (10 % of each group held out); a variant that changes only the prior or "
         "generation reuses the defaults' weights (`vae.py fit-sampler` for its sampler). Figures "
         "from `metrics.json` "
-        "(`animalvae/evaluation/quality.py`): accuracy of a log-mel-statistics classifier fit on the "
+        "(`animalvae/evaluation/quality.py`): accuracy of a log-mel-statistics classifier fit on "
+        "the "
         "run's real training clips, on real held-out clips (the ceiling), on "
         f"{samples_per_group} samples per group and on reconstructions of the "
         "held-out clips; diversity, nearest-training ratio and sharpness relative to real "

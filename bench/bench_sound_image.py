@@ -122,9 +122,9 @@ def _photo_metrics(run: Path, *, per_group: int) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from animalvae.images import square_resize
     from animalvae.evaluation.image_quality import edge_strength
     from animalvae.image.model import load_pairs_model
+    from animalvae.images import square_resize
 
     model = load_pairs_model(run / "images" / "model.pth").model
     size = model.image_size

@@ -44,15 +44,15 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from animalvae.config import ModelConfig, load_config  # noqa: E402
+from animalvae.sound.losses import ReconstructionLoss  # noqa: E402
+from animalvae.sound.model import VAE  # noqa: E402
+from animalvae.sound.train import pitch_term, vae_loss  # noqa: E402
 from animalvae.spectrogram import (  # noqa: E402
     InverseSpectrogram,
     Spectrogram,
     SpectrogramSpec,
     spectral_convergence,
 )
-from animalvae.sound.losses import ReconstructionLoss  # noqa: E402
-from animalvae.sound.model import VAE  # noqa: E402
-from animalvae.sound.train import pitch_term, vae_loss  # noqa: E402
 
 ORIGINAL_SECONDS = 64 * 512 / 48000  # 64 frames, hop 512, 48 kHz
 ROUNDS = 3

@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT))
 from animalvae import panns  # noqa: E402
 from animalvae.cnn14 import Cnn14Detector  # noqa: E402
 from animalvae.config import ModelConfig, TrainConfig  # noqa: E402
-from animalvae.spectrogram import InverseSpectrogram, Spectrogram, SpectrogramSpec, save_spec  # noqa: E402
 from animalvae.sound.losses import ReconstructionLoss  # noqa: E402
 from animalvae.sound.model import VAE  # noqa: E402
 from animalvae.sound.train import pitch_term, vae_loss  # noqa: E402
+from animalvae.spectrogram import InverseSpectrogram, Spectrogram, SpectrogramSpec, save_spec  # noqa: E402
 
 
 def timed(fn: Callable[[], object], *, device: torch.device, repeats: int) -> float:

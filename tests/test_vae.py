@@ -21,13 +21,13 @@ import torch
 import vae
 from animalvae.config import ModelConfig, load_config
 from animalvae.errors import ConfigError
+from animalvae.sound import train as train_mod
+from animalvae.sound.losses import ReconstructionLoss
+from animalvae.sound.model import VAE, kl_divergence, load_model
 from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import Item
 from animalvae.training import dataset as dataset_mod
-from animalvae.sound import train as train_mod
 from animalvae.training import loop
-from animalvae.sound.losses import ReconstructionLoss
-from animalvae.sound.model import VAE, kl_divergence, load_model
 
 SPEC = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64, n_frames=32)
 BANDS = {"birds": slice(40, 56), "dogs": slice(4, 16)}   # rows that are bright, per group

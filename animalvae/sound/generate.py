@@ -7,9 +7,9 @@ run's sampler (``sampler.pth``, :mod:`animalvae.sound.sampler`); the config supp
 ``train.device``. Decoded spectrograms go back to sound with
 :class:`~animalvae.spectrogram.InverseSpectrogram` (fast Griffin-Lim, batched, on the model's
 device), are peak-normalised to -1 dBFS and written as 16-bit WAV at the spec's sample rate,
-each with a PNG of its spectrogram; ``index.html`` (:mod:`animalvae.evaluation.gallery`) is rebuilt after
-every command. Held-out files are the ``val`` rows of the run's ``split.csv``, never training
-files.
+each with a PNG of its spectrogram; ``index.html`` (:mod:`animalvae.evaluation.gallery`) is
+rebuilt after every command. Held-out files are the ``val`` rows of the run's ``split.csv``,
+never training files.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import Tensor
 from ..config import Config
 from ..device import device_of, pick_device
 from ..errors import ConfigError, ItemFailed, ItemSkipped
+from ..evaluation.gallery import write_gallery
 from ..segments import load_segment
 from ..spectrogram import (
     NORMALIZER,
@@ -49,9 +50,8 @@ from ..training.dataset import (
     read_split,
     require_sources,
 )
-from ..evaluation.gallery import write_gallery
-from .model import VAE, TrainedModel, kl_divergence, load_model
 from ..training.run_folder import EVALUATION, MODEL, SAMPLES, SPLIT
+from .model import VAE, TrainedModel, kl_divergence, load_model
 from .sampler import Sampler, load_sampler
 
 __all__ = ["generate", "reconstruct", "interpolate", "evaluate", "write_sample",

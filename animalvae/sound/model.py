@@ -78,8 +78,7 @@ from .harmonic import PitchHead, add_comb, comb_correlation, expected_comb, harm
 
 __all__ = ["Encoder", "Decoder", "VAE", "DownBlock", "UpBlock", "Reconstruction", "TrainedModel",
            "FORMAT", "VERSION", "build_model", "reparameterize", "kl_divergence",
-           "checkpoint_payload", "upgrade_checkpoint", "read_checkpoint", "load_model",
-           "trained_model_from"]
+           "checkpoint_payload", "upgrade_checkpoint", "read_checkpoint", "load_model"]
 
 #: The version of ``model.pth``/``last.pth`` this module writes (module docstring).
 VERSION = 2

@@ -10,11 +10,11 @@ like the group.
 :func:`fit_spread` starts every group at :data:`MIN_SPREAD`, which undoes the pull on
 variety (measured over five trainings, docs/benchmarks.md "spread, five seeds"), and raises a
 group's spread, up to :data:`MAX_SPREAD`, until its samples, sent through Griffin-Lim and
-compared on the log-mel statistics of :mod:`animalvae.evaluation.quality`, are as new as a real clip
-is: as far from their nearest training clip as each training clip is from its nearest other
-one (:func:`~animalvae.evaluation.quality.nearest_ratio` >= 1). A group whose decoder pulls its codes
-together hardest (near-copies of its training clips) gets the most; the others keep the
-smallest, which keeps their samples most typical of the group.
+compared on the log-mel statistics of :mod:`animalvae.evaluation.quality`, are as new as a real
+clip is: as far from their nearest training clip as each training clip is from its nearest
+other one (:func:`~animalvae.evaluation.quality.nearest_ratio` >= 1). A group whose decoder
+pulls its codes together hardest (near-copies of its training clips) gets the most; the others
+keep the smallest, which keeps their samples most typical of the group.
 
 It runs after the prior is fit, as the last part of the sampler's fit
 (:mod:`animalvae.sound.sampler`), and is stored beside the prior, ``(G,)``;
@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from ..config import Config
+from ..evaluation.quality import logmel_stats, nearest_ratio
 from ..spectrogram import SpectrogramSpec, to_audio
 from ..training.dataset import SpectrogramSet, iter_batches
-from ..evaluation.quality import logmel_stats, nearest_ratio
 
 __all__ = ["SPREADS", "MIN_SPREAD", "MAX_SPREAD", "smallest_meeting", "fit_spread"]
 
