@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import re
@@ -27,10 +28,13 @@ import yaml
 from .errors import ConfigError
 from .vggsound import ALL_ANIMALS, ANIMAL_LABELS
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "Config", "PathsConfig", "DownloadConfig", "ExtractConfig", "DetectConfig",
     "FeaturesConfig", "ModelConfig", "TrainConfig", "GenerateConfig", "SoundImageConfig",
-    "load_config", "apply_overrides", "config_to_dict", "DEFAULT_CONFIG",
+    "load_config", "apply_overrides", "config_to_dict", "current_keys", "DEFAULT_CONFIG",
+    "REMOVED_KEYS", "RENAMED_KEYS",
 ]
 
 #: The repository's documented config, used when a script gets no ``--config``.
@@ -231,8 +235,6 @@ class FeaturesConfig:
     top_db: float = 80.0            # dB range kept below the clip peak, scaled to [0, 1]
     dtype: Literal["float16", "float32"] = "float16"  # .npy storage type
     pad: Literal["zeros", "repeat"] = "zeros"  # segments shorter than 3 s: silence | looped
-    griffin_lim_iters: int = 32     # for --check
-    momentum: float = 0.99          # fast Griffin-Lim momentum
     batch_size: int = 32            # segments per batched transform on a GPU (CPU: 4)
     workers: int = 0                # threads: read, resample, transform, write; 0 = one per core
     device: str = "auto"            # transforms and --check: auto | cpu | cuda | cuda:N | mps
@@ -260,9 +262,6 @@ class FeaturesConfig:
         if self.kind == "mel" and not _power_of_two(self.n_mels):
             problems.append(f"features.n_mels={self.n_mels} must be a power of two")
         _positive(problems, "features.top_db", self.top_db)
-        _positive(problems, "features.griffin_lim_iters", self.griffin_lim_iters)
-        if not 0 <= self.momentum < 1:
-            problems.append(f"features.momentum={self.momentum} must be in [0, 1)")
         _positive(problems, "features.batch_size", self.batch_size)
         _positive(problems, "features.workers", self.workers, allow_zero=True)
         return problems
@@ -312,7 +311,6 @@ class TrainConfig:
     recon_loss: Literal["l1", "mse"] = "l1"
     beta: float = 1.0               # KL weight after warm-up; KL per pixel, so 1 = plain ELBO
     kl_warmup_epochs: int = 5       # beta rises linearly from 0 over these epochs
-    free_bits: float = 0.0          # nats per latent dimension not penalised; 0 = off
     spectral_weight: float = 1.0    # multi-resolution spectral convergence weight; 0 = off
     modulation_weight: float = 0.5  # modulation-spectrum distance weight; 0 = off
     pitch_weight: float = 0.1       # weight of the pitch head's cross-entropy
@@ -320,9 +318,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     max_steps: int = 0              # stop after this many optimiser steps; 0 = no limit
-    prior: Literal["kde", "gmm", "none"] = "kde"  # how the codes are fit for generate
-    prior_bandwidth: float = 0.75   # kde: kernel spread, times the group's spread of codes
-    prior_components: int = 16      # gmm: mixture components per group
+    prior_fit: Literal["kde", "gmm", "none"] = "kde"  # the prior fit on the codes for generate
+    kde_bandwidth: float = 0.75     # kde: kernel spread, times the group's spread of codes
+    gmm_components: int = 16        # gmm: mixture components per group
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -336,17 +334,16 @@ class TrainConfig:
         _positive(problems, "train.grad_clip", self.grad_clip, allow_zero=True)
         _positive(problems, "train.beta", self.beta, allow_zero=True)
         _positive(problems, "train.kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
-        _positive(problems, "train.free_bits", self.free_bits, allow_zero=True)
         _positive(problems, "train.spectral_weight", self.spectral_weight, allow_zero=True)
         _positive(problems, "train.modulation_weight", self.modulation_weight, allow_zero=True)
         _positive(problems, "train.pitch_weight", self.pitch_weight, allow_zero=True)
         if not 0 < self.val_fraction < 1:
             problems.append(f"train.val_fraction={self.val_fraction} must be in (0, 1)")
         _positive(problems, "train.max_steps", self.max_steps, allow_zero=True)
-        _positive(problems, "train.prior_bandwidth", self.prior_bandwidth)
-        if self.prior_components < 1:
-            problems.append(f"train.prior_components={self.prior_components} must be > 0 "
-                            "(train.prior: none stores no prior)")
+        _positive(problems, "train.kde_bandwidth", self.kde_bandwidth)
+        if self.gmm_components < 1:
+            problems.append(f"train.gmm_components={self.gmm_components} must be > 0 "
+                            "(train.prior_fit: none stores no prior)")
         return problems
 
 
@@ -355,31 +352,26 @@ class GenerateConfig:
     """Stage 5: sampling new sounds from a trained run."""
 
     count: int = 4                  # samples per group
-    temperature: float = 1.0        # scales the prior's standard deviation
+    sample_temperature: float = 1.0  # scales the prior's standard deviation
     spread: float | Literal["fit"] = "fit"  # per group, fit after training; or one number
-    prior: Literal["mixture", "normal"] = "mixture"  # the fit mixture per group, or N(0, I)
+    sample_prior: Literal["mixture", "normal"] = "mixture"  # the fit prior per group, or N(0, I)
     restore_peak: bool = True       # decoded spectrograms divided by their maximum (peak 1)
-    pitch_temperature: float = 2.0  # the comb's pitch temperature in samples from the prior
-    texture: float = 1.0            # scales the fitted texture noise (vae/texture.py); 0 = off
-    griffin_lim_iters: int = 64
-    momentum: float = 0.99
-    seed: int = 0
+    sample_pitch_temperature: float = 2.0  # the comb's pitch temperature in samples
+    texture: float = 1.0            # scales the fitted texture noise (sound/texture.py); 0 = off
+    griffin_lim_iters: int = 64     # Griffin-Lim iterations per sample
+    seed: int = 0                   # latent samples, texture noise, Griffin-Lim's phases
     eval_samples: int = 50          # samples per group that vae.py evaluate judges
-    eval_real_per_group: int = 200  # real training clips per group the judge is fit on
 
     def _check(self) -> list[str]:
         problems: list[str] = []
         _positive(problems, "generate.count", self.count)
-        _positive(problems, "generate.temperature", self.temperature)
+        _positive(problems, "generate.sample_temperature", self.sample_temperature)
         if self.spread != "fit":
             _positive(problems, "generate.spread", self.spread)
-        _positive(problems, "generate.pitch_temperature", self.pitch_temperature)
+        _positive(problems, "generate.sample_pitch_temperature", self.sample_pitch_temperature)
         _positive(problems, "generate.texture", self.texture, allow_zero=True)
         _positive(problems, "generate.griffin_lim_iters", self.griffin_lim_iters)
         _positive(problems, "generate.eval_samples", self.eval_samples)
-        _positive(problems, "generate.eval_real_per_group", self.eval_real_per_group)
-        if not 0 <= self.momentum < 1:
-            problems.append(f"generate.momentum={self.momentum} must be in [0, 1)")
         return problems
 
 
@@ -402,10 +394,9 @@ class SoundImageConfig:
     image_weight: float = 1.0       # weight of the image reconstruction against the sound's
     edge_weight: float = 1.0        # weight of the edge term of the image loss (0 = per-pixel only)
     count: int = 4                  # images per sound (sound-to-image), samples per group
-    temperature: float = 1.0        # scales the spread of the sampled z around the sound's code
+    draw_temperature: float = 1.0   # scales the spread of the sampled z around the sound's code
     draw: str = "residual"          # that spread: residual (what the sound leaves open, fit on
     #                                 the training pairs) | posterior (q(z | sound)'s own std)
-    candidates: int = 100           # retrieval: K candidate frames per validation sound
     threads: int = 0                # torch CPU threads while training; 0 = torch's default
 
     def _check(self) -> list[str]:
@@ -416,7 +407,7 @@ class SoundImageConfig:
             if not channels or any(c <= 0 for c in channels):
                 problems.append(f"sound_image.{key}={channels} must be a non-empty list of "
                                 "ints > 0")
-        for key in ("epochs", "batch_size", "lr", "count", "temperature", "candidates"):
+        for key in ("epochs", "batch_size", "lr", "count", "draw_temperature"):
             _positive(problems, f"sound_image.{key}", getattr(self, key))
         for key in ("beta", "kl_warmup_epochs", "image_weight", "edge_weight", "threads"):
             _positive(problems, f"sound_image.{key}", getattr(self, key), allow_zero=True)
@@ -606,10 +597,46 @@ def _resolve_path(value: str | Path, base: Path) -> Path:
 #: Keys of earlier releases that no longer exist, and why: a config that still sets one is told
 #: so instead of "unknown key".
 REMOVED_KEYS = {
-    f"train.{key}": "the adversarial phase was removed: it measured no better than the spectral "
-                    "loss alone (docs/benchmarks.md); delete the key"
-    for key in ("adversarial_epochs", "adversarial_lr", "adversarial_weight",
-                "feature_matching_weight", "discriminator_channels")}
+    **{f"train.{key}": "the adversarial phase was removed: it measured no better than the "
+                       "spectral loss alone (docs/benchmarks.md); delete the key"
+       for key in ("adversarial_epochs", "adversarial_lr", "adversarial_weight",
+                   "feature_matching_weight", "discriminator_channels")},
+    "features.momentum": "Griffin-Lim's momentum is fixed at 0.99 "
+                         "(animalvae.spectrogram.MOMENTUM); delete the key",
+    "generate.momentum": "Griffin-Lim's momentum is fixed at 0.99 "
+                         "(animalvae.spectrogram.MOMENTUM); delete the key",
+    "train.free_bits": "free bits were never used (0 = off was the only value run); delete "
+                       "the key",
+    "features.griffin_lim_iters": "--check runs a fixed 32 iterations, the count its expected "
+                                  "spectral convergence is measured at; delete the key",
+    "generate.eval_real_per_group": "vae.py evaluate fits its judge on a fixed 200 real clips "
+                                    "per group, so runs' figures compare; delete the key",
+    "sound_image.candidates": "retrieval ranks a fixed 100 candidate frames, so runs' figures "
+                              "compare; delete the key",
+}
+
+#: Keys of earlier releases under their present names, which say whose each setting is: a
+#: config that still uses an old name is read under the new one, with a warning naming it.
+RENAMED_KEYS = {
+    "train.prior": "train.prior_fit",
+    "train.prior_bandwidth": "train.kde_bandwidth",
+    "train.prior_components": "train.gmm_components",
+    "generate.prior": "generate.sample_prior",
+    "generate.temperature": "generate.sample_temperature",
+    "generate.pitch_temperature": "generate.sample_pitch_temperature",
+    "sound_image.temperature": "sound_image.draw_temperature",
+}
+
+
+def current_keys(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A section's ``values`` as an earlier release saved them (a checkpoint's settings) under
+    today's names: renamed keys take their new name, removed keys are dropped."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = RENAMED_KEYS.get(f"{section}.{key}", f"{section}.{key}")
+        if dotted not in REMOVED_KEYS:
+            out[dotted.split(".", 1)[1]] = value
+    return out
 
 
 def _build(cls: type, raw: Any, prefix: str, base: Path, problems: list[str]) -> Any:
@@ -627,6 +654,16 @@ def _build(cls: type, raw: Any, prefix: str, base: Path, problems: list[str]) ->
         if dotted in REMOVED_KEYS:
             problems.append(f"{dotted}: unknown key: {REMOVED_KEYS[dotted]}")
             continue
+        if dotted in RENAMED_KEYS:
+            new = RENAMED_KEYS[dotted]
+            key = new.rsplit(".", 1)[1]
+            if key in raw:
+                problems.append(f"{dotted}: the old name of {new}, which is set too: keep "
+                                f"{new} only")
+                continue
+            log.warning("config key %s is now called %s: rename it (read as %s this time)",
+                        dotted, new, new)
+            dotted = new
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""

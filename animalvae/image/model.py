@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, SoundImageConfig
+from ..config import ModelConfig, SoundImageConfig, current_keys
 from ..errors import ConfigError
 from ..spectrogram import SpectrogramSpec
 from ..sound.model import Decoder, Encoder, _Down, _Up, _versions, read_checkpoint
@@ -253,7 +253,7 @@ def load_pairs_model(path: Path, *, device: torch.device | str = "cpu") -> Train
                            keys=("model", "model_config", "spec", "shape", "image_size",
                                  "groups", "group_codes", "residuals", "config"))
     try:
-        config = SoundImageConfig(**data["model_config"])
+        config = SoundImageConfig(**current_keys("sound_image", data["model_config"]))
         spec = SpectrogramSpec.from_dict(data["spec"])
         model = SoundImageVAE(config, tuple(data["shape"]), int(data["image_size"]))
         model.load_state_dict(data["model"])

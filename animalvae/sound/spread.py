@@ -95,7 +95,7 @@ def fit_spread(draw: Callable[[Tensor, Tensor], Tensor], data: SpectrogramSet, c
     gc = config.generate
 
     def features(x: Tensor) -> np.ndarray:
-        waves = to_audio(x, spec, n_iter=GRIFFIN_LIM_ITERS, momentum=gc.momentum, seed=gc.seed)
+        waves = to_audio(x, spec, n_iter=GRIFFIN_LIM_ITERS, seed=gc.seed)
         return logmel_stats(waves.cpu().numpy(), spec.sample_rate)
 
     index = torch.nonzero(chosen).flatten()

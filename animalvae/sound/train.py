@@ -30,8 +30,7 @@ pitch comb (``model.pitch_candidates`` > 0), ``pitch`` is the cross-entropy of t
 pitch head, at the sampled code, against each frame's best-fitting comb
 (:func:`animalvae.sound.harmonic.pitch_loss`), times ``train.pitch_weight``. ``beta``
 rises linearly from 0 to ``train.beta`` over the first ``train.kl_warmup_epochs`` epochs (per
-step). With ``train.free_bits`` > 0 each latent dimension's batch-mean KL is penalised only
-above that many nats. ``metrics.csv`` logs ``recon`` and the unclipped ``kl`` separately; the
+step). ``metrics.csv`` logs ``recon`` and the unclipped ``kl`` separately; the
 validation loss (which picks ``model.pth``) always uses the full ``train.beta``.
 
 Learning rate: linear warm-up over ``train.warmup_steps``, then a cosine decay to a tenth of
@@ -108,12 +107,11 @@ class LossTerms:
 
     loss: Tensor    # recon (+ spectral and modulation terms) + beta * kl_penalised / n_pixels
     recon: Tensor   # per pixel
-    kl: Tensor      # nats per sample, before free bits
+    kl: Tensor      # nats per sample
 
 
 def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *,
-             reconstruction: ReconstructionLoss, beta: float,
-             free_bits: float = 0.0) -> LossTerms:
+             reconstruction: ReconstructionLoss, beta: float) -> LossTerms:
     """The VAE objective described in the module docstring.
 
     Parameters
@@ -125,15 +123,12 @@ def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *,
         ``modulation_weight``).
     beta : float
         KL weight, >= 0.
-    free_bits : float
-        Nats per latent dimension (batch mean) not penalised; 0 = off.
     """
     rec_loss, recon = reconstruction(x_hat, x)
     kl_dims = kl_divergence(mu, logvar)                   # (B, L)
     kl = kl_dims.sum(dim=1).mean()                        # nats per sample
-    penalised = kl_dims.mean(dim=0).clamp(min=free_bits).sum() if free_bits > 0 else kl
     n_pixels = x[0].numel()
-    return LossTerms(rec_loss + beta * penalised / n_pixels, recon, kl)
+    return LossTerms(rec_loss + beta * kl / n_pixels, recon, kl)
 
 
 def pitch_term(logits: Tensor | None, x: Tensor, combs: Tensor | None, *,
@@ -212,7 +207,7 @@ def _plot_losses(path: Path, rows: list[dict[str, float]]) -> None:
 def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistContext,
               reconstruction: ReconstructionLoss, beta: float, pitch_weight: float,
               seed: int) -> dict[str, float]:
-    """Mean recon, KL and loss (full beta, no free bits, plus ``pitch_weight`` times the pitch
+    """Mean recon, KL and loss (full beta, plus ``pitch_weight`` times the pitch
     term) over ``data``, on every rank.
 
     The reparameterisation noise comes from its own generator, seeded the same every time:
@@ -419,8 +414,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
                 # float32 on every device; on CUDA, cuDNN runs the convolutions in TF32
                 x, y = train_set.batch(idx[part], device)
                 x_hat, mu, logvar, logits = replicas(x, y, noise=noise[part], pitch_logits=True)
-                terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta,
-                                 free_bits=tc.free_bits)
+                terms = vae_loss(x_hat, x, mu, logvar, reconstruction=reconstruction, beta=beta)
                 terms.loss = terms.loss + pitch_term(logits, x, model.decoder.combs,
                                                      weight=pitch_weight)
                 # the step's one CPU-GPU sync: the batch means over all ranks, logged and
