@@ -32,13 +32,14 @@ Inverse: ``x`` -> ``S`` as above -> (mel: the minimum-norm least-squares solutio
 computed with a pseudo-inverse that cuts singular values below 1e-6 of the largest, because
 this filterbank is rank-deficient at low frequencies and the lstsq drivers then fail or blow
 up) -> the Nyquist bin re-added as 0 and the dropped last frame re-added as a copy of the
-frame before it -> :func:`torchaudio.functional.griffinlim` (fast Griffin-Lim, momentum 0.99,
-``n_fft`` passed explicitly) -> ``n_samples`` samples.
+frame before it -> :func:`torchaudio.functional.griffinlim` (fast Griffin-Lim, momentum
+:data:`MOMENTUM`, ``n_fft`` passed explicitly) -> ``n_samples`` samples.
 
-Round trip (stored float16 array -> 32 iterations -> STFT vs the original's, both with the
-peak at 0 dB): median spectral convergence about 0.07 on generated harmonic calls with vibrato
-and noise, about 0.10 on fast FM chirps; ``kind="mel"`` about 0.28 (the mel bands above
-~1 kHz merge many STFT bins, and that detail does not come back).
+Round trip (stored float16 array -> Griffin-Lim -> STFT vs the original's, both with the peak
+at 0 dB): ``tests/test_spectrogram.py`` bounds its spectral convergence, and
+``preprocess_audio_vae.py --check`` reports it on the user's data (docs/quality.md, "Why the
+defaults are what they are", gives the figures). ``kind="mel"`` comes back less close: the mel
+bands above ~1 kHz merge many STFT bins, and that detail does not come back.
 
 Use in stage 5::
 

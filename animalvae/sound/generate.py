@@ -111,7 +111,7 @@ def write_sample(path: Path, y: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
 
 
 def _draw_spectrogram(path: Path, x: np.ndarray, spec: SpectrogramSpec) -> None:
-    """A small labelled picture of one spectrogram (400 x 240 px; about 50 ms on a CPU)."""
+    """A small labelled picture of one spectrogram (400 x 240 px, a fixed layout: quick)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     from ..plots import show_spectrogram

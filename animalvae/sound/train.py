@@ -30,8 +30,8 @@ pitch comb (``model.pitch_candidates`` > 0), ``pitch`` is the cross-entropy of t
 pitch head, at the sampled code, against each frame's best-fitting comb
 (:func:`animalvae.sound.harmonic.pitch_loss`), times ``train.pitch_weight``. ``beta``
 rises linearly from 0 to ``train.beta`` over the first ``train.kl_warmup_epochs`` epochs (per
-step). ``metrics.csv`` logs ``recon`` and the unclipped ``kl`` separately; the
-validation loss (which picks ``model.pth``) always uses the full ``train.beta``.
+step). ``metrics.csv`` logs ``recon`` and ``kl`` separately; the validation loss (which
+picks ``model.pth``) always uses the full ``train.beta``.
 
 Learning rate: linear warm-up over ``train.warmup_steps``, then a cosine decay to a tenth of
 ``train.lr`` at the end of ``train.epochs`` (a pure function of the step, as in nanoGPT;
@@ -105,7 +105,7 @@ class TrainingDiverged(AnimalVAEError):
 class LossTerms:
     """The objective and its two parts (0-d tensors, batch means)."""
 
-    loss: Tensor    # recon (+ spectral and modulation terms) + beta * kl_penalised / n_pixels
+    loss: Tensor    # recon (+ spectral and modulation terms) + beta * kl / n_pixels
     recon: Tensor   # per pixel
     kl: Tensor      # nats per sample
 
