@@ -672,7 +672,10 @@ def _build(cls: type, raw: Any, prefix: str, base: Path, problems: list[str]) ->
         kwargs[key] = _convert(value, hints[key], dotted, base, problems)
     defaults = cls()
     for name in names:
-        if name not in kwargs:
+        if name not in kwargs and dataclasses.is_dataclass(hints[name]):
+            # a section left out: its defaults, with their paths resolved like a file's
+            kwargs[name] = _build(hints[name], {}, name, base, problems)
+        elif name not in kwargs:
             default = getattr(defaults, name)
             # Default relative paths are relative to the config file too.
             if isinstance(default, Path):

@@ -51,6 +51,16 @@ def test_relative_paths_are_relative_to_the_config_file(write_config, tmp_path, 
     assert config.source == path
 
 
+def test_a_partial_config_gets_every_other_key_with_paths_relative_to_it(write_config,
+                                                                        tmp_path):
+    config = load_config(write_config("train:\n  epochs: 3\n"))
+    assert config.train.epochs == 3 and config.train.batch_size == Config().train.batch_size
+    assert config.paths.clips == tmp_path / "data" / "clips"
+    assert config.detect.checkpoint == Path(os.path.expanduser(Config().detect.checkpoint))
+    assert dataclasses.replace(config, paths=Config().paths, detect=Config().detect,
+                               train=Config().train) == Config()
+
+
 def test_unknown_key_suggests_the_closest(write_config):
     expected = r"train\.epoch: unknown key \(did you mean train\.epochs\?\)"
     with pytest.raises(ConfigError, match=expected):

@@ -263,7 +263,7 @@ def _mixture(config: Config) -> Config:
     """``config`` with ``generate.sample_prior: mixture``: the spread is fit on the prior's
     draws."""
     return dataclasses.replace(config, generate=dataclasses.replace(config.generate,
-                                                                    prior="mixture"))
+                                                                    sample_prior="mixture"))
 
 
 def save_sampler(run_dir: Path, sampler: Sampler) -> Path:
