@@ -119,13 +119,13 @@ def build_parser():
                         "(metrics.json quality.independent)")
     command("fit-sampler", "fit the sampler again, without training",
             "Fit what turns a code into a spectrogram to listen to on the run's training "
-            "clips under its weights: the prior over each group's codes (train.prior: kde, "
-            "with train.prior_bandwidth, or gmm, with train.prior_components; none: N(0, I)), "
+            "clips under its weights: the prior over each group's codes (train.prior_fit: kde, "
+            "with train.kde_bandwidth, or gmm, with train.gmm_components; none: N(0, I)), "
             "each group's spread (generate.spread: fit) and the texture noise; writes "
             "sampler.pth beside model.pth with the settings it was fit under. Training does "
             "this at its end, and generate, reconstruct, interpolate and evaluate do it "
             "themselves (with a notice) when those settings changed. E.g. "
-            "vae.py fit-sampler --set train.prior_bandwidth=0.5.")
+            "vae.py fit-sampler --set train.kde_bandwidth=0.5.")
     _image_commands(command)
     return p
 

@@ -6,13 +6,14 @@ key, by raising :class:`~animalvae.errors.ConfigError`. Relative paths in the fi
 against the file's folder, so a config works from any working directory.
 
 Each section's defaults here equal the values in the repository's ``config.yaml`` (a test
-checks it); ``config.yaml`` is where every key is documented for users.
+checks it); ``config.yaml`` documents every key, once, so the fields here carry no comments.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import re
@@ -27,10 +28,13 @@ import yaml
 from .errors import ConfigError
 from .vggsound import ALL_ANIMALS, ANIMAL_LABELS
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "Config", "PathsConfig", "DownloadConfig", "ExtractConfig", "DetectConfig",
     "FeaturesConfig", "ModelConfig", "TrainConfig", "GenerateConfig", "SoundImageConfig",
-    "load_config", "apply_overrides", "config_to_dict", "DEFAULT_CONFIG",
+    "load_config", "apply_overrides", "config_to_dict", "current_keys", "DEFAULT_CONFIG",
+    "REMOVED_KEYS", "RENAMED_KEYS",
 ]
 
 #: The repository's documented config, used when a script gets no ``--config``.
@@ -55,12 +59,12 @@ def _power_of_two(n: int) -> bool:
 class PathsConfig:
     """Where each stage reads and writes (relative paths: relative to the config file)."""
 
-    vggsound_csv: Path = Path("data/vggsound.csv")  # stage 1 input
-    clips: Path = Path("data/clips")                # stage 1 output: <group>/<id>.mp4
-    audio: Path = Path("data/audio")                # stage 2 output: <group>/<id>.wav
-    detections: Path = Path("data/detections")      # stage 3 output: segments/, frames/
-    spectrograms: Path = Path("data/spectrograms")  # stage 4 output: <group>/<id>.npy
-    runs: Path = Path("runs")                       # stage 5: runs/<train.name>/
+    vggsound_csv: Path = Path("data/vggsound.csv")
+    clips: Path = Path("data/clips")
+    audio: Path = Path("data/audio")
+    detections: Path = Path("data/detections")
+    spectrograms: Path = Path("data/spectrograms")
+    runs: Path = Path("runs")
 
     def _check(self) -> list[str]:
         return []
@@ -86,18 +90,18 @@ class DownloadConfig:
     classes: dict[str, list[str]] = field(default_factory=lambda: {
         k: list(v) for k, v in DEFAULT_CLASSES.items()})
     splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["train", "test"])
-    max_per_class: int = 0          # rows per VGGSound label; 0 = all
-    seed: int = 0                   # shuffles the download order
+    max_per_class: int = 0
+    seed: int = 0
     url_template: str = "https://www.youtube.com/watch?v={ytid}"
-    clip_seconds: float = 10.0      # VGGSound clips are [start, start + 10 s]
-    max_height: int = 360           # video height cap, pixels
-    workers: int = 4                # download threads; 0 = one per CPU core
-    retries: int = 3                # extra tries for transient errors (429, 5xx, timeouts)
-    backoff_s: float = 2.0          # first retry delay; doubles each try, with jitter
-    pause_s: float = 0.0            # pause between requests per thread
+    clip_seconds: float = 10.0
+    max_height: int = 360
+    workers: int = 4
+    retries: int = 3
+    backoff_s: float = 2.0
+    pause_s: float = 0.0
     socket_timeout_s: float = 30.0
     cookies_file: Path | None = None
-    max_consecutive_rate_limits: int = 10  # stop early after this many 429s/bot checks in a row
+    max_consecutive_rate_limits: int = 10
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -147,11 +151,11 @@ class DownloadConfig:
 class ExtractConfig:
     """Stage 2: how clips become mono WAV files."""
 
-    sample_rate: int = 32000        # Hz; PANNs' rate, so nothing resamples later
-    min_seconds: float = 1.0        # shorter audio fails as "too short"
-    silence_dbfs: float = -60.0     # RMS below this (dBFS) is skipped as silent
-    extra_audio_dirs: list[Path] = field(default_factory=list)  # <dir>/<group>/*.wav|mp3|...
-    workers: int = 0                # processes; 0 = one per CPU core
+    sample_rate: int = 32000
+    min_seconds: float = 1.0
+    silence_dbfs: float = -60.0
+    extra_audio_dirs: list[Path] = field(default_factory=list)
+    workers: int = 0
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -170,16 +174,14 @@ class ExtractConfig:
 class DetectConfig:
     """Stage 3: which 3 s window is the animal, and which frame shows it."""
 
-    backend: Literal["panns", "energy"] = "panns"   # energy: model-free, not animal-aware
+    backend: Literal["panns", "energy"] = "panns"
     checkpoint: Path = Path("~/panns_data/Cnn14_DecisionLevelMax_mAP=0.385.pth")
-    device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
-    batch_size: int = 8             # clips per model forward
-    segment_seconds: float = 3.0    # window length
-    max_seconds: float = 60.0       # longer inputs: only their first max_seconds are scored
-    pad: Literal["zeros", "repeat"] = "zeros"  # clips shorter than the window
-    min_score: float = 0.1          # best window mean score below this: skipped
-    # AudioSet classes (name or index) whose max is a frame's animal score, per group;
-    # "*" applies to groups not listed.
+    device: str = "auto"
+    batch_size: int = 8
+    segment_seconds: float = 3.0
+    max_seconds: float = 60.0
+    pad: Literal["zeros", "repeat"] = "zeros"
+    min_score: float = 0.1
     audioset_classes: dict[str, list[str | int]] = field(default_factory=lambda: {
         "dogs": ["Dog", "Bark", "Yip", "Howl", "Bow-wow", "Growling", "Whimper (dog)",
                  "Canidae, dogs, wolves"],
@@ -188,10 +190,10 @@ class DetectConfig:
                   "Pigeon, dove", "Coo", "Crow", "Caw", "Owl", "Hoot"],
         "*": list(range(72, 137)),
     })
-    frame_min_mean: float = 12.0    # a frame darker than this (0-255 mean) counts as blank
-    frame_min_std: float = 4.0      # ... or flatter than this (std of pixel values)
+    frame_min_mean: float = 12.0
+    frame_min_std: float = 4.0
     jpeg_quality: int = 92
-    workers: int = 0                # I/O threads (read + resample, write); 0 = one per core
+    workers: int = 0
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -223,21 +225,19 @@ class DetectConfig:
 class FeaturesConfig:
     """Stage 4: the invertible spectrogram representation (sample rate comes from extract)."""
 
-    kind: Literal["stft", "mel"] = "stft"  # stft: log-magnitude STFT; mel: log-mel
-    n_fft: int = 1024               # samples; the top bin is dropped -> n_fft // 2 bins
-    hop_length: int = 375           # samples; 3 s at 32 kHz -> 256 frames
-    n_mels: int = 128               # mel bins (kind: mel)
-    n_frames: int = 256             # time frames per spectrogram (power of two)
-    top_db: float = 80.0            # dB range kept below the clip peak, scaled to [0, 1]
-    dtype: Literal["float16", "float32"] = "float16"  # .npy storage type
-    pad: Literal["zeros", "repeat"] = "zeros"  # segments shorter than 3 s: silence | looped
-    griffin_lim_iters: int = 32     # for --check
-    momentum: float = 0.99          # fast Griffin-Lim momentum
-    batch_size: int = 32            # segments per batched transform on a GPU (CPU: 4)
-    workers: int = 0                # threads: read, resample, transform, write; 0 = one per core
-    device: str = "auto"            # transforms and --check: auto | cpu | cuda | cuda:N | mps
-    image_size: int = 64            # px: frames are centre-cropped and resized to this square
-    extra_image_dirs: list[Path] = field(default_factory=list)  # <dir>/<group>/*.jpg|png: unpaired
+    kind: Literal["stft", "mel"] = "stft"
+    n_fft: int = 1024
+    hop_length: int = 375
+    n_mels: int = 128
+    n_frames: int = 256
+    top_db: float = 80.0
+    dtype: Literal["float16", "float32"] = "float16"
+    pad: Literal["zeros", "repeat"] = "zeros"
+    batch_size: int = 32
+    workers: int = 0
+    device: str = "auto"
+    image_size: int = 64
+    extra_image_dirs: list[Path] = field(default_factory=list)
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -260,9 +260,6 @@ class FeaturesConfig:
         if self.kind == "mel" and not _power_of_two(self.n_mels):
             problems.append(f"features.n_mels={self.n_mels} must be a power of two")
         _positive(problems, "features.top_db", self.top_db)
-        _positive(problems, "features.griffin_lim_iters", self.griffin_lim_iters)
-        if not 0 <= self.momentum < 1:
-            problems.append(f"features.momentum={self.momentum} must be in [0, 1)")
         _positive(problems, "features.batch_size", self.batch_size)
         _positive(problems, "features.workers", self.workers, allow_zero=True)
         return problems
@@ -272,14 +269,14 @@ class FeaturesConfig:
 class ModelConfig:
     """Stage 5: the convolutional VAE."""
 
-    latent_dim: int = 512           # size of z
-    channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])  # stride-2 convs
-    conditional: bool = True        # label embedding into encoder and decoder
-    embed_dim: int = 16             # size of the group embedding
-    decoder_norm: Literal["group", "channel"] = "group"  # GroupNorm | per position over channels
-    latent_frames: int = 32         # time positions of z, latent_dim / latent_frames values each
-    pitch_candidates: int = 240     # harmonic spacings of the comb output; 0 = off
-    pitch_temperature: float = 0.5  # softmax temperature of the pitch drawn: < 1 = its likeliest
+    latent_dim: int = 512
+    channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])
+    conditional: bool = True
+    embed_dim: int = 16
+    decoder_norm: Literal["group", "channel"] = "group"
+    latent_frames: int = 32
+    pitch_candidates: int = 240
+    pitch_temperature: float = 0.5
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -302,27 +299,26 @@ class ModelConfig:
 class TrainConfig:
     """Stage 5: the training run (written to ``paths.runs/<name>``)."""
 
-    name: str = "default"           # run folder name
+    name: str = "default"
     epochs: int = 25
     batch_size: int = 4
-    lr: float = 1e-3                # AdamW peak learning rate
+    lr: float = 1e-3
     weight_decay: float = 1e-4
-    warmup_steps: int = 100         # linear LR warm-up, then cosine decay
-    grad_clip: float = 1.0          # max gradient norm; 0 = off
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
     recon_loss: Literal["l1", "mse"] = "l1"
-    beta: float = 1.0               # KL weight after warm-up; KL per pixel, so 1 = plain ELBO
-    kl_warmup_epochs: int = 5       # beta rises linearly from 0 over these epochs
-    free_bits: float = 0.0          # nats per latent dimension not penalised; 0 = off
-    spectral_weight: float = 1.0    # multi-resolution spectral convergence weight; 0 = off
-    modulation_weight: float = 0.5  # modulation-spectrum distance weight; 0 = off
-    pitch_weight: float = 0.1       # weight of the pitch head's cross-entropy
-    val_fraction: float = 0.1       # held out per group, fixed by seed
+    beta: float = 1.0
+    kl_warmup_epochs: int = 5
+    spectral_weight: float = 1.0
+    modulation_weight: float = 0.5
+    pitch_weight: float = 0.1
+    val_fraction: float = 0.1
     seed: int = 0
-    device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
-    max_steps: int = 0              # stop after this many optimiser steps; 0 = no limit
-    prior: Literal["kde", "gmm", "none"] = "kde"  # how the codes are fit for generate
-    prior_bandwidth: float = 0.75   # kde: kernel spread, times the group's spread of codes
-    prior_components: int = 16      # gmm: mixture components per group
+    device: str = "auto"
+    max_steps: int = 0
+    prior_fit: Literal["kde", "gmm", "none"] = "kde"
+    kde_bandwidth: float = 0.75
+    gmm_components: int = 16
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -336,17 +332,16 @@ class TrainConfig:
         _positive(problems, "train.grad_clip", self.grad_clip, allow_zero=True)
         _positive(problems, "train.beta", self.beta, allow_zero=True)
         _positive(problems, "train.kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
-        _positive(problems, "train.free_bits", self.free_bits, allow_zero=True)
         _positive(problems, "train.spectral_weight", self.spectral_weight, allow_zero=True)
         _positive(problems, "train.modulation_weight", self.modulation_weight, allow_zero=True)
         _positive(problems, "train.pitch_weight", self.pitch_weight, allow_zero=True)
         if not 0 < self.val_fraction < 1:
             problems.append(f"train.val_fraction={self.val_fraction} must be in (0, 1)")
         _positive(problems, "train.max_steps", self.max_steps, allow_zero=True)
-        _positive(problems, "train.prior_bandwidth", self.prior_bandwidth)
-        if self.prior_components < 1:
-            problems.append(f"train.prior_components={self.prior_components} must be > 0 "
-                            "(train.prior: none stores no prior)")
+        _positive(problems, "train.kde_bandwidth", self.kde_bandwidth)
+        if self.gmm_components < 1:
+            problems.append(f"train.gmm_components={self.gmm_components} must be > 0 "
+                            "(train.prior_fit: none stores no prior)")
         return problems
 
 
@@ -354,32 +349,27 @@ class TrainConfig:
 class GenerateConfig:
     """Stage 5: sampling new sounds from a trained run."""
 
-    count: int = 4                  # samples per group
-    temperature: float = 1.0        # scales the prior's standard deviation
-    spread: float | Literal["fit"] = "fit"  # per group, fit after training; or one number
-    prior: Literal["mixture", "normal"] = "mixture"  # the fit mixture per group, or N(0, I)
-    restore_peak: bool = True       # decoded spectrograms divided by their maximum (peak 1)
-    pitch_temperature: float = 2.0  # the comb's pitch temperature in samples from the prior
-    texture: float = 1.0            # scales the fitted texture noise (vae/texture.py); 0 = off
+    count: int = 4
+    sample_temperature: float = 1.0
+    spread: float | Literal["fit"] = "fit"
+    sample_prior: Literal["mixture", "normal"] = "mixture"
+    restore_peak: bool = True
+    sample_pitch_temperature: float = 2.0
+    texture: float = 1.0
     griffin_lim_iters: int = 64
-    momentum: float = 0.99
     seed: int = 0
-    eval_samples: int = 50          # samples per group that vae.py evaluate judges
-    eval_real_per_group: int = 200  # real training clips per group the judge is fit on
+    eval_samples: int = 50
 
     def _check(self) -> list[str]:
         problems: list[str] = []
         _positive(problems, "generate.count", self.count)
-        _positive(problems, "generate.temperature", self.temperature)
+        _positive(problems, "generate.sample_temperature", self.sample_temperature)
         if self.spread != "fit":
             _positive(problems, "generate.spread", self.spread)
-        _positive(problems, "generate.pitch_temperature", self.pitch_temperature)
+        _positive(problems, "generate.sample_pitch_temperature", self.sample_pitch_temperature)
         _positive(problems, "generate.texture", self.texture, allow_zero=True)
         _positive(problems, "generate.griffin_lim_iters", self.griffin_lim_iters)
         _positive(problems, "generate.eval_samples", self.eval_samples)
-        _positive(problems, "generate.eval_real_per_group", self.eval_real_per_group)
-        if not 0 <= self.momentum < 1:
-            problems.append(f"generate.momentum={self.momentum} must be in [0, 1)")
         return problems
 
 
@@ -391,22 +381,20 @@ DRAWS = ("residual", "posterior")
 class SoundImageConfig:
     """Stage 5: the sound <-> image model (one latent space; ``vae.py train-images``)."""
 
-    latent_dim: int = 64            # size of the shared z
+    latent_dim: int = 64
     sound_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])
     image_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     epochs: int = 60
-    batch_size: int = 32            # pairs per step (plus as many unpaired sounds and images)
-    lr: float = 1e-3                # AdamW peak learning rate (warm-up and cosine of train.*)
-    beta: float = 1.0               # KL weight; KL per value of both halves, like train.beta
+    batch_size: int = 32
+    lr: float = 1e-3
+    beta: float = 1.0
     kl_warmup_epochs: int = 5
-    image_weight: float = 1.0       # weight of the image reconstruction against the sound's
-    edge_weight: float = 1.0        # weight of the edge term of the image loss (0 = per-pixel only)
-    count: int = 4                  # images per sound (sound-to-image), samples per group
-    temperature: float = 1.0        # scales the spread of the sampled z around the sound's code
-    draw: str = "residual"          # that spread: residual (what the sound leaves open, fit on
-    #                                 the training pairs) | posterior (q(z | sound)'s own std)
-    candidates: int = 100           # retrieval: K candidate frames per validation sound
-    threads: int = 0                # torch CPU threads while training; 0 = torch's default
+    image_weight: float = 1.0
+    edge_weight: float = 1.0
+    count: int = 4
+    draw_temperature: float = 1.0
+    draw: str = "residual"
+    threads: int = 0
 
     def _check(self) -> list[str]:
         problems: list[str] = []
@@ -416,7 +404,7 @@ class SoundImageConfig:
             if not channels or any(c <= 0 for c in channels):
                 problems.append(f"sound_image.{key}={channels} must be a non-empty list of "
                                 "ints > 0")
-        for key in ("epochs", "batch_size", "lr", "count", "temperature", "candidates"):
+        for key in ("epochs", "batch_size", "lr", "count", "draw_temperature"):
             _positive(problems, f"sound_image.{key}", getattr(self, key))
         for key in ("beta", "kl_warmup_epochs", "image_weight", "edge_weight", "threads"):
             _positive(problems, f"sound_image.{key}", getattr(self, key), allow_zero=True)
@@ -606,10 +594,46 @@ def _resolve_path(value: str | Path, base: Path) -> Path:
 #: Keys of earlier releases that no longer exist, and why: a config that still sets one is told
 #: so instead of "unknown key".
 REMOVED_KEYS = {
-    f"train.{key}": "the adversarial phase was removed: it measured no better than the spectral "
-                    "loss alone (docs/benchmarks.md); delete the key"
-    for key in ("adversarial_epochs", "adversarial_lr", "adversarial_weight",
-                "feature_matching_weight", "discriminator_channels")}
+    **{f"train.{key}": "the adversarial phase was removed: it measured no better than the "
+                       "spectral loss alone (docs/benchmarks.md); delete the key"
+       for key in ("adversarial_epochs", "adversarial_lr", "adversarial_weight",
+                   "feature_matching_weight", "discriminator_channels")},
+    "features.momentum": "Griffin-Lim's momentum is fixed at 0.99 "
+                         "(animalvae.spectrogram.MOMENTUM); delete the key",
+    "generate.momentum": "Griffin-Lim's momentum is fixed at 0.99 "
+                         "(animalvae.spectrogram.MOMENTUM); delete the key",
+    "train.free_bits": "free bits were never used (0 = off was the only value run); delete "
+                       "the key",
+    "features.griffin_lim_iters": "--check runs a fixed 32 iterations, the count its expected "
+                                  "spectral convergence is measured at; delete the key",
+    "generate.eval_real_per_group": "vae.py evaluate fits its judge on a fixed 200 real clips "
+                                    "per group, so runs' figures compare; delete the key",
+    "sound_image.candidates": "retrieval ranks a fixed 100 candidate frames, so runs' figures "
+                              "compare; delete the key",
+}
+
+#: Keys of earlier releases under their present names, which say whose each setting is: a
+#: config that still uses an old name is read under the new one, with a warning naming it.
+RENAMED_KEYS = {
+    "train.prior": "train.prior_fit",
+    "train.prior_bandwidth": "train.kde_bandwidth",
+    "train.prior_components": "train.gmm_components",
+    "generate.prior": "generate.sample_prior",
+    "generate.temperature": "generate.sample_temperature",
+    "generate.pitch_temperature": "generate.sample_pitch_temperature",
+    "sound_image.temperature": "sound_image.draw_temperature",
+}
+
+
+def current_keys(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A section's ``values`` as an earlier release saved them (a checkpoint's settings) under
+    today's names: renamed keys take their new name, removed keys are dropped."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = RENAMED_KEYS.get(f"{section}.{key}", f"{section}.{key}")
+        if dotted not in REMOVED_KEYS:
+            out[dotted.split(".", 1)[1]] = value
+    return out
 
 
 def _build(cls: type, raw: Any, prefix: str, base: Path, problems: list[str]) -> Any:
@@ -627,6 +651,16 @@ def _build(cls: type, raw: Any, prefix: str, base: Path, problems: list[str]) ->
         if dotted in REMOVED_KEYS:
             problems.append(f"{dotted}: unknown key: {REMOVED_KEYS[dotted]}")
             continue
+        if dotted in RENAMED_KEYS:
+            new = RENAMED_KEYS[dotted]
+            key = new.rsplit(".", 1)[1]
+            if key in raw:
+                problems.append(f"{dotted}: the old name of {new}, which is set too: keep "
+                                f"{new} only")
+                continue
+            log.warning("config key %s is now called %s: rename it (read as %s this time)",
+                        dotted, new, new)
+            dotted = new
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
@@ -635,7 +669,10 @@ def _build(cls: type, raw: Any, prefix: str, base: Path, problems: list[str]) ->
         kwargs[key] = _convert(value, hints[key], dotted, base, problems)
     defaults = cls()
     for name in names:
-        if name not in kwargs:
+        if name not in kwargs and dataclasses.is_dataclass(hints[name]):
+            # a section left out: its defaults, with their paths resolved like a file's
+            kwargs[name] = _build(hints[name], {}, name, base, problems)
+        elif name not in kwargs:
             default = getattr(defaults, name)
             # Default relative paths are relative to the config file too.
             if isinstance(default, Path):

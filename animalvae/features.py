@@ -341,8 +341,7 @@ def run(config: Config, options: StageOptions, *, check: int = 0) -> FeaturesSum
         render_preview(output_dir, rows, spec, output_dir / PREVIEW)
     if check:
         summary.convergence = round_trip_check(
-            output_dir, rows, spec, n=check, n_iter=config.features.griffin_lim_iters,
-            momentum=config.features.momentum, silence_dbfs=config.extract.silence_dbfs,
+            output_dir, rows, spec, n=check, silence_dbfs=config.extract.silence_dbfs,
             device=device)
     return summary
 

@@ -18,7 +18,13 @@ import torch
 from .errors import ItemFailed, ItemSkipped
 from .plots import show_spectrogram
 from .segments import load_segment
-from .spectrogram import InverseSpectrogram, Spectrogram, SpectrogramSpec, spectral_convergence
+from .spectrogram import (
+    MOMENTUM,
+    InverseSpectrogram,
+    Spectrogram,
+    SpectrogramSpec,
+    spectral_convergence,
+)
 from .stage import atomic_path
 
 __all__ = ["round_trip_check", "render_preview"]
@@ -40,7 +46,7 @@ def _pick_rows(rows: list[Mapping[str, str]], n: int) -> list[Mapping[str, str]]
 
 
 def round_trip_check(output_dir: Path, rows: list[Mapping[str, str]], spec: SpectrogramSpec,
-                     *, n: int, n_iter: int = 32, momentum: float = 0.99,
+                     *, n: int, n_iter: int = 32, momentum: float = MOMENTUM,
                      silence_dbfs: float = -60.0, device: torch.device | None = None,
                      batch_size: int = 16) -> list[float]:
     """Stored arrays -> Griffin-Lim -> STFT, against the STFT of their source segments.

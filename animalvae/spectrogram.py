@@ -32,13 +32,14 @@ Inverse: ``x`` -> ``S`` as above -> (mel: the minimum-norm least-squares solutio
 computed with a pseudo-inverse that cuts singular values below 1e-6 of the largest, because
 this filterbank is rank-deficient at low frequencies and the lstsq drivers then fail or blow
 up) -> the Nyquist bin re-added as 0 and the dropped last frame re-added as a copy of the
-frame before it -> :func:`torchaudio.functional.griffinlim` (fast Griffin-Lim, momentum 0.99,
-``n_fft`` passed explicitly) -> ``n_samples`` samples.
+frame before it -> :func:`torchaudio.functional.griffinlim` (fast Griffin-Lim, momentum
+:data:`MOMENTUM`, ``n_fft`` passed explicitly) -> ``n_samples`` samples.
 
-Round trip (stored float16 array -> 32 iterations -> STFT vs the original's, both with the
-peak at 0 dB): median spectral convergence about 0.07 on generated harmonic calls with vibrato
-and noise, about 0.10 on fast FM chirps; ``kind="mel"`` about 0.28 (the mel bands above
-~1 kHz merge many STFT bins, and that detail does not come back).
+Round trip (stored float16 array -> Griffin-Lim -> STFT vs the original's, both with the peak
+at 0 dB): ``tests/test_spectrogram.py`` bounds its spectral convergence, and
+``preprocess_audio_vae.py --check`` reports it on the user's data (docs/quality.md, "Why the
+defaults are what they are", gives the figures). ``kind="mel"`` comes back less close: the mel
+bands above ~1 kHz merge many STFT bins, and that detail does not come back.
 
 Use in stage 5::
 
@@ -68,7 +69,11 @@ if TYPE_CHECKING:
 
 __all__ = ["SpectrogramSpec", "Spectrogram", "InverseSpectrogram", "to_audio",
            "spectral_convergence", "unit_to_magnitude", "describe_differences", "save_spec",
-           "load_spec", "NORMALIZER", "AMIN", "PEAK_FLOOR_DB", "PEAK_DBFS"]
+           "load_spec", "NORMALIZER", "AMIN", "PEAK_FLOOR_DB", "PEAK_DBFS", "MOMENTUM"]
+
+#: Fast Griffin-Lim's momentum: torchaudio's and librosa's default, which converges in far
+#: fewer iterations than plain Griffin-Lim (0).
+MOMENTUM = 0.99
 
 #: Audio made from spectrograms (:func:`to_audio`) is scaled so its peak sits here.
 PEAK_DBFS = -1.0
@@ -347,7 +352,7 @@ class InverseSpectrogram(torch.nn.Module):
     n_iter : int
         Griffin-Lim iterations, > 0 (default 32).
     momentum : float
-        Fast Griffin-Lim momentum in [0, 1) (default 0.99).
+        Fast Griffin-Lim momentum in [0, 1) (default :data:`MOMENTUM`).
 
     Examples
     --------
@@ -356,7 +361,7 @@ class InverseSpectrogram(torch.nn.Module):
     torch.Size([1, 96000])
     """
 
-    def __init__(self, spec: SpectrogramSpec, *, n_iter: int = 32, momentum: float = 0.99):
+    def __init__(self, spec: SpectrogramSpec, *, n_iter: int = 32, momentum: float = MOMENTUM):
         super().__init__()
         if n_iter < 1:
             raise ValueError(f"n_iter={n_iter} must be >= 1")
@@ -409,7 +414,7 @@ class InverseSpectrogram(torch.nn.Module):
 
 
 @torch.no_grad()
-def to_audio(x: Tensor, spec: SpectrogramSpec, *, n_iter: int, momentum: float,
+def to_audio(x: Tensor, spec: SpectrogramSpec, *, n_iter: int, momentum: float = MOMENTUM,
              seed: int = 0, peak_normalise: bool = True) -> Tensor:
     """Spectrograms to peak-normalised waveforms with batched Griffin-Lim on ``x``'s device.
 
@@ -420,7 +425,7 @@ def to_audio(x: Tensor, spec: SpectrogramSpec, *, n_iter: int, momentum: float,
     n_iter : int
         Griffin-Lim iterations.
     momentum : float
-        Fast Griffin-Lim momentum in [0, 1).
+        Fast Griffin-Lim momentum in [0, 1) (default :data:`MOMENTUM`).
     seed : int
         Seeds torch's RNG, which draws the initial phases: the same call gives the same audio.
     peak_normalise : bool

@@ -63,7 +63,7 @@ def profile(run: Path, config_sets: list[str], *, clips: int, samples: int) -> l
     steps = {"reconstructions": (decoder(trained.model.encode(x, y)[0], decoder.condition(y)),
                                  y),
              "samples": (decoder(z, decoder.condition(labels),
-                                 pitch_temperature=gc.pitch_temperature), labels)}
+                                 pitch_temperature=gc.sample_pitch_temperature), labels)}
     rows = [row("real training clips", x[:, 0])]
     final = {"real training clips": x[:, 0]}
     for kind, (out, groups) in steps.items():
@@ -78,8 +78,7 @@ def profile(run: Path, config_sets: list[str], *, clips: int, samples: int) -> l
         final[kind] = out
     forward = Spectrogram(trained.spec)
     for kind, out in final.items():
-        audio = to_audio(out, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
-                         seed=gc.seed)
+        audio = to_audio(out, trained.spec, n_iter=gc.griffin_lim_iters, seed=gc.seed)
         rows.append(row(f"{kind}: Griffin-Lim, analysed again", forward(audio)))
     return rows
 

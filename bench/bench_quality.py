@@ -15,9 +15,10 @@ the Fréchet distance of samples to real held-out clips (real training clips giv
 Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the previous release:
 batch 32, 30 epochs, no mixture prior, samples from N(0, I)), and one per lever that was measured
 (``--variants`` picks; ``--list`` shows them). Every variant trains on the same split; one that
-changes only the prior or generation (``train.prior*``, ``generate.*``) reuses the ``defaults``
-run's weights (listed first), its sampler fit again by ``vae.py fit-sampler``. ``--seeds`` repeats
-everything for other ``train.seed`` values (each its own split and initial weights), a row each:
+changes only the prior or generation (``train.prior_fit``, ``kde_bandwidth``,
+``gmm_components``, ``generate.*``) reuses the ``defaults`` run's weights (listed first), its
+sampler fit again by ``vae.py fit-sampler``. ``--seeds`` repeats everything for other
+``train.seed`` values (each its own split and initial weights), a row each:
 how much a figure moves from one training to the next.
 
 ``--figure PATH`` draws, per group, a real held-out spectrogram beside generated ones of the
@@ -56,7 +57,7 @@ VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     # the previous release's model: one latent vector, per-pixel loss only, z ~ N(0, I)
     "before": ["train.batch_size=32", "train.epochs=30",
-               "train.prior=none", "generate.prior=normal", "model.latent_dim=64",
+               "train.prior_fit=none", "generate.sample_prior=normal", "model.latent_dim=64",
                "model.latent_frames=0", "train.spectral_weight=0", "train.modulation_weight=0",
                "generate.restore_peak=false", "model.pitch_candidates=0", "generate.texture=0",
                "generate.spread=1.0"],
@@ -64,16 +65,16 @@ VARIANTS: dict[str, list[str]] = {
     # 4-component mixture, the raw decoder output, trained on today's schedule
     "previous-model": ["model.latent_dim=64", "model.latent_frames=0", "train.spectral_weight=0",
                        "train.modulation_weight=0", "generate.restore_peak=false",
-                       "train.prior=gmm", "train.prior_components=4", "model.pitch_candidates=0",
+                       "train.prior_fit=gmm", "train.gmm_components=4", "model.pitch_candidates=0",
                        "generate.texture=0", "generate.spread=1.0"],
     # the defaults before the kernel density prior: a 16-component mixture fit by EM
-    "gmm-prior": ["train.prior=gmm", "train.prior_components=16"],
-    "gmm-prior-4": ["train.prior=gmm", "train.prior_components=4"],
-    "kde-bandwidth-0.25": ["train.prior_bandwidth=0.25"],
-    "kde-bandwidth-0.5": ["train.prior_bandwidth=0.5"],
-    "kde-bandwidth-1": ["train.prior_bandwidth=1.0"],
+    "gmm-prior": ["train.prior_fit=gmm", "train.gmm_components=16"],
+    "gmm-prior-4": ["train.prior_fit=gmm", "train.gmm_components=4"],
+    "kde-bandwidth-0.25": ["train.kde_bandwidth=0.25"],
+    "kde-bandwidth-0.5": ["train.kde_bandwidth=0.5"],
+    "kde-bandwidth-1": ["train.kde_bandwidth=1.0"],
     "no-restore-peak": ["generate.restore_peak=false"],
-    "normal-prior": ["generate.prior=normal"],
+    "normal-prior": ["generate.sample_prior=normal"],
     "no-spectral-loss": ["train.spectral_weight=0"],
     # the defaults before the modulation term (per-pixel and spectral terms only)
     "no-modulation-loss": ["train.modulation_weight=0"],
@@ -91,24 +92,25 @@ VARIANTS: dict[str, list[str]] = {
     # the defaults before the harmonic comb output (animalvae/sound/harmonic.py)
     "no-pitch-comb": ["model.pitch_candidates=0"],
     # samples with the comb drawn as sharply as in reconstructions
-    "sample-pitch-temperature-0.5": ["generate.pitch_temperature=0.5"],
+    "sample-pitch-temperature-0.5": ["generate.sample_pitch_temperature=0.5"],
     # the decoder's output without the texture noise (animalvae/sound/texture.py); the defaults
     # before it (no texture, kde bandwidth 0.5); half the fitted noise
     "no-texture": ["generate.texture=0"],
-    "previous-defaults": ["generate.texture=0", "train.prior_bandwidth=0.5", "generate.spread=1.0"],
+    "previous-defaults": ["generate.texture=0", "train.kde_bandwidth=0.5", "generate.spread=1.0"],
     "texture-0.5": ["generate.texture=0.5"],
     "no-spread": ["generate.spread=1.0"],
     # the decoder's output as it is: no texture, no spread, no peak restoration, the comb at
     # the model's own pitch temperature
     "no-corrections": ["generate.texture=0", "generate.spread=1.0",
-                       "generate.restore_peak=false", "generate.pitch_temperature=0.5"],
+                       "generate.restore_peak=false", "generate.sample_pitch_temperature=0.5"],
     "spread-1.15": ["generate.spread=1.15"],
     "spread-1.3": ["generate.spread=1.3"],
     "spread-1.5": ["generate.spread=1.5"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
 #: ``defaults`` run of the same seed, its sampler fit again with ``vae.py fit-sampler``.
-_AFTER_TRAINING = ("generate.", "train.prior")
+_AFTER_TRAINING = ("generate.", "train.prior_fit", "train.kde_bandwidth",
+                   "train.gmm_components")
 
 
 def reuses_defaults(name: str) -> bool:

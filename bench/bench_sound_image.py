@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"before": ["sound_image.draw=posterior", "sound_image.edge_weight=0",
-                       "sound_image.epochs=40", "sound_image.temperature=1.0"],
+                       "sound_image.epochs=40", "sound_image.draw_temperature=1.0"],
             "residual": ["sound_image.edge_weight=0"],
             "defaults": None}
 COLUMNS = (("retrieval_r1", "R@1"), ("group_only_r1", "group alone"),

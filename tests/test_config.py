@@ -1,6 +1,9 @@
 """The config loader: the shipped file, relative paths, every kind of bad value, overrides."""
 
 import dataclasses
+import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from animalvae.config import DEFAULT_CONFIG, Config, config_to_dict, load_config
+from animalvae.config import (
+    DEFAULT_CONFIG,
+    REMOVED_KEYS,
+    RENAMED_KEYS,
+    Config,
+    config_to_dict,
+    current_keys,
+    load_config,
+)
 from animalvae.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +51,16 @@ def test_relative_paths_are_relative_to_the_config_file(write_config, tmp_path, 
     assert config.source == path
 
 
+def test_a_partial_config_gets_every_other_key_with_paths_relative_to_it(write_config,
+                                                                        tmp_path):
+    config = load_config(write_config("train:\n  epochs: 3\n"))
+    assert config.train.epochs == 3 and config.train.batch_size == Config().train.batch_size
+    assert config.paths.clips == tmp_path / "data" / "clips"
+    assert config.detect.checkpoint == Path(os.path.expanduser(Config().detect.checkpoint))
+    assert dataclasses.replace(config, paths=Config().paths, detect=Config().detect,
+                               train=Config().train) == Config()
+
+
 def test_unknown_key_suggests_the_closest(write_config):
     expected = r"train\.epoch: unknown key \(did you mean train\.epochs\?\)"
     with pytest.raises(ConfigError, match=expected):
@@ -50,6 +71,47 @@ def test_a_removed_key_says_why_it_went(write_config):
     with pytest.raises(ConfigError, match=r"train\.adversarial_epochs: unknown key: the "
                                           r"adversarial phase was removed"):
         load_config(write_config("train:\n  adversarial_epochs: 0\n"))
+
+
+def test_every_key_of_the_shipped_config_has_one_comment():
+    lines = DEFAULT_CONFIG.read_text().splitlines()
+    for i, line in enumerate(lines):
+        key = re.match(r"  ([a-z_]+):", line)
+        if key:  # a key of a section: its comment on its line, or above it for a mapping
+            above = lines[i - 1].strip().startswith("#")
+            assert "#" in line or above, f"config.yaml: {key[1]} (line {i + 1}) has no comment"
+
+
+def test_the_demo_config_holds_only_what_differs_from_the_defaults():
+    demo = ROOT / "configs" / "demo.yaml"
+    raw, config, defaults = yaml.safe_load(demo.read_text()), load_config(demo), Config()
+    for section, values in raw.items():
+        for key in values:
+            value, default = (getattr(getattr(c, section), key) for c in (config, defaults))
+            if isinstance(default, Path):  # a default path is relative to the demo's folder
+                default = (demo.parent / os.path.expanduser(default)).resolve()
+            assert value != default, f"configs/demo.yaml: {section}.{key} is the default"
+
+
+def test_renamed_and_removed_keys_name_no_present_key():
+    present = {f"{s.name}.{f.name}" for s in dataclasses.fields(Config) if s.name != "source"
+               for f in dataclasses.fields(getattr(Config(), s.name))}
+    assert set(RENAMED_KEYS.values()) <= present
+    assert not (set(RENAMED_KEYS) | set(REMOVED_KEYS)) & present
+    assert current_keys("sound_image", {"temperature": 1.5, "candidates": 100, "epochs": 2}) \
+        == {"draw_temperature": 1.5, "epochs": 2}
+
+
+def test_an_old_key_name_is_read_under_its_new_name_with_a_warning(write_config, caplog):
+    with caplog.at_level(logging.WARNING, logger="animalvae.config"):
+        config = load_config(write_config("train:\n  prior: gmm\n"),
+                             ["sound_image.temperature=1.5"])
+    assert config.train.prior_fit == "gmm" and config.sound_image.draw_temperature == 1.5
+    assert "config key train.prior is now called train.prior_fit" in caplog.text
+    assert "sound_image.temperature is now called sound_image.draw_temperature" in caplog.text
+    with pytest.raises(ConfigError, match=r"train\.prior: the old name of train\.prior_fit, "
+                                          r"which is set too: keep train\.prior_fit only"):
+        load_config(write_config("train:\n  prior: gmm\n  prior_fit: kde\n"))
 
 
 def test_unknown_section_is_reported(write_config):
@@ -74,9 +136,9 @@ def test_wrong_types_name_the_key(write_config, text, message):
     ("features:\n  n_fft: 1000\n", r"features\.n_fft=1000 must be a power of two"),
     ("train:\n  batch_size: 0\n", r"train\.batch_size=0 must be > 0"),
     ("train:\n  val_fraction: 1.5\n", r"train\.val_fraction=1\.5 must be in \(0, 1\)"),
-    ("train:\n  prior_components: 0\n",
-     r"train\.prior_components=0 must be > 0 \(train\.prior: none stores no prior\)"),
-    ("train:\n  prior: parzen\n", r"train\.prior='parzen' must be one of 'kde' \| 'gmm'"),
+    ("train:\n  gmm_components: 0\n",
+     r"train\.gmm_components=0 must be > 0 \(train\.prior_fit: none stores no prior\)"),
+    ("train:\n  prior_fit: parzen\n", r"train\.prior_fit='parzen' must be one of 'kde' \| 'gmm'"),
     ("extract:\n  silence_dbfs: 3\n", r"extract\.silence_dbfs=3\.0 must be < 0"),
     ("detect:\n  segment_seconds: 12\n", r"detect\.segment_seconds=12\.0 must be <= download"),
     ("download:\n  classes:\n    dogs: [dog barkin]\n",

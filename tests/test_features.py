@@ -207,7 +207,7 @@ def test_negative_check_is_refused(config, capsys):
 
 
 def test_stale_ok_row_without_its_array_is_left_out_of_preview_and_check(config, detections):
-    cfg = config("  griffin_lim_iters: 2\n")
+    cfg = config()
     features.run(cfg, OPTS)
     out = cfg.paths.spectrograms
     (out / "dogs/dog_000020.npy").unlink()                  # and its segment is gone too, so

@@ -169,13 +169,14 @@ def test_samples_draw_the_comb_at_generate_pitch_temperature_reconstructions_at_
     with torch.no_grad():                      # a head that prefers high spacings, not surely
         model.decoder.pitch.net[-1].bias.copy_(torch.linspace(0.0, 6.0, 24))
     config = Config()
-    assert config.generate.pitch_temperature != model.decoder.pitch_temperature
+    assert config.generate.sample_pitch_temperature != model.decoder.pitch_temperature
     z, groups = torch.randn(3, 8), torch.tensor([0, 1, 0])
     cond = model.decoder.condition(groups)
     sampled = Sampler({}).decode(model, z, groups, config, sampled=True)
     encoded = Sampler({}).decode(model, z, groups, config)
     with torch.no_grad():
-        at_generate = model.decoder(z, cond, pitch_temperature=config.generate.pitch_temperature)
+        at_generate = model.decoder(
+            z, cond, pitch_temperature=config.generate.sample_pitch_temperature)
         at_model = model.decoder(z, cond)
     assert torch.equal(sampled, restore_peak(at_generate[:, 0]))
     assert torch.equal(encoded, restore_peak(at_model[:, 0]))
@@ -211,5 +212,5 @@ def test_pitch_settings_are_checked():
     problems = "; ".join(ModelConfig(pitch_candidates=-1, pitch_temperature=0)._check())
     assert "model.pitch_candidates=-1 must be >= 0" in problems
     assert "model.pitch_temperature=0 must be > 0" in problems
-    assert "generate.pitch_temperature=0 must be > 0" in "; ".join(
-        GenerateConfig(pitch_temperature=0)._check())
+    assert "generate.sample_pitch_temperature=0 must be > 0" in "; ".join(
+        GenerateConfig(sample_pitch_temperature=0)._check())

@@ -18,6 +18,7 @@ import torch
 from test_vae import make_data, write_tiny_config
 
 import vae
+from animalvae.config import RENAMED_KEYS
 from animalvae.evaluation import birdnet, quality
 from animalvae.sound import prior as prior_module
 from animalvae.sound.model import load_model
@@ -350,7 +351,7 @@ def test_training_stores_the_prior_and_evaluate_judges_samples(tmp_path, capsys)
     run = tmp_path / "runs" / "default"
     data = torch.load(run / "sampler.pth", weights_only=True)
     assert set(data["prior"]) == {"weights", "means", "variances"}
-    assert data["settings"]["train.prior"] == "kde" and data["texture"].shape[0] == 2
+    assert data["settings"]["train.prior_fit"] == "kde" and data["texture"].shape[0] == 2
     spread = data["spread"]                                         # each group's, from the grid
     assert spread.shape == (2,)
     assert torch.isclose(spread[:, None], torch.tensor(SPREADS)).any(dim=1).all()
@@ -399,19 +400,28 @@ def test_fit_sampler_replaces_the_sampler_and_a_changed_setting_refits_it(tmp_pa
     assert "model.pth" in capsys.readouterr().err
     assert vae.main(["train", *base]) == 0
     weights = (run / "model.pth").read_bytes()
-    gmm = ["--set", "train.prior=gmm", "--set", "train.prior_components=2"]
+    gmm = ["--set", "train.prior_fit=gmm", "--set", "train.gmm_components=2"]
     assert vae.main(["fit-sampler", *base, *gmm]) == 0
     data = torch.load(run / "sampler.pth", weights_only=True)
     assert data["prior"]["means"].shape == (2, 2, 8)
-    assert data["settings"]["train.prior_components"] == 2
+    assert data["settings"]["train.gmm_components"] == 2
     assert (run / "model.pth").read_bytes() == weights              # the weights stay
     # generate at other fit settings than the sampler's: it is fit again first, and saved
     argv = ["generate", "--config", str(config), "--count", "1"]
     assert vae.main(argv) == 0
-    assert "fit with other settings (train.prior 'gmm' -> 'kde'" in capsys.readouterr().err
-    assert torch.load(run / "sampler.pth", weights_only=True)["settings"]["train.prior"] == "kde"
+    assert "fit with other settings (train.prior_fit 'gmm' -> 'kde'" in capsys.readouterr().err
+    saved = torch.load(run / "sampler.pth", weights_only=True)["settings"]
+    assert saved["train.prior_fit"] == "kde"
     assert vae.main(argv) == 0
     assert "fitting it again" not in capsys.readouterr().err       # now it matches
+    # settings saved under the keys' earlier names match their present names
+    data = torch.load(run / "sampler.pth", weights_only=True)
+    earlier = {new: old for old, new in RENAMED_KEYS.items()}
+    data["settings"] = {earlier.get(k, k): v for k, v in data["settings"].items()}
+    assert "train.prior" in data["settings"]
+    torch.save(data, run / "sampler.pth")
+    assert vae.main(argv) == 0
+    assert "fitting it again" not in capsys.readouterr().err
     # without the training clips it cannot be fit again: refused with the reason
     gone = Path(read_split(run)[0][0].source)
     gone.rename(gone.with_suffix(".bak"))
@@ -419,11 +429,12 @@ def test_fit_sampler_replaces_the_sampler_and_a_changed_setting_refits_it(tmp_pa
     assert f"{gone} (a training file in" in capsys.readouterr().err
     assert vae.main([*argv, *gmm]) == 2
     err = capsys.readouterr().err
-    assert "its settings differ: train.prior 'kde' -> 'gmm'" in err and "set those values" in err
+    assert "its settings differ: train.prior_fit 'kde' -> 'gmm'" in err
+    assert "set those values" in err
     gone.with_suffix(".bak").rename(gone)
-    assert vae.main(["fit-sampler", *base, "--set", "train.prior=none"]) == 0
+    assert vae.main(["fit-sampler", *base, "--set", "train.prior_fit=none"]) == 0
     assert torch.load(run / "sampler.pth", weights_only=True)["prior"] is None
-    assert vae.main([*argv, "--set", "train.prior=none"]) == 0
+    assert vae.main([*argv, "--set", "train.prior_fit=none"]) == 0
     assert "sampling z ~ N(0, I)" in capsys.readouterr().err
 
 

@@ -71,7 +71,6 @@ sound_image:
   lr: 0.01
   kl_warmup_epochs: 1
   count: 2
-  candidates: 100
   edge_weight: {edge}
 """
 

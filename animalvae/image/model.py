@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, SoundImageConfig
+from ..config import ModelConfig, SoundImageConfig, current_keys
 from ..errors import ConfigError
 from ..sound.model import Decoder, DownBlock, Encoder, UpBlock
 from ..spectrogram import SpectrogramSpec
@@ -294,7 +294,7 @@ def load_pairs_model(path: Path, *, device: torch.device | str = "cpu") -> Train
     """
     data = read_pairs_checkpoint(path, what=Path(path).name)
     try:
-        config = SoundImageConfig(**data["model_config"])
+        config = SoundImageConfig(**current_keys("sound_image", data["model_config"]))
         spec = SpectrogramSpec.from_dict(data["spec"])
         model = SoundImageVAE(config, tuple(data["shape"]), int(data["image_size"]))
         model.load_state_dict(data["model"])

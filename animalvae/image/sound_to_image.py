@@ -18,7 +18,7 @@ by the image half. With ``sound_image.draw: residual`` (the default) ``z = mu_s 
 a residual of a training pair of the sound's nearest group (what the sound left open there:
 :func:`animalvae.image.model.draw_residuals`); with ``posterior``,
 ``z = mu_s + t x std x noise``, q(z | sound)'s own spread (nearly none, so the images of one
-sound are nearly one image). ``t`` is ``sound_image.temperature``. No group label is given
+sound are nearly one image). ``t`` is ``sound_image.draw_temperature``. No group label is given
 anywhere. ``metrics.json`` is described at :func:`evaluate_images`.
 """
 
@@ -68,6 +68,9 @@ __all__ = ["sound_to_image", "image_to_sound", "sample_images", "evaluate_images
 log = logging.getLogger(__name__)
 
 _BATCH = 16
+#: Retrieval ranks each held-out sound's own frame among this many (fewer when there are fewer
+#: held-out pairs): fixed, so that the figures of different runs compare.
+CANDIDATES = 100
 
 
 def _load(config: Config, run_dir: Path) -> TrainedPairs:
@@ -165,8 +168,7 @@ def _write_sound(folder: Path, x: Tensor, trained: TrainedPairs, config: Config,
     """``sound.wav`` + ``sound.png``: ``audio`` as given, or ``x`` through Griffin-Lim."""
     gc = config.generate
     if audio is None:
-        audio = to_audio(x[None], trained.spec, n_iter=gc.griffin_lim_iters,
-                         momentum=gc.momentum, seed=gc.seed)[0]
+        audio = to_audio(x[None], trained.spec, n_iter=gc.griffin_lim_iters, seed=gc.seed)[0]
     write_sample(folder / "sound.wav", audio, x, spec=trained.spec)
 
 
@@ -207,7 +209,7 @@ def sound_to_image(config: Config, run_dir: Path, files: Sequence[Path] = (), *,
                                                           spec.n_samples) for f in files]))
         with torch.no_grad():
             x = Spectrogram(spec)(waves)[:, None].clamp(0, 1)                 # (N, 1, H, W)
-        images = images_from_sounds(trained, x, count=count, temperature=si.temperature,
+        images = images_from_sounds(trained, x, count=count, temperature=si.draw_temperature,
                                     seed=config.generate.seed, draw=si.draw)
         _reset(samples / "files")
         names: dict[str, int] = {}
@@ -225,11 +227,10 @@ def sound_to_image(config: Config, run_dir: Path, files: Sequence[Path] = (), *,
         items = items[:limit] if limit is not None else items
         data = PairSet(items, trained.groups, spec.shape, trained.model.image_size)
         sounds, frames, _ = data.batch(torch.arange(len(data)), torch.device("cpu"))
-        images = images_from_sounds(trained, sounds, count=count, temperature=si.temperature,
+        images = images_from_sounds(trained, sounds, count=count, temperature=si.draw_temperature,
                                     seed=config.generate.seed, draw=si.draw)
         gc = config.generate
-        audio = to_audio(sounds[:, 0], spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
-                         seed=gc.seed)
+        audio = to_audio(sounds[:, 0], spec, n_iter=gc.griffin_lim_iters, seed=gc.seed)
         _reset(samples / "val")
         for item, xi, wave, frame, generated in zip(items, sounds, audio, frames, images):
             folder = samples / "val" / safe_name(item.group) / safe_name(item.id)
@@ -301,7 +302,7 @@ def sample_images(config: Config, run_dir: Path, *, count: int | None = None,
     written = []
     for group, (mean, std) in trained.group_codes.items():
         noise = torch.randn(count, mean.shape[0], generator=gen).to(mean.device)
-        z = mean + si.temperature * std * noise                             # (count, L)
+        z = mean + si.draw_temperature * std * noise                        # (count, L)
         with torch.no_grad():
             images = trained.model.decode_image(z).cpu()
             sounds = trained.model.decode_sound(z)[:, 0].cpu()
@@ -321,7 +322,7 @@ def evaluate_images(config: Config, run_dir: Path, *,
     """Metrics of the model on its held-out pairs -> ``run_dir/metrics.json``.
 
     - ``retrieval_r1``, ``retrieval_r5`` among ``retrieval_candidates`` frames (min of
-      ``sound_image.candidates`` and the held-out pairs), with ``chance_r1``/``chance_r5`` and
+      :data:`CANDIDATES` and the held-out pairs), with ``chance_r1``/``chance_r5`` and
       ``group_only_r1`` (what knowing only the sound's group gives): each held-out sound's
       q(z | sound) mean against the frames' q(z | image) means (Euclidean distance);
     - ``group_accuracy_generated``: a classifier fit on real training frames
@@ -355,8 +356,8 @@ def evaluate_images(config: Config, run_dir: Path, *,
     sounds, frames, labels = val.batch(torch.arange(len(val)), torch.device("cpu"))
     metrics: dict[str, Any] = {"pairs": len(val), "images_per_sound": si.count,
                                **_retrieval(trained, sounds, frames, labels.numpy(),
-                                            k=si.candidates, seed=seed)}
-    generated = images_from_sounds(trained, sounds, count=si.count, temperature=si.temperature,
+                                            k=CANDIDATES, seed=seed)}
+    generated = images_from_sounds(trained, sounds, count=si.count, temperature=si.draw_temperature,
                                    seed=seed, draw=si.draw)                  # (N, c, 3, S, S)
     generated = generated.permute(0, 1, 3, 4, 2).numpy()                     # (N, c, S, S, 3)
     real = frames.permute(0, 2, 3, 1).numpy()

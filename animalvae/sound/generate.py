@@ -3,8 +3,8 @@
 Everything about the model and the representation comes from the run's ``model.pth`` (model
 config, spectrogram spec, group names), and every code is sampled and decoded through the
 run's sampler (``sampler.pth``, :mod:`animalvae.sound.sampler`); the config supplies only
-``generate.*`` (and, when the sampler must be fit again, ``train.prior*``) and
-``train.device``. Decoded spectrograms go back to sound with
+``generate.*`` (and, when the sampler must be fit again, ``train.prior_fit``, ``kde_bandwidth``
+and ``gmm_components``) and ``train.device``. Decoded spectrograms go back to sound with
 :class:`~animalvae.spectrogram.InverseSpectrogram` (fast Griffin-Lim, batched, on the model's
 device), are peak-normalised to -1 dBFS and written as 16-bit WAV at the spec's sample rate,
 each with a PNG of its spectrogram; ``index.html`` (:mod:`animalvae.evaluation.gallery`) is
@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 #: The file-name prefix of samples from a model without groups (model.conditional: false).
 UNCONDITIONAL = "all"
+#: Real clips per group that ``vae.py evaluate``'s judge is fit on: fixed, so that the quality
+#: figures of different runs compare (each clip goes through Griffin-Lim once).
+REAL_PER_GROUP = 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +111,7 @@ def write_sample(path: Path, y: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
 
 
 def _draw_spectrogram(path: Path, x: np.ndarray, spec: SpectrogramSpec) -> None:
-    """A small labelled picture of one spectrogram (400 x 240 px; about 50 ms on a CPU)."""
+    """A small labelled picture of one spectrogram (400 x 240 px, a fixed layout: quick)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     from ..plots import show_spectrogram
@@ -177,9 +180,9 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
     """Sample ``count`` new sounds per group: z from the prior, decode, Griffin-Lim.
 
     z comes from the group's prior in the run's sampler (a Gaussian mixture: by default a
-    kernel density estimate of the training codes; ``generate.prior: mixture``) or from
+    kernel density estimate of the training codes; ``generate.sample_prior: mixture``) or from
     N(0, I) (``normal``, or a model without a mixture), its spread scaled by
-    ``generate.temperature``, then moved away from its group's centre by ``generate.spread``
+    ``generate.sample_temperature``, then moved away from its group's centre by ``generate.spread``
     (``fit``: the group's spread fit after training, :mod:`animalvae.sound.spread`).
 
     Parameters
@@ -218,13 +221,12 @@ def generate(config: Config, run_dir: Path, *, groups: Sequence[str] | None = No
     else:
         names, labels = [UNCONDITIONAL], [0]
 
-    if gc.spread == "fit" and gc.prior == "mixture" and sampler.spread is not None:
+    if gc.spread == "fit" and gc.sample_prior == "mixture" and sampler.spread is not None:
         log.info("spread (fit after training): %s", ", ".join(
             f"{name} {sampler.spread[g].item():.3g}" for name, g in zip(names, labels)))
     y = torch.tensor(labels).repeat_interleave(count)                       # (G*count,)
     x = sampler.draw(trained.model, y, config)                             # (G*count, H, W)
-    audio = to_audio(x, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
-                     seed=gc.seed)                                          # (G*count, n)
+    audio = to_audio(x, trained.spec, n_iter=gc.griffin_lim_iters, seed=gc.seed)  # (G*count, n)
 
     samples = Path(run_dir) / SAMPLES
     written = []
@@ -270,8 +272,7 @@ def reconstruct(config: Config, run_dir: Path, *, count: int | None = None,
         mu, _ = trained.model.encode(x, y)
     x_rec = sampler.decode(trained.model, mu, y, config)                    # (N, H, W)
     both = torch.cat([x[:, 0], x_rec])                                      # (2N, H, W)
-    audio = to_audio(both, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
-                     seed=gc.seed)
+    audio = to_audio(both, trained.spec, n_iter=gc.griffin_lim_iters, seed=gc.seed)
 
     folder = Path(run_dir) / SAMPLES / "reconstruct"
     _clear(folder, "*/*_original.*")
@@ -359,8 +360,7 @@ def interpolate(config: Config, run_dir: Path, a: Path, b: Path, *, steps: int =
         ends = torch.nn.functional.one_hot(y, len(trained.groups)).float()  # (2, G)
         blend = (1 - t) * ends[0] + t * ends[1]                             # (S, G)
     out = sampler.decode(model, z, blend, config)                           # (S, H, W)
-    audio = to_audio(out, trained.spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
-                     seed=gc.seed)
+    audio = to_audio(out, trained.spec, n_iter=gc.griffin_lim_iters, seed=gc.seed)
     folder = (Path(run_dir) / SAMPLES / "interpolate"
               / f"{safe_name(Path(a).stem)}__{safe_name(Path(b).stem)}")
     _clear(folder, "*.*")
@@ -498,7 +498,7 @@ def _held_out_terms(model: VAE, data: SpectrogramSet, config: Config, *, spec: S
         # Griffin-Lim keeps its input's level (not peak-normalised here), so a reconstruction
         # that misses the original's loudness is charged for it.
         waves = to_audio(torch.cat([x_mean, x])[:, 0], spec, n_iter=gc.griffin_lim_iters,
-                         momentum=gc.momentum, seed=gc.seed, peak_normalise=False).to(device)
+                         seed=gc.seed, peak_normalise=False).to(device)
         with torch.no_grad():                                               # (2B, n_samples)
             peak_db = forward.peak_db(waves)[:, None, None]                 # (2B, 1, 1)
             again = unit_to_magnitude(forward(waves), top_db=spec.top_db) \
@@ -537,7 +537,7 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, sampler: Samp
              judge_dir: Path | None = None) -> dict[str, Any]:
     """The sample-quality figures of :func:`animalvae.evaluation.quality.quality_report` for a run.
 
-    Real training spectrograms (the first ``generate.eval_real_per_group`` of each group in
+    Real training spectrograms (the first :data:`REAL_PER_GROUP` of each group in
     ``split.csv``) and held-out ones, ``generate.eval_samples`` samples per group (as
     ``generate`` draws them), the reconstructions of the held-out files and, with
     ``judge_dir``, independent recordings all go through the same Griffin-Lim
@@ -548,10 +548,10 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, sampler: Samp
 
     gc = config.generate
     device, model, spec = device_of(trained.model), trained.model, trained.spec
-    train = _real_clips(read_split(run_dir)[0], trained, gc.eval_real_per_group)
+    train = _real_clips(read_split(run_dir)[0], trained, REAL_PER_GROUP)
     require_sources(train.items, run_dir, role="a training file",
                     why="the quality figures need the training spectrograms")
-    judge = (_independent_clips(judge_dir, trained, gc.eval_real_per_group)
+    judge = (_independent_clips(judge_dir, trained, REAL_PER_GROUP)
              if judge_dir is not None else None)
     x_train, y_train = train.batch(torch.arange(len(train)), torch.device("cpu"))
     x_val, y_val = val.batch(torch.arange(len(val)), device)
@@ -566,8 +566,7 @@ def _quality(config: Config, run_dir: Path, trained: TrainedModel, sampler: Samp
              len(y_gen), len(val))
 
     def waves(x: Tensor) -> np.ndarray:
-        return to_audio(x.to(device), spec, n_iter=gc.griffin_lim_iters, momentum=gc.momentum,
-                        seed=gc.seed).numpy()
+        return to_audio(x.to(device), spec, n_iter=gc.griffin_lim_iters, seed=gc.seed).numpy()
 
     independent = None
     if judge is not None:

@@ -43,8 +43,9 @@ PEAK_HALF_WIDTH = 1.5
 #: Rows averaged to take out the spectral envelope before the combs are correlated with a
 #: target, and the rows the correlation spans (the harmonics of animal calls lie below).
 _ENVELOPE_ROWS, _TARGET_ROWS = 33, (2, 256)
-#: Correlation of the best comb with a frame below which the frame has no clear pitch (noise
-#: reaches about 0.25 with 240 combs), and the rise over which its weight goes from 0 to 1.
+#: Correlation of the best comb with a frame below which the frame has no clear pitch (the
+#: best of many combs correlates that well with noise; docs/quality.md), and the rise over
+#: which its weight goes from 0 to 1.
 _CORRELATION_FLOOR, _CORRELATION_RISE = 0.25, 0.15
 
 

@@ -3,7 +3,7 @@
 The per-pixel term (``train.recon_loss``: mean ``|x_hat - x|`` or its square) compares the
 normalised log-magnitudes, where a quiet valley counts as much as a loud peak. On its own it
 lets a decoder trade the few loud pixels that make a sound recognisable (a bark's onset, a
-meow's harmonics) for the many quiet ones: the peaks come out 20 dB too low and smeared.
+meow's harmonics) for the many quiet ones: the peaks come out far too low and smeared.
 The spectral term compares linear magnitudes, where the loud pixels dominate, at several
 time-frequency resolutions: the multi-resolution spectral convergence of Parallel WaveGAN
 (Yamamoto et al. 2020; Arik et al. 2019), here on the one STFT the spectrogram holds, coarser

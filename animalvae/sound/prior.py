@@ -3,22 +3,22 @@
 A VAE's posterior codes drift away from N(0, I) as the reconstruction improves, so z ~ N(0, I)
 lands where the decoder has seen little data (Ghosh et al. 2020, "From Variational to
 Deterministic Autoencoders"; Dai & Wipf 2019). After training, the posterior means of the
-training clips are fit again, group by group (``train.prior``):
+training clips are fit again, group by group (``train.prior_fit``):
 
 - ``kde`` (:func:`fit_kde`): a kernel density estimate (Parzen 1962): one component per
   training code (up to :data:`MAX_KERNELS` per group), each a Gaussian of
-  ``train.prior_bandwidth`` times the group's per-dimension spread of codes. A sample is a
+  ``train.kde_bandwidth`` times the group's per-dimension spread of codes. A sample is a
   training code moved by that much noise: every kind of call the group has keeps its own
   place, none is averaged with its neighbours;
-- ``gmm`` (:func:`fit_gmm`): a diagonal Gaussian mixture of ``train.prior_components``
+- ``gmm`` (:func:`fit_gmm`): a diagonal Gaussian mixture of ``train.gmm_components``
   components fit by EM. With a few dozen codes per group each component is the mean of a
   handful of codes, and a decoded mean is a more typical, less varied sound;
 - ``none``: no prior is stored; ``generate`` samples N(0, I).
 
 The fit is part of the run's sampler (:mod:`animalvae.sound.sampler`): at the end of
 ``vae.py train`` and on request (``vae.py fit-sampler``). ``generate`` samples the mixture by
-default (``generate.prior: mixture``) and N(0, I) on request (``normal``) or when there is
-none (``train.prior: none``).
+default (``generate.sample_prior: mixture``) and N(0, I) on request (``normal``) or when there is
+none (``train.prior_fit: none``).
 
 Both fits are plain tensors in ``sampler.pth`` under ``"prior"`` (loadable with
 ``torch.load(weights_only=True)``)::
@@ -152,11 +152,11 @@ def fit_gmm(codes: np.ndarray, labels: np.ndarray, *, n_groups: int, components:
 
 def fit_prior(codes: np.ndarray, labels: np.ndarray, *, n_groups: int,
               train: TrainConfig) -> dict[str, Tensor]:
-    """The prior ``train.prior`` names (``kde`` or ``gmm``), fit on the codes."""
-    if train.prior == "kde":
-        return fit_kde(codes, labels, n_groups=n_groups, bandwidth=train.prior_bandwidth,
+    """The prior ``train.prior_fit`` names (``kde`` or ``gmm``), fit on the codes."""
+    if train.prior_fit == "kde":
+        return fit_kde(codes, labels, n_groups=n_groups, bandwidth=train.kde_bandwidth,
                        seed=train.seed)
-    return fit_gmm(codes, labels, n_groups=n_groups, components=train.prior_components,
+    return fit_gmm(codes, labels, n_groups=n_groups, components=train.gmm_components,
                    seed=train.seed)
 
 

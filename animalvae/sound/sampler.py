@@ -7,11 +7,11 @@ under). Every command that decodes goes through it, so generate, reconstruct, in
 and evaluate finish the decoder's output the same way:
 
 - **codes** (:meth:`Sampler.latents`): each group's prior over its training codes
-  (:mod:`animalvae.sound.prior`, ``train.prior``), scaled by ``generate.temperature`` and
+  (:mod:`animalvae.sound.prior`, ``train.prior_fit``), scaled by ``generate.sample_temperature`` and
   moved from the group's centre by its spread (:mod:`animalvae.sound.spread`,
-  ``generate.spread``); N(0, I) with ``generate.prior: normal`` or ``train.prior: none``;
+  ``generate.spread``); N(0, I) with ``generate.sample_prior: normal`` or ``train.prior_fit: none``;
 - **the decoder's output, finished** (:meth:`Sampler.decode`): the comb drawn at
-  ``generate.pitch_temperature`` for sampled codes, the peak restored
+  ``generate.sample_pitch_temperature`` for sampled codes, the peak restored
   (``generate.restore_peak``), and the texture noise (:mod:`animalvae.sound.texture`) added at
   ``generate.texture``.
 
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import Config
+from ..config import RENAMED_KEYS, Config
 from ..device import device_of
 from ..errors import ConfigError
 from ..training.checkpoint import save_checkpoint
@@ -88,23 +88,24 @@ def restore_peak(x: Tensor) -> Tensor:
 def fit_settings(config: Config) -> dict[str, Any]:
     """The settings a sampler's fit depends on, by their config keys.
 
-    The prior depends on ``train.prior*`` (and ``train.seed``, which picks the kernels of a
-    large group), the texture on how an encoded clip is decoded (``generate.restore_peak``),
-    and a fitted spread (``generate.spread: fit``) on how samples are drawn and decoded; a
-    number for ``generate.spread`` is applied as it is and needs no fit.
+    The prior depends on ``train.prior_fit`` with its ``kde_bandwidth`` or ``gmm_components``
+    (and ``train.seed``, which picks the kernels of a large group), the texture on how an
+    encoded clip is decoded (``generate.restore_peak``), and a fitted spread (``generate.spread:
+    fit``) on how samples are drawn and decoded; a number for ``generate.spread`` is applied as
+    it is and needs no fit.
     """
     tc, gc = config.train, config.generate
-    settings: dict[str, Any] = {"train.prior": tc.prior, "train.seed": tc.seed,
+    settings: dict[str, Any] = {"train.prior_fit": tc.prior_fit, "train.seed": tc.seed,
                                 "generate.restore_peak": gc.restore_peak}
-    if tc.prior == "kde":
-        settings["train.prior_bandwidth"] = tc.prior_bandwidth
-    elif tc.prior == "gmm":
-        settings["train.prior_components"] = tc.prior_components
-    if gc.spread == "fit" and tc.prior != "none":
-        settings.update({"generate.spread": "fit", "generate.temperature": gc.temperature,
-                         "generate.pitch_temperature": gc.pitch_temperature,
-                         "generate.texture": gc.texture, "generate.seed": gc.seed,
-                         "generate.momentum": gc.momentum})
+    if tc.prior_fit == "kde":
+        settings["train.kde_bandwidth"] = tc.kde_bandwidth
+    elif tc.prior_fit == "gmm":
+        settings["train.gmm_components"] = tc.gmm_components
+    if gc.spread == "fit" and tc.prior_fit != "none":
+        settings.update({"generate.spread": "fit",
+                         "generate.sample_temperature": gc.sample_temperature,
+                         "generate.sample_pitch_temperature": gc.sample_pitch_temperature,
+                         "generate.texture": gc.texture, "generate.seed": gc.seed})
     return settings
 
 
@@ -134,8 +135,8 @@ class Sampler:
                 spread: float | Tensor | None = None) -> Tensor:
         """One code per label: (B,) CPU group indices -> (B, L) on the CPU.
 
-        Drawn from the prior (``generate.prior: mixture``) or N(0, I), at
-        ``generate.temperature``, seeded by ``generate.seed`` (the same codes on every
+        Drawn from the prior (``generate.sample_prior: mixture``) or N(0, I), at
+        ``generate.sample_temperature``, seeded by ``generate.seed`` (the same codes on every
         device). ``spread`` replaces ``generate.spread`` (``fit``: the fitted one, 1 where
         there is none).
         """
@@ -144,12 +145,13 @@ class Sampler:
             spread = gc.spread if gc.spread != "fit" else (
                 self.spread if self.spread is not None else 1.0)
         gen = torch.Generator().manual_seed(gc.seed)
-        if gc.prior == "mixture" and self.prior is not None:
-            return sample_prior(self.prior, labels, generator=gen, temperature=gc.temperature,
-                                spread=spread)
-        if gc.prior == "mixture":
-            log.info("this run's sampler has no prior (train.prior: none): sampling z ~ N(0, I)")
-        scale = gc.temperature * per_label(spread, labels)
+        if gc.sample_prior == "mixture" and self.prior is not None:
+            return sample_prior(self.prior, labels, generator=gen,
+                                temperature=gc.sample_temperature, spread=spread)
+        if gc.sample_prior == "mixture":
+            log.info("this run's sampler has no prior (train.prior_fit: none): "
+                     "sampling z ~ N(0, I)")
+        scale = gc.sample_temperature * per_label(spread, labels)
         return torch.randn(len(labels), latent_dim, generator=gen) * scale
 
     def decode(self, model: VAE, z: Tensor, groups: Tensor | None, config: Config, *,
@@ -159,7 +161,7 @@ class Sampler:
         ``groups`` is (B,) group indices or (B, G) blends of groups (an interpolation between
         two groups blends their embeddings and textures alike); None for an unconditional
         model. ``sampled``: the codes came from :meth:`latents`, so the comb is drawn at
-        ``generate.pitch_temperature`` (an unseen code's pitch is less sure than an encoded
+        ``generate.sample_pitch_temperature`` (an unseen code's pitch is less sure than an encoded
         clip's).
         """
         gc, device = config.generate, device_of(model)
@@ -169,8 +171,8 @@ class Sampler:
             cond = (model.decoder.condition(groups) if groups.dim() == 1
                     else groups.float() @ model.decoder.embed.weight)          # (B, E)
         with torch.no_grad():
-            x = model.decoder(z.to(device), cond,
-                              pitch_temperature=gc.pitch_temperature if sampled else None)[:, 0]
+            temperature = gc.sample_pitch_temperature if sampled else None
+            x = model.decoder(z.to(device), cond, pitch_temperature=temperature)[:, 0]
         x = restore_peak(x) if gc.restore_peak else x
         if self.texture is not None:
             x = add_texture(x, self._tables(groups, len(x), model.config.conditional),
@@ -203,8 +205,9 @@ class Sampler:
         problem = _shape_problem(data, g, latent)
         if problem:
             raise ConfigError(f"{path}: {problem}; fit it again with vae.py fit-sampler")
-        return cls(dict(data.get("settings") or {}), data.get("prior"), data.get("spread"),
-                   data.get("texture"))
+        # settings saved under a key's earlier name count under its present one
+        settings = {RENAMED_KEYS.get(k, k): v for k, v in (data.get("settings") or {}).items()}
+        return cls(settings, data.get("prior"), data.get("spread"), data.get("texture"))
 
 
 def _shape_problem(data: dict[str, Any], n_groups: int, latent_dim: int) -> str:
@@ -253,14 +256,14 @@ def fit_sampler(trained: TrainedModel, data: SpectrogramSet, config: Config, *,
             texture_fit.add(x[keep, 0], x_hat,
                             y[keep] if model.config.conditional else torch.zeros_like(y[keep]))
     prior = None
-    if tc.prior != "none":
+    if tc.prior_fit != "none":
         prior = fit_prior(np.concatenate(codes), data.y.numpy(), n_groups=model.n_groups,
                           train=tc)
     table = texture_fit.table()
     if not model.config.conditional:
         table = table[:1].expand_as(table).clone()
     log.info("sampler: %s prior per group, fit on %d training codes; texture on %d clips "
-             "(mean noise %.3f of the [0, 1] range)", tc.prior, len(data), int(chosen.sum()),
+             "(mean noise %.3f of the [0, 1] range)", tc.prior_fit, len(data), int(chosen.sum()),
              table.mean().item())
     sampler = dataclasses.replace(plain, prior=prior, texture=table)
     if prior is not None and config.generate.spread == "fit":
@@ -273,9 +276,10 @@ def fit_sampler(trained: TrainedModel, data: SpectrogramSet, config: Config, *,
 
 
 def _mixture(config: Config) -> Config:
-    """``config`` with ``generate.prior: mixture``: the spread is fit on the prior's draws."""
+    """``config`` with ``generate.sample_prior: mixture``: the spread is fit on the prior's
+    draws."""
     return dataclasses.replace(config, generate=dataclasses.replace(config.generate,
-                                                                    prior="mixture"))
+                                                                    sample_prior="mixture"))
 
 
 def save_sampler(run_dir: Path, sampler: Sampler) -> Path:

@@ -8,13 +8,13 @@ and a group's samples are near-copies of its training clips, too much and they s
 like the group.
 
 :func:`fit_spread` starts every group at :data:`MIN_SPREAD`, which undoes the pull on
-variety (measured over five trainings, docs/benchmarks.md "spread, five seeds"), and raises a
-group's spread, up to :data:`MAX_SPREAD`, until its samples, sent through Griffin-Lim and
-compared on the log-mel statistics of :mod:`animalvae.evaluation.quality`, are as new as a real
-clip is: as far from their nearest training clip as each training clip is from its nearest
-other one (:func:`~animalvae.evaluation.quality.nearest_ratio` >= 1). A group whose decoder
-pulls its codes together hardest (near-copies of its training clips) gets the most; the others
-keep the smallest, which keeps their samples most typical of the group.
+variety (docs/quality.md, "spread samples"), and raises a group's spread, up to
+:data:`MAX_SPREAD`, until its samples, sent through Griffin-Lim and compared on the log-mel
+statistics of :mod:`animalvae.evaluation.quality`, are as new as a real clip is: as far from
+their nearest training clip as each training clip is from its nearest other one
+(:func:`~animalvae.evaluation.quality.nearest_ratio` >= 1). A group whose decoder pulls its
+codes together hardest (near-copies of its training clips) gets the most; the others keep the
+smallest, which keeps their samples most typical of the group.
 
 It runs after the prior is fit, as the last part of the sampler's fit
 (:mod:`animalvae.sound.sampler`), and is stored beside the prior, ``(G,)``;
@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 
 #: The spreads tried, in steps of 0.1: finer than a listener or the judge tells apart.
 SPREADS = tuple(round(1.3 + k / 10, 1) for k in range(8))
-#: Every group's spread at least: the measured spread that brings samples' variety near real
-#: clips'; further out, samples of some groups stop sounding like the group.
+#: Every group's spread at least: the spread that brings samples' variety near real clips'
+#: (docs/quality.md, "spread samples"); further out, samples of some groups stop sounding like
+#: the group.
 MIN_SPREAD = SPREADS[0]
 #: The largest spread: where samples never get as new as real clips, this one is used.
 MAX_SPREAD = SPREADS[-1]
@@ -95,7 +96,7 @@ def fit_spread(draw: Callable[[Tensor, Tensor], Tensor], data: SpectrogramSet, c
     gc = config.generate
 
     def features(x: Tensor) -> np.ndarray:
-        waves = to_audio(x, spec, n_iter=GRIFFIN_LIM_ITERS, momentum=gc.momentum, seed=gc.seed)
+        waves = to_audio(x, spec, n_iter=GRIFFIN_LIM_ITERS, seed=gc.seed)
         return logmel_stats(waves.cpu().numpy(), spec.sample_rate)
 
     index = torch.nonzero(chosen).flatten()

@@ -31,9 +31,8 @@ pitch comb (``model.pitch_candidates`` > 0), ``pitch`` is the cross-entropy of t
 pitch head, at the sampled code, against each frame's best-fitting comb
 (:func:`animalvae.sound.harmonic.pitch_loss`), times ``train.pitch_weight``. ``beta``
 rises linearly from 0 to ``train.beta`` over the first ``train.kl_warmup_epochs`` epochs (per
-step). With ``train.free_bits`` > 0 each latent dimension's batch-mean KL is penalised only
-above that many nats. ``metrics.csv`` logs ``recon`` and the unclipped ``kl`` separately; the
-validation loss (which picks ``model.pth``) always uses the full ``train.beta``.
+step). ``metrics.csv`` logs ``recon`` and ``kl`` separately; the validation loss (which
+picks ``model.pth``) always uses the full ``train.beta``.
 
 Learning rate: linear warm-up over ``train.warmup_steps``, then a cosine decay to a tenth of
 ``train.lr`` at the end of ``train.epochs`` (a pure function of the step, as in nanoGPT;
@@ -90,14 +89,13 @@ _PANELS = {"loss": "loss (per pixel)", "recon": "reconstruction (per pixel)",
 class LossTerms:
     """The objective and its two parts (0-d tensors, batch means)."""
 
-    loss: Tensor    # recon (+ spectral and modulation terms) + beta * kl_penalised / n_pixels
+    loss: Tensor    # recon (+ spectral and modulation terms) + beta * kl / n_pixels
     recon: Tensor   # per pixel
-    kl: Tensor      # nats per sample, before free bits
+    kl: Tensor      # nats per sample
 
 
 def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *,
-             reconstruction: ReconstructionLoss, beta: float,
-             free_bits: float = 0.0) -> LossTerms:
+             reconstruction: ReconstructionLoss, beta: float) -> LossTerms:
     """The VAE objective described in the module docstring.
 
     Parameters
@@ -109,15 +107,12 @@ def vae_loss(x_hat: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, *,
         ``modulation_weight``).
     beta : float
         KL weight, >= 0.
-    free_bits : float
-        Nats per latent dimension (batch mean) not penalised; 0 = off.
     """
     rec_loss, recon = reconstruction(x_hat, x)
     kl_dims = kl_divergence(mu, logvar)                   # (B, L)
     kl = kl_dims.sum(dim=1).mean()                        # nats per sample
-    penalised = kl_dims.mean(dim=0).clamp(min=free_bits).sum() if free_bits > 0 else kl
     n_pixels = x[0].numel()
-    return LossTerms(rec_loss + beta * penalised / n_pixels, recon, kl)
+    return LossTerms(rec_loss + beta * kl / n_pixels, recon, kl)
 
 
 def pitch_term(logits: Tensor | None, x: Tensor, combs: Tensor | None, *,
@@ -138,7 +133,7 @@ def pitch_term(logits: Tensor | None, x: Tensor, combs: Tensor | None, *,
 def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistContext,
               reconstruction: ReconstructionLoss, beta: float, pitch_weight: float,
               seed: int) -> dict[str, float]:
-    """Mean recon, KL and loss (full beta, no free bits, plus ``pitch_weight`` times the pitch
+    """Mean recon, KL and loss (full beta, plus ``pitch_weight`` times the pitch
     term) over ``data``, on every rank.
 
     The reparameterisation noise comes from its own generator, seeded the same every time:
@@ -166,8 +161,7 @@ def _validate(model: VAE, data: SpectrogramSet, *, batch_size: int, dist: DistCo
 
 
 def _step(batch: Batch, *, loop: TrainingLoop, data: SpectrogramSet,
-          reconstruction: ReconstructionLoss, free_bits: float,
-          pitch_weight: float) -> StepLoss:
+          reconstruction: ReconstructionLoss, pitch_weight: float) -> StepLoss:
     """The loss of one global batch on this rank (:class:`~animalvae.training.loop.StepLoss`)."""
     model, dist = loop.model, loop.dist
     # this step's global batch and noise, drawn alike on every rank; this rank's share
@@ -178,7 +172,7 @@ def _step(batch: Batch, *, loop: TrainingLoop, data: SpectrogramSet,
     out = loop.replicas(x, y, noise=noise[part])
     # the VAE objective, plus the pitch head's term from this same pass
     terms = vae_loss(out.x_hat, x, out.mu, out.logvar, reconstruction=reconstruction,
-                     beta=batch.beta, free_bits=free_bits)
+                     beta=batch.beta)
     loss = terms.loss + pitch_term(out.pitch_logits, x, model.decoder.combs, weight=pitch_weight)
     # weighted by this rank's share, so DDP's average over ranks is the global batch mean
     return StepLoss(loss * weight, {"loss": loss, "recon": terms.recon, "kl": terms.kl},
@@ -279,7 +273,7 @@ def _train(config: Config, run_dir: Path, dist: DistContext, *, resume: bool,
 
     # train: one step per batch, validation and checkpoints after each epoch
     step = functools.partial(_step, loop=loop, data=train_set, reconstruction=reconstruction,
-                             free_bits=tc.free_bits, pitch_weight=pitch_weight)
+                             pitch_weight=pitch_weight)
     validate = functools.partial(_validate, model, val_set, batch_size=tc.batch_size, dist=dist,
                                  reconstruction=reconstruction, beta=tc.beta,
                                  pitch_weight=pitch_weight, seed=tc.seed)
