@@ -1,4 +1,4 @@
-"""Sample-quality measures (animalvae.evaluation.quality) and the mixture prior (animalvae.sound.prior).
+"""Sample-quality measures (animalvae.evaluation.quality) and the prior (animalvae.sound.prior).
 
 The measures run on generated calls whose answer is known: low vs high tone stacks for the
 judge, a harmonic stack vs the same band of noise for sharpness, shifted Gaussians for the
@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_vae import make_data, write_tiny_config
+from vae_runs import make_data, write_tiny_config
 
 import vae
 from animalvae.evaluation import birdnet, quality
 from animalvae.sound import prior as prior_module
-from animalvae.training.dataset import first_per_group, read_split
 from animalvae.sound.model import load_model
 from animalvae.sound.prior import (
     PRIOR,
@@ -31,6 +30,7 @@ from animalvae.sound.prior import (
     spread_components,
 )
 from animalvae.sound.spread import SPREADS, smallest_meeting
+from animalvae.training.dataset import first_per_group, read_split
 
 SR = 8000
 
@@ -500,8 +500,8 @@ def test_a_model_from_before_decoder_norm_and_latent_frames_loads_as_it_was(tmp_
     import dataclasses
 
     from animalvae.config import ModelConfig
-    from animalvae.spectrogram import SpectrogramSpec
     from animalvae.sound.model import VAE, checkpoint_payload
+    from animalvae.spectrogram import SpectrogramSpec
 
     config = ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, decoder_norm="group",
                          latent_frames=0, pitch_candidates=0)

@@ -27,9 +27,6 @@ import vae
 from animalvae import images as images_mod
 from animalvae.config import SoundImageConfig, load_config
 from animalvae.errors import ConfigError, ItemFailed
-from animalvae.shards import parse_shard
-from animalvae.spectrogram import SpectrogramSpec, save_spec
-from animalvae.stage import StageOptions, read_manifest, run_stage, write_manifest
 from animalvae.evaluation.image_quality import (
     candidate_sets,
     edge_strength,
@@ -46,6 +43,9 @@ from animalvae.image.model import (
     product_of_experts,
 )
 from animalvae.image.train import image_loss
+from animalvae.shards import parse_shard
+from animalvae.spectrogram import SpectrogramSpec, save_spec
+from animalvae.stage import StageOptions, read_manifest, run_stage, write_manifest
 
 SPEC = SpectrogramSpec(kind="stft", sample_rate=8000, n_fft=128, hop_length=64, n_frames=32)
 SIZE = 16
@@ -659,7 +659,7 @@ IMAGE_FLAGS = {   # each sound <-> image sub-command's own flags, beyond the com
 def test_each_image_command_takes_only_the_flags_it_uses(command, capsys):
     import re
 
-    from test_vae import COMMON
+    from vae_runs import COMMON
     with pytest.raises(SystemExit) as info:
         vae.main([command, "--help"])
     assert info.value.code == 0
