@@ -4,7 +4,7 @@ Real torch.distributed: ``torchrun --standalone --nproc_per_node 2`` runs ``vae.
 through ``tests/ddp_worker.py``, which keeps each rank's final weights; so do two torchrun
 launchers as two nodes (``--nnodes 2``, c10d rendezvous on 127.0.0.1); and the command a user
 types, ``torchrun ... vae.py train --run-dir DIR``, trains. The data and model
-are the tiny ones of ``test_vae.py``; ``train.batch_size=5`` over 16 training files makes
+are the tiny ones of ``vae_runs.py``; ``train.batch_size=5`` over 16 training files makes
 batches of 5, 5, 5 and 1, so the ranks get unequal shares and, in the last batch, one rank
 none at all.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_vae import make_data, read_metrics, write_tiny_config
+from vae_runs import make_data, read_metrics, write_tiny_config
 
 import vae
 from animalvae.training.distributed import DistContext

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_vae import read_metrics, run_vae, write_tiny_config
 from torch.nn import functional as F
+from vae_runs import read_metrics, run_vae, write_tiny_config
 
 from animalvae.config import ModelConfig
 from animalvae.sound import harmonic

@@ -1,5 +1,4 @@
-"""Sample-quality measures (animalvae.evaluation.quality) and the mixture prior
-(animalvae.sound.prior).
+"""Sample-quality measures (animalvae.evaluation.quality) and the prior (animalvae.sound.prior).
 
 The measures run on generated calls whose answer is known: low vs high tone stacks for the
 judge, a harmonic stack vs the same band of noise for sharpness, shifted Gaussians for the
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_vae import make_data, write_tiny_config
+from vae_runs import make_data, write_tiny_config
 
 import vae
 from animalvae.config import RENAMED_KEYS

@@ -129,3 +129,30 @@ def test_stage_5_reads_audio_through_the_stage_neutral_modules_not_stage_3s_dete
                  if (module, target) not in allowed]
     assert ("animalvae.image.sound_to_image", "animalvae.audio") in {(m, s) for m, s, _ in found}
     assert offenders == []
+
+
+def test_no_test_file_imports_another():
+    """What test files share lives in helper modules (conftest.py, media.py, vae_runs.py, ...)."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.name}: {n}" for n in names
+                          if n.split(".")[-1].startswith("test_")]
+    assert offenders == []
+
+
+def test_the_readme_is_short_and_its_links_and_the_docs_links_lead_somewhere():
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 300
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if not re.match(r"[a-z]+://", target) and not (page.parent / target).exists():
+                broken.append(f"{page.name}: {target}")
+    assert broken == []

@@ -658,7 +658,7 @@ IMAGE_FLAGS = {   # each sound <-> image sub-command's own flags, beyond the com
 def test_each_image_command_takes_only_the_flags_it_uses(command, capsys):
     import re
 
-    from test_vae import COMMON
+    from vae_runs import COMMON
     with pytest.raises(SystemExit) as info:
         vae.main([command, "--help"])
     assert info.value.code == 0

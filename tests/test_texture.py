@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import soundfile
 import torch
-from test_vae import write_tiny_config
+from vae_runs import write_tiny_config
 
 import vae
 from animalvae.sound.texture import TEXTURE, TextureFit, add_texture, fine_detail, texture_tables
