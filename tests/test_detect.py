@@ -286,6 +286,22 @@ def test_checkpoint_with_other_pickled_objects_is_refused_in_one_line(tmp_path, 
         assert "\n" not in message and "--download-models" in message
 
 
+
+def test_a_checkpoint_that_fails_to_load_stops_the_stage_in_one_line(tmp_path, write_config,
+                                                                       capsys, monkeypatch):
+    # the model loads in a thread while the first clips are read: its error still stops the run
+    monkeypatch.setattr(panns, "MIN_CHECKPOINT_BYTES", 1)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"<html>not found</html>" * 10)
+    for name in ("a", "b"):
+        make_wav(tmp_path / "audio" / "dogs" / f"{name}.wav", tone(1.0))
+    cfg = write_config(f"paths:\n  audio: audio\n  detections: det\n"
+                       f"detect:\n  checkpoint: {junk}\n")
+    assert animal_sound_detector.main(["--config", str(cfg), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"detect.checkpoint={junk} cannot be loaded" in err and "Traceback" not in err
+    assert not list((tmp_path / "det").rglob("*.wav"))      # no segment written
+
 @pytest.mark.slow
 def test_scorer_batches_clips_of_different_lengths(checkpoint):
     scorer = PannsScorer(panns.load_model(checkpoint, "cpu"), "cpu")
