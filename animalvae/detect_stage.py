@@ -125,26 +125,9 @@ class PannsScorer:
     sample_rate = panns.SAMPLE_RATE
 
     def __init__(self, model: Any, device: Any):
-        self._model = model
+        self.model = model
         self.device = device
         self.labels = panns.audioset_labels()
-
-    @classmethod
-    def loading(cls, checkpoint: Path, device: Any) -> PannsScorer:
-        """A scorer whose model loads in a thread meanwhile: the first clips are read while
-        it loads, and the first batch waits for it (a load error is raised there)."""
-        loader = cf.ThreadPoolExecutor(1, thread_name_prefix="detect-load")
-        try:
-            return cls(loader.submit(panns.load_detector, checkpoint, device), device)
-        finally:
-            loader.shutdown(wait=False)
-
-    @property
-    def model(self) -> Any:
-        """The detection model, once it has loaded."""
-        if isinstance(self._model, cf.Future):
-            self._model = self._model.result()
-        return self._model
 
     def __call__(self, clips: list[Clip]) -> list[np.ndarray]:
         """Each clip's ``framewise_output`` [shape=(1 + samples // 320, 527)], padding cut off."""
@@ -437,8 +420,8 @@ def run(config: Config, options: StageOptions) -> Summary:
     """Run stage 3 over ``paths.audio`` into ``paths.detections``.
 
     Checks first, together: the input folder, an AudioSet class list for every group, the
-    device, and (``panns``) the checkpoint; then records ``settings.yaml`` and processes the
-    items, the model loading in a thread while the first clips are read.
+    device, and (``panns``) the checkpoint; then loads the model once and records
+    ``settings.yaml`` before any item is processed.
 
     Parameters
     ----------
@@ -484,7 +467,7 @@ def run(config: Config, options: StageOptions) -> Summary:
                         "(segments keep %d Hz); set it to %d to skip that",
                         config.extract.sample_rate, panns.SAMPLE_RATE,
                         config.extract.sample_rate, panns.SAMPLE_RATE)
-        scorer: Scorer = PannsScorer.loading(settings.checkpoint, device)
+        scorer: Scorer = PannsScorer(panns.load_detector(settings.checkpoint, device), device)
     else:
         log.info("detect.backend=energy: the loudest window is chosen (not animal-aware)")
         scorer = EnergyScorer()
