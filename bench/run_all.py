@@ -4,7 +4,10 @@
 Each benchmark prints a Markdown section (its figures, the baseline, the ratio and the command
 that reproduces it) and writes the same text to bench/results/<name>.md; this script runs them
 one after another (never in parallel: they time things) and joins the sections with a header
-naming the machine.
+naming the machine, followed by the hand-written analyses in bench/notes/.
+
+    python bench/run_all.py [NAME ...]   # run these benchmarks (default: all), rewrite the page
+    python bench/run_all.py --page       # only rewrite the page from the results and notes
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+NOTES = ROOT / "bench" / "notes"
 
 
 def machine() -> str:
@@ -36,6 +40,9 @@ def machine() -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--page"]:
+        write_page()
+        return 0
     names = argv or sorted(p.stem.removeprefix("bench_")
                            for p in (ROOT / "bench").glob("bench_*.py"))
     failed = []
@@ -49,14 +56,21 @@ def main(argv: list[str]) -> int:
             # Never publish an older figure under this run's date.
             result.write_text(f"## {name}\n\nThe last run of `bench/bench_{name}.py` failed "
                               f"(exit code {proc.returncode}); no figure.\n")
-    sections = [p.read_text().strip() for p in sorted(RESULTS.glob("*.md"))]
+    write_page()
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def write_page() -> None:
+    """docs/benchmarks.md: every script's latest result, then the hand-written analyses of
+    ``bench/notes/`` (profiles and experiments that read those figures)."""
+    sections = [p.read_text().strip() for folder in (RESULTS, NOTES)
+                for p in sorted(folder.glob("*.md"))]
     header = ("# Benchmarks\n\nEvery figure here is printed by a script in `bench/`; "
               "`make bench` reruns them all and rewrites this page.\n\n"
               f"Last run {datetime.date.today()} on: {machine()}.\n")
     (ROOT / "docs" / "benchmarks.md").write_text(header + "\n\n".join([""] + sections) + "\n")
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
