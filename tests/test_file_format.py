@@ -69,15 +69,16 @@ def test_a_version_1_model_pth_loads_through_the_upgrade_and_gives_the_same_outp
                                                             torch.full((2, 4, 4), 0.1))
 
 
-def test_a_version_1_sampler_keeps_a_number_spread_out_of_its_settings(tmp_path):
+def test_a_version_1_sampler_gets_todays_key_names_and_no_number_spread(tmp_path):
     settings = {"train.prior": "gmm", "train.seed": 0, "generate.restore_peak": True}
+    renamed = {"train.prior_fit": "gmm", "train.seed": 0, "generate.restore_peak": True}
     old = {"format": "animalvae.sampler/1", "prior": None, "spread": None, "texture": None}
     number = upgrade_sampler({**old, "settings": {**settings, "generate.spread": 1.5}},
                              tmp_path / "sampler.pth")
-    assert number["settings"] == settings                 # a number needs no fit
+    assert number["settings"] == renamed                  # a number needs no fit
     fit = upgrade_sampler({**old, "settings": {**settings, "generate.spread": "fit"}},
                           tmp_path / "sampler.pth")
-    assert fit["settings"] == {**settings, "generate.spread": "fit"}
+    assert fit["settings"] == {**renamed, "generate.spread": "fit"}
     assert fit["format"] == number["format"] == "animalvae.sampler/2"
 
 
@@ -90,8 +91,13 @@ def test_a_version_2_image_model_loads_through_the_upgrade(tmp_path):
     payload = pairs_payload(model, spec=SPEC, groups=["a"], group_codes=codes,
                             residuals=residuals, config={})
     assert payload["format"] == "animalvae.sound_image/3"
-    torch.save({**payload, "format": "animalvae.sound_image/2"}, tmp_path / "model.pth")
+    # version 2 saved the sound_image settings under the keys' earlier names
+    earlier = dict(payload["model_config"], candidates=100)
+    earlier["temperature"] = earlier.pop("draw_temperature")
+    torch.save({**payload, "format": "animalvae.sound_image/2", "model_config": earlier},
+               tmp_path / "model.pth")
     loaded = load_pairs_model(tmp_path / "model.pth")
+    assert loaded.model.config == config
     sound = torch.rand(2, 1, *SPEC.shape)
     with torch.no_grad():
         mu, _ = model.posterior(sound=sound)

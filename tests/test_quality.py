@@ -30,6 +30,7 @@ from animalvae.sound.prior import (
 )
 from animalvae.sound.spread import SPREADS, smallest_meeting
 from animalvae.training.dataset import first_per_group, read_split
+from animalvae.training.file_format import format_tag
 
 SR = 8000
 
@@ -413,8 +414,9 @@ def test_fit_sampler_replaces_the_sampler_and_a_changed_setting_refits_it(tmp_pa
     assert saved["train.prior_fit"] == "kde"
     assert vae.main(argv) == 0
     assert "fitting it again" not in capsys.readouterr().err       # now it matches
-    # settings saved under the keys' earlier names match their present names
+    # a version-1 sampler.pth, its settings under the keys' earlier names, matches them
     data = torch.load(run / "sampler.pth", weights_only=True)
+    data["format"] = format_tag("sampler", 1)
     earlier = {new: old for old, new in RENAMED_KEYS.items()}
     data["settings"] = {earlier.get(k, k): v for k, v in data["settings"].items()}
     assert "train.prior" in data["settings"]

@@ -22,8 +22,9 @@ now: ``model`` (the weights), ``model_config`` (the ``sound_image`` settings), `
 of the training pairs' posterior means, for sampling a group: Ghosh et al. 2020's fitted prior,
 diagonal), ``residuals`` (per group, the mean sound code and what each pair's code adds to it),
 ``config`` (the whole config of the run), ``versions`` and ``epoch``, ``step``, ``val_loss``.
-Version 2 held the same; 3 marks the files written since stage 5 moved into rooms, so that an
-older animalvae refuses them rather than misreads them. Version 1 (no residuals) is too old to
+Version 2 held the same under the ``sound_image`` keys' earlier names; 3 marks the files
+written since stage 5 moved into rooms and the keys were renamed, so that an older animalvae
+refuses them rather than misreads them. Version 1 (no residuals) is too old to
 upgrade. :func:`upgrade_pairs_checkpoint` is the one function that knows this.
 """
 
@@ -258,7 +259,9 @@ def pairs_payload(model: SoundImageVAE, *, spec: SpectrogramSpec, groups: list[s
 
 
 def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 2 -> 3: the same content."""
+    """Version 2 -> 3: the ``sound_image`` settings under today's names (renamed keys take
+    their new name, removed ones are dropped)."""
+    data["model_config"] = current_keys("sound_image", data.get("model_config") or {})
     return data
 
 
@@ -266,7 +269,7 @@ def upgrade_pairs_checkpoint(data: Any, path: Path, *, what: str = "model.pth"
                              ) -> dict[str, Any]:
     """A sound <-> image checkpoint's payload of any version brought to the current one.
 
-    Version 2 -> 3 changes only the tag (module docstring). Raises a one-line ConfigError
+    Version 2 -> 3 renames the settings' keys (module docstring). Raises a one-line ConfigError
     naming ``path`` for something that is not such a payload, a version newer than this
     code's, or one too old to upgrade.
     """
@@ -294,7 +297,7 @@ def load_pairs_model(path: Path, *, device: torch.device | str = "cpu") -> Train
     """
     data = read_pairs_checkpoint(path, what=Path(path).name)
     try:
-        config = SoundImageConfig(**current_keys("sound_image", data["model_config"]))
+        config = SoundImageConfig(**data["model_config"])
         spec = SpectrogramSpec.from_dict(data["spec"])
         model = SoundImageVAE(config, tuple(data["shape"]), int(data["image_size"]))
         model.load_state_dict(data["model"])

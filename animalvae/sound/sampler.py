@@ -24,7 +24,8 @@ so) and saves it, or refuses when the training clips it needs are gone.
 :func:`fit_settings` of the config it was fit under; ``{"legacy": True}`` for a sampler carried
 over from a version-1 ``model.pth``, whose settings were not kept), ``prior``, ``spread`` and
 ``texture`` (the :class:`Sampler` attributes). Version 1 was the same, except that its settings
-always held ``generate.spread``, a number included, which a fit does not depend on.
+used some keys' earlier names and always held ``generate.spread``, a number included, which a
+fit does not depend on.
 :func:`upgrade_sampler` is the one function that knows this; a run folder without
 ``sampler.pth`` whose ``model.pth`` held the sampler (version 1) uses the one that
 :func:`animalvae.sound.model.upgrade_checkpoint` carried over, as it is.
@@ -205,9 +206,8 @@ class Sampler:
         problem = _shape_problem(data, g, latent)
         if problem:
             raise ConfigError(f"{path}: {problem}; fit it again with vae.py fit-sampler")
-        # settings saved under a key's earlier name count under its present one
-        settings = {RENAMED_KEYS.get(k, k): v for k, v in (data.get("settings") or {}).items()}
-        return cls(settings, data.get("prior"), data.get("spread"), data.get("texture"))
+        return cls(dict(data.get("settings") or {}), data.get("prior"), data.get("spread"),
+                   data.get("texture"))
 
 
 def _shape_problem(data: dict[str, Any], n_groups: int, latent_dim: int) -> str:
@@ -301,8 +301,9 @@ def refit_sampler(config: Config, run_dir: Path, trained: TrainedModel) -> Sampl
 
 
 def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 -> 2: ``generate.spread`` stays in the settings only when it was ``fit``."""
-    settings = dict(data.get("settings") or {})
+    """Version 1 -> 2: the settings under today's key names, and ``generate.spread`` among
+    them only when it was ``fit``."""
+    settings = {RENAMED_KEYS.get(k, k): v for k, v in (data.get("settings") or {}).items()}
     if settings.get("generate.spread", "fit") != "fit":
         del settings["generate.spread"]
     data["settings"] = settings
