@@ -262,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: demo_out/ in the repository)")
     p.add_argument("--config", type=Path, default=DEMO_CONFIG, metavar="PATH",
                    help="settings for the five scripts (default: configs/demo.yaml)")
-    p.add_argument("--clips-per-group", type=cli.int_at_least(1), default=10, metavar="N",
-                   help="sample videos per group: dogs, cats, birds (default: 10)")
+    p.add_argument("--clips-per-group", type=cli.int_at_least(1), default=24, metavar="N",
+                   help="sample videos per group: dogs, cats, birds (default: 24)")
     p.add_argument("--epochs", type=cli.int_at_least(1), default=None, metavar="N",
                    help="training epochs (default: train.epochs of the config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
