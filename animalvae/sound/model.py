@@ -186,10 +186,10 @@ class SubPixelConvTranspose2d(nn.ConvTranspose2d):
         self.register_buffer("taps_rows", taps[0], persistent=False)
         self.register_buffer("taps_cols", taps[1], persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        sh, sw = self.stride
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        (sh, sw), (kh, kw) = self.stride, self.kernel_size
         c_out = self.out_channels
-        padded = F.pad(self.weight, (0, 1, 0, 1))            # index kernel_size reads a zero
+        padded = F.pad(self.weight, (0, 1, 0, 1))            # index kh / kw reads a zero
         w = padded[:, :, self.taps_rows[:, :, None, None], self.taps_cols[None, None]]
         w = w.permute(1, 2, 4, 0, 3, 5).reshape(c_out * sh * sw, self.in_channels, 3, 3)
         bias = None if self.bias is None else self.bias.repeat_interleave(sh * sw)
