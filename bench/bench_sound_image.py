@@ -117,6 +117,15 @@ def _with_photos(out: Path, per_group: int) -> Path:
     return spectrograms
 
 
+def _demo_clips_per_group() -> int:
+    """The demo's own default clip count per group (``python -m animalvae.demo``), which the
+    runs here use."""
+    sys.path.insert(0, str(ROOT))
+    from animalvae.demo.pipeline import build_parser
+
+    return build_parser().get_default("clips_per_group")
+
+
 def _photo_metrics(run: Path, *, per_group: int) -> dict:
     """Sharpness and error of held-out photo crops through the image half."""
     import numpy as np
@@ -186,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                                                   per_group=args.photos))
                     photo_rows.append((name, seed, metrics))
                     print(name, "photos", metrics, flush=True)
+    held_out = "/".join(str(n) for n in sorted({m.get("pairs") for _, _, m in rows}))
+    per_sound = "/".join(str(n) for n in sorted({m.get("images_per_sound") for _, _, m in rows}))
     lines = ["## Stage 5: images from a sound on the demo: variety, retrieval, sharpness", "",
-             "Per seed of the demo's sample dataset (24 clips per group; 15 held-out pairs, 3 "
-             "images per held-out sound): sound -> image retrieval R@1 among the held-out "
+             f"Per seed of the demo's sample dataset ({_demo_clips_per_group()} clips per group; "
+             f"{held_out} held-out pairs, {per_sound} images per held-out sound): sound -> image "
+             "retrieval R@1 among the held-out "
              "frames beside what knowing only the group gives; the group accuracy of the "
              "generated images (a classifier fit on real training frames); variety: mean "
              "absolute pixel difference (0-255) between the images of one sound (within) and "
