@@ -22,7 +22,7 @@ from animalvae.config import ModelConfig, load_config
 from animalvae.errors import ConfigError
 from animalvae.sound import train as train_mod
 from animalvae.sound.losses import ReconstructionLoss
-from animalvae.sound.model import VAE, kl_divergence, load_model
+from animalvae.sound.model import VAE, SubPixelConvTranspose2d, kl_divergence, load_model
 from animalvae.spectrogram import SpectrogramSpec, save_spec
 from animalvae.stage import Item
 from animalvae.training import dataset as dataset_mod
@@ -98,6 +98,24 @@ def test_latent_frames_beyond_what_the_blocks_leave_is_a_config_error():
         VAE(ModelConfig(latent_dim=8, channels=[4, 8, 16], latent_frames=2), (64, 32), 2)
     with pytest.raises(ConfigError, match=r"latent_frames=64 does not fit"):
         VAE(ModelConfig(latent_dim=64, channels=[4, 8, 16], latent_frames=64), (64, 32), 2)
+
+
+@pytest.mark.parametrize("kernel, stride", [((4, 4), (2, 2)), ((4, 3), (2, 1))])
+def test_sub_pixel_layer_is_the_transposed_convolution_it_replaces(kernel, stride):
+    torch.manual_seed(0)
+    fast = SubPixelConvTranspose2d(3, 2, kernel, stride=stride, padding=1)
+    plain = torch.nn.ConvTranspose2d(3, 2, kernel, stride=stride, padding=1)
+    plain.load_state_dict(fast.state_dict())              # the same keys and shapes
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    y_fast, y_plain = fast(x), plain(x)
+    assert y_fast.shape == y_plain.shape == (2, 2, 6 * stride[0], 5 * stride[1])
+    assert torch.allclose(y_fast, y_plain, atol=1e-5)
+    grad = torch.randn_like(y_plain)
+    g_fast = torch.autograd.grad(y_fast, [x, fast.weight, fast.bias], grad)
+    g_plain = torch.autograd.grad(y_plain, [x, plain.weight, plain.bias], grad)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_fast, g_plain))
+    with pytest.raises(ValueError, match="3-tap"):
+        SubPixelConvTranspose2d(3, 2, (6, 6), stride=(2, 2), padding=1)
 
 
 def test_indivisible_shape_is_a_config_error():

@@ -148,11 +148,75 @@ class UpBlock(nn.Sequential):
                          nn.LeakyReLU(0.2))
 
 
-def _up_conv(c_in: int, c_out: int, double_time: bool) -> nn.ConvTranspose2d:
+def _up_conv(c_in: int, c_out: int, double_time: bool, *,
+             sub_pixel: bool = False) -> nn.ConvTranspose2d:
     """The transposed conv that doubles frequency, and time too unless ``double_time`` is
-    False (then a 4x3 kernel with stride (2, 1), for a latent with a time axis)."""
+    False (then a 4x3 kernel with stride (2, 1), for a latent with a time axis); computed as
+    :class:`SubPixelConvTranspose2d` when ``sub_pixel``."""
     kernel, stride = ((4, 4), (2, 2)) if double_time else ((4, 3), (2, 1))
-    return nn.ConvTranspose2d(c_in, c_out, kernel, stride=stride, padding=1)
+    kind = SubPixelConvTranspose2d if sub_pixel else nn.ConvTranspose2d
+    return kind(c_in, c_out, kernel, stride=stride, padding=1)
+
+
+class SubPixelConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution computed as a 3x3 convolution and a pixel shuffle.
+
+    The same layer as :class:`torch.nn.ConvTranspose2d` (its weights, initialisation,
+    state-dict keys and outputs, to float rounding), for kernels of at most ``stride + 2``
+    with padding 1. Each output phase (row ``2i + a``) reads a 3x3 neighbourhood of the input
+    through its own slice of the kernel, so one convolution with ``stride`` x more output
+    channels computes all phases at once (Shi et al. 2016). On the CPU this is faster where
+    the layer has few output channels and large maps: a decoder's last layer
+    (docs/benchmarks.md, "the decoder's last layer as a sub-pixel convolution").
+
+    Examples
+    --------
+    >>> layer = SubPixelConvTranspose2d(4, 2, (4, 3), stride=(2, 1), padding=1)
+    >>> plain = nn.ConvTranspose2d(4, 2, (4, 3), stride=(2, 1), padding=1)
+    >>> _ = plain.load_state_dict(layer.state_dict())
+    >>> x = torch.randn(1, 4, 5, 6)
+    >>> bool(torch.allclose(layer(x), plain(x), atol=1e-5))
+    True
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: tuple[int, int], *,
+                 stride: tuple[int, int], padding: int = 1):
+        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=padding)
+        taps = [_sub_pixel_taps(s, padding, k) for s, k in zip(self.stride, self.kernel_size)]
+        self.register_buffer("taps_rows", taps[0], persistent=False)
+        self.register_buffer("taps_cols", taps[1], persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        sh, sw = self.stride
+        c_out = self.out_channels
+        padded = F.pad(self.weight, (0, 1, 0, 1))            # index kernel_size reads a zero
+        w = padded[:, :, self.taps_rows[:, :, None, None], self.taps_cols[None, None]]
+        w = w.permute(1, 2, 4, 0, 3, 5).reshape(c_out * sh * sw, self.in_channels, 3, 3)
+        bias = None if self.bias is None else self.bias.repeat_interleave(sh * sw)
+        y = F.conv2d(x, w, bias, padding=1)                  # (B, c_out * sh * sw, H, W)
+        b, _, h, width = y.shape
+        y = y.view(b, c_out, sh, sw, h, width).permute(0, 1, 4, 2, 5, 3)
+        return y.reshape(b, c_out, h * sh, width * sw)
+
+
+def _sub_pixel_taps(stride: int, padding: int, kernel: int) -> Tensor:
+    """(stride, 3): the kernel index through which output phase ``a`` reads input offset
+    ``d`` = -1, 0, 1 (``kernel``: none, a zero weight).
+
+    Output ``stride * q + a`` of a transposed convolution reads input ``q + d`` through
+    kernel index ``a + padding - stride * d``.
+    """
+    taps = torch.full((stride, 3), kernel, dtype=torch.long)
+    for a in range(stride):
+        for d in (-1, 0, 1):
+            k = a + padding - stride * d
+            if 0 <= k < kernel:
+                taps[a, d + 1] = k
+    reached = {a + padding - stride * d for a in range(stride) for d in (-1, 0, 1)}
+    if not set(range(kernel)) <= reached:
+        raise ValueError(f"kernel {kernel} with stride {stride} and padding {padding} reads "
+                         "beyond a 3-tap neighbourhood")
+    return taps
 
 
 class Encoder(nn.Module):
@@ -266,7 +330,7 @@ class Decoder(nn.Module):
         pitch = config.pitch_candidates
         # with the pitch comb: a second output channel (the comb's gain), and the pitch head,
         # which reads the first feature map's time positions (all its rows as channels)
-        self.to_image = _up_conv(widths[-1], 2 if pitch else 1, doubles[-1])
+        self.to_image = _up_conv(widths[-1], 2 if pitch else 1, doubles[-1], sub_pixel=True)
         self.pitch = PitchHead(c * h, pitch) if pitch else None
         self.pitch_temperature = config.pitch_temperature
         n_bins = h * 2 ** len(config.channels)
