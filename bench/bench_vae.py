@@ -8,6 +8,8 @@ step = forward + loss + backward + clip + AdamW step, timed after a warm-up:
   on whole 3 s spectrograms (512 x 256), with :func:`animalvae.sound.train.vae_loss`;
 - ours with ``model.channels: [16, 32, 64, 128, 256]`` (wider, one block fewer), to show what
   the default choice buys;
+- ours with the decoder's last layer computed by ``nn.ConvTranspose2d`` (the same weights),
+  to show what computing it as a sub-pixel convolution buys;
 - original: the ``VAE.py`` architecture of the original scripts, re-implemented here layer for
   layer (a 512-channel 5x5 first conv, BatchNorm, hard-coded 32*31*3 flatten, mirrored
   transposed convs), on its 512 x 64 crops (64 frames of hop 512 at 48 kHz = 0.68 s),
@@ -133,10 +135,17 @@ class OriginalVAE(nn.Module):
 
 def ours_step(model_config: ModelConfig, spec: SpectrogramSpec, batch_size: int,
               reconstruction: ReconstructionLoss, pitch_weight: float,
-              n_groups: int = 3) -> Callable[[], None]:
+              n_groups: int = 3, *, plain_last_layer: bool = False) -> Callable[[], None]:
     """One training step of our VAE, as ``train.train`` does it on the CPU (with the pitch
-    term when the model has the comb)."""
+    term when the model has the comb); with ``plain_last_layer``, the decoder's last layer
+    computed by ``nn.ConvTranspose2d`` itself instead of as a sub-pixel convolution."""
     model = VAE(model_config, spec.shape, n_groups)
+    if plain_last_layer:
+        layer = model.decoder.to_image
+        plain = nn.ConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                   stride=layer.stride, padding=layer.padding)
+        plain.load_state_dict(layer.state_dict())
+        model.decoder.to_image = plain
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     x = torch.rand(batch_size, 1, *spec.shape)
     y = torch.randint(0, n_groups, (batch_size,))
@@ -188,6 +197,8 @@ def bench_training(threads: int) -> tuple[list[dict], str]:
     methods = {
         "ours": (ours_step(config.model, spec, batch, reconstruction, pitch), batch,
                  spec.seconds, 3),
+        "ours_plain": (ours_step(config.model, spec, batch, reconstruction, pitch,
+                                 plain_last_layer=True), batch, spec.seconds, 3),
         "ours_wide": (ours_step(wide, spec, batch, reconstruction, pitch), batch, spec.seconds,
                       1),
         "original": (original_step(2), 2, ORIGINAL_SECONDS, 4),
@@ -283,6 +294,8 @@ def main() -> int:
         "original": "original `VAE.py` architecture, 512x64 crops (0.68 s), batch 2",
         "ours_wide": "ours, channels [16, 32, 64, 128, 256] (wider, 5 blocks), 512x256, "
                      f"batch {by['ours_wide']['batch']}",
+        "ours_plain": "ours, default config with the decoder's last layer as "
+                      "`nn.ConvTranspose2d` computes it (not as a sub-pixel convolution)",
         "ours": f"**ours, default config**, whole 3 s, 512x256, batch {by['ours']['batch']}",
     }
     lines = [
@@ -296,7 +309,7 @@ def main() -> int:
         "| 1 thread: vs original |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name in ("original", "ours_wide", "ours"):
+    for name in ("original", "ours_wide", "ours_plain", "ours"):
         r, r1 = by[name], one[name]
         lines.append(f"| {labels[name]} | {r['samples_s']:.1f} | {r['audio_s']:.1f} | "
                      f"{r['audio_s'] / base:.1f}x | {r1['audio_s']:.1f} | "
