@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the helpers below import animalvae lazily
 VARIANTS = {"before": ["sound_image.draw=posterior", "sound_image.edge_weight=0",
                        "sound_image.epochs=17", "sound_image.draw_temperature=1.0"],
             "residual": ["sound_image.edge_weight=0"],
@@ -120,7 +121,6 @@ def _with_photos(out: Path, per_group: int) -> Path:
 def _demo_clips_per_group() -> int:
     """The demo's own default clip count per group (``python -m animalvae.demo``), which the
     runs here use."""
-    sys.path.insert(0, str(ROOT))
     from animalvae.demo.pipeline import build_parser
 
     return build_parser().get_default("clips_per_group")
@@ -131,7 +131,6 @@ def _photo_metrics(run: Path, *, per_group: int) -> dict:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from animalvae.evaluation.image_quality import edge_strength
     from animalvae.image.model import load_pairs_model
     from animalvae.images import square_resize

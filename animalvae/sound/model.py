@@ -212,8 +212,7 @@ def _sub_pixel_taps(stride: int, padding: int, kernel: int) -> Tensor:
             k = a + padding - stride * d
             if 0 <= k < kernel:
                 taps[a, d + 1] = k
-    reached = {a + padding - stride * d for a in range(stride) for d in (-1, 0, 1)}
-    if not set(range(kernel)) <= reached:
+    if not set(range(kernel)) <= set(taps.flatten().tolist()):
         raise ValueError(f"kernel {kernel} with stride {stride} and padding {padding} reads "
                          "beyond a 3-tap neighbourhood")
     return taps
