@@ -17,7 +17,13 @@ from animalvae.image.model import (
     pairs_payload,
     upgrade_pairs_checkpoint,
 )
-from animalvae.sound.model import VAE, load_model, read_checkpoint, upgrade_checkpoint
+from animalvae.sound.model import (
+    VAE,
+    checkpoint_payload,
+    load_model,
+    read_checkpoint,
+    upgrade_checkpoint,
+)
 from animalvae.sound.sampler import upgrade_sampler
 from animalvae.spectrogram import SpectrogramSpec
 from animalvae.training.file_format import library_versions
@@ -30,8 +36,8 @@ def _version_1_model_pth(model: VAE, config: ModelConfig) -> dict:
     checkpoint_payload), from before ``decoder_norm``, ``latent_frames`` and
     ``pitch_candidates`` existed and with the prior and texture inside (before sampler.pth)."""
     old_config = {k: v for k, v in dataclasses.asdict(config).items()
-                  if k not in ("decoder_norm", "latent_frames", "pitch_candidates",
-                               "pitch_temperature")}
+                  if k not in ("decoder_norm", "latent_frames", "edge_positions",
+                               "pitch_candidates", "pitch_temperature")}
     return {"format": "animalvae.vae/1",
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "model_config": old_config, "spec": SPEC.to_dict(), "groups": ["a", "b"],
@@ -44,7 +50,7 @@ def _version_1_model_pth(model: VAE, config: ModelConfig) -> dict:
 
 def test_a_version_1_model_pth_loads_through_the_upgrade_and_gives_the_same_outputs(tmp_path):
     config = ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, decoder_norm="group",
-                         latent_frames=0, pitch_candidates=0)
+                         latent_frames=0, edge_positions=0, pitch_candidates=0)
     torch.manual_seed(0)
     model = VAE(config, SPEC.shape, 2).eval()
     torch.save(_version_1_model_pth(model, config), tmp_path / "model.pth")
@@ -60,13 +66,29 @@ def test_a_version_1_model_pth_loads_through_the_upgrade_and_gives_the_same_outp
         assert torch.equal(loaded.model.decode(z, y), model.decode(z, y))
 
     data = read_checkpoint(tmp_path / "model.pth")
-    assert data["format"] == "animalvae.vae/2" and "prior" not in data
+    assert data["format"] == "animalvae.vae/3" and "prior" not in data
     sampler = upgrade_sampler(data["sampler"], tmp_path / "model.pth")  # carried over
     assert sampler["format"] == "animalvae.sampler/2"
     assert sampler["settings"] == {"legacy": True}
     assert torch.equal(sampler["spread"], torch.tensor([1.0, 2.0]))
     assert "spread" not in sampler["prior"] and torch.equal(sampler["texture"],
                                                             torch.full((2, 4, 4), 0.1))
+
+
+def test_a_version_2_model_pth_decodes_as_it_was_trained_without_the_edge_positions(tmp_path):
+    config = ModelConfig(latent_dim=16, channels=[4, 8], embed_dim=4, latent_frames=8,
+                         edge_positions=0, pitch_candidates=0)
+    torch.manual_seed(0)
+    model = VAE(config, SPEC.shape, 2).eval()
+    payload = checkpoint_payload(model, spec=SPEC, groups=["a", "b"], config={})
+    del payload["model_config"]["edge_positions"]        # version 2 did not know the key
+    torch.save({**payload, "format": "animalvae.vae/2"}, tmp_path / "model.pth")
+
+    loaded = load_model(tmp_path / "model.pth")
+    assert loaded.model.config == config                  # edge_positions 0: as trained
+    z, y = torch.randn(3, 16), torch.tensor([0, 1, 0])
+    with torch.no_grad():
+        assert torch.equal(loaded.model.decode(z, y), model.decode(z, y))
 
 
 def test_a_version_1_sampler_gets_todays_key_names_and_no_number_spread(tmp_path):
@@ -106,7 +128,7 @@ def test_a_version_2_image_model_loads_through_the_upgrade(tmp_path):
 
 
 @pytest.mark.parametrize("upgrade, kind, current", [
-    (upgrade_checkpoint, "vae", 2), (upgrade_sampler, "sampler", 2),
+    (upgrade_checkpoint, "vae", 3), (upgrade_sampler, "sampler", 2),
     (upgrade_pairs_checkpoint, "sound_image", 3)])
 def test_a_newer_unknown_or_too_old_version_is_refused_naming_the_file(tmp_path, upgrade, kind,
                                                                       current):

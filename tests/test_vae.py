@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from torch import Tensor
 from vae_runs import BANDS, COMMON, SPEC, make_data, read_metrics, run_vae, write_tiny_config
 
 import vae
@@ -82,6 +83,29 @@ def test_a_latent_with_a_time_axis_keeps_each_code_at_its_time():
         b = model.decode(moved.flatten(1), y[:1])[0, 0]
     assert (a[:, :4] - b[:, :4]).abs().max() > 1e-3
     assert torch.equal(a[:, -8:], b[:, -8:])
+
+
+@pytest.mark.parametrize("pitch_candidates", [0, 16])
+def test_a_code_that_is_the_same_at_every_time_decodes_with_no_stripe_at_the_edges(
+        pitch_candidates):
+    # nothing in such a code tells one time from another: every frame of its spectrogram
+    # repeats the interior's period (8 frames per position), the first and last ones too,
+    # as long as the repeated edge positions keep the convolutions' zero padding out of reach
+    def decode(edge_positions: int) -> Tensor:
+        torch.manual_seed(0)
+        config = ModelConfig(latent_dim=32, channels=[4, 8, 16, 32], embed_dim=4,
+                             latent_frames=8, edge_positions=edge_positions,
+                             pitch_candidates=pitch_candidates)
+        model = VAE(config, (64, 64), 2).eval()
+        z = torch.randn(1, 4, 1).expand(1, 4, 8).flatten(1)     # (values, position) flat
+        with torch.no_grad():
+            return model.decode(z, torch.tensor([0]))[0, 0]    # (64, 64)
+
+    def off_period(x: Tensor) -> float:
+        return (x - x[:, 24:32].repeat(1, 8)).abs().max().item()
+
+    assert off_period(decode(edge_positions=4)) < 1e-6
+    assert off_period(decode(edge_positions=0)) > 0.05          # the stripes it removes
 
 
 @pytest.mark.parametrize("frames, message", [
@@ -506,12 +530,12 @@ class _Evil:
                r"\(damaged or another format\)\)$"),
     ("pickle", r"is not a model\.pth written by vae\.py train \(cannot load it safely"),
     ("other", r"is not a model\.pth written by this version of vae\.py train \(format None"),
-    ("newer", r"model\.pth is a model\.pth of format 'animalvae\.vae/3', newer than this "
-              r"version of animalvae reads \('animalvae\.vae/2'\); update animalvae$"),
+    ("newer", r"model\.pth is a model\.pth of format 'animalvae\.vae/4', newer than this "
+              r"version of animalvae reads \('animalvae\.vae/3'\); update animalvae$"),
     ("older", r"model\.pth is a model\.pth of format 'animalvae\.vae/0', too old to upgrade "
-              r"to 'animalvae\.vae/2'; retrain$"),
+              r"to 'animalvae\.vae/3'; retrain$"),
     ("image", r"is not a model\.pth written by this version of vae\.py train \(format "
-              r"'animalvae\.sound_image/3', expected 'animalvae\.vae/2'\); retrain$"),
+              r"'animalvae\.sound_image/3', expected 'animalvae\.vae/3'\); retrain$"),
     ("missing", r"model\.pth not found: train first"),
 ])
 def test_a_bad_model_pth_is_a_clear_error(tmp_path, capsys, content, message):
@@ -531,7 +555,7 @@ def test_a_bad_model_pth_is_a_clear_error(tmp_path, capsys, content, message):
     elif content == "other":
         torch.save({"weights": torch.zeros(2)}, run / "model.pth")
     elif content in ("newer", "older", "image"):
-        tag = {"newer": "animalvae.vae/3", "older": "animalvae.vae/0",
+        tag = {"newer": "animalvae.vae/4", "older": "animalvae.vae/0",
                "image": "animalvae.sound_image/3"}[content]
         torch.save({"format": tag, "model": {}}, run / "model.pth")
     code, err = run_vae(["generate", "--config", str(config), "--run", str(run)], capsys)

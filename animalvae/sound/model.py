@@ -17,7 +17,11 @@ group. Layer sizes are derived with a dummy forward pass; H and W must be divisi
 With ``model.latent_frames`` T > 0 the code has a time axis (:class:`Encoder`): the blocks
 stop halving time at T positions, and a convolution over the remaining frequency rows replaces
 the linear layer on each side, so ``z`` is T codes of ``L / T`` values (still flat, (B, L), to
-everything outside this module).
+everything outside this module). The decoder repeats the first and last of them
+``model.edge_positions`` more times and crops what they add: its convolutions pad each map's
+ends with zeros, which a clip's edge frames would otherwise see (as stripes there: a frame
+one tap short of every other, with weights tuned for the interior). Four positions keep every
+such border outside the kept frames of the default decoder.
 
 With ``model.pitch_candidates`` K > 0 the decoder also draws harmonics at a pitch it names
 (:mod:`animalvae.sound.harmonic`): a pitch head reads the first feature map's time positions and
@@ -31,7 +35,7 @@ evaluation, whatever the batch size, so a short run already generates sensibly.
 
 ``model.pth`` holds plain data only (loadable with ``torch.load(weights_only=True)``), tagged
 ``format: animalvae.vae/<version>`` (:mod:`animalvae.training.file_format`); ``last.pth`` is the
-same plus what resuming needs (optimiser, scheduler, RNG states). Version 2, written now::
+same plus what resuming needs (optimiser, scheduler, RNG states). Version 3, written now::
 
     model          the weights (state_dict, CPU tensors)
     model_config   every ``model.*`` setting (:class:`~animalvae.config.ModelConfig`)
@@ -45,7 +49,10 @@ same plus what resuming needs (optimiser, scheduler, RNG states). Version 2, wri
                    that sampler, as a ``sampler.pth`` payload of version 1
 
 What is fit after training to sample and finish sounds lives beside it, in ``sampler.pth``
-(:mod:`animalvae.sound.sampler`). Version 1 (``animalvae.vae/1``) was the same except that its
+(:mod:`animalvae.sound.sampler`). Version 2 was the same, from before
+``model.edge_positions`` existed: its decoders saw the zero padding at a clip's ends, so its
+``model_config`` upgrades with ``edge_positions`` 0. Version 1 (``animalvae.vae/1``) was the same
+as 2 except that its
 ``model_config`` may lack ``decoder_norm``, ``latent_frames`` and ``pitch_candidates`` (files
 from before they existed: GroupNorm, one latent vector, no comb) and that it may hold the prior
 (with each group's spread inside it) and the texture itself, from before ``sampler.pth``.
@@ -81,7 +88,7 @@ __all__ = ["Encoder", "Decoder", "VAE", "DownBlock", "UpBlock", "Reconstruction"
            "checkpoint_payload", "upgrade_checkpoint", "read_checkpoint", "load_model"]
 
 #: The version of ``model.pth``/``last.pth`` this module writes (module docstring).
-VERSION = 2
+VERSION = 3
 FORMAT = format_tag("vae", VERSION)
 
 
@@ -315,6 +322,7 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(n_groups, config.embed_dim) if config.conditional else None
         cond = config.embed_dim if config.conditional else 0
         self.latent_frames = config.latent_frames
+        self.edge_positions = config.edge_positions if config.latent_frames else 0
         c, h, _ = self.feature_shape
         if self.latent_frames:
             self.from_z = nn.ConvTranspose2d(config.latent_dim // self.latent_frames + cond, c,
@@ -358,22 +366,32 @@ class Decoder(nn.Module):
         """:meth:`forward`, and the pitch head's logits over the K spacings (B, K, T) that the
         comb was drawn from (None without the comb): training reads them at temperature 1
         (:func:`animalvae.sound.harmonic.pitch_loss`)."""
+        m = self.edge_positions
         if self.latent_frames:
             z = z.view(len(z), -1, 1, self.latent_frames)     # (B, L/T, 1, T)
+            z = F.pad(z, (m, m, 0, 0), mode="replicate")      # (B, L/T, 1, T + 2m)
             if cond is not None:
                 z = torch.cat([z, cond[:, :, None, None].expand(-1, -1, 1, z.shape[3])], dim=1)
-            h = self.from_z(z)                                # (B, C, h, T)
+            h = self.from_z(z)                                # (B, C, h, T + 2m)
         else:
             if cond is not None:
                 z = torch.cat([z, cond], dim=1)               # (B, L + embed_dim)
             h = self.from_z(z).view(-1, *self.feature_shape)  # (B, C, H/2^N, W/2^N)
-        out = self.to_image(self.ups(h))                      # (B, 1 or 2, H, W)
+        out = self.to_image(self.ups(h))                      # (B, 1 or 2, H, W + 2m W/T)
+        logits = None
         if self.pitch is None:
-            return torch.sigmoid(out), None
-        logits = self.pitch(h.flatten(1, 2))                  # (B, K, T)
-        temperature = self.pitch_temperature if pitch_temperature is None else pitch_temperature
-        comb = expected_comb(logits, self.combs, out.shape[3], temperature=temperature)
-        return add_comb(out[:, :1], out[:, 1:], comb), logits
+            out = torch.sigmoid(out)
+        else:
+            logits = self.pitch(h.flatten(1, 2))              # (B, K, T + 2m)
+            temperature = (self.pitch_temperature if pitch_temperature is None
+                           else pitch_temperature)
+            comb = expected_comb(logits, self.combs, out.shape[3], temperature=temperature)
+            out = add_comb(out[:, :1], out[:, 1:], comb)
+        if m:                                                 # the repeated positions off
+            frames = out.shape[3] // h.shape[3] * m
+            out = out[..., frames:-frames]
+            logits = None if logits is None else logits[..., m:-m]
+        return out, logits
 
 
 class Reconstruction(NamedTuple):
@@ -544,6 +562,12 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 -> 3: a decoder trained before ``model.edge_positions`` decodes without it."""
+    data["model_config"] = {"edge_positions": 0, **data.get("model_config", {})}
+    return data
+
+
 def upgrade_checkpoint(data: Any, path: Path, *, what: str = "model.pth") -> dict[str, Any]:
     """A ``model.pth``/``last.pth`` payload of any version brought to the current one.
 
@@ -551,8 +575,8 @@ def upgrade_checkpoint(data: Any, path: Path, *, what: str = "model.pth") -> dic
     version to the next. Raises a one-line ConfigError naming ``path`` for something that is
     not such a payload, a version newer than this code's, or one too old to upgrade.
     """
-    return upgrade(data, kind="vae", current=VERSION, steps={1: _from_version_1}, path=path,
-                   what=what)
+    return upgrade(data, kind="vae", current=VERSION,
+                   steps={1: _from_version_1, 2: _from_version_2}, path=path, what=what)
 
 
 def read_checkpoint(path: Path, *, what: str = "model.pth") -> dict[str, Any]:
