@@ -275,7 +275,7 @@ class ModelConfig:
     embed_dim: int = 16
     decoder_norm: Literal["group", "channel"] = "group"
     latent_frames: int = 32
-    edge_positions: int = 4
+    repeat_edges: bool = True
     pitch_candidates: int = 240
     pitch_temperature: float = 0.5
 
@@ -286,7 +286,6 @@ class ModelConfig:
             problems.append(f"model.channels={self.channels} must be a non-empty list of ints > 0")
         _positive(problems, "model.embed_dim", self.embed_dim)
         _positive(problems, "model.latent_frames", self.latent_frames, allow_zero=True)
-        _positive(problems, "model.edge_positions", self.edge_positions, allow_zero=True)
         _positive(problems, "model.pitch_candidates", self.pitch_candidates, allow_zero=True)
         _positive(problems, "model.pitch_temperature", self.pitch_temperature)
         frames = self.latent_frames

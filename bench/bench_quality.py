@@ -93,7 +93,7 @@ VARIANTS: dict[str, list[str]] = {
     "no-pitch-comb": ["model.pitch_candidates=0"],
     # the decoder before the repeated edge positions: a clip's first and last frames meet the
     # zero padding of its convolutions
-    "no-edge-positions": ["model.edge_positions=0"],
+    "no-repeat-edges": ["model.repeat_edges=false"],
     # samples with the comb drawn as sharply as in reconstructions
     "sample-pitch-temperature-0.5": ["generate.sample_pitch_temperature=0.5"],
     # the decoder's output without the texture noise (animalvae/sound/texture.py); the defaults

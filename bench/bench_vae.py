@@ -10,6 +10,8 @@ step = forward + loss + backward + clip + AdamW step, timed after a warm-up:
   the default choice buys;
 - ours with the decoder's last layer computed by ``nn.ConvTranspose2d`` (the same weights),
   to show what computing it as a sub-pixel convolution buys;
+- ours with ``model.repeat_edges: false`` (the decoder meets its zero padding at a clip's ends),
+  to show what repeating the code's edge positions costs;
 - original: the ``VAE.py`` architecture of the original scripts, re-implemented here layer for
   layer (a 512-channel 5x5 first conv, BatchNorm, hard-coded 32*31*3 flatten, mirrored
   transposed convs), on its 512 x 64 crops (64 frames of hop 512 at 48 kHz = 0.68 s),
@@ -31,6 +33,7 @@ Prints a Markdown section and writes it to ``bench/results/vae.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -199,6 +202,8 @@ def bench_training(threads: int) -> tuple[list[dict], str]:
                  spec.seconds, 3),
         "ours_plain": (ours_step(config.model, spec, batch, reconstruction, pitch,
                                  plain_last_layer=True), batch, spec.seconds, 3),
+        "ours_no_edges": (ours_step(dataclasses.replace(config.model, repeat_edges=False), spec,
+                                    batch, reconstruction, pitch), batch, spec.seconds, 3),
         "ours_wide": (ours_step(wide, spec, batch, reconstruction, pitch), batch, spec.seconds,
                       1),
         "original": (original_step(2), 2, ORIGINAL_SECONDS, 4),
@@ -296,6 +301,8 @@ def main() -> int:
                      f"batch {by['ours_wide']['batch']}",
         "ours_plain": "ours, default config with the decoder's last layer as "
                       "`nn.ConvTranspose2d` computes it (not as a sub-pixel convolution)",
+        "ours_no_edges": "ours, default config without the repeated edge positions "
+                         "(`model.repeat_edges: false`)",
         "ours": f"**ours, default config**, whole 3 s, 512x256, batch {by['ours']['batch']}",
     }
     lines = [
@@ -309,7 +316,7 @@ def main() -> int:
         "| 1 thread: vs original |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name in ("original", "ours_wide", "ours_plain", "ours"):
+    for name in ("original", "ours_wide", "ours_plain", "ours_no_edges", "ours"):
         r, r1 = by[name], one[name]
         lines.append(f"| {labels[name]} | {r['samples_s']:.1f} | {r['audio_s']:.1f} | "
                      f"{r['audio_s'] / base:.1f}x | {r1['audio_s']:.1f} | "

@@ -36,7 +36,7 @@ def _version_1_model_pth(model: VAE, config: ModelConfig) -> dict:
     checkpoint_payload), from before ``decoder_norm``, ``latent_frames`` and
     ``pitch_candidates`` existed and with the prior and texture inside (before sampler.pth)."""
     old_config = {k: v for k, v in dataclasses.asdict(config).items()
-                  if k not in ("decoder_norm", "latent_frames", "edge_positions",
+                  if k not in ("decoder_norm", "latent_frames", "repeat_edges",
                                "pitch_candidates", "pitch_temperature")}
     return {"format": "animalvae.vae/1",
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -50,7 +50,7 @@ def _version_1_model_pth(model: VAE, config: ModelConfig) -> dict:
 
 def test_a_version_1_model_pth_loads_through_the_upgrade_and_gives_the_same_outputs(tmp_path):
     config = ModelConfig(latent_dim=8, channels=[4, 8], embed_dim=4, decoder_norm="group",
-                         latent_frames=0, edge_positions=0, pitch_candidates=0)
+                         latent_frames=0, repeat_edges=False, pitch_candidates=0)
     torch.manual_seed(0)
     model = VAE(config, SPEC.shape, 2).eval()
     torch.save(_version_1_model_pth(model, config), tmp_path / "model.pth")
@@ -75,17 +75,17 @@ def test_a_version_1_model_pth_loads_through_the_upgrade_and_gives_the_same_outp
                                                             torch.full((2, 4, 4), 0.1))
 
 
-def test_a_version_2_model_pth_decodes_as_it_was_trained_without_the_edge_positions(tmp_path):
+def test_a_version_2_model_pth_decodes_as_it_was_trained_without_repeated_edges(tmp_path):
     config = ModelConfig(latent_dim=16, channels=[4, 8], embed_dim=4, latent_frames=8,
-                         edge_positions=0, pitch_candidates=0)
+                         repeat_edges=False, pitch_candidates=0)
     torch.manual_seed(0)
     model = VAE(config, SPEC.shape, 2).eval()
     payload = checkpoint_payload(model, spec=SPEC, groups=["a", "b"], config={})
-    del payload["model_config"]["edge_positions"]        # version 2 did not know the key
+    del payload["model_config"]["repeat_edges"]        # version 2 did not know the key
     torch.save({**payload, "format": "animalvae.vae/2"}, tmp_path / "model.pth")
 
     loaded = load_model(tmp_path / "model.pth")
-    assert loaded.model.config == config                  # edge_positions 0: as trained
+    assert loaded.model.config == config                  # no repeated edges: as trained
     z, y = torch.randn(3, 16), torch.tensor([0, 1, 0])
     with torch.no_grad():
         assert torch.equal(loaded.model.decode(z, y), model.decode(z, y))

@@ -91,10 +91,11 @@ def test_a_code_that_is_the_same_at_every_time_decodes_with_no_stripe_at_the_edg
     # nothing in such a code tells one time from another: every frame of its spectrogram
     # repeats the interior's period (8 frames per position), the first and last ones too,
     # as long as the repeated edge positions keep the convolutions' zero padding out of reach
-    def decode(edge_positions: int) -> Tensor:
+    # of every frame kept after each layer
+    def decode(repeat_edges: bool) -> Tensor:
         torch.manual_seed(0)
         config = ModelConfig(latent_dim=32, channels=[4, 8, 16, 32], embed_dim=4,
-                             latent_frames=8, edge_positions=edge_positions,
+                             latent_frames=8, repeat_edges=repeat_edges,
                              pitch_candidates=pitch_candidates)
         model = VAE(config, (64, 64), 2).eval()
         z = torch.randn(1, 4, 1).expand(1, 4, 8).flatten(1)     # (values, position) flat
@@ -104,8 +105,8 @@ def test_a_code_that_is_the_same_at_every_time_decodes_with_no_stripe_at_the_edg
     def off_period(x: Tensor) -> float:
         return (x - x[:, 24:32].repeat(1, 8)).abs().max().item()
 
-    assert off_period(decode(edge_positions=4)) < 1e-6
-    assert off_period(decode(edge_positions=0)) > 0.05          # the stripes it removes
+    assert off_period(decode(repeat_edges=True)) < 1e-6
+    assert off_period(decode(repeat_edges=False)) > 0.05          # the stripes it removes
 
 
 @pytest.mark.parametrize("frames, message", [

@@ -17,11 +17,11 @@ group. Layer sizes are derived with a dummy forward pass; H and W must be divisi
 With ``model.latent_frames`` T > 0 the code has a time axis (:class:`Encoder`): the blocks
 stop halving time at T positions, and a convolution over the remaining frequency rows replaces
 the linear layer on each side, so ``z`` is T codes of ``L / T`` values (still flat, (B, L), to
-everything outside this module). The decoder repeats the first and last of them
-``model.edge_positions`` more times and crops what they add: its convolutions pad each map's
-ends with zeros, which a clip's edge frames would otherwise see (as stripes there: a frame
-one tap short of every other, with weights tuned for the interior). Four positions keep every
-such border outside the kept frames of the default decoder.
+everything outside this module). With ``model.repeat_edges`` the decoder repeats the first
+and last of them as far as its layers read and, after each layer, crops what the next ones do
+not read (:func:`_edge_margins`): its convolutions pad each map's ends with zeros, which a
+clip's edge frames would otherwise see (as stripes there: a frame one tap short of every
+other, with weights tuned for the interior).
 
 With ``model.pitch_candidates`` K > 0 the decoder also draws harmonics at a pitch it names
 (:mod:`animalvae.sound.harmonic`): a pitch head reads the first feature map's time positions and
@@ -50,8 +50,8 @@ same plus what resuming needs (optimiser, scheduler, RNG states). Version 3, wri
 
 What is fit after training to sample and finish sounds lives beside it, in ``sampler.pth``
 (:mod:`animalvae.sound.sampler`). Version 2 was the same, from before
-``model.edge_positions`` existed: its decoders saw the zero padding at a clip's ends, so its
-``model_config`` upgrades with ``edge_positions`` 0. Version 1 (``animalvae.vae/1``) was the same
+``model.repeat_edges`` existed: its decoders saw the zero padding at a clip's ends, so its
+``model_config`` upgrades with ``repeat_edges`` false. Version 1 (``animalvae.vae/1``) was the same
 as 2 except that its
 ``model_config`` may lack ``decoder_norm``, ``latent_frames`` and ``pitch_candidates`` (files
 from before they existed: GroupNorm, one latent vector, no comb) and that it may hold the prior
@@ -299,6 +299,30 @@ class Encoder(nn.Module):
         return mu.flatten(1), logvar.flatten(1)               # (B, L), (B, L)
 
 
+def _edge_margins(doubles: list[bool], *, pitch_head: bool) -> list[int]:
+    """Frames each decoder layer needs beyond a clip's ends so that no kept frame meets a
+    zero padding: ``[positions repeated in z, kept after each up-block, ..., after the last
+    layer (0)]``.
+
+    Walks back from the output: a 4-tap stride-2 transposed convolution reads at most one
+    input frame beyond the half of what it must give, a 3-tap stride-1 one one frame beyond
+    it; the pitch head's two 3-tap convolutions read two positions of the first map.
+
+    >>> _edge_margins([False, False, False, True, True, True], pitch_head=True)
+    [5, 4, 3, 2, 2, 1, 0]
+    """
+    margins = [0]
+    for double in reversed(doubles):
+        margins.insert(0, -(-margins[0] // 2) + 1 if double else margins[0] + 1)
+    margins[0] = max(margins[0], 2 if pitch_head else 0)
+    return margins
+
+
+def _crop_time(x: Tensor, frames: int) -> Tensor:
+    """``x`` (..., W) without ``frames`` frames at each end."""
+    return x[..., frames:x.shape[-1] - frames] if frames else x
+
+
 class Decoder(nn.Module):
     """Latent vector (and group) -> spectrogram in [0, 1].
 
@@ -322,7 +346,6 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(n_groups, config.embed_dim) if config.conditional else None
         cond = config.embed_dim if config.conditional else 0
         self.latent_frames = config.latent_frames
-        self.edge_positions = config.edge_positions if config.latent_frames else 0
         c, h, _ = self.feature_shape
         if self.latent_frames:
             self.from_z = nn.ConvTranspose2d(config.latent_dim // self.latent_frames + cond, c,
@@ -334,12 +357,18 @@ class Decoder(nn.Module):
         doubles = list(reversed(halves_time or [True] * len(config.channels)))
         self.ups = nn.Sequential(*[UpBlock(a, b, config.decoder_norm, t) for a, b, t
                                    in zip(widths[:-1], widths[1:], doubles)])
+        self.doubles = doubles                                # per layer: doubles time?
         pitch = config.pitch_candidates
         # with the pitch comb: a second output channel (the comb's gain), and the pitch head,
         # which reads the first feature map's time positions (all its rows as channels)
         self.to_image = _up_conv(widths[-1], 2 if pitch else 1, doubles[-1], sub_pixel=True)
         self.pitch = PitchHead(c * h, pitch) if pitch else None
         self.pitch_temperature = config.pitch_temperature
+        # frames beyond the clip at each end: repeated code positions, then kept after each
+        # layer (all 0: the edge frames meet the zero padding)
+        self.margins = (_edge_margins(doubles, pitch_head=self.pitch is not None)
+                        if config.latent_frames and config.repeat_edges
+                        else [0] * (len(doubles) + 1))
         n_bins = h * 2 ** len(config.channels)
         self.register_buffer("combs", harmonic_combs(pitch, n_bins) if pitch else None,
                              persistent=False)
@@ -366,32 +395,32 @@ class Decoder(nn.Module):
         """:meth:`forward`, and the pitch head's logits over the K spacings (B, K, T) that the
         comb was drawn from (None without the comb): training reads them at temperature 1
         (:func:`animalvae.sound.harmonic.pitch_loss`)."""
-        m = self.edge_positions
         if self.latent_frames:
             z = z.view(len(z), -1, 1, self.latent_frames)     # (B, L/T, 1, T)
-            z = F.pad(z, (m, m, 0, 0), mode="replicate")      # (B, L/T, 1, T + 2m)
+            z = F.pad(z, (self.margins[0],) * 2 + (0, 0), mode="replicate")  # edges repeated
             if cond is not None:
                 z = torch.cat([z, cond[:, :, None, None].expand(-1, -1, 1, z.shape[3])], dim=1)
-            h = self.from_z(z)                                # (B, C, h, T + 2m)
+            h = self.from_z(z)                                # (B, C, h, T + 2 margins[0])
         else:
             if cond is not None:
                 z = torch.cat([z, cond], dim=1)               # (B, L + embed_dim)
             h = self.from_z(z).view(-1, *self.feature_shape)  # (B, C, H/2^N, W/2^N)
-        out = self.to_image(self.ups(h))                      # (B, 1 or 2, H, W + 2m W/T)
-        logits = None
-        if self.pitch is None:
-            out = torch.sigmoid(out)
-        else:
-            logits = self.pitch(h.flatten(1, 2))              # (B, K, T + 2m)
+        x = h
+        for layer, double, (have, keep) in zip([*self.ups, self.to_image], self.doubles,
+                                               zip(self.margins, self.margins[1:])):
+            x = _crop_time(layer(x), have * (2 if double else 1) - keep)  # what is read next
+        out, logits = x, None                                 # (B, 1 or 2, H, W)
+        if self.pitch is not None:
+            logits = self.pitch(h.flatten(1, 2))              # (B, K, T + 2 margins[0])
             temperature = (self.pitch_temperature if pitch_temperature is None
                            else pitch_temperature)
-            comb = expected_comb(logits, self.combs, out.shape[3], temperature=temperature)
-            out = add_comb(out[:, :1], out[:, 1:], comb)
-        if m:                                                 # the repeated positions off
-            frames = out.shape[3] // h.shape[3] * m
-            out = out[..., frames:-frames]
-            logits = None if logits is None else logits[..., m:-m]
-        return out, logits
+            margin = self.margins[0]
+            frames = out.shape[3] // (logits.shape[2] - 2 * margin)     # per position
+            comb = expected_comb(logits, self.combs, logits.shape[2] * frames,
+                                 temperature=temperature)
+            logits = _crop_time(logits, margin)
+            return add_comb(out[:, :1], out[:, 1:], _crop_time(comb, margin * frames)), logits
+        return torch.sigmoid(out), None
 
 
 class Reconstruction(NamedTuple):
@@ -563,8 +592,8 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 2 -> 3: a decoder trained before ``model.edge_positions`` decodes without it."""
-    data["model_config"] = {"edge_positions": 0, **data.get("model_config", {})}
+    """Version 2 -> 3: a decoder trained before ``model.repeat_edges`` decodes without it."""
+    data["model_config"] = {"repeat_edges": False, **data.get("model_config", {})}
     return data
 
 
