@@ -304,17 +304,20 @@ def _edge_margins(doubles: list[bool], *, pitch_head: bool) -> list[int]:
     zero padding: ``[positions repeated in z, kept after each up-block, ..., after the last
     layer (0)]``.
 
-    Walks back from the output: a 4-tap stride-2 transposed convolution reads at most one
-    input frame beyond the half of what it must give, a 3-tap stride-1 one one frame beyond
-    it; the pitch head's two 3-tap convolutions read two positions of the first map.
+    Walks back from the output: output frame ``j`` of a 4-tap stride-2 transposed convolution
+    (padding 1) reads input frames ``floor((j - 1) / 2)`` to ``floor((j + 1) / 2)``, so ``m``
+    frames beyond an end need ``m // 2 + 1`` of its input; a 3-tap stride-1 one reads one
+    frame either side, ``m + 1``; the comb reads three positions of the first map beyond an
+    end (the pitch head's two 3-tap convolutions, then the linear interpolation between
+    positions).
 
     >>> _edge_margins([False, False, False, True, True, True], pitch_head=True)
-    [5, 4, 3, 2, 2, 1, 0]
+    [4, 3, 2, 1, 1, 1, 0]
     """
     margins = [0]
     for double in reversed(doubles):
-        margins.insert(0, -(-margins[0] // 2) + 1 if double else margins[0] + 1)
-    margins[0] = max(margins[0], 2 if pitch_head else 0)
+        margins.insert(0, margins[0] // 2 + 1 if double else margins[0] + 1)
+    margins[0] = max(margins[0], 3 if pitch_head else 0)
     return margins
 
 
