@@ -312,6 +312,7 @@ class TrainConfig:
     kl_warmup_epochs: int = 5
     spectral_weight: float = 1.0
     modulation_weight: float = 0.5
+    modulation_taper: bool = False
     pitch_weight: float = 0.1
     val_fraction: float = 0.1
     seed: int = 0

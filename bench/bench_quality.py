@@ -94,6 +94,8 @@ VARIANTS: dict[str, list[str]] = {
     # the decoder before the repeated edge positions: a clip's first and last frames meet the
     # zero padding of its convolutions
     "no-repeat-edges": ["model.repeat_edges=false"],
+    # the modulation term's series tapered: no wrap-around from a clip's last frame to its first
+    "modulation-taper": ["train.modulation_taper=true"],
     # samples with the comb drawn as sharply as in reconstructions
     "sample-pitch-temperature-0.5": ["generate.sample_pitch_temperature=0.5"],
     # the decoder's output without the texture noise (animalvae/sound/texture.py); the defaults

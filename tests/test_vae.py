@@ -19,7 +19,7 @@ from torch import Tensor
 from vae_runs import BANDS, COMMON, SPEC, make_data, read_metrics, run_vae, write_tiny_config
 
 import vae
-from animalvae.config import ModelConfig, load_config
+from animalvae.config import ModelConfig, TrainConfig, load_config
 from animalvae.errors import ConfigError
 from animalvae.sound import train as train_mod
 from animalvae.sound.losses import ReconstructionLoss
@@ -219,6 +219,13 @@ def test_modulation_term_asks_for_the_fluctuation_not_the_timing():
     # a height the bands do not divide: the top band takes the rows left over
     assert modulation_loss(late[:, :, :15], x[:, :, :15]).item() < 1e-5
     assert modulation_loss(blob[:, :, :15], x[:, :, :15]).item() == pytest.approx(1.0)
+    # tapered (train.modulation_taper): a shift in time is near free, no fluctuation scores 1
+    ramp = torch.linspace(0, 1, 64).expand(1, 1, 16, 64)
+    flat = ramp.mean(dim=3, keepdim=True).expand_as(ramp)
+    tapered = ReconstructionLoss.from_config(TrainConfig(modulation_taper=True), top_db=80.0)
+    assert tapered.modulation_taper and not ReconstructionLoss().modulation_taper
+    assert (modulation_loss(flat, ramp, taper=True) == 1.0) and (
+        modulation_loss(late, x, taper=True).item() < 0.01)
 
 
 def test_split_is_stratified_repeatable_and_disjoint():

@@ -19,6 +19,7 @@ the fluctuation without asking for the timing::
     S = 10 ** ((x - 1) * top_db / 20)                        the magnitude, peak at 1
     sc_k = || pool_k(S) - pool_k(S_hat) ||_F / || pool_k(S) ||_F     per clip, k in SCALES
     M = | rfft over time of pool_band(x) |, without the 0 Hz bin     per clip and band
+        (train.modulation_taper: of hann * (pool_band(x) - its mean))
     mod = sum |M_hat - M| / sum M                                    per clip
     loss = recon_term + spectral_weight * mean sc_k + modulation_weight * mean mod
 """
@@ -92,7 +93,8 @@ def spectral_loss(x_hat: Tensor, x: Tensor, *, top_db: float,
     return total / len(scales)
 
 
-def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND) -> Tensor:
+def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND,
+                    taper: bool = False) -> Tensor:
     """Distance between the temporal modulation spectra of two spectrograms (0-d tensor).
 
     Parameters
@@ -102,14 +104,21 @@ def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND) ->
     band : int
         Frequency rows averaged into one band before the transform along time (the top
         band holds the rows left over when H is not divisible by it).
+    taper : bool
+        Each band's series less its mean and times a Hann window before the transform. The
+        transform alone reads a clip as periodic and counts the jump from its last frame
+        back to its first as one more pulse, which only the edge frames can answer
+        (docs/benchmarks.md, "Edge stripes"); tapered, a shift in time is no longer exactly
+        free.
 
     Returns
     -------
     Tensor
         The batch mean of ``sum |M_hat - M| / sum M`` (module docstring): 0 when the bands
         fluctuate alike, 1 when ``x_hat`` is constant over time. Shifting a clip in time
-        (circularly) leaves it unchanged. ``sum M`` is floored at :data:`MODULATION_FLOOR`
-        per modulation bin, so a silent target gives a bounded figure.
+        (circularly) leaves it unchanged (tapered: near 0). ``sum M`` is floored at
+        :data:`MODULATION_FLOOR` per modulation bin, so a silent target gives a bounded
+        figure.
 
     Examples
     --------
@@ -119,9 +128,17 @@ def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND) ->
     True
     >>> round(float(modulation_loss(x.mean(dim=3, keepdim=True).expand_as(x), x)), 4)
     1.0
+    >>> pulses = torch.zeros(1, 1, 8, 64)
+    >>> pulses[..., ::8] = 1.0
+    >>> float(modulation_loss(torch.roll(pulses, 4, dims=3), pulses, taper=True)) < 0.01
+    True
     """
+    window = torch.hann_window(x.shape[-1], periodic=False, dtype=x.dtype, device=x.device)
+
     def spectrum(s: Tensor) -> Tensor:
         rows = F.avg_pool2d(s, (band, 1), ceil_mode=True)
+        if taper:
+            rows = (rows - rows.mean(dim=-1, keepdim=True)) * window
         return torch.fft.rfft(rows, dim=-1).abs()[..., 1:]       # (B, 1, H/band, W/2)
 
     m, m_hat = spectrum(x), spectrum(x_hat)
@@ -143,6 +160,8 @@ class ReconstructionLoss:
         The per-pixel term (``train.recon_loss``).
     spectral_weight, modulation_weight : float
         Weights of :func:`spectral_loss` and :func:`modulation_loss`; 0 = off.
+    modulation_taper : bool
+        :func:`modulation_loss`'s ``taper``.
     top_db : float
         The spectrogram's dB range, which the spectral term needs to undo the normalisation.
 
@@ -159,11 +178,14 @@ class ReconstructionLoss:
     spectral_weight: float = 0.0
     modulation_weight: float = 0.0
     top_db: float = 80.0
+    modulation_taper: bool = False
 
     @classmethod
     def from_config(cls, train: TrainConfig, *, top_db: float) -> ReconstructionLoss:
-        """The loss of ``train.recon_loss``/``spectral_weight``/``modulation_weight``."""
-        return cls(train.recon_loss, train.spectral_weight, train.modulation_weight, top_db)
+        """The loss of ``train.recon_loss``/``spectral_weight``/``modulation_weight``/
+        ``modulation_taper``."""
+        return cls(train.recon_loss, train.spectral_weight, train.modulation_weight, top_db,
+                   train.modulation_taper)
 
     def __call__(self, x_hat: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x_hat`` against ``x`` (both (B, 1, H, W) in [0, 1]).
@@ -180,5 +202,6 @@ class ReconstructionLoss:
         if self.spectral_weight > 0:
             loss = loss + self.spectral_weight * spectral_loss(x_hat, x, top_db=self.top_db)
         if self.modulation_weight > 0:
-            loss = loss + self.modulation_weight * modulation_loss(x_hat, x)
+            loss = loss + self.modulation_weight * modulation_loss(
+                x_hat, x, taper=self.modulation_taper)
         return loss, pixel
