@@ -224,6 +224,11 @@ def test_modulation_term_asks_for_the_fluctuation_not_the_timing():
     flat = ramp.mean(dim=3, keepdim=True).expand_as(ramp)
     tapered = ReconstructionLoss.from_config(TrainConfig(modulation_taper=True), top_db=80.0)
     assert tapered.modulation_taper and not ReconstructionLoss().modulation_taper
+    plain_term = ReconstructionLoss("l1", modulation_weight=1.0)
+    tapered_term = ReconstructionLoss("l1", modulation_weight=1.0, modulation_taper=True)
+    torch.testing.assert_close(tapered_term(ramp, flat)[0] - tapered_term(ramp, flat)[1],
+                               modulation_loss(ramp, flat, taper=True))
+    assert tapered_term(ramp, flat)[0] != plain_term(ramp, flat)[0]
     assert (modulation_loss(flat, ramp, taper=True) == 1.0) and (
         modulation_loss(late, x, taper=True).item() < 0.01)
 

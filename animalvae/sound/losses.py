@@ -133,11 +133,12 @@ def modulation_loss(x_hat: Tensor, x: Tensor, *, band: int = MODULATION_BAND,
     >>> float(modulation_loss(torch.roll(pulses, 4, dims=3), pulses, taper=True)) < 0.01
     True
     """
-    window = torch.hann_window(x.shape[-1], periodic=False, dtype=x.dtype, device=x.device)
+    window = (torch.hann_window(x.shape[-1], periodic=False, dtype=x.dtype, device=x.device)
+              if taper else None)
 
     def spectrum(s: Tensor) -> Tensor:
         rows = F.avg_pool2d(s, (band, 1), ceil_mode=True)
-        if taper:
+        if window is not None:
             rows = (rows - rows.mean(dim=-1, keepdim=True)) * window
         return torch.fft.rfft(rows, dim=-1).abs()[..., 1:]       # (B, 1, H/band, W/2)
 
