@@ -16,8 +16,8 @@ Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the prev
 batch 32, 30 epochs, no mixture prior, samples from N(0, I)), and one per lever that was measured
 (``--variants`` picks; ``--list`` shows them). Every variant trains on the same split; one that
 changes only the prior or generation (``train.prior_fit``, ``kde_bandwidth``,
-``gmm_components``, ``generate.*``) reuses the ``defaults`` run's weights (listed first), its
-sampler fit again by ``vae.py fit-sampler``. ``--seeds`` repeats everything for other
+``gmm_components``, ``generate.*``) reuses the ``defaults`` run's weights (listed first, or trained by an earlier run in the same
+``--work`` folder), its sampler fit again by ``vae.py fit-sampler``. ``--seeds`` repeats everything for other
 ``train.seed`` values (each its own split and initial weights), a row each:
 how much a figure moves from one training to the next.
 
@@ -406,6 +406,13 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _has_defaults(work: Path | None, seeds: list[int]) -> bool:
+    """True when ``work`` holds a trained ``defaults`` run for every seed (for variants that
+    reuse its weights without listing it again)."""
+    runs = ["defaults"] if len(seeds) == 1 else [f"defaults-seed{s}" for s in seeds]
+    return work is not None and all((work / "runs" / r / "model.pth").is_file() for r in runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--audio", type=Path, default=os.environ.get("BENCH_AUDIO") or None,
@@ -452,10 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not args.audio.is_dir():
         p.error(f"unknown variant(s) {unknown}" if unknown else f"{args.audio} is not a folder")
-    reusing = [n for n in names if reuses_defaults(n)]
-    if reusing and names[0] != "defaults":
-        p.error(f"{', '.join(reusing)} reuse the defaults' model: list defaults first")
     seeds = args.seeds
+    reusing = [n for n in names if reuses_defaults(n)]
+    if reusing and names[0] != "defaults" and not _has_defaults(args.work, seeds):
+        p.error(f"{', '.join(reusing)} reuse the defaults' model: list defaults first, or "
+                "give the --work folder of an earlier run of defaults with these seeds")
     results_path = args.results.resolve()
     # the --results of the printed command: relative to the repository when inside it
     results_arg = "" if results_path == DEFAULT_RESULTS else (

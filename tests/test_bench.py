@@ -104,3 +104,16 @@ def test_bench_quality_section_adds_the_judges_table_and_the_fold():
     assert ("| defaults | BirdNET, cross-source | 0.90 | 0.25 / 0.75 | 0.50 | 1.00 (0.50) | "
             "150.0 / 90.0 | 0.80 | 0.90 |") in text
     assert text.rstrip().endswith("--variants defaults --cross-source 0`")
+
+
+def test_bench_quality_reuses_defaults_only_when_every_seed_has_them(tmp_path):
+    bq = _bench_quality()
+    assert not bq._has_defaults(None, [0])
+    assert not bq._has_defaults(tmp_path, [0, 1])
+    for seed in (0, 1):
+        run = tmp_path / "runs" / f"defaults-seed{seed}"
+        run.mkdir(parents=True)
+        (run / "model.pth").write_bytes(b"")
+    assert bq._has_defaults(tmp_path, [0, 1])
+    assert not bq._has_defaults(tmp_path, [0, 1, 2])
+    assert not bq._has_defaults(tmp_path, [0])          # one seed: the run is "defaults"
