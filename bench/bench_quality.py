@@ -16,8 +16,9 @@ Variants: ``defaults`` (config.yaml as it is), ``before`` (the model of the prev
 batch 32, 30 epochs, no mixture prior, samples from N(0, I)), and one per lever that was measured
 (``--variants`` picks; ``--list`` shows them). Every variant trains on the same split; one that
 changes only the prior or generation (``train.prior_fit``, ``kde_bandwidth``,
-``gmm_components``, ``generate.*``) reuses the ``defaults`` run's weights (listed first, or trained by an earlier run in the same
-``--work`` folder), its sampler fit again by ``vae.py fit-sampler``. ``--seeds`` repeats everything for other
+``gmm_components``, ``generate.*``) reuses the ``defaults`` run's weights (listed first, or
+trained by an earlier run in the same ``--work`` folder), its sampler fit again by ``vae.py
+fit-sampler``. ``--seeds`` repeats everything for other
 ``train.seed`` values (each its own split and initial weights), a row each:
 how much a figure moves from one training to the next.
 
@@ -388,7 +389,8 @@ def section(data: str, results: dict[str, dict[str, float]],
         + (f"\n\n{JUDGES_NOTE}\n\n{judges_table(judges, list(groups))}" if judges else "")
         + "\n\nVariants: "
         + "; ".join(f"`{n}` = {' '.join(VARIANTS[n]) or 'config.yaml'}" for n in names)
-        + ".\n\nCommand: `python bench/bench_quality.py --audio DIR --variants "
+        + ".\n\nCommand: `python bench/bench_quality.py --audio DIR"
+        + (" --work WORK" if _reuses_earlier_defaults(names) else "") + " --variants "
         + ",".join(names) + (" --seeds " + ",".join(map(str, seeds)) if seeds != [0] else "")
         + (f" --title {shlex.quote(heading)}" if heading != default_title(seeds) else "")
         + (f" --results {shlex.quote(results_file)}" if results_file else "")
@@ -404,6 +406,12 @@ def _seeds(text: str) -> list[int]:
     if not seeds:
         raise argparse.ArgumentTypeError("no seed given")
     return seeds
+
+
+def _reuses_earlier_defaults(names: list[str]) -> bool:
+    """True when variants ``names`` reuse the defaults' weights without training them: those
+    of an earlier run in the same ``--work`` folder."""
+    return names[0] != "defaults" and any(reuses_defaults(n) for n in names)
 
 
 def _has_defaults(work: Path | None, seeds: list[int]) -> bool:
@@ -460,9 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not args.audio.is_dir():
         p.error(f"unknown variant(s) {unknown}" if unknown else f"{args.audio} is not a folder")
     seeds = args.seeds
-    reusing = [n for n in names if reuses_defaults(n)]
-    if reusing and names[0] != "defaults" and not _has_defaults(args.work, seeds):
-        p.error(f"{', '.join(reusing)} reuse the defaults' model: list defaults first, or "
+    if _reuses_earlier_defaults(names) and not _has_defaults(args.work, seeds):
+        reusing = ", ".join(n for n in names if reuses_defaults(n))
+        p.error(f"{reusing} reuse the defaults' model: list defaults first, or "
                 "give the --work folder of an earlier run of defaults with these seeds")
     results_path = args.results.resolve()
     # the --results of the printed command: relative to the repository when inside it

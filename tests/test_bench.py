@@ -117,3 +117,10 @@ def test_bench_quality_reuses_defaults_only_when_every_seed_has_them(tmp_path):
     assert bq._has_defaults(tmp_path, [0, 1])
     assert not bq._has_defaults(tmp_path, [0, 1, 2])
     assert not bq._has_defaults(tmp_path, [0])          # one seed: the run is "defaults"
+    # the command of such a bench names the work folder the weights came from
+    text = bq.section("data", {"spread-1.5, seed 0": FIGURES}, {"spread-1.5, seed 0": None}, 50,
+                      ["spread-1.5"], [0, 1])
+    assert "--audio DIR --work WORK --variants spread-1.5 --seeds 0,1" in text
+    assert "--work" not in bq.section("data", {"defaults": FIGURES}, {"defaults": None}, 50,
+                                      ["defaults", "spread-1.5"], [0])
+
