@@ -414,11 +414,16 @@ def _reuses_earlier_defaults(names: list[str]) -> bool:
     return names[0] != "defaults" and any(reuses_defaults(n) for n in names)
 
 
+def run_name(variant: str, seed: int, seeds: list[int]) -> str:
+    """The run folder of ``variant`` trained with ``seed`` (the variant alone with one seed)."""
+    return variant if len(seeds) == 1 else f"{variant}-seed{seed}"
+
+
 def _has_defaults(work: Path | None, seeds: list[int]) -> bool:
     """True when ``work`` holds a trained ``defaults`` run for every seed (for variants that
     reuse its weights without listing it again)."""
-    runs = ["defaults"] if len(seeds) == 1 else [f"defaults-seed{s}" for s in seeds]
-    return work is not None and all((work / "runs" / r / "model.pth").is_file() for r in runs)
+    return work is not None and all(
+        (work / "runs" / run_name("defaults", s, seeds) / "model.pth").is_file() for s in seeds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -505,15 +510,14 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for name in names:
                 label = name if len(seeds) == 1 else f"{name}, seed {seed}"
-                run_name = name if len(seeds) == 1 else f"{name}-seed{seed}"
+                folder = run_name(name, seed, seeds)
                 sets = [a for s in [*VARIANTS[name], f"train.seed={seed}"]
                         for a in ("--set", s)]
-                variant = [*common, *sets, "--set", f"train.name={run_name}"]
-                run_dir = work / "runs" / run_name
+                variant = [*common, *sets, "--set", f"train.name={folder}"]
+                run_dir = work / "runs" / folder
                 if reuses_defaults(name):
-                    defaults = "defaults" if len(seeds) == 1 else f"defaults-seed{seed}"
                     shutil.rmtree(run_dir, ignore_errors=True)
-                    shutil.copytree(work / "runs" / defaults, run_dir,
+                    shutil.copytree(work / "runs" / run_name("defaults", seed, seeds), run_dir,
                                     ignore=shutil.ignore_patterns("samples", "images"))
                     run(["vae.py", "fit-sampler", *variant], log)
                     seconds[label] = None
