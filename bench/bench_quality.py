@@ -112,6 +112,9 @@ VARIANTS: dict[str, list[str]] = {
     "spread-1.15": ["generate.spread=1.15"],
     "spread-1.3": ["generate.spread=1.3"],
     "spread-1.5": ["generate.spread=1.5"],
+    # Griffin-Lim with half and twice the default iterations (64)
+    "griffin-lim-32": ["generate.griffin_lim_iters=32"],
+    "griffin-lim-128": ["generate.griffin_lim_iters=128"],
 }
 #: Settings that leave the trained weights alone: a variant made only of these reuses the
 #: ``defaults`` run of the same seed, its sampler fit again with ``vae.py fit-sampler``.
