@@ -319,7 +319,7 @@ class TrainConfig:
     device: str = "auto"
     max_steps: int = 0
     prior_fit: Literal["kde", "gmm", "none"] = "kde"
-    kde_bandwidth: float = 0.75
+    kde_bandwidth: float = 0.25
     gmm_components: int = 16
 
     def _check(self) -> list[str]:

@@ -71,8 +71,10 @@ VARIANTS: dict[str, list[str]] = {
     # the defaults before the kernel density prior: a 16-component mixture fit by EM
     "gmm-prior": ["train.prior_fit=gmm", "train.gmm_components=16"],
     "gmm-prior-4": ["train.prior_fit=gmm", "train.gmm_components=4"],
+    "kde-bandwidth-0.1": ["train.kde_bandwidth=0.1"],
     "kde-bandwidth-0.25": ["train.kde_bandwidth=0.25"],
     "kde-bandwidth-0.5": ["train.kde_bandwidth=0.5"],
+    "kde-bandwidth-0.75": ["train.kde_bandwidth=0.75"],
     "kde-bandwidth-1": ["train.kde_bandwidth=1.0"],
     "no-restore-peak": ["generate.restore_peak=false"],
     "normal-prior": ["generate.sample_prior=normal"],
