@@ -308,7 +308,7 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     recon_loss: Literal["l1", "mse"] = "l1"
-    beta: float = 1.0
+    beta: float = 0.25
     kl_warmup_epochs: int = 5
     spectral_weight: float = 1.0
     modulation_weight: float = 0.5
