@@ -123,4 +123,3 @@ def test_bench_quality_reuses_defaults_only_when_every_seed_has_them(tmp_path):
     assert "--audio DIR --work WORK --variants spread-1.5 --seeds 0,1" in text
     assert "--work" not in bq.section("data", {"defaults": FIGURES}, {"defaults": None}, 50,
                                       ["defaults", "spread-1.5"], [0])
-
