@@ -88,8 +88,11 @@ VARIANTS: dict[str, list[str]] = {
     # the defaults before batch 4 and latent_dim 512: fewer, larger steps and half the
     # information per time position
     "batch-8-latent-256": ["train.batch_size=8", "model.latent_dim=256"],
+    # the KL weight and the kernel bandwidth before both were chosen cross-source
+    "beta-1-bandwidth-0.75": ["train.beta=1.0", "train.kde_bandwidth=0.75"],
     # levers on what a decoder learns in the same time: a weaker KL, a faster optimiser
     "beta-0.25": ["train.beta=0.25"],
+    "beta-0.1": ["train.beta=0.1"],
     "lr-2e-3": ["train.lr=0.002"],
     "channelnorm": ["model.decoder_norm=channel"],
     # the defaults before the harmonic comb output (animalvae/sound/harmonic.py)
@@ -101,6 +104,7 @@ VARIANTS: dict[str, list[str]] = {
     "modulation-taper": ["train.modulation_taper=true"],
     # samples with the comb drawn as sharply as in reconstructions
     "sample-pitch-temperature-0.5": ["generate.sample_pitch_temperature=0.5"],
+    "sample-pitch-temperature-1": ["generate.sample_pitch_temperature=1.0"],
     # the decoder's output without the texture noise (animalvae/sound/texture.py); the defaults
     # before it (no texture, kde bandwidth 0.5); half the fitted noise
     "no-texture": ["generate.texture=0"],
