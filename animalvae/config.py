@@ -356,7 +356,7 @@ class GenerateConfig:
     spread: float | Literal["fit"] = "fit"
     sample_prior: Literal["mixture", "normal"] = "mixture"
     restore_peak: bool = True
-    sample_pitch_temperature: float = 2.0
+    sample_pitch_temperature: float = 1.0
     texture: float = 1.0
     griffin_lim_iters: int = 64
     seed: int = 0

@@ -105,6 +105,7 @@ VARIANTS: dict[str, list[str]] = {
     # samples with the comb drawn as sharply as in reconstructions
     "sample-pitch-temperature-0.5": ["generate.sample_pitch_temperature=0.5"],
     "sample-pitch-temperature-1": ["generate.sample_pitch_temperature=1.0"],
+    "sample-pitch-temperature-1.5": ["generate.sample_pitch_temperature=1.5"],
     # the decoder's output without the texture noise (animalvae/sound/texture.py); the defaults
     # before it (no texture, kde bandwidth 0.5); half the fitted noise
     "no-texture": ["generate.texture=0"],
