@@ -102,10 +102,12 @@ VARIANTS: dict[str, list[str]] = {
     "no-repeat-edges": ["model.repeat_edges=false"],
     # the modulation term's series tapered: no wrap-around from a clip's last frame to its first
     "modulation-taper": ["train.modulation_taper=true"],
-    # samples with the comb drawn as sharply as in reconstructions
+    # samples with the comb drawn as sharply as in reconstructions (0.5), or fainter than the
+    # default (1.0): the default before (2.0) and half-way to it
     "sample-pitch-temperature-0.5": ["generate.sample_pitch_temperature=0.5"],
     "sample-pitch-temperature-1": ["generate.sample_pitch_temperature=1.0"],
     "sample-pitch-temperature-1.5": ["generate.sample_pitch_temperature=1.5"],
+    "sample-pitch-temperature-2": ["generate.sample_pitch_temperature=2.0"],
     # the decoder's output without the texture noise (animalvae/sound/texture.py); the defaults
     # before it (no texture, kde bandwidth 0.5); half the fitted noise
     "no-texture": ["generate.texture=0"],
